@@ -1,0 +1,34 @@
+#pragma once
+// The in-process backend: the reference semantics every other backend is held to, the
+// single-machine default, and what the executor's own tests run on (with a ManualClock).
+
+#include <cstddef>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "eventbus/event_stream.h"
+#include "eventbus/registry.h"
+
+namespace eventbus::memory {
+
+struct MemoryOptions {
+  // Retained events per stream; Publish fails with ResourceExhausted beyond either bound.
+  // Events acknowledged by every group of a stream are dropped (a group created later does
+  // not see them), so the bound is on what is still pending somewhere.
+  size_t max_stream_events = 1'000'000;
+  size_t max_stream_bytes = size_t{256} << 20;
+};
+
+// `clock` is not owned and must outlive the stream; null means the real clock.
+std::unique_ptr<EventStream> NewMemoryEventStream(Clock* clock = nullptr,
+                                                  MemoryOptions options = {});
+
+// The options from a BackendConfig (keys max.stream.events, max.stream.bytes);
+// InvalidArgument naming the key for unknown keys or bad numbers.
+absl::StatusOr<MemoryOptions> MemoryOptionsFromConfig(const BackendConfig& config);
+
+// Registers "memory" (options from MEMORY_OPTION_* variables). Idempotent.
+absl::Status RegisterMemoryBackend(BackendRegistry& registry = BackendRegistry::Global());
+
+}  // namespace eventbus::memory

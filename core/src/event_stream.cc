@@ -1,0 +1,105 @@
+#include "eventbus/event_stream.h"
+
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "eventbus/clock.h"
+#include "eventbus/status_macros.h"
+
+namespace eventbus {
+
+absl::Status EventStream::Publish(absl::string_view stream, Event event, PublishCallback done) {
+  EVENTBUS_RETURN_IF_ERROR(ValidateName("stream", stream));
+  EVENTBUS_RETURN_IF_ERROR(NormalizeForPublish(event, clock()->Now()));
+  const size_t size = EventSizeBytes(event);
+  const size_t limit = capabilities().max_event_bytes;
+  if (size > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("event ", event.id(), " is ", size,
+                                                   " bytes; backend ", backend_name(),
+                                                   " accepts at most ", limit));
+  }
+  if (!done) done = [](absl::StatusOr<PublishReceipt>) {};
+  return DoPublish(stream, std::move(event), std::move(done));
+}
+
+absl::StatusOr<PublishReceipt> EventStream::PublishAndWait(absl::string_view stream, Event event,
+                                                           absl::Duration timeout) {
+  struct Outcome {
+    absl::Mutex mu;
+    std::optional<absl::StatusOr<PublishReceipt>> result ABSL_GUARDED_BY(mu);
+  };
+  // Shared: a backend may still call `done` after we gave up waiting.
+  auto outcome = std::make_shared<Outcome>();
+  EVENTBUS_RETURN_IF_ERROR(
+      Publish(stream, std::move(event), [outcome](absl::StatusOr<PublishReceipt> r) {
+        absl::MutexLock lock(&outcome->mu);
+        outcome->result = std::move(r);
+      }));
+  // Batching backends deliver the outcome only once the batch goes out: ask for it.
+  const absl::Status flushed = Flush(timeout);
+  absl::MutexLock lock(&outcome->mu);
+  auto has_result = [&]() ABSL_SHARED_LOCKS_REQUIRED(outcome->mu) {
+    return outcome->result.has_value();
+  };
+  if (!outcome->mu.AwaitWithTimeout(absl::Condition(&has_result), timeout)) {
+    if (!flushed.ok()) return flushed;
+    return absl::DeadlineExceededError(
+        absl::StrCat("publish to ", stream, " not confirmed within ", absl::FormatDuration(timeout)));
+  }
+  return *outcome->result;
+}
+
+absl::Status ValidateName(absl::string_view what, absl::string_view name) {
+  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " must not be empty"));
+  if (name.size() > 200) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is ", name.size(), " bytes long; at most 200 are allowed"));
+  }
+  for (char c : name) {
+    if (absl::ascii_isspace(static_cast<unsigned char>(c)) ||
+        absl::ascii_iscntrl(static_cast<unsigned char>(c))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " \"", absl::CEscape(name), "\" contains whitespace or control characters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string DeadLetterStreamName(const SubscribeOptions& options) {
+  if (!options.dead_letter_stream.empty()) return options.dead_letter_stream;
+  return absl::StrCat(options.stream, kDlqStreamSuffix);
+}
+
+absl::Status ValidateSubscribeOptions(const SubscribeOptions& options) {
+  EVENTBUS_RETURN_IF_ERROR(ValidateName("stream", options.stream));
+  EVENTBUS_RETURN_IF_ERROR(ValidateName("consumer group", options.group));
+  EVENTBUS_RETURN_IF_ERROR(ValidateName("consumer name", options.consumer));
+  if (!options.dead_letter_stream.empty()) {
+    EVENTBUS_RETURN_IF_ERROR(ValidateName("dead-letter stream", options.dead_letter_stream));
+    if (options.dead_letter_stream == options.stream) {
+      return absl::InvalidArgumentError("dead-letter stream must differ from the stream");
+    }
+  }
+  if (options.ack_wait < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ack_wait must not be negative");
+  }
+  return absl::OkStatus();
+}
+
+Event MakeDeadLetter(const Delivery& delivery, absl::string_view group, absl::string_view reason) {
+  Event dead = delivery.event;
+  auto& headers = *dead.mutable_headers();
+  headers[std::string(kDlqReasonHeader)] = std::string(reason);
+  headers[std::string(kDlqOriginStreamHeader)] = delivery.stream;
+  headers[std::string(kDlqOriginIdHeader)] = delivery.id;
+  headers[std::string(kDlqOriginGroupHeader)] = std::string(group);
+  headers[std::string(kDlqDeliveryCountHeader)] = absl::StrCat(delivery.delivery_count);
+  return dead;
+}
+
+}  // namespace eventbus
