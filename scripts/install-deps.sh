@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs every Debian package eventbus needs to build and test. Idempotent: quiet and quick
+# when everything is already there. Needs root (or sudo).
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  g++ cmake ninja-build ccache pkg-config git
+  # core
+  libabsl-dev libprotobuf-dev protobuf-compiler
+  # backends
+  libhiredis-dev librdkafka-dev
+  # executor and service
+  libcurl4-openssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
+  libjq-dev libcpp-httplib-dev libssl-dev libboost-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # servers and foreign clients the tests use
+  redis-server redis-tools kcat openjdk-17-jre-headless maven python3 curl
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# A JDK 17 from elsewhere (e.g. a preinstalled Temurin) serves as well as Debian's.
+if [[ " ${missing[*]} " == *" openjdk-17-jre-headless "* ]] && command -v java >/dev/null &&
+   java -version 2>&1 | grep -q 'version "17'; then
+  missing=("${missing[@]/openjdk-17-jre-headless}")
+fi
+if [[ " ${missing[*]} " == *" maven "* ]] && command -v mvn >/dev/null; then
+  missing=("${missing[@]/maven}")
+fi
+read -r -a missing <<< "${missing[*]}"
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
