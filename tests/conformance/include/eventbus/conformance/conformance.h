@@ -48,9 +48,11 @@ int LinkConformanceSuite();
 
 }  // namespace eventbus::conformance
 
-#define EVENTBUS_INSTANTIATE_CONFORMANCE(prefix, ...)                                 \
-  [[maybe_unused]] static const int eventbus_conformance_anchor_##prefix =           \
-      ::eventbus::conformance::LinkConformanceSuite();                               \
-  INSTANTIATE_TEST_SUITE_P(prefix, ::eventbus::conformance::EventStreamConformance, \
-                           ::testing::Values(__VA_ARGS__),                           \
+// Use at namespace scope (gtest pastes the suite name into identifiers, hence the using).
+#define EVENTBUS_INSTANTIATE_CONFORMANCE(prefix, ...)                       \
+  [[maybe_unused]] static const int eventbus_conformance_anchor_##prefix = \
+      ::eventbus::conformance::LinkConformanceSuite();                     \
+  using ::eventbus::conformance::EventStreamConformance;                   \
+  INSTANTIATE_TEST_SUITE_P(prefix, EventStreamConformance,                 \
+                           ::testing::Values(__VA_ARGS__),                 \
                            ::eventbus::conformance::TestNameOf)

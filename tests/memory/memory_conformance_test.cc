@@ -1,0 +1,29 @@
+// The memory backend against the conformance suite, in virtual time.
+#include "eventbus/clock.h"
+#include "eventbus/conformance/conformance.h"
+#include "eventbus/memory/memory_event_stream.h"
+
+namespace {
+
+eventbus::conformance::BackendUnderTest MemoryOnManualClock() {
+  // One virtual clock for the suite; each make_stream() is a separate in-process state, which
+  // is why the backend does not declare `persistent`.
+  static auto* clock = new eventbus::ManualClock();
+  eventbus::conformance::BackendUnderTest backend;
+  backend.name = "memory";
+  backend.make_stream = []() -> absl::StatusOr<std::unique_ptr<eventbus::EventStream>> {
+    return eventbus::memory::NewMemoryEventStream(clock);
+  };
+  backend.let_time_pass = [](absl::Duration d) { clock->Advance(d); };
+  // Everything is in memory: waiting for arrivals needs no slack, and nothing real waits.
+  backend.fetch_wait = absl::Milliseconds(100);
+  backend.quiet_wait = absl::ZeroDuration();
+  backend.nack_delay = absl::Minutes(10);
+  backend.reclaim_idle = absl::Minutes(1);
+  backend.events_per_publisher = 5000;
+  return backend;
+}
+
+EVENTBUS_INSTANTIATE_CONFORMANCE(Memory, MemoryOnManualClock());
+
+}  // namespace
