@@ -1,0 +1,84 @@
+#pragma once
+// jq programs (libjq 1.6) for the `set` task: compile once, evaluate many times, from any
+// thread.
+//
+// JSON goes in and out either as nlohmann::json or as JSON text (the *Text methods). Numbers
+// pass through jq as IEEE doubles (jq 1.6 has no big integers): integers beyond 2^53 lose
+// precision.
+//
+// Variables: a program may use `$name` for every name declared in JqOptions::variables; each
+// evaluation supplies their values as one JSON object {"name": value, ...}. (libjq binds
+// named arguments at compile time, so we pass them through the input instead and the program
+// is still compiled only once.)
+//
+// Sandboxing: `env` and `$ENV` evaluate to {} (the service's environment holds broker
+// passwords); `input`/`inputs` have no further inputs; modules (`import`/`include`) are not
+// available. Not bounded: a program that loops forever (`repeat(1) | empty`) or builds a huge
+// value blocks its thread or exhausts memory, because jq 1.6 has no way to interrupt an
+// evaluation. Programs come from task authors, who are trusted as much as the tasks they
+// submit.
+//
+// Status codes:
+//   Compile:   InvalidArgument with jq's own message for a syntax or compile error, or for a
+//              bad variable name.
+//   Evaluate*: InvalidArgument when the input (or the variables) is not one JSON value
+//              (object for the variables) or misses/adds a declared variable; when the program
+//              raises a runtime error (`error("x")`, `1 + "a"`, ...; jq's message kept); when
+//              it stops with `halt_error`; and, for the first-output methods, when it produces
+//              no output at all (`empty`).
+//              ResourceExhausted when EvaluateAll* exceeds JqOptions::max_outputs.
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace eventbus::executor {
+
+struct JqOptions {
+  // Names usable as `$name` (jq identifiers: [A-Za-z_][A-Za-z0-9_]*, not starting with "__",
+  // not "ENV").
+  std::vector<std::string> variables;
+  // Upper bound on the outputs EvaluateAll* collects. >= 1.
+  size_t max_outputs = 10'000;
+};
+
+// A compiled jq program. Copies share the compiled program. Every method is const and
+// thread-safe: concurrent evaluations each use their own jq state from an internal pool.
+class JqExpression {
+ public:
+  static absl::StatusOr<JqExpression> Compile(absl::string_view program, JqOptions options = {});
+
+  // The first output of the program on `input`.
+  absl::StatusOr<nlohmann::json> Evaluate(const nlohmann::json& input) const;
+  absl::StatusOr<nlohmann::json> Evaluate(const nlohmann::json& input,
+                                          const nlohmann::json& variables) const;
+  // Every output, in order (possibly none).
+  absl::StatusOr<std::vector<nlohmann::json>> EvaluateAll(const nlohmann::json& input) const;
+  absl::StatusOr<std::vector<nlohmann::json>> EvaluateAll(const nlohmann::json& input,
+                                                          const nlohmann::json& variables) const;
+
+  // The same on JSON text; outputs are compact JSON text (no spaces, UTF-8).
+  // `variables_json` empty means "no variables" ({}).
+  absl::StatusOr<std::string> EvaluateText(absl::string_view input_json,
+                                           absl::string_view variables_json = {}) const;
+  absl::StatusOr<std::vector<std::string>> EvaluateAllText(
+      absl::string_view input_json, absl::string_view variables_json = {}) const;
+
+  // The program as given to Compile.
+  const std::string& program() const;
+
+ private:
+  class Impl;
+  explicit JqExpression(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+
+  std::shared_ptr<const Impl> impl_;
+};
+
+}  // namespace eventbus::executor
