@@ -1,0 +1,167 @@
+// Memory-backend behaviour beyond the conformance suite: bounds, leases, stale handles,
+// virtual-time wake-ups, registration.
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "eventbus/clock.h"
+#include "eventbus/memory/memory_event_stream.h"
+#include "eventbus/registry.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::memory {
+namespace {
+
+SubscribeOptions Options(std::string consumer, absl::Duration ack_wait = absl::ZeroDuration()) {
+  SubscribeOptions options;
+  options.stream = "s";
+  options.group = "g";
+  options.consumer = std::move(consumer);
+  options.ack_wait = ack_wait;
+  return options;
+}
+
+std::vector<Delivery> FetchNow(Subscription& sub, int max = 100) {
+  auto got = sub.Fetch(max, absl::ZeroDuration());
+  EXPECT_TRUE(got.ok()) << got.status();
+  return got.ok() ? *got : std::vector<Delivery>{};
+}
+
+TEST(MemoryBackend, FullStreamRefusesWithResourceExhaustedUntilAcked) {
+  ManualClock clock;
+  auto stream = NewMemoryEventStream(&clock, {.max_stream_events = 3});
+  auto sub = *stream->Subscribe(Options("c"));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Publish("s", MakeEvent("t", "/s")).ok());
+  absl::Status full = stream->Publish("s", MakeEvent("t", "/s"));
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(full.message().find("max.stream.events=3"), absl::string_view::npos) << full;
+  auto got = FetchNow(*sub);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(stream->Publish("s", MakeEvent("t", "/s")).code(), absl::StatusCode::kResourceExhausted)
+      << "delivered but unacked events still count";
+  ASSERT_TRUE(sub->Ack(got[0]).ok());
+  EXPECT_TRUE(stream->Publish("s", MakeEvent("t", "/s")).ok()) << "an ack makes room";
+}
+
+TEST(MemoryBackend, ByteBoundCountsEventSize) {
+  auto stream = NewMemoryEventStream(nullptr, {.max_stream_bytes = 1000});
+  EXPECT_TRUE(stream->Publish("s", MakeEvent("t", "/s", std::string(500, 'x'))).ok());
+  EXPECT_EQ(stream->Publish("s", MakeEvent("t", "/s", std::string(600, 'x'))).code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST(MemoryBackend, ExpiredLeaseIsRedeliveredInVirtualTime) {
+  ManualClock clock;
+  auto stream = NewMemoryEventStream(&clock);
+  auto slow = *stream->Subscribe(Options("slow", absl::Seconds(30)));
+  auto other = *stream->Subscribe(Options("other", absl::Seconds(30)));
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("t", "/s")).ok());
+  auto held = FetchNow(*slow);
+  ASSERT_EQ(held.size(), 1u);
+  clock.Advance(absl::Seconds(29));
+  EXPECT_TRUE(FetchNow(*other).empty()) << "lease not expired yet";
+  ASSERT_TRUE(slow->Extend(held[0]).ok());
+  clock.Advance(absl::Seconds(29));
+  EXPECT_TRUE(FetchNow(*other).empty()) << "Extend restarted the lease";
+  clock.Advance(absl::Seconds(2));
+  auto redelivered = FetchNow(*other);
+  ASSERT_EQ(redelivered.size(), 1u);
+  EXPECT_EQ(redelivered[0].delivery_count, 2);
+  EXPECT_EQ(slow->Ack(held[0]).code(), absl::StatusCode::kFailedPrecondition)
+      << "the stale handle of the expired lease must not ack";
+  EXPECT_TRUE(other->Ack(redelivered[0]).ok());
+}
+
+TEST(MemoryBackend, ReclaimedDeliveryCannotBeSettledByItsFormerHolder) {
+  ManualClock clock;
+  auto stream = NewMemoryEventStream(&clock);
+  auto a = *stream->Subscribe(Options("a"));
+  auto b = *stream->Subscribe(Options("b"));
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("t", "/s")).ok());
+  auto held = FetchNow(*a);
+  ASSERT_EQ(held.size(), 1u);
+  clock.Advance(absl::Minutes(5));
+  auto taken = *b->Reclaim(absl::Minutes(5), 10);
+  ASSERT_EQ(taken.size(), 1u);
+  EXPECT_EQ(a->Nack(held[0], absl::ZeroDuration()).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(a->DeadLetter(held[0], "x").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(b->Ack(taken[0]).ok());
+  EXPECT_EQ(b->Ack(taken[0]).code(), absl::StatusCode::kFailedPrecondition) << "double ack";
+}
+
+TEST(MemoryBackend, BlockedFetchWakesWhenVirtualTimeMakesAnEventDue) {
+  ManualClock clock;
+  auto stream = NewMemoryEventStream(&clock);
+  auto sub = *stream->Subscribe(Options("c"));
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("t", "/s")).ok());
+  auto first = FetchNow(*sub);
+  ASSERT_EQ(first.size(), 1u);
+  ASSERT_TRUE(sub->Nack(first[0], absl::Hours(1)).ok());
+  std::vector<Delivery> woken;
+  std::thread fetcher([&] {
+    auto got = sub->Fetch(1, absl::Seconds(30));
+    if (got.ok()) woken = *got;
+  });
+  // The fetcher blocks (real time) until the virtual hour passes.
+  const absl::Time started = absl::Now();
+  clock.Advance(absl::Hours(1));
+  fetcher.join();
+  ASSERT_EQ(woken.size(), 1u);
+  EXPECT_LT(absl::Now() - started, absl::Seconds(10)) << "woken by the advance, not the timeout";
+}
+
+TEST(MemoryBackend, BlockedFetchWakesOnPublishAndOnClose) {
+  auto stream = NewMemoryEventStream();
+  auto sub = *stream->Subscribe(Options("c"));
+  std::thread publisher([&] { ASSERT_TRUE(stream->Publish("s", MakeEvent("t", "/s")).ok()); });
+  auto got = sub->Fetch(1, absl::Seconds(30));
+  publisher.join();
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->size(), 1u);
+  std::thread closer([&] { ASSERT_TRUE(sub->Close().ok()); });
+  auto after_close = sub->Fetch(1, absl::Seconds(30));
+  closer.join();
+  EXPECT_TRUE(!after_close.ok() || after_close->empty());
+}
+
+TEST(MemoryBackend, NewGroupCanStartAtTheEnd) {
+  auto stream = NewMemoryEventStream();
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("old", "/s")).ok());
+  SubscribeOptions options = Options("c");
+  options.start_from_oldest = false;
+  auto sub = *stream->Subscribe(options);
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("new", "/s")).ok());
+  auto got = FetchNow(*sub);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].event.type(), "new");
+}
+
+TEST(MemoryBackend, RejectsNonPositiveBatchSizes) {
+  auto stream = NewMemoryEventStream();
+  auto sub = *stream->Subscribe(Options("c"));
+  EXPECT_EQ(sub->Fetch(0, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sub->Reclaim(absl::ZeroDuration(), -1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MemoryBackend, RegistersAndReadsItsOptionsFromTheEnvironment) {
+  BackendRegistry registry;
+  ASSERT_TRUE(RegisterMemoryBackend(registry).ok());
+  ASSERT_TRUE(RegisterMemoryBackend(registry).ok()) << "idempotent";
+  auto made = registry.CreateFromEnvironment(
+      {{"EVENT_STREAM_TYPE", "memory"}, {"MEMORY_OPTION_MAX_STREAM_EVENTS", "1"}});
+  ASSERT_TRUE(made.ok()) << made.status();
+  ASSERT_TRUE((*made)->Publish("s", MakeEvent("t", "/s")).ok());
+  EXPECT_EQ((*made)->Publish("s", MakeEvent("t", "/s")).code(),
+            absl::StatusCode::kResourceExhausted);
+
+  auto bad = registry.CreateFromEnvironment({{"MEMORY_OPTION_MAX_STREAM_EVENTS", "lots"}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("max.stream.events"), absl::string_view::npos);
+  auto unknown = registry.CreateFromEnvironment({{"MEMORY_OPTION_COLOUR", "blue"}});
+  EXPECT_NE(unknown.status().message().find("colour"), absl::string_view::npos)
+      << unknown.status();
+}
+
+}  // namespace
+}  // namespace eventbus::memory
