@@ -42,6 +42,19 @@ TEST(MemoryBackend, FullStreamRefusesWithResourceExhaustedUntilAcked) {
   EXPECT_TRUE(stream->Publish("s", MakeEvent("t", "/s")).ok()) << "an ack makes room";
 }
 
+TEST(MemoryBackend, GroupCreatedLaterSeesTheHistoryUntilRoomIsNeeded) {
+  auto stream = NewMemoryEventStream(nullptr, {.max_stream_events = 2});
+  auto early = *stream->Subscribe(Options("c"));
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("first", "/s")).ok());
+  ASSERT_TRUE(early->Ack(FetchNow(*early).at(0)).ok());
+  SubscribeOptions late_options = Options("c");
+  late_options.group = "late";
+  auto late = *stream->Subscribe(late_options);
+  auto history = FetchNow(*late);
+  ASSERT_EQ(history.size(), 1u) << "settled by the only group, but no room was needed yet";
+  EXPECT_EQ(history[0].event.type(), "first");
+}
+
 TEST(MemoryBackend, ByteBoundCountsEventSize) {
   auto stream = NewMemoryEventStream(nullptr, {.max_stream_bytes = 1000});
   EXPECT_TRUE(stream->Publish("s", MakeEvent("t", "/s", std::string(500, 'x'))).ok());

@@ -118,8 +118,8 @@ class State {
     absl::MutexLock lock(&mu_);
     EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
     auto [stream, group, it] = held;
+    (void)stream;
     group->pending.erase(it);
-    TrimLocked(*stream);
     return absl::OkStatus();
   }
 
@@ -168,8 +168,8 @@ class State {
     EVENTBUS_RETURN_IF_ERROR(
         AppendLocked(DeadLetterStreamName(options), MakeDeadLetter(delivery, options.group, reason))
             .status());
+    (void)stream;
     group->pending.erase(it);
-    TrimLocked(*stream);
     return absl::OkStatus();
   }
 
@@ -202,8 +202,12 @@ class State {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Stream& stream = streams_[std::string(stream_name)];
     const size_t bytes = EventSizeBytes(event);
-    if (stream.entries.size() + 1 > options_.max_stream_events ||
-        stream.bytes + bytes > options_.max_stream_bytes) {
+    auto full = [&] {
+      return stream.entries.size() + 1 > options_.max_stream_events ||
+             stream.bytes + bytes > options_.max_stream_bytes;
+    };
+    if (full()) TrimLocked(stream);
+    if (full()) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "memory stream ", stream_name, " is full: ", stream.entries.size(), " events, ",
           stream.bytes, " bytes retained (limits: max.stream.events=", options_.max_stream_events,
@@ -309,8 +313,9 @@ class State {
     return due;
   }
 
-  // Drops the oldest entries that every group of the stream has settled: memory stays bounded
-  // by what is still pending somewhere.
+  // Makes room by dropping the oldest entries every group of the stream has settled. Done only
+  // when a bound is reached, so until then a group created later still sees the history (as
+  // with Redis and Kafka retention); at the bound, memory is held only by what is pending.
   void TrimLocked(Stream& stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (stream.groups.empty()) return;
     uint64_t low = stream.next_seq;

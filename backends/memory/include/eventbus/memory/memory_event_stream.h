@@ -13,9 +13,9 @@
 namespace eventbus::memory {
 
 struct MemoryOptions {
-  // Retained events per stream; Publish fails with ResourceExhausted beyond either bound.
-  // Events acknowledged by every group of a stream are dropped (a group created later does
-  // not see them), so the bound is on what is still pending somewhere.
+  // Retained events per stream. At either bound, events settled by every group of the stream
+  // are dropped to make room (a group created later no longer sees them); when nothing can be
+  // dropped, Publish fails with ResourceExhausted naming the bound.
   size_t max_stream_events = 1'000'000;
   size_t max_stream_bytes = size_t{256} << 20;
 };
