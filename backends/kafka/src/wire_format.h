@@ -1,0 +1,56 @@
+#pragma once
+// The CloudEvents Kafka protocol binding, binary content mode (docs/wire-format.md, "Kafka"):
+// value = data, key = partitionkey, attributes in `ce_<name>` headers, datacontenttype in
+// `content-type`, other headers as-is. Headers starting with `eventbus-` are this backend's
+// own bookkeeping (attempts, retry due time) and never reach Event::headers.
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "eventbus/event.h"
+
+namespace eventbus::kafka {
+
+inline constexpr absl::string_view kCePrefix = "ce_";
+inline constexpr absl::string_view kContentTypeHeader = "content-type";
+inline constexpr absl::string_view kInternalPrefix = "eventbus-";
+
+// Bookkeeping headers (retry topic and redelivery).
+inline constexpr absl::string_view kAttemptHeader = "eventbus-attempt";
+inline constexpr absl::string_view kDueHeader = "eventbus-due-ms";
+inline constexpr absl::string_view kGroupHeader = "eventbus-group";
+inline constexpr absl::string_view kOriginIdHeader = "eventbus-origin-id";
+inline constexpr absl::string_view kFirstDeliveryHeader = "eventbus-first-delivery-ms";
+
+// Dead-letter headers beyond eventbus::MakeDeadLetter's, as CloudEvents extensions.
+inline constexpr absl::string_view kDlqOriginPartitionHeader = "dlqoriginpartition";
+inline constexpr absl::string_view kDlqOriginOffsetHeader = "dlqoriginoffset";
+
+// A Kafka record as this backend sees it, free of librdkafka types (so it is unit-testable).
+struct KafkaRecord {
+  std::optional<std::string> key;  // nullopt = null key
+  std::string value;
+  std::vector<std::pair<std::string, std::string>> headers;  // in wire order, may repeat
+};
+
+// InvalidArgument naming the header when Event::headers uses a name the wire format reserves
+// (a CloudEvents attribute name, `content-type`, or a `ce_` / `eventbus-` prefix).
+absl::StatusOr<KafkaRecord> EncodeEvent(const Event& event);
+
+struct DecodedRecord {
+  Event event;
+  // The `eventbus-` headers, last value wins.
+  absl::flat_hash_map<std::string, std::string> internal;
+};
+
+// InvalidArgument with a reason fit for a dead letter when the record is not a valid event
+// (missing or empty ce_id / ce_source / ce_type, ce_specversion other than 1.0, a ce_time
+// that is not RFC 3339).
+absl::StatusOr<DecodedRecord> DecodeEvent(const KafkaRecord& record);
+
+}  // namespace eventbus::kafka
