@@ -18,6 +18,8 @@ constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
 // injected clock may be a ManualClock, whose advances also wake it at once.
 constexpr absl::Duration kFetchTick = absl::Milliseconds(20);
 constexpr absl::Duration kDeadLetterRetryInterval = absl::Seconds(1);
+// Longer than a group join normally takes (session.timeout.ms is 10 s).
+constexpr absl::Duration kFirstAssignmentWait = absl::Seconds(15);
 
 absl::Status Closed() {
   return absl::FailedPreconditionError("the Kafka subscription is closed");
@@ -143,6 +145,7 @@ void KafkaSubscription::OnRebalance(rd_kafka_resp_err_t err,
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     {
       absl::MutexLock lock(&mu_);
+      assigned_once_ = true;
       for (const PartitionKey& key : keys) {
         PartitionState& state = partitions_[key];
         state = PartitionState{};
@@ -351,8 +354,11 @@ absl::Status KafkaSubscription::DeadLetterMalformed(const Pending& where,
   add(kDlqOriginIdHeader, id);
   add(kDlqOriginGroupHeader, options_.group);
   add(kDlqDeliveryCountHeader, "1");
-  add(kDlqOriginPartitionHeader, absl::StrCat(where.partition.second));
-  add(kDlqOriginOffsetHeader, absl::StrCat(where.offset));
+  dead.headers.emplace_back(std::string(kDlqOriginTopicHeader), TopicOf(where.partition));
+  dead.headers.emplace_back(std::string(kDlqOriginPartitionHeader),
+                            absl::StrCat(where.partition.second));
+  dead.headers.emplace_back(std::string(kDlqOriginOffsetHeader), absl::StrCat(where.offset));
+  dead.headers.emplace_back(std::string(kDlqAttemptsHeader), "1");
   EVENTBUS_RETURN_IF_ERROR(client_->ProduceAndWait(dead_letter_topic_, dead).status());
   absl::MutexLock lock(&mu_);
   CompleteLocked(where);
@@ -592,15 +598,21 @@ absl::Status KafkaSubscription::DeadLetter(const Delivery& delivery, absl::strin
     EVENTBUS_ASSIGN_OR_RETURN(lease, TakeLeaseLocked(delivery));
   }
   const Delivery& held = lease.pending.delivery;
-  Event dead = MakeDeadLetter(held, options_.group, reason);
-  const std::vector<absl::string_view> origin = absl::StrSplit(held.id, ':');
-  if (origin.size() == 2) {
-    (*dead.mutable_headers())[std::string(kDlqOriginPartitionHeader)] = std::string(origin[0]);
-    (*dead.mutable_headers())[std::string(kDlqOriginOffsetHeader)] = std::string(origin[1]);
-  }
-  absl::StatusOr<KafkaRecord> record = EncodeEvent(dead);
+  absl::StatusOr<KafkaRecord> record = EncodeEvent(MakeDeadLetter(held, options_.group, reason));
   absl::Status produced = record.status();
-  if (record.ok()) produced = client_->ProduceAndWait(dead_letter_topic_, *record).status();
+  if (record.ok()) {
+    // Kafka's own coordinates of the original, as plain headers: they are not part of the
+    // event, so a consumer of the DLQ sees the original event plus the dlq* extensions.
+    const std::vector<absl::string_view> origin = absl::StrSplit(held.id, ':');
+    record->headers.emplace_back(std::string(kDlqOriginTopicHeader), options_.stream);
+    if (origin.size() == 2) {
+      record->headers.emplace_back(std::string(kDlqOriginPartitionHeader), std::string(origin[0]));
+      record->headers.emplace_back(std::string(kDlqOriginOffsetHeader), std::string(origin[1]));
+    }
+    record->headers.emplace_back(std::string(kDlqAttemptsHeader),
+                                 absl::StrCat(held.delivery_count));
+    produced = client_->ProduceAndWait(dead_letter_topic_, *record).status();
+  }
   absl::MutexLock lock(&mu_);
   if (!produced.ok()) {
     // Not written: the caller still holds the delivery and may retry.
@@ -622,6 +634,9 @@ absl::Status KafkaSubscription::Close() {
     if (closed_) return absl::OkStatus();
     closed_ = true;
     changed_.SignalAll();
+    // The poller keeps serving the group meanwhile; bounded, so a consumer that never reached
+    // the broker still closes.
+    mu_.AwaitWithTimeout(absl::Condition(&assigned_once_), kFirstAssignmentWait);
   }
   stop_.store(true, std::memory_order_release);
   if (poller_.joinable()) poller_.join();

@@ -105,6 +105,10 @@ class KafkaSubscription final : public Subscription {
   absl::CondVar changed_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool paused_ ABSL_GUARDED_BY(mu_) = false;
+  // Set by the first assignment (possibly empty). librdkafka 2.0 asserts when a
+  // cooperative-sticky consumer is destroyed between JoinGroup and its first SyncGroup
+  // (confluentinc/librdkafka#4312, fixed in 2.3.0), so Close waits for it.
+  bool assigned_once_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_epoch_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<PartitionKey, PartitionState> partitions_ ABSL_GUARDED_BY(mu_);

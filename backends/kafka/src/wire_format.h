@@ -27,9 +27,12 @@ inline constexpr absl::string_view kGroupHeader = "eventbus-group";
 inline constexpr absl::string_view kOriginIdHeader = "eventbus-origin-id";
 inline constexpr absl::string_view kFirstDeliveryHeader = "eventbus-first-delivery-ms";
 
-// Dead-letter headers beyond eventbus::MakeDeadLetter's, as CloudEvents extensions.
-inline constexpr absl::string_view kDlqOriginPartitionHeader = "dlqoriginpartition";
-inline constexpr absl::string_view kDlqOriginOffsetHeader = "dlqoriginoffset";
+// Kafka coordinates of a dead letter's original, beside eventbus::MakeDeadLetter's dlq*
+// extensions (which name the stream and "partition:offset"); plain headers, not event headers.
+inline constexpr absl::string_view kDlqOriginTopicHeader = "eventbus-dlq-origin-topic";
+inline constexpr absl::string_view kDlqOriginPartitionHeader = "eventbus-dlq-origin-partition";
+inline constexpr absl::string_view kDlqOriginOffsetHeader = "eventbus-dlq-origin-offset";
+inline constexpr absl::string_view kDlqAttemptsHeader = "eventbus-dlq-attempts";
 
 // A Kafka record as this backend sees it, free of librdkafka types (so it is unit-testable).
 struct KafkaRecord {
