@@ -37,27 +37,27 @@ class ManualClock::Registration final : public ClockListener {
 ManualClock::ManualClock(absl::Time start) : now_(start) {}
 
 absl::Time ManualClock::Now() const {
-  absl::MutexLock lock(&time_mu_);
+  std::lock_guard lock(time_mu_);
   return now_;
 }
 
 std::unique_ptr<ClockListener> ManualClock::OnAdvance(std::function<void()> on_advance) {
-  absl::MutexLock lock(&listeners_mu_);
+  std::lock_guard lock(listeners_mu_);
   const uint64_t id = next_id_++;
   listeners_.emplace(id, std::move(on_advance));
   return std::make_unique<Registration>(this, id);
 }
 
 void ManualClock::Unregister(uint64_t id) {
-  absl::MutexLock lock(&listeners_mu_);
+  std::lock_guard lock(listeners_mu_);
   listeners_.erase(id);
 }
 
 void ManualClock::Advance(absl::Duration d) {
   if (d < absl::ZeroDuration()) d = absl::ZeroDuration();
-  absl::MutexLock listeners_lock(&listeners_mu_);
+  std::lock_guard listeners_lock(listeners_mu_);
   {
-    absl::MutexLock lock(&time_mu_);
+    std::lock_guard lock(time_mu_);
     now_ += d;
   }
   for (auto& [id, listener] : listeners_) listener();

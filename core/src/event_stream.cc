@@ -1,13 +1,14 @@
 #include "eventbus/event_stream.h"
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "eventbus/clock.h"
 #include "eventbus/status_macros.h"
 
@@ -30,23 +31,23 @@ absl::Status EventStream::Publish(absl::string_view stream, Event event, Publish
 absl::StatusOr<PublishReceipt> EventStream::PublishAndWait(absl::string_view stream, Event event,
                                                            absl::Duration timeout) {
   struct Outcome {
-    absl::Mutex mu;
-    std::optional<absl::StatusOr<PublishReceipt>> result ABSL_GUARDED_BY(mu);
+    std::mutex mu;
+    std::condition_variable done;
+    std::optional<absl::StatusOr<PublishReceipt>> result;  // guarded by mu
   };
   // Shared: a backend may still call `done` after we gave up waiting.
   auto outcome = std::make_shared<Outcome>();
   EVENTBUS_RETURN_IF_ERROR(
       Publish(stream, std::move(event), [outcome](absl::StatusOr<PublishReceipt> r) {
-        absl::MutexLock lock(&outcome->mu);
+        std::lock_guard lock(outcome->mu);
         outcome->result = std::move(r);
+        outcome->done.notify_all();
       }));
   // Batching backends deliver the outcome only once the batch goes out: ask for it.
   const absl::Status flushed = Flush(timeout);
-  absl::MutexLock lock(&outcome->mu);
-  auto has_result = [&]() ABSL_SHARED_LOCKS_REQUIRED(outcome->mu) {
-    return outcome->result.has_value();
-  };
-  if (!outcome->mu.AwaitWithTimeout(absl::Condition(&has_result), timeout)) {
+  std::unique_lock lock(outcome->mu);
+  if (!outcome->done.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                              [&] { return outcome->result.has_value(); })) {
     if (!flushed.ok()) return flushed;
     return absl::DeadlineExceededError(
         absl::StrCat("publish to ", stream, " not confirmed within ", absl::FormatDuration(timeout)));

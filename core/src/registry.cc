@@ -47,7 +47,7 @@ absl::Status BackendRegistry::Register(BackendRegistration registration) {
     return absl::InvalidArgumentError(
         absl::StrCat("backend ", registration.name, " has no factory"));
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   std::string name = registration.name;
   if (!backends_.emplace(name, std::move(registration)).second) {
     return absl::AlreadyExistsError(absl::StrCat("backend ", name, " is already registered"));
@@ -56,7 +56,7 @@ absl::Status BackendRegistry::Register(BackendRegistration registration) {
 }
 
 std::vector<std::string> BackendRegistry::Names() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   std::vector<std::string> names;
   for (const auto& [name, registration] : backends_) names.push_back(name);
   return names;
@@ -66,7 +66,7 @@ absl::StatusOr<std::unique_ptr<EventStream>> BackendRegistry::Create(absl::strin
                                                                      BackendConfig config) const {
   BackendFactory factory;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     auto it = backends_.find(name);
     if (it != backends_.end()) factory = it->second.factory;
   }
@@ -79,7 +79,7 @@ absl::StatusOr<BackendConfig> BackendRegistry::ConfigFromEnvironment(
     absl::string_view name, const Environment& env) const {
   BackendRegistration registration;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     auto it = backends_.find(name);
     if (it != backends_.end()) registration = it->second;
   }

@@ -1,6 +1,9 @@
 #include "eventbus/memory/memory_event_stream.h"
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdint>
 #include <tuple>
 #include <deque>
@@ -11,11 +14,9 @@
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "eventbus/clock.h"
 #include "eventbus/status_macros.h"
 
@@ -69,19 +70,19 @@ class State {
   State(Clock* clock, MemoryOptions options)
       : clock_(clock), options_(options),
         advance_listener_(clock_->OnAdvance([this] {
-          absl::MutexLock lock(&mu_);
-          changed_.SignalAll();
+          std::unique_lock lock(mu_);
+          changed_.notify_all();
         })) {}
 
   Clock* clock() const { return clock_; }
 
   absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event event) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     return AppendLocked(stream_name, std::move(event));
   }
 
   absl::Status EnsureGroup(const SubscribeOptions& options) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     Stream& stream = streams_[options.stream];
     auto [it, created] = stream.groups.try_emplace(options.group);
     if (created) it->second.next_seq = options.start_from_oldest ? stream.first_seq() : stream.next_seq;
@@ -94,7 +95,7 @@ class State {
     // Waiting for arrivals is real time (other threads publish); visibility of delayed events is
     // the stream clock's time, and a ManualClock advance wakes us through the listener.
     const absl::Time real_deadline = absl::Now() + wait;
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     while (true) {
       if (*closed) return out;
       const absl::Time now = clock_->Now();
@@ -110,12 +111,12 @@ class State {
       if (absl::Time due = NextDueLocked(group); due != absl::InfiniteFuture()) {
         timeout = std::min(timeout, std::max(due - now, absl::Milliseconds(1)));
       }
-      changed_.WaitWithTimeout(&mu_, timeout);
+      changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout));
     }
   }
 
   absl::Status Ack(const SubscribeOptions& options, const Delivery& delivery) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
     auto [stream, group, it] = held;
     (void)stream;
@@ -125,7 +126,7 @@ class State {
 
   absl::Status Nack(const SubscribeOptions& options, const Delivery& delivery,
                     absl::Duration delay) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
     auto [stream, group, it] = held;
     (void)stream;
@@ -134,7 +135,7 @@ class State {
   }
 
   absl::Status Extend(const SubscribeOptions& options, const Delivery& delivery) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
     Pending& pending = std::get<2>(held)->second;
     pending.last_touch = clock_->Now();
@@ -145,7 +146,7 @@ class State {
   std::vector<Delivery> Reclaim(const SubscribeOptions& options, absl::Duration min_idle,
                                 int max_events) {
     std::vector<Delivery> out;
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     const absl::Time now = clock_->Now();
     Stream& stream = streams_[options.stream];
     Group& group = stream.groups[options.group];
@@ -161,7 +162,7 @@ class State {
 
   absl::Status DeadLetter(const SubscribeOptions& options, const Delivery& delivery,
                           absl::string_view reason) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
     auto [stream, group, it] = held;
     // A full dead-letter stream fails here, before anything changed: the original stays held.
@@ -175,7 +176,7 @@ class State {
 
   // Returns everything `consumer` holds to its group, visible at once.
   void Release(const SubscribeOptions& options) {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock lock(mu_);
     Stream& stream = streams_[options.stream];
     Group& group = stream.groups[options.group];
     const absl::Time now = clock_->Now();
@@ -185,8 +186,8 @@ class State {
   }
 
   void Wake() {
-    absl::MutexLock lock(&mu_);
-    changed_.SignalAll();
+    std::unique_lock lock(mu_);
+    changed_.notify_all();
   }
 
  private:
@@ -198,8 +199,7 @@ class State {
     return seq;
   }
 
-  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name, Event event)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name, Event event) {
     Stream& stream = streams_[std::string(stream_name)];
     const size_t bytes = EventSizeBytes(event);
     auto full = [&] {
@@ -216,12 +216,11 @@ class State {
     const uint64_t seq = stream.next_seq++;
     stream.entries.push_back(Entry{seq, std::move(event), bytes});
     stream.bytes += bytes;
-    changed_.SignalAll();
+    changed_.notify_all();
     return PublishReceipt{std::string(stream_name), absl::StrCat(seq)};
   }
 
-  absl::StatusOr<Held> FindHeldLocked(const SubscribeOptions& options, const Delivery& delivery)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::StatusOr<Held> FindHeldLocked(const SubscribeOptions& options, const Delivery& delivery) {
     auto stream = streams_.find(options.stream);
     if (stream == streams_.end()) return absl::NotFoundError("unknown stream");
     auto group = stream->second.groups.find(options.group);
@@ -237,7 +236,7 @@ class State {
   }
 
   Delivery LeaseLocked(const SubscribeOptions& options, uint64_t seq, const Entry& entry,
-                       Pending& pending, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                       Pending& pending, absl::Time now) {
     pending.consumer = options.consumer;
     pending.delivery_count++;
     if (pending.delivery_count == 1) pending.first_delivery_time = now;
@@ -255,26 +254,23 @@ class State {
     return delivery;
   }
 
-  void ReturnLocked(Group& group, std::map<uint64_t, Pending>::iterator it, absl::Time visible_at)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void ReturnLocked(Group& group, std::map<uint64_t, Pending>::iterator it, absl::Time visible_at) {
     it->second.consumer.clear();
     it->second.visible_at = visible_at;
     it->second.lease_expiry = absl::InfiniteFuture();
     it->second.generation = next_generation_++;
     group.returned.emplace(visible_at, it->first);
-    changed_.SignalAll();
+    changed_.notify_all();
   }
 
-  void ExpireLeasesLocked(Group& group, absl::Time now)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void ExpireLeasesLocked(Group& group, absl::Time now) {
     for (auto it = group.pending.begin(); it != group.pending.end(); ++it) {
       if (!it->second.consumer.empty() && it->second.lease_expiry <= now) ReturnLocked(group, it, now);
     }
   }
 
   void TakeReturnedLocked(const SubscribeOptions& options, Stream& stream, Group& group,
-                          absl::Time now, int max_events, std::vector<Delivery>& out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                          absl::Time now, int max_events, std::vector<Delivery>& out) {
     while (!group.returned.empty() && static_cast<int>(out.size()) < max_events) {
       auto [visible_at, seq] = *group.returned.begin();
       if (visible_at > now) break;
@@ -295,7 +291,7 @@ class State {
   }
 
   void TakeNewLocked(const SubscribeOptions& options, Stream& stream, Group& group, absl::Time now,
-                     int max_events, std::vector<Delivery>& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                     int max_events, std::vector<Delivery>& out) {
     group.next_seq = std::max(group.next_seq, stream.first_seq());
     while (group.next_seq < stream.next_seq && static_cast<int>(out.size()) < max_events) {
       const uint64_t seq = group.next_seq++;
@@ -304,7 +300,7 @@ class State {
     }
   }
 
-  absl::Time NextDueLocked(const Group& group) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::Time NextDueLocked(const Group& group) const {
     absl::Time due = absl::InfiniteFuture();
     if (!group.returned.empty()) due = group.returned.begin()->first;
     for (const auto& [seq, pending] : group.pending) {
@@ -316,7 +312,7 @@ class State {
   // Makes room by dropping the oldest entries every group of the stream has settled. Done only
   // when a bound is reached, so until then a group created later still sees the history (as
   // with Redis and Kafka retention); at the bound, memory is held only by what is pending.
-  void TrimLocked(Stream& stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void TrimLocked(Stream& stream) {
     if (stream.groups.empty()) return;
     uint64_t low = stream.next_seq;
     for (const auto& [name, group] : stream.groups) {
@@ -331,11 +327,13 @@ class State {
 
   Clock* const clock_;
   const MemoryOptions options_;
-  absl::Mutex mu_;
-  absl::CondVar changed_;
+  // std::mutex, not absl::Mutex: Debian's Abseil is not built for ThreadSanitizer, which then
+  // cannot see absl::Mutex's synchronisation and reports false races.
+  std::mutex mu_;  // guards everything below
+  std::condition_variable changed_;
   // Node-based: Stream references stay valid while another stream is created.
-  absl::node_hash_map<std::string, Stream> streams_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::node_hash_map<std::string, Stream> streams_;
+  uint64_t next_generation_ = 1;
   // Last: unregistered first on destruction, so the callback never sees a dying State.
   std::unique_ptr<ClockListener> advance_listener_;
 };

@@ -5,10 +5,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace eventbus {
@@ -54,13 +53,15 @@ class ManualClock final : public Clock {
   class Registration;
   void Unregister(uint64_t id);
 
-  mutable absl::Mutex time_mu_;
-  absl::Time now_ ABSL_GUARDED_BY(time_mu_);
+  // std::mutex rather than absl::Mutex throughout: Debian's Abseil is not built for
+  // ThreadSanitizer, which then reports false races around absl::Mutex.
+  mutable std::mutex time_mu_;
+  absl::Time now_;  // guarded by time_mu_
 
   // Held while listeners run: unregistering waits for a running callback to finish.
-  absl::Mutex listeners_mu_;
-  uint64_t next_id_ ABSL_GUARDED_BY(listeners_mu_) = 1;
-  absl::flat_hash_map<uint64_t, std::function<void()>> listeners_ ABSL_GUARDED_BY(listeners_mu_);
+  std::mutex listeners_mu_;
+  uint64_t next_id_ = 1;  // guarded by listeners_mu_
+  absl::flat_hash_map<uint64_t, std::function<void()>> listeners_;  // guarded by listeners_mu_
 };
 
 }  // namespace eventbus

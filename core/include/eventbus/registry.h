@@ -5,12 +5,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "eventbus/event_stream.h"
 
 namespace eventbus {
@@ -71,8 +71,8 @@ class BackendRegistry {
                                                       const Environment& env) const;
 
  private:
-  mutable absl::Mutex mu_;
-  std::map<std::string, BackendRegistration, std::less<>> backends_ ABSL_GUARDED_BY(mu_);
+  mutable std::mutex mu_;
+  std::map<std::string, BackendRegistration, std::less<>> backends_;  // guarded by mu_
 };
 
 inline constexpr absl::string_view kEventStreamTypeEnv = "EVENT_STREAM_TYPE";
