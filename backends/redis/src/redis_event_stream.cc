@@ -186,14 +186,14 @@ class RedisSubscription final : public Subscription {
     }
     absl::MutexLock lock(&fetch_mu_);
     if (closed_.load()) return ClosedError("Reclaim");
-    EVENTBUS_RETURN_IF_ERROR(PrepareReadConnectionLocked());
-    EVENTBUS_ASSIGN_OR_RETURN(
-        ReplyPtr reply,
+    EVENTBUS_RETURN_IF_ERROR(GroupLostToUnavailable(PrepareReadConnectionLocked()));
+    absl::StatusOr<ReplyPtr> reclaimed =
         read_conn_.Eval(scripts::kReclaim, {sub_.stream, delayed_key_},
                         {sub_.group, sub_.consumer, Millis(std::max(min_idle, absl::ZeroDuration())),
                          absl::StrCat(max_events), Millis(clock_->Now()),
-                         std::string(scripts::kParkingConsumer)}));
-    EVENTBUS_ASSIGN_OR_RETURN(std::vector<RawEntry> raw, ParseScriptEntries(reply.get()));
+                         std::string(scripts::kParkingConsumer)});
+    if (!reclaimed.ok()) return GroupLostToUnavailable(reclaimed.status());
+    EVENTBUS_ASSIGN_OR_RETURN(std::vector<RawEntry> raw, ParseScriptEntries(reclaimed->get()));
     std::vector<Delivery> out;
     ToDeliveriesLocked(std::move(raw), /*first_delivery_now=*/false, out);
     return out;
@@ -348,6 +348,22 @@ class RedisSubscription final : public Subscription {
 
   absl::Status FetchOnceLocked(int max_events, absl::Duration block, std::vector<Delivery>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    return GroupLostToUnavailable(ReadLocked(max_events, block, out));
+  }
+
+  // NOGROUP: the server lost the group (a restart without persistence, FLUSHALL). Transient
+  // for the caller: the next call creates it again.
+  absl::Status GroupLostToUnavailable(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    if (status.ok() || !absl::StrContains(status.message(), "NOGROUP")) return status;
+    group_generation_ = 0;
+    return absl::UnavailableError(absl::StrCat(
+        "consumer group ", sub_.group, " of stream ", sub_.stream,
+        " vanished from the server (restart without persistence?); it is being created again: ",
+        status.message()));
+  }
+
+  absl::Status ReadLocked(int max_events, absl::Duration block, std::vector<Delivery>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
     EVENTBUS_RETURN_IF_ERROR(PrepareReadConnectionLocked());
     std::vector<RawEntry> raw;
     if (recover_) {
@@ -378,11 +394,7 @@ class RedisSubscription final : public Subscription {
     }
     command.insert(command.end(), {"STREAMS", sub_.stream, ">"});
     absl::StatusOr<ReplyPtr> reply = read_conn_.Command(command, block + options_.command_timeout);
-    if (!reply.ok()) {
-      // The server lost the group (restarted without persistence): re-create it next time.
-      if (absl::IsNotFound(reply.status())) group_generation_ = 0;
-      return reply.status();
-    }
+    if (!reply.ok()) return reply.status();
     if (IsNil(reply->get())) return absl::OkStatus();
     // [[stream, [[id, [field, value, ...]], ...]]]
     const redisReply* streams = reply->get();

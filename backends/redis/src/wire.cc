@@ -132,6 +132,14 @@ absl::StatusOr<Event> Decode(const Fields& fields) {
     if (!seen.insert(name).second) {
       return absl::InvalidArgumentError(absl::StrCat("duplicate field '", Printable(name), "'"));
     }
+    const bool is_header = absl::StartsWith(name, kHeaderPrefix);
+    std::string* target = TextTarget(name, event);
+    if (!is_header && target == nullptr && name != kDataField && name != kTimeField) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown field '", Printable(name),
+          "' (attributes are specversion, id, source, type, subject, time, datacontenttype, "
+          "dataschema, partitionkey, data; extensions go in h:<name> fields)"));
+    }
     if (name == kDataField) {
       event.set_data(value);
       continue;
@@ -140,29 +148,20 @@ absl::StatusOr<Event> Decode(const Fields& fields) {
       return absl::InvalidArgumentError(
           absl::StrCat("field '", Printable(name), "' is not valid UTF-8 text"));
     }
-    if (absl::StartsWith(name, kHeaderPrefix)) {
+    if (is_header) {
       absl::string_view header = absl::string_view(name).substr(kHeaderPrefix.size());
       if (!IsValidUtf8(header)) {
         return absl::InvalidArgumentError(
             absl::StrCat("header name '", Printable(header), "' is not valid UTF-8 text"));
       }
       (*event.mutable_headers())[std::string(header)] = value;
-      continue;
-    }
-    if (name == kTimeField) {
+    } else if (name == kTimeField) {
       absl::StatusOr<absl::Time> time = ParseEventTime(value);
       if (!time.ok()) return time.status();
       SetEventTime(event, *time);
-      continue;
+    } else {
+      *target = value;
     }
-    std::string* target = TextTarget(name, event);
-    if (target == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown field '", Printable(name),
-          "' (attributes are specversion, id, source, type, subject, time, datacontenttype, "
-          "dataschema, partitionkey, data; extensions go in h:<name> fields)"));
-    }
-    *target = value;
   }
   for (absl::string_view required : {kSpecVersionField, kIdField, kSourceField, kTypeField}) {
     if (!seen.contains(required)) {

@@ -1,0 +1,516 @@
+// The Redis backend against real redis-server processes this binary starts: server crash and
+// restart mid-stream, entries written by redis-cli following docs/wire-format.md, malformed
+// entries, refused authentication, unix sockets, trimming, delayed nacks.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "eventbus/clock.h"
+#include "eventbus/harness/redis_server.h"
+#include "eventbus/redis/redis_event_stream.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::redis {
+namespace {
+
+using harness::RedisServer;
+
+std::unique_ptr<RedisServer> StartServer(RedisServer::Options options = {}) {
+  auto server = RedisServer::Start(std::move(options));
+  // A server that cannot start is a failure, never a skip.
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? std::move(server).value() : nullptr;
+}
+
+RedisOptions OptionsFor(absl::string_view url) {
+  RedisOptions options;
+  auto endpoint = ParseRedisUrl(url);
+  EXPECT_TRUE(endpoint.ok()) << endpoint.status();
+  if (endpoint.ok()) options.endpoint = *endpoint;
+  // Quick reconnects keep the crash test short.
+  options.reconnect_backoff_initial = absl::Milliseconds(20);
+  options.reconnect_backoff_max = absl::Milliseconds(300);
+  options.connect_timeout = absl::Seconds(2);
+  options.command_timeout = absl::Seconds(2);
+  return options;
+}
+
+std::unique_ptr<EventStream> Connect(const RedisServer& server, RedisOptions options) {
+  auto stream = NewRedisEventStream(std::move(options));
+  EXPECT_TRUE(stream.ok()) << stream.status();
+  return stream.ok() ? std::move(stream).value() : nullptr;
+}
+std::unique_ptr<EventStream> Connect(const RedisServer& server) {
+  return Connect(server, OptionsFor(server.url()));
+}
+
+std::unique_ptr<Subscription> Join(EventStream& stream, const std::string& name,
+                                   const std::string& group, const std::string& consumer) {
+  SubscribeOptions options;
+  options.stream = name;
+  options.group = group;
+  options.consumer = consumer;
+  auto sub = stream.Subscribe(options);
+  EXPECT_TRUE(sub.ok()) << sub.status();
+  return sub.ok() ? std::move(sub).value() : nullptr;
+}
+
+std::string ShellQuote(absl::string_view arg) {
+  std::string out = "'";
+  for (char c : arg) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+// Runs the real redis-cli against `port`; `stdin_data` (binary-safe) becomes the last
+// argument through -x. Returns its stdout.
+std::string RedisCli(int port, const std::vector<std::string>& args,
+                     const std::string* stdin_data = nullptr) {
+  std::string command = absl::StrCat("redis-cli -p ", port);
+  if (stdin_data != nullptr) {
+    const std::string path = absl::StrCat(::testing::TempDir(), "/redis-cli-stdin-", ::getpid());
+    std::ofstream(path, std::ios::binary) << *stdin_data;
+    command += " -x";
+    for (const auto& arg : args) absl::StrAppend(&command, " ", ShellQuote(arg));
+    absl::StrAppend(&command, " < ", ShellQuote(path));
+  } else {
+    for (const auto& arg : args) absl::StrAppend(&command, " ", ShellQuote(arg));
+  }
+  command += " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  EXPECT_NE(pipe, nullptr) << command;
+  if (pipe == nullptr) return "";
+  std::string out;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+  const int rc = ::pclose(pipe);
+  EXPECT_EQ(rc, 0) << command << ": " << out;
+  return std::string(absl::StripTrailingAsciiWhitespace(out));
+}
+
+int64_t PendingCount(int port, const std::string& stream, const std::string& group) {
+  // XPENDING summary: count, smallest id, greatest id, consumers.
+  const std::string out = RedisCli(port, {"XPENDING", stream, group});
+  std::vector<std::string> lines = absl::StrSplit(out, '\n');
+  int64_t count = -1;
+  EXPECT_TRUE(!lines.empty() && absl::SimpleAtoi(lines[0], &count)) << out;
+  return count;
+}
+
+std::vector<Delivery> FetchUntil(Subscription& sub, size_t count, absl::Duration patience) {
+  std::vector<Delivery> got;
+  const absl::Time deadline = absl::Now() + patience;
+  while (got.size() < count && absl::Now() < deadline) {
+    auto batch = sub.Fetch(static_cast<int>(count - got.size()), absl::Milliseconds(500));
+    if (!batch.ok()) continue;  // Unavailable while a server restarts
+    for (auto& d : *batch) got.push_back(std::move(d));
+  }
+  return got;
+}
+
+TEST(RedisIntegration, ConsumersResumeAfterTheServerIsKilledAndRestartedMidStream) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  const std::string name = "crash.stream";
+  constexpr int kEvents = 3000;
+
+  absl::Mutex mu;
+  absl::flat_hash_set<std::string> published;  // event ids confirmed by the backend
+  absl::flat_hash_map<std::string, int> acked;  // event id -> successful acks
+  int publish_retries = 0;
+  int failed_acks = 0;
+  int fetch_errors = 0;
+  std::atomic<bool> stop{false};
+
+  std::vector<std::unique_ptr<Subscription>> subs;
+  for (int c = 0; c < 2; ++c) {
+    subs.push_back(Join(*stream, name, "workers", absl::StrCat("worker-", c)));
+    ASSERT_NE(subs.back(), nullptr);
+  }
+  std::vector<std::thread> consumers;
+  for (auto& sub : subs) {
+    consumers.emplace_back([&, s = sub.get()] {
+      while (!stop.load()) {
+        auto batch = s->Fetch(50, absl::Milliseconds(200));
+        if (!batch.ok()) {
+          absl::MutexLock lock(&mu);
+          ++fetch_errors;
+          continue;
+        }
+        for (const Delivery& d : *batch) {
+          // An ack that fails while the server is down is retried: the entry is still
+          // pending for this consumer after the restart (AOF).
+          absl::Status status;
+          for (int attempt = 0; attempt < 200; ++attempt) {
+            status = s->Ack(d);
+            if (status.ok() || !absl::IsUnavailable(status)) break;
+            absl::SleepFor(absl::Milliseconds(50));
+          }
+          absl::MutexLock lock(&mu);
+          if (status.ok()) {
+            acked[d.event.id()]++;
+          } else {
+            ++failed_acks;
+          }
+        }
+      }
+    });
+  }
+
+  // The publisher republishes an event whose publish failed (at-least-once from its side).
+  std::thread publisher([&] {
+    for (int i = 0; i < kEvents; ++i) {
+      Event event = MakeEvent("io.eventbus.crash", "/integration", absl::StrCat("n=", i));
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        auto receipt = stream->PublishAndWait(name, event, absl::Seconds(10));
+        if (receipt.ok()) {
+          absl::MutexLock lock(&mu);
+          published.insert(event.id());
+          break;
+        }
+        absl::MutexLock lock(&mu);
+        ++publish_retries;
+      }
+      if (i % 100 == 0) absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
+
+  // Crash the server once a third is through, keep it down for a while, bring it back.
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < give_up) {
+    {
+      absl::MutexLock lock(&mu);
+      if (published.size() > kEvents / 3) break;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  size_t published_at_kill;
+  {
+    absl::MutexLock lock(&mu);
+    published_at_kill = published.size();
+  }
+  server->Kill();
+  absl::SleepFor(absl::Seconds(1));
+  ASSERT_TRUE(server->Restart().ok()) << server->LogTail();
+  publisher.join();
+  EXPECT_LT(published_at_kill, static_cast<size_t>(kEvents)) << "the crash must be mid-stream";
+
+  // Every published event is acknowledged at least once, without anybody's help.
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    absl::MutexLock lock(&mu);
+    if (acked.size() >= published.size()) break;
+    mu.Unlock();
+    absl::SleepFor(absl::Milliseconds(100));
+    mu.Lock();
+  }
+  stop = true;
+  for (auto& t : consumers) t.join();
+
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(published.size(), static_cast<size_t>(kEvents));
+  int lost = 0;
+  for (const std::string& id : published) {
+    if (!acked.contains(id)) ++lost;
+  }
+  EXPECT_EQ(lost, 0) << "published events never acknowledged";
+  int duplicates = 0;
+  for (const auto& [id, n] : acked) duplicates += n - 1;
+  EXPECT_GT(fetch_errors, 0) << "consumers should have noticed the server was down";
+  std::printf("crash test: killed after %zu of %d published; %zu published, %zu acked, %d duplicate acks, %d publish retries, "
+              "%d fetch errors while down, %d failed acks\n",
+              published_at_kill, kEvents, published.size(), acked.size(), duplicates, publish_retries, fetch_errors, failed_acks);
+  EXPECT_EQ(PendingCount(server->port(), name, "workers"), 0);
+}
+
+TEST(RedisIntegration, AnEntryWrittenWithRedisCliIsConsumed) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  auto sub = Join(*stream, "orders", "billing", "b-1");
+  ASSERT_NE(sub, nullptr);
+
+  // Exactly the example of docs/wire-format.md.
+  const std::string entry_id = RedisCli(
+      server->port(),
+      {"XADD", "orders", "*", "specversion", "1.0", "id", "order-42", "source", "/shop/checkout",
+       "type", "com.example.order.created", "time", "2024-05-01T12:00:00.250Z", "subject",
+       "order/42", "datacontenttype", "application/json", "partitionkey", "customer-7",
+       "h:traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "data",
+       "{\"total\": 12.5}"});
+  ASSERT_FALSE(entry_id.empty());
+
+  auto got = FetchUntil(*sub, 1, absl::Seconds(10));
+  ASSERT_EQ(got.size(), 1u);
+  const Event& event = got[0].event;
+  EXPECT_EQ(got[0].id, entry_id);
+  EXPECT_EQ(got[0].delivery_count, 1);
+  EXPECT_EQ(event.id(), "order-42");
+  EXPECT_EQ(event.source(), "/shop/checkout");
+  EXPECT_EQ(event.spec_version(), "1.0");
+  EXPECT_EQ(event.type(), "com.example.order.created");
+  EXPECT_EQ(event.subject(), "order/42");
+  EXPECT_EQ(event.data_content_type(), "application/json");
+  EXPECT_EQ(event.key(), "customer-7");
+  EXPECT_EQ(EventTime(event), absl::FromUnixMillis(1'714'564'800'250));
+  EXPECT_EQ(event.headers().at("traceparent"), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  EXPECT_EQ(event.data(), "{\"total\": 12.5}");
+  ASSERT_TRUE(sub->Ack(got[0]).ok());
+  EXPECT_EQ(PendingCount(server->port(), "orders", "billing"), 0);
+}
+
+TEST(RedisIntegration, AnEventWeWriteIsReadableWithRedisCliXrange) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  Event event = MakeEvent("com.example.greeting", "/integration", "hello, redis-cli");
+  event.set_data_content_type("text/plain");
+  (*event.mutable_headers())["tenant"] = "acme";
+  SetEventTime(event, absl::FromUnixSeconds(1'714'564'800));
+  auto receipt = stream->PublishAndWait("greetings", event);
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+
+  const std::string out = RedisCli(server->port(), {"XRANGE", "greetings", "-", "+"});
+  std::vector<std::string> lines = absl::StrSplit(out, '\n');
+  // redis-cli prints the entry id, then field and value on alternate lines.
+  ASSERT_GE(lines.size(), 3u) << out;
+  EXPECT_EQ(lines[0], receipt->id);
+  std::map<std::string, std::string> fields;
+  for (size_t i = 1; i + 1 < lines.size(); i += 2) fields[lines[i]] = lines[i + 1];
+  EXPECT_EQ(fields["specversion"], "1.0");
+  EXPECT_EQ(fields["id"], event.id());
+  EXPECT_EQ(fields["source"], "/integration");
+  EXPECT_EQ(fields["type"], "com.example.greeting");
+  EXPECT_EQ(fields["time"], "2024-05-01T12:00:00Z");
+  EXPECT_EQ(fields["datacontenttype"], "text/plain");
+  EXPECT_EQ(fields["h:tenant"], "acme");
+  EXPECT_EQ(fields["data"], "hello, redis-cli");
+}
+
+TEST(RedisIntegration, MalformedEntriesGoToTheDeadLetterStreamAndTheConsumerKeepsGoing) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  auto sub = Join(*stream, "inbox", "readers", "r-1");
+  ASSERT_NE(sub, nullptr);
+  const int port = server->port();
+
+  const std::string missing_type = RedisCli(
+      port, {"XADD", "inbox", "*", "specversion", "1.0", "id", "m-1", "source", "/cli", "data", "x"});
+  const std::string garbage_bytes("\xff\xfe\x00\x01 not an event", 17);
+  const std::string garbage = RedisCli(port, {"XADD", "inbox", "*", "\x01\x02"}, &garbage_bytes);
+  const std::string bad_time = RedisCli(
+      port, {"XADD", "inbox", "*", "specversion", "1.0", "id", "m-3", "source", "/cli", "type",
+             "t", "time", "half past nine"});
+  const std::string bad_utf8_bytes("caf\xe9", 4);
+  const std::string bad_utf8 = RedisCli(
+      port, {"XADD", "inbox", "*", "specversion", "1.0", "id", "m-4", "source", "/cli", "type"},
+      &bad_utf8_bytes);
+  const std::string good = RedisCli(
+      port, {"XADD", "inbox", "*", "specversion", "1.0", "id", "ok-1", "source", "/cli", "type",
+             "t", "data", "fine"});
+
+  auto got = FetchUntil(*sub, 1, absl::Seconds(10));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].event.id(), "ok-1");
+  EXPECT_EQ(got[0].id, good);
+  ASSERT_TRUE(sub->Ack(got[0]).ok());
+  auto more = sub->Fetch(10, absl::Milliseconds(300));
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_TRUE(more->empty()) << "a malformed entry was returned by Fetch";
+  EXPECT_EQ(PendingCount(port, "inbox", "readers"), 0) << "malformed entries must be acked";
+
+  // The dead letters are valid events that say what was wrong and where it came from.
+  auto dlq = Join(*stream, "inbox.dlq", "ops", "o-1");
+  ASSERT_NE(dlq, nullptr);
+  auto dead = FetchUntil(*dlq, 4, absl::Seconds(10));
+  ASSERT_EQ(dead.size(), 4u);
+  std::map<std::string, std::string> reason_by_origin;
+  for (const Delivery& d : dead) {
+    const auto& h = d.event.headers();
+    EXPECT_EQ(h.at(std::string(kDlqOriginStreamHeader)), "inbox");
+    EXPECT_EQ(h.at(std::string(kDlqOriginGroupHeader)), "readers");
+    EXPECT_EQ(h.at(std::string(kDlqDeliveryCountHeader)), "1");
+    EXPECT_EQ(d.event.type(), "io.eventbus.malformed");
+    reason_by_origin[h.at(std::string(kDlqOriginIdHeader))] = h.at(std::string(kDlqReasonHeader));
+  }
+  EXPECT_TRUE(absl::StrContains(reason_by_origin[missing_type], "missing required field 'type'"))
+      << reason_by_origin[missing_type];
+  EXPECT_TRUE(absl::StrContains(reason_by_origin[garbage], "unknown field")) << reason_by_origin[garbage];
+  EXPECT_TRUE(absl::StrContains(reason_by_origin[bad_time], "RFC 3339")) << reason_by_origin[bad_time];
+  EXPECT_TRUE(absl::StrContains(reason_by_origin[bad_utf8], "UTF-8")) << reason_by_origin[bad_utf8];
+  // The raw entry travels along, C-escaped, so nothing of it is lost.
+  for (const Delivery& d : dead) {
+    if (d.event.headers().at(std::string(kDlqOriginIdHeader)) == garbage) {
+      EXPECT_EQ(d.event.data(), "\\001\\002 \\377\\376\\000\\001 not an event\n");
+    }
+  }
+}
+
+TEST(RedisIntegration, RefusedAuthenticationGivesAClearErrorWithoutTheSecret) {
+  RedisServer::Options options;
+  options.requirepass = "correct-horse";
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  const std::string base = absl::StrCat("127.0.0.1:", server->port());
+
+  auto wrong = NewRedisEventStream(OptionsFor(absl::StrCat("redis://:battery-staple@", base)));
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied) << wrong.status();
+  EXPECT_TRUE(absl::StrContains(wrong.status().message(), "refused authentication")) << wrong.status();
+  EXPECT_TRUE(absl::StrContains(wrong.status().message(), "REDIS_URL")) << wrong.status();
+  EXPECT_FALSE(absl::StrContains(wrong.status().message(), "battery-staple")) << wrong.status();
+
+  auto wrong_user = NewRedisEventStream(OptionsFor(absl::StrCat("redis://mallory:correct-horse@", base)));
+  ASSERT_FALSE(wrong_user.ok());
+  EXPECT_EQ(wrong_user.status().code(), absl::StatusCode::kPermissionDenied) << wrong_user.status();
+  EXPECT_TRUE(absl::StrContains(wrong_user.status().message(), "mallory")) << wrong_user.status();
+  EXPECT_FALSE(absl::StrContains(wrong_user.status().message(), "correct-horse")) << wrong_user.status();
+
+  auto none = NewRedisEventStream(OptionsFor(absl::StrCat("redis://", base)));
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnauthenticated) << none.status();
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "requires authentication")) << none.status();
+
+  auto right = NewRedisEventStream(OptionsFor(server->url()));
+  ASSERT_TRUE(right.ok()) << right.status();
+  auto sub = Join(**right, "secured", "g", "c");
+  ASSERT_NE(sub, nullptr);
+  ASSERT_TRUE((*right)->PublishAndWait("secured", MakeEvent("t", "/s", "x")).ok());
+  EXPECT_EQ(FetchUntil(*sub, 1, absl::Seconds(5)).size(), 1u);
+}
+
+TEST(RedisIntegration, UnixSocketAndDatabaseFromTheUrl) {
+  RedisServer::Options options;
+  auto probe = harness::MakeTempDir("redis-sock");
+  ASSERT_TRUE(probe.ok());
+  const std::string socket = absl::StrCat(*probe, "/redis.sock");
+  options.extra_args = {"--unixsocket", socket, "--unixsocketperm", "700"};
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server, OptionsFor(absl::StrCat("unix://", socket, "?db=3")));
+  ASSERT_NE(stream, nullptr);
+  ASSERT_TRUE(stream->PublishAndWait("in.db3", MakeEvent("t", "/s", "x")).ok());
+  EXPECT_EQ(RedisCli(server->port(), {"-n", "3", "XLEN", "in.db3"}), "1");
+  EXPECT_EQ(RedisCli(server->port(), {"-n", "0", "EXISTS", "in.db3"}), "0");
+  harness::RemoveTree(*probe);
+}
+
+TEST(RedisIntegration, TrimmedPendingEntriesAreAcknowledgedNotReclaimedForever) {
+  RedisServer::Options server_options;
+  // Small stream nodes let MAXLEN ~ trim at a fine grain.
+  server_options.extra_args = {"--stream-node-max-entries", "4"};
+  auto server = StartServer(server_options);
+  ASSERT_NE(server, nullptr);
+  RedisOptions options = OptionsFor(server->url());
+  options.max_stream_length = 10;
+  auto stream = Connect(*server, options);
+  ASSERT_NE(stream, nullptr);
+  auto holder = Join(*stream, "trimmed", "g", "holder");
+  auto rescuer = Join(*stream, "trimmed", "g", "rescuer");
+  ASSERT_NE(holder, nullptr);
+  ASSERT_NE(rescuer, nullptr);
+
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(stream->PublishAndWait("trimmed", MakeEvent("t", "/s")).ok());
+  auto held = FetchUntil(*holder, 8, absl::Seconds(5));
+  ASSERT_EQ(held.size(), 8u);
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE(stream->Publish("trimmed", MakeEvent("t", "/s")).ok());
+  ASSERT_TRUE(stream->Flush(absl::Seconds(10)).ok());
+  ASSERT_LT(std::stoi(RedisCli(server->port(), {"XLEN", "trimmed"})), 20);
+  EXPECT_EQ(PendingCount(server->port(), "trimmed", "g"), 8);
+
+  auto reclaimed = rescuer->Reclaim(absl::ZeroDuration(), 100);
+  ASSERT_TRUE(reclaimed.ok()) << reclaimed.status();
+  EXPECT_TRUE(reclaimed->empty()) << "trimmed entries cannot be redelivered";
+  EXPECT_EQ(PendingCount(server->port(), "trimmed", "g"), 0);
+  EXPECT_EQ(holder->Ack(held[0]).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(RedisIntegration, ADelayedNackSurvivesItsConsumerAndReclaimDoesNotTakeItEarly) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  auto first = Join(*stream, "later", "g", "first");
+  auto second = Join(*stream, "later", "g", "second");
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(stream->PublishAndWait("later", MakeEvent("t", "/s", "payload")).ok());
+  auto got = FetchUntil(*first, 1, absl::Seconds(5));
+  ASSERT_EQ(got.size(), 1u);
+  const absl::Time nacked_at = absl::Now();
+  ASSERT_TRUE(first->Nack(got[0], absl::Seconds(3)).ok());
+  ASSERT_TRUE(first->Close().ok());
+
+  auto early = second->Reclaim(absl::ZeroDuration(), 10);
+  ASSERT_TRUE(early.ok()) << early.status();
+  EXPECT_TRUE(early->empty()) << "Reclaim took a delayed entry before its time";
+  auto quiet = second->Fetch(10, absl::Milliseconds(500));
+  ASSERT_TRUE(quiet.ok());
+  EXPECT_TRUE(quiet->empty());
+
+  auto redelivered = FetchUntil(*second, 1, absl::Seconds(10));
+  ASSERT_EQ(redelivered.size(), 1u);
+  EXPECT_GE(absl::Now() - nacked_at, absl::Seconds(3));
+  EXPECT_EQ(redelivered[0].id, got[0].id) << "the entry id is stable across a delayed nack";
+  EXPECT_EQ(redelivered[0].delivery_count, 2) << "the reclaim attempt must not count";
+  EXPECT_EQ(redelivered[0].event.data(), "payload");
+  EXPECT_TRUE(second->Ack(redelivered[0]).ok());
+}
+
+TEST(RedisIntegration, AGroupLostByTheServerIsCreatedAgain) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  auto sub = Join(*stream, "volatile", "g", "c");
+  ASSERT_NE(sub, nullptr);
+  EXPECT_EQ(RedisCli(server->port(), {"FLUSHALL"}), "OK");
+  auto empty = sub->Fetch(10, absl::Milliseconds(200));  // meets NOGROUP
+  EXPECT_TRUE(empty.ok() || absl::IsUnavailable(empty.status())) << empty.status();
+  auto quiet = sub->Fetch(10, absl::Milliseconds(200));  // group created again
+  ASSERT_TRUE(quiet.ok()) << quiet.status();
+  ASSERT_TRUE(stream->PublishAndWait("volatile", MakeEvent("t", "/s", "after")).ok());
+  auto got = FetchUntil(*sub, 1, absl::Seconds(5));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].event.data(), "after");
+}
+
+TEST(RedisIntegration, UnreachableServerIsUnavailableNotAHang) {
+  auto port = harness::FreeLoopbackPort();
+  ASSERT_TRUE(port.ok());
+  const absl::Time start = absl::Now();
+  auto stream = NewRedisEventStream(OptionsFor(absl::StrCat("redis://127.0.0.1:", *port)));
+  ASSERT_FALSE(stream.ok());
+  EXPECT_EQ(stream.status().code(), absl::StatusCode::kUnavailable) << stream.status();
+  EXPECT_TRUE(absl::StrContains(stream.status().message(), absl::StrCat(*port))) << stream.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+}  // namespace
+}  // namespace eventbus::redis
