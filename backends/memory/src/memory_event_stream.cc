@@ -42,6 +42,10 @@ struct Group {
   std::map<uint64_t, Pending> pending;
   // Returned entries, by (visible_at, seq): redelivered before new ones once visible.
   std::set<std::pair<absl::Time, uint64_t>> returned;
+  // Held entries with a finite lease, by (lease_expiry, seq), so expiry costs nothing per fetch
+  // however much is in flight. Both sets are cleaned lazily: an element whose Pending no longer
+  // matches it (settled, extended, re-leased) is dropped when it reaches the front.
+  std::set<std::pair<absl::Time, uint64_t>> leases;
 };
 
 struct Entry {
@@ -139,7 +143,10 @@ class State {
     EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
     Pending& pending = std::get<2>(held)->second;
     pending.last_touch = clock_->Now();
-    if (options.ack_wait > absl::ZeroDuration()) pending.lease_expiry = pending.last_touch + options.ack_wait;
+    if (options.ack_wait > absl::ZeroDuration()) {
+      pending.lease_expiry = pending.last_touch + options.ack_wait;
+      std::get<1>(held)->leases.emplace(pending.lease_expiry, std::get<2>(held)->first);
+    }
     return absl::OkStatus();
   }
 
@@ -155,7 +162,7 @@ class State {
       if (pending.consumer.empty() || now - pending.last_touch < min_idle) continue;
       const Entry* entry = stream.Find(seq);
       if (entry == nullptr) continue;
-      out.push_back(LeaseLocked(options, seq, *entry, pending, now));
+      out.push_back(LeaseLocked(options, group, seq, *entry, pending, now));
     }
     return out;
   }
@@ -235,14 +242,17 @@ class State {
     return Held{&stream->second, &group->second, it};
   }
 
-  Delivery LeaseLocked(const SubscribeOptions& options, uint64_t seq, const Entry& entry,
-                       Pending& pending, absl::Time now) {
+  Delivery LeaseLocked(const SubscribeOptions& options, Group& group, uint64_t seq,
+                       const Entry& entry, Pending& pending, absl::Time now) {
     pending.consumer = options.consumer;
     pending.delivery_count++;
     if (pending.delivery_count == 1) pending.first_delivery_time = now;
     pending.last_touch = now;
-    pending.lease_expiry =
-        options.ack_wait > absl::ZeroDuration() ? now + options.ack_wait : absl::InfiniteFuture();
+    pending.lease_expiry = absl::InfiniteFuture();
+    if (options.ack_wait > absl::ZeroDuration()) {
+      pending.lease_expiry = now + options.ack_wait;
+      group.leases.emplace(pending.lease_expiry, seq);
+    }
     pending.generation = next_generation_++;
     Delivery delivery;
     delivery.event = entry.event;
@@ -264,8 +274,14 @@ class State {
   }
 
   void ExpireLeasesLocked(Group& group, absl::Time now) {
-    for (auto it = group.pending.begin(); it != group.pending.end(); ++it) {
-      if (!it->second.consumer.empty() && it->second.lease_expiry <= now) ReturnLocked(group, it, now);
+    while (!group.leases.empty() && group.leases.begin()->first <= now) {
+      auto [expiry, seq] = *group.leases.begin();
+      group.leases.erase(group.leases.begin());
+      auto it = group.pending.find(seq);
+      if (it != group.pending.end() && !it->second.consumer.empty() &&
+          it->second.lease_expiry == expiry) {
+        ReturnLocked(group, it, now);
+      }
     }
   }
 
@@ -286,7 +302,7 @@ class State {
         group.pending.erase(it);
         continue;
       }
-      out.push_back(LeaseLocked(options, seq, *entry, it->second, now));
+      out.push_back(LeaseLocked(options, group, seq, *entry, it->second, now));
     }
   }
 
@@ -296,16 +312,16 @@ class State {
     while (group.next_seq < stream.next_seq && static_cast<int>(out.size()) < max_events) {
       const uint64_t seq = group.next_seq++;
       Pending& pending = group.pending[seq];
-      out.push_back(LeaseLocked(options, seq, *stream.Find(seq), pending, now));
+      out.push_back(LeaseLocked(options, group, seq, *stream.Find(seq), pending, now));
     }
   }
 
+  // When the next returned entry becomes visible or the next lease expires (possibly a stale
+  // index element: waking early for it is harmless).
   absl::Time NextDueLocked(const Group& group) const {
     absl::Time due = absl::InfiniteFuture();
     if (!group.returned.empty()) due = group.returned.begin()->first;
-    for (const auto& [seq, pending] : group.pending) {
-      if (!pending.consumer.empty()) due = std::min(due, pending.lease_expiry);
-    }
+    if (!group.leases.empty()) due = std::min(due, group.leases.begin()->first);
     return due;
   }
 
