@@ -1,0 +1,421 @@
+#include "eventbus/executor/http_client.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "eventbus/harness/server_process.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::executor {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::UnorderedElementsAre;
+
+// A cpp-httplib server on 127.0.0.1 with the endpoints the tests need, on its own thread.
+class TestServer {
+ public:
+  explicit TestServer(std::unique_ptr<httplib::Server> server) : server_(std::move(server)) {
+    auto echo = [this](const httplib::Request& req, httplib::Response& res) {
+      requests_.fetch_add(1);
+      res.status = 200;
+      res.set_header("X-Method", req.method);
+      res.set_header("X-Seen-Test-Header", req.get_header_value("X-Test"));
+      res.set_header("X-Seen-Content-Type", req.get_header_value("Content-Type"));
+      res.set_header("Set-Cookie", "a=1");
+      res.set_header("Set-Cookie", "b=2");
+      res.set_content(req.body, "application/octet-stream");
+    };
+    server_->Get("/echo", echo);
+    server_->Post("/echo", echo);
+    server_->Put("/echo", echo);
+    server_->Patch("/echo", echo);
+    server_->Delete("/echo", echo);
+    server_->Get(R"(/status/(\d+))", [this](const httplib::Request& req, httplib::Response& res) {
+      requests_.fetch_add(1);
+      res.status = std::stoi(req.matches[1]);
+      // 204 and 304 have no body by definition; sending one would corrupt the connection.
+      if (res.status != 204 && res.status != 304) {
+        res.set_content(absl::StrCat("status ", res.status), "text/plain");
+      }
+    });
+    server_->Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
+      requests_.fetch_add(1);
+      release_.WaitForNotificationWithTimeout(absl::Seconds(20));
+      res.set_content("late", "text/plain");
+    });
+    server_->Get("/big", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(std::string(2 * 1024 * 1024, 'x'), "text/plain");
+    });
+    server_->Get("/redirect", [](const httplib::Request&, httplib::Response& res) {
+      res.set_redirect("/status/204");
+    });
+    // Bound and listening here: connections wait in the backlog until the accept loop runs.
+    port_ = server_->bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
+    // httplib's stop() is a no-op until the accept loop has started: wait for it, or a test
+    // that never sends a request would hang in the destructor.
+    for (int i = 0; i < 1000 && !server_->is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+
+  ~TestServer() {
+    if (!release_.HasBeenNotified()) release_.Notify();
+    server_->stop();
+    thread_.join();
+  }
+
+  int port() const { return port_; }
+  std::string Url(absl::string_view path, absl::string_view scheme = "http") const {
+    return absl::StrCat(scheme, "://127.0.0.1:", port_, path);
+  }
+  int requests() const { return requests_.load(); }
+
+ private:
+  std::unique_ptr<httplib::Server> server_;
+  int port_ = -1;
+  std::thread thread_;
+  absl::Notification release_;
+  std::atomic<int> requests_{0};
+};
+
+class HttpClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // The tests talk to 127.0.0.1 only: no proxy from the environment may get in between.
+    for (const char* var : {"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                            "all_proxy"}) {
+      unsetenv(var);
+    }
+    server_ = std::make_unique<TestServer>(std::make_unique<httplib::Server>());
+    ASSERT_GT(server_->port(), 0) << "test HTTP server did not bind";
+    absl::StatusOr<std::unique_ptr<HttpClient>> client = HttpClient::Create();
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+
+  HttpRequest Request(HttpMethod method, absl::string_view path) {
+    HttpRequest request;
+    request.method = method;
+    request.url = server_->Url(path);
+    request.timeout = absl::Seconds(10);
+    return request;
+  }
+
+  std::unique_ptr<TestServer> server_;
+  std::unique_ptr<HttpClient> client_;
+};
+
+TEST_F(HttpClientTest, EveryMethodRoundTripsHeadersAndBody) {
+  for (HttpMethod method : {HttpMethod::kGet, HttpMethod::kPost, HttpMethod::kPut,
+                            HttpMethod::kPatch, HttpMethod::kDelete}) {
+    SCOPED_TRACE(HttpMethodName(method));
+    HttpRequest request = Request(method, "/echo");
+    request.headers = {{"X-Test", "hello"}, {"Content-Type", "application/json"}};
+    if (method != HttpMethod::kGet) request.body = R"({"task":"t1","n":1})";
+    absl::StatusOr<HttpResponse> response = client_->Send(request);
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->status, 200);
+    EXPECT_EQ(ClassifyHttpResponse(*response), HttpOutcome::kSuccess);
+    EXPECT_EQ(response->Header("x-method"), std::string(HttpMethodName(method)));
+    EXPECT_EQ(response->Header("X-SEEN-TEST-HEADER"), "hello");
+    EXPECT_EQ(response->Header("x-seen-content-type"), "application/json");
+    EXPECT_EQ(response->body, request.body);
+    EXPECT_GT(response->elapsed, absl::ZeroDuration());
+    auto [begin, end] = response->headers.equal_range("set-cookie");
+    std::vector<std::string> cookies;
+    for (auto it = begin; it != end; ++it) cookies.push_back(it->second);
+    EXPECT_THAT(cookies, UnorderedElementsAre("a=1", "b=2"));
+  }
+}
+
+TEST_F(HttpClientTest, BinaryBodyWithNulBytesSurvives) {
+  HttpRequest request = Request(HttpMethod::kPost, "/echo");
+  request.body = std::string("a\0b\0\xff" "c", 6);
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->body, request.body);
+}
+
+TEST_F(HttpClientTest, EmptyHeaderValueIsSent) {
+  HttpRequest request = Request(HttpMethod::kGet, "/echo");
+  request.headers = {{"X-Test", ""}};
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->Header("X-Seen-Test-Header"), "");
+}
+
+TEST_F(HttpClientTest, NotFoundIsPermanentAndServerErrorIsTransient) {
+  absl::StatusOr<HttpResponse> not_found = client_->Send(Request(HttpMethod::kGet, "/status/404"));
+  ASSERT_TRUE(not_found.ok()) << not_found.status();
+  EXPECT_EQ(not_found->status, 404);
+  EXPECT_EQ(ClassifyHttpResponse(*not_found), HttpOutcome::kPermanent);
+
+  absl::StatusOr<HttpResponse> server_error =
+      client_->Send(Request(HttpMethod::kGet, "/status/500"));
+  ASSERT_TRUE(server_error.ok()) << server_error.status();
+  EXPECT_EQ(server_error->status, 500);
+  EXPECT_EQ(server_error->body, "status 500");
+  EXPECT_EQ(ClassifyHttpResponse(*server_error), HttpOutcome::kTransient);
+
+  absl::StatusOr<HttpResponse> too_many = client_->Send(Request(HttpMethod::kGet, "/status/429"));
+  ASSERT_TRUE(too_many.ok()) << too_many.status();
+  EXPECT_EQ(ClassifyHttpResponse(*too_many), HttpOutcome::kTransient);
+}
+
+TEST(ClassifyHttpStatusTest, CoversEveryClass) {
+  EXPECT_EQ(ClassifyHttpStatus(200), HttpOutcome::kSuccess);
+  EXPECT_EQ(ClassifyHttpStatus(204), HttpOutcome::kSuccess);
+  EXPECT_EQ(ClassifyHttpStatus(299), HttpOutcome::kSuccess);
+  EXPECT_EQ(ClassifyHttpStatus(500), HttpOutcome::kTransient);
+  EXPECT_EQ(ClassifyHttpStatus(503), HttpOutcome::kTransient);
+  EXPECT_EQ(ClassifyHttpStatus(599), HttpOutcome::kTransient);
+  EXPECT_EQ(ClassifyHttpStatus(408), HttpOutcome::kTransient);
+  EXPECT_EQ(ClassifyHttpStatus(429), HttpOutcome::kTransient);
+  EXPECT_EQ(ClassifyHttpStatus(400), HttpOutcome::kPermanent);
+  EXPECT_EQ(ClassifyHttpStatus(401), HttpOutcome::kPermanent);
+  EXPECT_EQ(ClassifyHttpStatus(404), HttpOutcome::kPermanent);
+  EXPECT_EQ(ClassifyHttpStatus(422), HttpOutcome::kPermanent);
+  EXPECT_EQ(ClassifyHttpStatus(301), HttpOutcome::kPermanent);
+  EXPECT_EQ(ClassifyHttpStatus(100), HttpOutcome::kPermanent);
+  EXPECT_EQ(ClassifyHttpStatus(0), HttpOutcome::kPermanent);
+}
+
+TEST_F(HttpClientTest, FollowsRedirects) {
+  absl::StatusOr<HttpResponse> followed = client_->Send(Request(HttpMethod::kGet, "/redirect"));
+  ASSERT_TRUE(followed.ok()) << followed.status();
+  EXPECT_EQ(followed->status, 204);
+
+  HttpRequest request = Request(HttpMethod::kGet, "/redirect");
+  request.follow_redirects = false;
+  absl::StatusOr<HttpResponse> not_followed = client_->Send(request);
+  ASSERT_TRUE(not_followed.ok()) << not_followed.status();
+  EXPECT_EQ(not_followed->status, 302);
+  EXPECT_EQ(not_followed->Header("Location"), "/status/204");
+}
+
+TEST_F(HttpClientTest, TimeoutIsDeadlineExceededAndTransient) {
+  HttpRequest request = Request(HttpMethod::kGet, "/slow");
+  request.timeout = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsDeadlineExceeded(response.status())) << response.status();
+  EXPECT_TRUE(IsTransientHttpError(response.status()));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+TEST_F(HttpClientTest, ConnectionRefusedIsUnavailableAndTransient) {
+  absl::StatusOr<int> port = harness::FreeLoopbackPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  HttpRequest request;
+  request.url = absl::StrCat("http://127.0.0.1:", *port, "/nothing-listens");
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsUnavailable(response.status())) << response.status();
+  EXPECT_TRUE(IsTransientHttpError(response.status()));
+  EXPECT_THAT(response.status().message(), HasSubstr(absl::StrCat("127.0.0.1:", *port)));
+}
+
+TEST_F(HttpClientTest, CancellationAbortsARunningCall) {
+  HttpRequest request = Request(HttpMethod::kGet, "/slow");
+  request.timeout = absl::Seconds(30);
+  std::atomic<bool> cancel{false};
+  request.cancelled = [&cancel] { return cancel.load(); };
+  std::thread canceller([&cancel] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cancel.store(true);
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  canceller.join();
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsCancelled(response.status())) << response.status();
+  EXPECT_FALSE(IsTransientHttpError(response.status()));
+  // The progress callback runs about once a second on an idle connection.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
+TEST_F(HttpClientTest, AlreadyCancelledCallNeverReachesTheServer) {
+  HttpRequest request = Request(HttpMethod::kPost, "/echo");
+  request.cancelled = [] { return true; };
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  EXPECT_TRUE(absl::IsCancelled(response.status())) << response.status();
+  EXPECT_EQ(server_->requests(), 0);
+}
+
+TEST_F(HttpClientTest, ResponseOverTheSizeCapIsResourceExhausted) {
+  HttpClientOptions options;
+  options.max_response_bytes = 1024 * 1024;
+  absl::StatusOr<std::unique_ptr<HttpClient>> client = HttpClient::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<HttpResponse> response = (*client)->Send(Request(HttpMethod::kGet, "/big"));
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(response.status())) << response.status();
+  EXPECT_FALSE(IsTransientHttpError(response.status()));
+  // The same client still works afterwards (the handle went back to the pool clean).
+  absl::StatusOr<HttpResponse> small = (*client)->Send(Request(HttpMethod::kGet, "/status/200"));
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->status, 200);
+}
+
+TEST_F(HttpClientTest, BadRequestsAreInvalidArgument) {
+  std::vector<HttpRequest> bad;
+  for (const char* url : {"", "not a url", "127.0.0.1/no-scheme", "ftp://127.0.0.1/x",
+                          "file:///etc/passwd", "http://"}) {
+    HttpRequest request;
+    request.url = url;
+    bad.push_back(request);
+  }
+  HttpRequest get_with_body = Request(HttpMethod::kGet, "/echo");
+  get_with_body.body = "x";
+  bad.push_back(get_with_body);
+  HttpRequest header_injection = Request(HttpMethod::kGet, "/echo");
+  header_injection.headers = {{"X-Test", "a\r\nX-Evil: 1"}};
+  bad.push_back(header_injection);
+  HttpRequest bad_header_name = Request(HttpMethod::kGet, "/echo");
+  bad_header_name.headers = {{"X Test", "a"}};
+  bad.push_back(bad_header_name);
+  HttpRequest zero_timeout = Request(HttpMethod::kGet, "/echo");
+  zero_timeout.timeout = absl::ZeroDuration();
+  bad.push_back(zero_timeout);
+  for (const HttpRequest& request : bad) {
+    absl::StatusOr<HttpResponse> response = client_->Send(request);
+    EXPECT_TRUE(absl::IsInvalidArgument(response.status()))
+        << "url '" << request.url << "': " << response.status();
+  }
+  EXPECT_EQ(server_->requests(), 0);
+}
+
+TEST_F(HttpClientTest, ErrorMessagesLeaveOutCredentialsAndQuery) {
+  absl::StatusOr<int> port = harness::FreeLoopbackPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  HttpRequest request;
+  request.url = absl::StrCat("http://user:s3cret@127.0.0.1:", *port, "/path?token=s3cret");
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_THAT(response.status().message(), HasSubstr("/path"));
+  EXPECT_THAT(response.status().message(), Not(HasSubstr("s3cret")));
+}
+
+TEST_F(HttpClientTest, ConcurrentCallsFromManyThreads) {
+  std::vector<std::thread> threads;
+  std::vector<int> failures(6, 0);
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        HttpRequest request = Request(HttpMethod::kPost, "/echo");
+        request.body = absl::StrCat("thread ", t, " call ", i);
+        absl::StatusOr<HttpResponse> response = client_->Send(request);
+        if (!response.ok() || response->body != request.body) ++failures[t];
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_THAT(failures, ::testing::Each(0));
+  EXPECT_EQ(server_->requests(), 120);
+}
+
+TEST(HttpMethodTest, ParsesTheFiveMethodsCaseInsensitively) {
+  EXPECT_EQ(*ParseHttpMethod("get"), HttpMethod::kGet);
+  EXPECT_EQ(*ParseHttpMethod("POST"), HttpMethod::kPost);
+  EXPECT_EQ(*ParseHttpMethod("Put"), HttpMethod::kPut);
+  EXPECT_EQ(*ParseHttpMethod("patch"), HttpMethod::kPatch);
+  EXPECT_EQ(*ParseHttpMethod("DELETE"), HttpMethod::kDelete);
+  for (const char* bad : {"HEAD", "OPTIONS", "", "GETT"}) {
+    absl::StatusOr<HttpMethod> method = ParseHttpMethod(bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(method.status())) << bad;
+    EXPECT_THAT(method.status().message(), HasSubstr("GET, POST, PUT, PATCH, DELETE"));
+  }
+}
+
+TEST(HttpHostKeyTest, NormalisesSchemeHostAndPort) {
+  EXPECT_EQ(*HttpHostKey("https://API.Example.com/v1/x?q=1"), "https://api.example.com:443");
+  EXPECT_EQ(*HttpHostKey("http://example.com"), "http://example.com:80");
+  EXPECT_EQ(*HttpHostKey("http://user:pw@127.0.0.1:8080/a"), "http://127.0.0.1:8080");
+  EXPECT_EQ(*HttpHostKey("HTTP://[::1]:9000/"), "http://[::1]:9000");
+  EXPECT_TRUE(absl::IsInvalidArgument(HttpHostKey("ftp://example.com/").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(HttpHostKey("no scheme").status()));
+}
+
+// HTTPS against a server whose certificate comes from a throwaway CA made for this test.
+class HttpsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> dir = harness::MakeTempDir("eventbus-https-test");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = new std::string(*dir);
+    const std::string command = absl::StrCat(
+        "cd ", *dir_,
+        " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=eventbus-test-ca"
+        " -keyout ca.key -out ca.pem"
+        " && openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key"
+        " -out server.csr"
+        " && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext"
+        " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1"
+        " -extfile san.ext -out server.pem",
+        " > openssl.log 2>&1");
+    ASSERT_EQ(std::system(command.c_str()), 0) << "openssl failed; see " << *dir_ << "/openssl.log";
+  }
+  static void TearDownTestSuite() {
+    if (dir_ != nullptr) harness::RemoveTree(*dir_);
+    delete dir_;
+    dir_ = nullptr;
+  }
+
+  void SetUp() override {
+    auto server = std::make_unique<httplib::SSLServer>((*dir_ + "/server.pem").c_str(),
+                                                       (*dir_ + "/server.key").c_str());
+    ASSERT_TRUE(server->is_valid()) << "HTTPS test server could not load its certificate";
+    server_ = std::make_unique<TestServer>(std::move(server));
+    ASSERT_GT(server_->port(), 0);
+  }
+
+  static std::string* dir_;
+  std::unique_ptr<TestServer> server_;
+};
+std::string* HttpsTest::dir_ = nullptr;
+
+TEST_F(HttpsTest, UntrustedCertificateIsRejected) {
+  absl::StatusOr<std::unique_ptr<HttpClient>> client = HttpClient::Create();
+  ASSERT_TRUE(client.ok()) << client.status();
+  HttpRequest request;
+  request.url = server_->Url("/status/200", "https");
+  absl::StatusOr<HttpResponse> response = (*client)->Send(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(response.status())) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("TLS verification failed"));
+  EXPECT_FALSE(IsTransientHttpError(response.status()));
+}
+
+TEST_F(HttpsTest, CertificateFromTheConfiguredCaIsAccepted) {
+  HttpClientOptions options;
+  options.ca_file = *dir_ + "/ca.pem";
+  absl::StatusOr<std::unique_ptr<HttpClient>> client = HttpClient::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  HttpRequest request;
+  request.method = HttpMethod::kPost;
+  request.url = server_->Url("/echo", "https");
+  request.body = "over tls";
+  absl::StatusOr<HttpResponse> response = (*client)->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "over tls");
+}
+
+}  // namespace
+}  // namespace eventbus::executor
