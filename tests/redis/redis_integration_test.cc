@@ -19,6 +19,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "eventbus/registry.h"
 #include "eventbus/clock.h"
 #include "eventbus/harness/redis_server.h"
 #include "eventbus/redis/redis_event_stream.h"
@@ -499,6 +500,101 @@ TEST(RedisIntegration, AGroupLostByTheServerIsCreatedAgain) {
   auto got = FetchUntil(*sub, 1, absl::Seconds(5));
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].event.data(), "after");
+}
+
+TEST(RedisIntegration, SelectedThroughTheRegistryFromTheEnvironment) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  BackendRegistry registry;
+  ASSERT_TRUE(RegisterRedisBackend(registry).ok());
+  auto stream = registry.CreateFromEnvironment({{"EVENT_STREAM_TYPE", "redis"},
+                                                {"REDIS_URL", absl::StrCat(server->url(), "/5")},
+                                                {"REDIS_OPTION_STREAM_MAXLEN", "1000"}});
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_EQ((*stream)->backend_name(), "redis");
+  EXPECT_TRUE((*stream)->Ping(absl::Seconds(2)).ok());
+  ASSERT_TRUE((*stream)->PublishAndWait("from.env", MakeEvent("t", "/s", "x")).ok());
+  EXPECT_EQ(RedisCli(server->port(), {"-n", "5", "XLEN", "from.env"}), "1");
+
+  auto unknown = registry.CreateFromEnvironment(
+      {{"EVENT_STREAM_TYPE", "redis"}, {"REDIS_URL", server->url()}, {"REDIS_OPTION_BOGUS", "1"}});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(unknown.status().message(), "bogus")) << unknown.status();
+}
+
+TEST(RedisIntegration, AStaleHandleCannotAckWhatAnotherConsumerReclaimed) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  auto slow = Join(*stream, "stale", "g", "slow");
+  auto fast = Join(*stream, "stale", "g", "fast");
+  ASSERT_NE(slow, nullptr);
+  ASSERT_NE(fast, nullptr);
+  ASSERT_TRUE(stream->PublishAndWait("stale", MakeEvent("t", "/s", "x")).ok());
+  auto held = FetchUntil(*slow, 1, absl::Seconds(5));
+  ASSERT_EQ(held.size(), 1u);
+  absl::SleepFor(absl::Milliseconds(50));
+  auto taken = fast->Reclaim(absl::Milliseconds(10), 10);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  ASSERT_EQ(taken->size(), 1u);
+  EXPECT_EQ((*taken)[0].delivery_count, 2);
+  EXPECT_EQ(slow->Ack(held[0]).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(slow->Extend(held[0]).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(fast->Ack((*taken)[0]).ok());
+  EXPECT_EQ(fast->Ack((*taken)[0]).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(PendingCount(server->port(), "stale", "g"), 0);
+}
+
+TEST(RedisIntegration, NackDelaysAreMeasuredOnTheInjectedClock) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  ManualClock clock;
+  auto made = NewRedisEventStream(OptionsFor(server->url()), &clock);
+  ASSERT_TRUE(made.ok()) << made.status();
+  auto& stream = *made;
+  auto sub = Join(*stream, "virtual", "g", "c");
+  ASSERT_NE(sub, nullptr);
+  ASSERT_TRUE(stream->PublishAndWait("virtual", MakeEvent("t", "/s", "x")).ok());
+  auto got = FetchUntil(*sub, 1, absl::Seconds(5));
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_TRUE(sub->Nack(got[0], absl::Hours(1)).ok());
+  clock.Advance(absl::Minutes(59));
+  auto early = sub->Fetch(10, absl::Milliseconds(300));
+  ASSERT_TRUE(early.ok());
+  EXPECT_TRUE(early->empty()) << "redelivered after 59 of 60 virtual minutes";
+  clock.Advance(absl::Minutes(1));
+  auto due = FetchUntil(*sub, 1, absl::Seconds(5));
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].id, got[0].id);
+  EXPECT_EQ(due[0].delivery_count, 2);
+}
+
+TEST(RedisIntegration, ClosingHandsHeldDeliveriesToTheGroupAtOnce) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  auto leaving = Join(*stream, "handover", "g", "leaving");
+  auto staying = Join(*stream, "handover", "g", "staying");
+  ASSERT_NE(leaving, nullptr);
+  ASSERT_NE(staying, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(stream->PublishAndWait("handover", MakeEvent("t", "/s", absl::StrCat(i))).ok());
+  }
+  auto held = FetchUntil(*leaving, 3, absl::Seconds(5));
+  ASSERT_EQ(held.size(), 3u);
+  ASSERT_TRUE(leaving->Close().ok());
+  EXPECT_EQ(leaving->Ack(held[0]).code(), absl::StatusCode::kFailedPrecondition);
+  // No Reclaim needed: the next Fetch of the group gets them, counted as redeliveries.
+  auto taken = FetchUntil(*staying, 3, absl::Seconds(5));
+  ASSERT_EQ(taken.size(), 3u);
+  for (const Delivery& d : taken) {
+    EXPECT_EQ(d.delivery_count, 2);
+    EXPECT_TRUE(staying->Ack(d).ok());
+  }
+  EXPECT_EQ(PendingCount(server->port(), "handover", "g"), 0);
 }
 
 TEST(RedisIntegration, UnreachableServerIsUnavailableNotAHang) {
