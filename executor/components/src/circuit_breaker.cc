@@ -108,7 +108,7 @@ void CircuitBreaker::MaybeHalfOpenLocked() {
 }
 
 absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::Acquire() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   MaybeHalfOpenLocked();
   switch (state_) {
     case CircuitState::kClosed:
@@ -133,7 +133,7 @@ absl::StatusOr<CircuitBreaker::Permit> CircuitBreaker::Acquire() {
 }
 
 void CircuitBreaker::Finish(uint64_t generation, bool probe, Outcome outcome) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   --permits_outstanding_;
   // A permit from an earlier state saw a host that may have changed since: ignore its outcome.
   if (generation != generation_) return;
@@ -161,13 +161,13 @@ void CircuitBreaker::Finish(uint64_t generation, bool probe, Outcome outcome) {
 }
 
 CircuitState CircuitBreaker::state() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   MaybeHalfOpenLocked();
   return state_;
 }
 
 bool CircuitBreaker::Idle() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return state_ == CircuitState::kClosed && consecutive_failures_ == 0 &&
          permits_outstanding_ == 0;
 }
@@ -190,7 +190,7 @@ CircuitBreakerRegistry::CircuitBreakerRegistry(Options options, Clock* clock,
     : options_(std::move(options)), clock_(clock), on_state_change_(std::move(on_state_change)) {}
 
 std::shared_ptr<CircuitBreaker> CircuitBreakerRegistry::ForHost(absl::string_view host) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (auto it = breakers_.find(host); it != breakers_.end()) return it->second;
   if (breakers_.size() >= options_.max_hosts) {
     // Only healthy, idle breakers are forgotten: an open circuit keeps protecting its host.
@@ -205,7 +205,7 @@ std::shared_ptr<CircuitBreaker> CircuitBreakerRegistry::ForHost(absl::string_vie
 std::vector<std::pair<std::string, CircuitState>> CircuitBreakerRegistry::Snapshot() {
   std::vector<std::shared_ptr<CircuitBreaker>> breakers;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     breakers.reserve(breakers_.size());
     for (const auto& [host, breaker] : breakers_) breakers.push_back(breaker);
   }

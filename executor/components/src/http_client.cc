@@ -5,17 +5,16 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <utility>
 
 #include "absl/base/call_once.h"
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::executor {
@@ -320,7 +319,7 @@ class HttpClient::HandlePool {
 
   EasyHandle Take() {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (!idle_.empty()) {
         EasyHandle handle = std::move(idle_.back());
         idle_.pop_back();
@@ -333,14 +332,14 @@ class HttpClient::HandlePool {
   void Give(EasyHandle handle) {
     // Forgets every option (pointers into the finished request included); keeps connections.
     curl_easy_reset(handle.get());
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (idle_.size() < max_idle_) idle_.push_back(std::move(handle));
   }
 
  private:
   const size_t max_idle_;
-  absl::Mutex mu_;
-  std::vector<EasyHandle> idle_ ABSL_GUARDED_BY(mu_);
+  std::mutex mu_;  // guards idle_
+  std::vector<EasyHandle> idle_;
 };
 
 absl::StatusOr<std::unique_ptr<HttpClient>> HttpClient::Create(HttpClientOptions options) {

@@ -6,19 +6,18 @@ extern "C" {
 }
 
 #include <climits>
+#include <mutex>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/base/call_once.h"
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::executor {
@@ -263,7 +262,7 @@ class JqExpression::Impl {
 
   absl::StatusOr<std::unique_ptr<CompiledState>> Take() const {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (!idle_.empty()) {
         std::unique_ptr<CompiledState> state = std::move(idle_.back());
         idle_.pop_back();
@@ -276,7 +275,7 @@ class JqExpression::Impl {
   }
 
   void Give(std::unique_ptr<CompiledState> state) const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (idle_.size() < kMaxIdleStates) idle_.push_back(std::move(state));
   }
 
@@ -285,8 +284,8 @@ class JqExpression::Impl {
   const std::string program_;
   const std::string wrapped_;
   const JqOptions options_;
-  mutable absl::Mutex mu_;
-  mutable std::vector<std::unique_ptr<CompiledState>> idle_ ABSL_GUARDED_BY(mu_);
+  mutable std::mutex mu_;  // guards idle_
+  mutable std::vector<std::unique_ptr<CompiledState>> idle_;
 };
 
 absl::StatusOr<JqExpression> JqExpression::Compile(absl::string_view program, JqOptions options) {

@@ -1,12 +1,12 @@
 #include "eventbus/executor/circuit_breaker.h"
 
 #include <atomic>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "eventbus/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -32,12 +32,12 @@ CircuitBreakerOptions Options(int failure_threshold = 3, int max_probes = 1,
 
 // Records every state change, in order.
 struct Transitions {
-  absl::Mutex mu;
+  std::mutex mu;
   std::vector<std::tuple<std::string, CircuitState, CircuitState>> seen;
 
   CircuitStateCallback Callback() {
     return [this](absl::string_view host, CircuitState from, CircuitState to) {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       seen.emplace_back(std::string(host), from, to);
     };
   }

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -11,8 +13,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "eventbus/harness/server_process.h"
 #include "gmock/gmock.h"
@@ -54,7 +54,8 @@ class TestServer {
     });
     server_->Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
       requests_.fetch_add(1);
-      release_.WaitForNotificationWithTimeout(absl::Seconds(20));
+      std::unique_lock<std::mutex> lock(mu_);
+      released_cv_.wait_for(lock, std::chrono::seconds(20), [this] { return released_; });
       res.set_content("late", "text/plain");
     });
     server_->Get("/big", [](const httplib::Request&, httplib::Response& res) {
@@ -74,7 +75,11 @@ class TestServer {
   }
 
   ~TestServer() {
-    if (!release_.HasBeenNotified()) release_.Notify();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      released_ = true;
+    }
+    released_cv_.notify_all();
     server_->stop();
     thread_.join();
   }
@@ -89,7 +94,9 @@ class TestServer {
   std::unique_ptr<httplib::Server> server_;
   int port_ = -1;
   std::thread thread_;
-  absl::Notification release_;
+  std::mutex mu_;
+  std::condition_variable released_cv_;
+  bool released_ = false;  // guarded by mu_; set on destruction to free /slow handlers
   std::atomic<int> requests_{0};
 };
 

@@ -24,16 +24,15 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "eventbus/clock.h"
 
@@ -60,7 +59,7 @@ struct CircuitBreakerOptions {
 
 // Called on every state change with the host, the old and the new state. It runs on the
 // thread that caused the change, while the breaker's lock is held (so a metrics gauge sees
-// changes in order): it must be quick and must not call back into the same breaker.
+// changes in order): it must be quick and must not call into any breaker or the registry.
 using CircuitStateCallback =
     std::function<void(absl::string_view host, CircuitState from, CircuitState to)>;
 
@@ -115,8 +114,9 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
   CircuitBreaker(std::string host, CircuitBreakerOptions options, Clock* clock,
                  CircuitStateCallback on_state_change);
   void Finish(uint64_t generation, bool probe, Outcome outcome);
-  void MaybeHalfOpenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void TransitionLocked(CircuitState to) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Both need mu_ held.
+  void MaybeHalfOpenLocked();
+  void TransitionLocked(CircuitState to);
   // Closed, no failure counted, nothing in flight: forgetting it loses no information.
   bool Idle();
 
@@ -125,15 +125,16 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
   Clock* const clock_;
   const CircuitStateCallback on_state_change_;
 
-  absl::Mutex mu_;
-  CircuitState state_ ABSL_GUARDED_BY(mu_) = CircuitState::kClosed;
+  // std::mutex, as in core: Debian's Abseil is not built for TSan (false races on absl::Mutex).
+  std::mutex mu_;  // guards everything below
+  CircuitState state_ = CircuitState::kClosed;
   // Bumped on every transition; a Permit's outcome counts only in its own generation.
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
-  int probes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  int probe_successes_ ABSL_GUARDED_BY(mu_) = 0;
-  int permits_outstanding_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time open_until_ ABSL_GUARDED_BY(mu_);
+  uint64_t generation_ = 0;
+  int consecutive_failures_ = 0;
+  int probes_in_flight_ = 0;
+  int probe_successes_ = 0;
+  int permits_outstanding_ = 0;
+  absl::Time open_until_;
 };
 
 // One breaker per host key (use HttpHostKey from http_client.h), created on first use with
@@ -165,9 +166,8 @@ class CircuitBreakerRegistry {
   Clock* const clock_;
   const CircuitStateCallback on_state_change_;
 
-  absl::Mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<CircuitBreaker>> breakers_
-      ABSL_GUARDED_BY(mu_);
+  std::mutex mu_;  // guards breakers_
+  absl::flat_hash_map<std::string, std::shared_ptr<CircuitBreaker>> breakers_;
 };
 
 }  // namespace eventbus::executor
