@@ -13,6 +13,8 @@ PACKAGES=(
   # executor and service
   libcurl4-openssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
   libjq-dev libcpp-httplib-dev libssl-dev libboost-dev
+  # the system CA store that HTTPS `call` tasks verify against; `openssl` makes the test CA
+  ca-certificates openssl
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # servers and foreign clients the tests use
