@@ -1,0 +1,117 @@
+#pragma once
+// The executor: consumes task requests from one stream, runs the registered handler for each
+// with a concurrency limit, a processing timeout and a retry policy, publishes a result event
+// and settles the delivery (ack, nack with backoff, or dead-letter with a reason). Written only
+// against the EventStream contract, so it runs on every backend.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "eventbus/event_stream.h"
+#include "eventbus/executor/handler.h"
+#include "eventbus/executor/metrics.h"
+#include "eventbus/executor/retry_policy.h"
+#include "eventbus/executor/task.h"
+
+namespace eventbus::executor {
+
+struct ExecutorOptions {
+  std::string request_stream{kDefaultRequestStream};
+  std::string result_stream{kDefaultResultStream};
+  // Empty = request_stream + ".dlq".
+  std::string dead_letter_stream;
+  std::string consumer_group = "eventbus-executor";
+  // Unique within the group; empty = "<hostname>-<pid>-<random>".
+  std::string consumer_name;
+  // Handlers running at once (EXECUTOR_CONCURRENCY); also the most deliveries held at once.
+  int concurrency = 4;
+  // At most this many events per fetch, and never more than free slots (EXECUTOR_STREAM_BATCH).
+  int fetch_batch = 10;
+  // How long one fetch may block waiting for events (EXECUTOR_STREAM_BLOCK).
+  absl::Duration fetch_block = absl::Seconds(1);
+  // Take over deliveries other (dead) consumers of the group left unsettled
+  // (EXECUTOR_RECLAIM_ENABLED), when idle for reclaim_min_idle, checked every reclaim_interval.
+  bool reclaim_enabled = true;
+  absl::Duration reclaim_min_idle = absl::Minutes(5);
+  absl::Duration reclaim_interval = absl::Seconds(30);
+  // A running handler's delivery is extended this often, so a long handler is not mistaken
+  // for an orphan (keep it well below reclaim_min_idle). Zero disables heartbeats.
+  absl::Duration heartbeat_interval = absl::Seconds(30);
+  // Graceful shutdown waits this long for running handlers before giving them back.
+  absl::Duration shutdown_deadline = absl::Seconds(30);
+  // How long publishing one result may take before the delivery is retried instead.
+  absl::Duration publish_timeout = absl::Seconds(10);
+  // After a failed fetch, wait this long before the next one.
+  absl::Duration fetch_error_backoff = absl::Seconds(1);
+  // Per-type policies overriding the handler's DefaultPolicy().
+  std::map<std::string, TaskPolicy, std::less<>> type_policies;
+  // Bounds on what a request may ask for; beyond them the request is invalid.
+  absl::Duration max_task_timeout = absl::Hours(24);
+  // The `source` of result events.
+  std::string result_source = "eventbus-executor";
+};
+
+// InvalidArgument naming the option.
+absl::Status ValidateExecutorOptions(const ExecutorOptions& options);
+
+// One structured log line about a task (the service renders it as JSON).
+struct TaskLogRecord {
+  enum class Level { kDebug, kInfo, kWarning, kError };
+  Level level = Level::kInfo;
+  std::string message;
+  std::string task_id;    // empty when the request could not be parsed
+  std::string task_type;  // empty when the request could not be parsed
+  int attempt = 0;
+  std::string delivery_id;
+  std::string error;
+};
+using TaskLogSink = std::function<void(const TaskLogRecord&)>;
+
+struct ExecutorDependencies {
+  // Not owned; null = no metrics.
+  ExecutorMetrics* metrics = nullptr;
+  // Not owned; null = an absl::BitGen based source.
+  RandomSource* random = nullptr;
+  // Called from worker threads; null = no logs.
+  TaskLogSink log;
+};
+
+// Thread-safety: Start and Shutdown from one owning thread; the rest from any thread.
+class Executor {
+ public:
+  // `stream` and `handlers` are not owned and must outlive the executor. Time comes from
+  // stream->clock().
+  Executor(EventStream* stream, const HandlerRegistry* handlers, ExecutorOptions options,
+           ExecutorDependencies dependencies = {});
+  ~Executor();  // Shutdown()
+
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Joins the consumer group and starts fetching. Errors: InvalidArgument (options),
+  // FailedPrecondition (already started), or the backend's Subscribe error.
+  absl::Status Start();
+
+  // Graceful: stops fetching, gives back deliveries not yet started, lets running handlers
+  // finish until options.shutdown_deadline has passed on the clock, then gives back (Nack(0))
+  // what still runs so another worker takes it, and leaves the group. Waits for every worker
+  // thread, so a handler that ignores TaskContext::cancelled() delays it. Idempotent.
+  void Shutdown();
+
+  // Deliveries held right now (queued or running).
+  int in_flight() const;
+  // Handlers running right now.
+  int running() const;
+  const ExecutorOptions& options() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace eventbus::executor

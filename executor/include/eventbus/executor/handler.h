@@ -1,0 +1,143 @@
+#pragma once
+// Task handlers (strategy) and the registry that maps a task type to its handler. Adding a task
+// type is one TaskHandler subclass plus one Register call: nothing else changes.
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "eventbus/clock.h"
+#include "eventbus/executor/retry_policy.h"
+#include "eventbus/executor/task.h"
+
+namespace eventbus::executor {
+
+// How a type's tasks are run when the request does not override it.
+struct TaskPolicy {
+  RetryPolicy retry;
+  // A handler still running after this is treated as a transient failure.
+  absl::Duration timeout = absl::Seconds(30);
+};
+
+// What one run of a handler came to.
+class TaskOutcome {
+ public:
+  enum class Kind {
+    kSucceeded,
+    // Worth retrying (a 5xx, a refused connection, a timeout): retried per the retry policy,
+    // dead-lettered after the last attempt.
+    kTransientFailure,
+    // Retrying cannot help (a 4xx, a bad expression): dead-lettered at once.
+    kPermanentFailure,
+    // Not done yet, and nothing failed: redeliver no earlier than delay() (the `wait` task).
+    // Never holds a worker while waiting.
+    kRedeliverAfter,
+  };
+
+  static TaskOutcome Succeeded(nlohmann::json output);
+  static TaskOutcome Transient(std::string error);
+  static TaskOutcome Transient(std::string error, nlohmann::json output);
+  static TaskOutcome Permanent(std::string error);
+  static TaskOutcome Permanent(std::string error, nlohmann::json output);
+  static TaskOutcome RedeliverAfter(absl::Duration delay);
+  // Unavailable, DeadlineExceeded, ResourceExhausted, Aborted and Internal are transient; every
+  // other error code is permanent; OK is a success with a null output.
+  static TaskOutcome FromStatus(const absl::Status& status);
+
+  Kind kind() const { return kind_; }
+  bool ok() const { return kind_ == Kind::kSucceeded; }
+  const std::string& error() const { return error_; }
+  absl::Duration delay() const { return delay_; }
+  // May be null (no output).
+  const std::shared_ptr<const nlohmann::json>& output() const { return output_; }
+
+ private:
+  TaskOutcome(Kind kind, std::string error) : kind_(kind), error_(std::move(error)) {}
+
+  Kind kind_;
+  std::string error_;
+  absl::Duration delay_;
+  std::shared_ptr<const nlohmann::json> output_;
+};
+
+// Everything a handler may know about the run it is asked to do. Owned by the executor, valid
+// for the duration of TaskHandler::Handle.
+class TaskContext {
+ public:
+  TaskContext(const TaskRequest& request, int attempt, absl::Time requested_at,
+              absl::Time deadline, Clock* clock)
+      : request_(request),
+        attempt_(attempt),
+        requested_at_(requested_at),
+        deadline_(deadline),
+        clock_(clock) {}
+
+  const TaskRequest& request() const { return request_; }
+  const nlohmann::json& input() const { return request_.Input(); }
+  // 1 on the first delivery; counts every redelivery (retries, delayed redeliveries, reclaims).
+  int attempt() const { return attempt_; }
+  // When the task was requested (the request event's time).
+  absl::Time requested_at() const { return requested_at_; }
+  // After this the executor treats the run as a transient failure and stops waiting for it:
+  // handlers pass the remaining time to their I/O (HTTP timeouts) and return soon after.
+  absl::Time deadline() const { return deadline_; }
+  absl::Duration Remaining() const { return deadline_ - clock_->Now(); }
+  Clock* clock() const { return clock_; }
+  // True once the executor gave up on this run (timeout, shutdown): the outcome is discarded.
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  void Cancel() { cancelled_.store(true, std::memory_order_release); }
+
+ private:
+  const TaskRequest& request_;
+  int attempt_;
+  absl::Time requested_at_;
+  absl::Time deadline_;
+  Clock* clock_;
+  std::atomic<bool> cancelled_{false};
+};
+
+class TaskHandler {
+ public:
+  virtual ~TaskHandler() = default;
+
+  // The task type this handler runs, e.g. "call".
+  virtual std::string type() const = 0;
+
+  // The policy for this type unless the executor's configuration or the request overrides it.
+  virtual TaskPolicy DefaultPolicy() const { return TaskPolicy{}; }
+
+  // Whether this handler can run `request` at all (checked before every run): an error, with a
+  // reason, makes the request invalid and sends it to the dead-letter stream without a retry.
+  virtual absl::Status Supports(const TaskRequest& request) const { return absl::OkStatus(); }
+
+  // Runs one attempt. Called concurrently from several worker threads; must not block past
+  // context.deadline() by much, and must never sleep to wait for time to pass (return
+  // TaskOutcome::RedeliverAfter instead).
+  virtual TaskOutcome Handle(TaskContext& context) = 0;
+};
+
+// Register everything before the executor starts; afterwards the registry is read-only and
+// safe to use from any thread.
+class HandlerRegistry {
+ public:
+  // AlreadyExists when the type is taken, InvalidArgument for a null handler or empty type.
+  absl::Status Register(std::unique_ptr<TaskHandler> handler);
+
+  // Null when no handler is registered for `type`.
+  TaskHandler* Find(absl::string_view type) const;
+
+  // Sorted registered types.
+  std::vector<std::string> Types() const;
+
+ private:
+  std::map<std::string, std::unique_ptr<TaskHandler>, std::less<>> handlers_;
+};
+
+}  // namespace eventbus::executor

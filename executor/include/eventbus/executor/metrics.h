@@ -1,0 +1,40 @@
+#pragma once
+// What the executor reports about its work. The service binds it to Prometheus; the default
+// does nothing. Implementations must be thread-safe.
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace eventbus::executor {
+
+// Outcomes of one delivery, the `outcome` label.
+inline constexpr absl::string_view kOutcomeSucceeded = "succeeded";
+inline constexpr absl::string_view kOutcomeFailed = "failed";        // dead-lettered by a handler failure
+inline constexpr absl::string_view kOutcomeRetried = "retried";      // transient, will run again
+inline constexpr absl::string_view kOutcomeDelayed = "delayed";      // asked for a later redelivery
+inline constexpr absl::string_view kOutcomeInvalid = "invalid";      // malformed request, dead-lettered
+inline constexpr absl::string_view kOutcomeAbandoned = "abandoned";  // given back at shutdown
+// The `type` label for requests whose type is not registered (bounded label cardinality).
+inline constexpr absl::string_view kUnknownTypeLabel = "_unknown";
+
+class ExecutorMetrics {
+ public:
+  virtual ~ExecutorMetrics() = default;
+  // One handler run (or one rejected request) ended with `outcome`; `duration` is the run time.
+  virtual void TaskFinished(absl::string_view type, absl::string_view outcome,
+                            absl::Duration duration) {}
+  // A transient failure was scheduled for another attempt after `backoff`.
+  virtual void TaskRetried(absl::string_view type, absl::Duration backoff) {}
+  // A delivery went to the dead-letter stream.
+  virtual void TaskDeadLettered(absl::string_view type) {}
+  // A result event was published (`status` "succeeded" or "failed").
+  virtual void ResultPublished(absl::string_view status) {}
+  // The number of deliveries held by this executor (running or queued) changed.
+  virtual void InFlightChanged(int in_flight) {}
+  // A fetch returned a delivery that had waited `lag` since it was published.
+  virtual void FetchLag(absl::Duration lag) {}
+  // A fetch or reclaim against the backend failed.
+  virtual void BackendError(absl::string_view operation) {}
+};
+
+}  // namespace eventbus::executor

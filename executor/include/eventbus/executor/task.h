@@ -1,0 +1,90 @@
+#pragma once
+// The task request model: what a producer puts in the data of an event on the request stream
+// (JSON, documented in docs/tasks.md), and the result event the executor publishes.
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "eventbus/event.h"
+#include "eventbus/executor/retry_policy.h"
+
+namespace eventbus::executor {
+
+inline constexpr absl::string_view kDefaultRequestStream = "io.flunq.task.requested";
+inline constexpr absl::string_view kDefaultResultStream = "io.flunq.task.completed";
+// CloudEvents `type` of request and result events.
+inline constexpr absl::string_view kTaskRequestedType = "io.flunq.task.requested";
+inline constexpr absl::string_view kTaskCompletedType = "io.flunq.task.completed";
+
+// Per-task overrides of the type's retry policy; unset fields keep the type's value.
+struct RetryOverride {
+  std::optional<int> max_attempts;
+  std::optional<absl::Duration> initial_backoff;
+  std::optional<absl::Duration> max_backoff;
+  std::optional<double> multiplier;
+  std::optional<double> jitter;
+
+  RetryPolicy ApplyTo(RetryPolicy policy) const;
+};
+
+struct TaskRequest {
+  std::string id;    // required, non-empty, at most 200 bytes
+  std::string type;  // required: selects the handler
+  // The handler's input: a JSON object (an absent "input" is an empty object). Never null after
+  // parsing.
+  std::shared_ptr<const nlohmann::json> input;
+  std::optional<absl::Duration> timeout;  // overrides the type's processing timeout
+  RetryOverride retry;
+  // Free-form string labels echoed into the result (correlation ids, ...).
+  std::map<std::string, std::string> metadata;
+
+  const nlohmann::json& Input() const;
+};
+
+// Parses the request from an event's data. InvalidArgument with a reason a human can act on
+// ("not JSON: ...", "missing required field \"type\"", "\"timeout\": ...").
+absl::StatusOr<TaskRequest> ParseTaskRequest(absl::string_view json_text);
+absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document);
+
+// For a request ParseTaskRequest rejected: its "id" and "type" (and "metadata") when the text is
+// a JSON object with a usable string id, so the failure can still be reported under that id.
+std::optional<TaskRequest> SalvageTaskIdentity(absl::string_view json_text);
+
+// The JSON text ParseTaskRequest accepts back.
+std::string TaskRequestToJson(const TaskRequest& request);
+
+// The request event for `request` (type kTaskRequestedType, key = task id, JSON data).
+Event MakeTaskRequestEvent(const TaskRequest& request, absl::string_view source);
+
+enum class TaskStatus { kSucceeded, kFailed };
+absl::string_view TaskStatusName(TaskStatus status);
+
+// What the executor publishes on the result stream (as JSON in the event's data).
+struct TaskResult {
+  std::string task_id;
+  std::string type;
+  TaskStatus status = TaskStatus::kSucceeded;
+  // The handler's output (null when it produced none).
+  std::shared_ptr<const nlohmann::json> output;
+  int attempts = 0;
+  absl::Duration duration;  // of the last attempt
+  // Empty on success; on failure "permanent", "transient", "timeout" or "invalid".
+  std::string error_kind;
+  std::string error;
+  std::string request_event_id;
+  absl::Time completed_at;
+  std::map<std::string, std::string> metadata;
+};
+
+std::string TaskResultToJson(const TaskResult& result);
+absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text);
+Event MakeTaskResultEvent(const TaskResult& result, absl::string_view source);
+
+}  // namespace eventbus::executor

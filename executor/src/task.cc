@@ -1,0 +1,262 @@
+#include "eventbus/executor/task.h"
+
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "eventbus/executor/iso_duration.h"
+#include "eventbus/status_macros.h"
+
+namespace eventbus::executor {
+namespace {
+
+using nlohmann::json;
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("\"", field, "\": ", why));
+}
+
+absl::StatusOr<absl::Duration> DurationField(const json& value, absl::string_view field) {
+  if (!value.is_string()) return Invalid(field, "must be an ISO 8601 duration string such as \"PT30S\"");
+  auto parsed = ParseIsoDuration(value.get<std::string>());
+  if (!parsed.ok()) return Invalid(field, parsed.status().message());
+  return *parsed;
+}
+
+absl::Status ParseRetry(const json& value, RetryOverride& retry) {
+  if (!value.is_object()) return Invalid("retry", "must be an object");
+  for (const auto& [key, item] : value.items()) {
+    if (key == "max_attempts") {
+      if (!item.is_number_integer()) return Invalid("retry.max_attempts", "must be an integer");
+      const int64_t n = item.get<int64_t>();
+      if (n < 1 || n > 1000) return Invalid("retry.max_attempts", "must be in [1, 1000]");
+      retry.max_attempts = static_cast<int>(n);
+    } else if (key == "initial_backoff") {
+      EVENTBUS_ASSIGN_OR_RETURN(retry.initial_backoff, DurationField(item, "retry.initial_backoff"));
+    } else if (key == "max_backoff") {
+      EVENTBUS_ASSIGN_OR_RETURN(retry.max_backoff, DurationField(item, "retry.max_backoff"));
+    } else if (key == "multiplier") {
+      if (!item.is_number()) return Invalid("retry.multiplier", "must be a number");
+      retry.multiplier = item.get<double>();
+    } else if (key == "jitter") {
+      if (!item.is_number()) return Invalid("retry.jitter", "must be a number");
+      retry.jitter = item.get<double>();
+    } else {
+      return Invalid(absl::StrCat("retry.", key),
+                     "unknown field; valid: max_attempts, initial_backoff, max_backoff, "
+                     "multiplier, jitter");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckId(absl::string_view field, absl::string_view value) {
+  if (value.empty()) return Invalid(field, "must not be empty");
+  if (value.size() > 200) return Invalid(field, "is longer than 200 bytes");
+  for (char c : value) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Invalid(field, "contains control characters");
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string FormatRfc3339(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E*SZ", t, absl::UTCTimeZone());
+}
+
+}  // namespace
+
+RetryPolicy RetryOverride::ApplyTo(RetryPolicy policy) const {
+  if (max_attempts) policy.max_attempts = *max_attempts;
+  if (initial_backoff) policy.initial_backoff = *initial_backoff;
+  if (max_backoff) policy.max_backoff = *max_backoff;
+  if (multiplier) policy.multiplier = *multiplier;
+  if (jitter) policy.jitter = *jitter;
+  return policy;
+}
+
+const nlohmann::json& TaskRequest::Input() const {
+  static const json* const kEmpty = new json(json::object());
+  return input ? *input : *kEmpty;
+}
+
+absl::StatusOr<TaskRequest> ParseTaskRequest(absl::string_view json_text) {
+  json document = json::parse(json_text.begin(), json_text.end(), nullptr,
+                              /*allow_exceptions=*/false);
+  if (document.is_discarded()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task request is not valid JSON (", json_text.size(), " bytes)"));
+  }
+  return TaskRequestFromJson(document);
+}
+
+absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document) {
+  if (!document.is_object()) {
+    return absl::InvalidArgumentError("task request must be a JSON object");
+  }
+  TaskRequest request;
+  bool has_id = false;
+  bool has_type = false;
+  for (const auto& [key, value] : document.items()) {
+    if (key == "id") {
+      if (!value.is_string()) return Invalid("id", "must be a string");
+      request.id = value.get<std::string>();
+      EVENTBUS_RETURN_IF_ERROR(CheckId("id", request.id));
+      has_id = true;
+    } else if (key == "type") {
+      if (!value.is_string()) return Invalid("type", "must be a string");
+      request.type = value.get<std::string>();
+      EVENTBUS_RETURN_IF_ERROR(CheckId("type", request.type));
+      has_type = true;
+    } else if (key == "input") {
+      if (value.is_null()) continue;
+      if (!value.is_object()) return Invalid("input", "must be a JSON object");
+      request.input = std::make_shared<const json>(value);
+    } else if (key == "timeout") {
+      EVENTBUS_ASSIGN_OR_RETURN(absl::Duration timeout, DurationField(value, "timeout"));
+      if (timeout <= absl::ZeroDuration()) return Invalid("timeout", "must be positive");
+      request.timeout = timeout;
+    } else if (key == "retry") {
+      EVENTBUS_RETURN_IF_ERROR(ParseRetry(value, request.retry));
+    } else if (key == "metadata") {
+      if (!value.is_object()) return Invalid("metadata", "must be an object of strings");
+      for (const auto& [name, label] : value.items()) {
+        if (!label.is_string()) return Invalid(absl::StrCat("metadata.", name), "must be a string");
+        request.metadata[name] = label.get<std::string>();
+      }
+    } else {
+      return Invalid(key, "unknown field; valid: id, type, input, timeout, retry, metadata");
+    }
+  }
+  if (!has_id) return absl::InvalidArgumentError("missing required field \"id\"");
+  if (!has_type) return absl::InvalidArgumentError("missing required field \"type\"");
+  if (!request.input) request.input = std::make_shared<const json>(json::object());
+  return request;
+}
+
+std::optional<TaskRequest> SalvageTaskIdentity(absl::string_view json_text) {
+  json document = json::parse(json_text.begin(), json_text.end(), nullptr, false);
+  if (document.is_discarded() || !document.is_object()) return std::nullopt;
+  auto id = document.find("id");
+  if (id == document.end() || !id->is_string() || !CheckId("id", id->get<std::string>()).ok()) {
+    return std::nullopt;
+  }
+  TaskRequest request;
+  request.id = id->get<std::string>();
+  if (auto type = document.find("type");
+      type != document.end() && type->is_string() && CheckId("type", type->get<std::string>()).ok()) {
+    request.type = type->get<std::string>();
+  }
+  if (auto metadata = document.find("metadata"); metadata != document.end() && metadata->is_object()) {
+    for (const auto& [name, label] : metadata->items()) {
+      if (label.is_string()) request.metadata[name] = label.get<std::string>();
+    }
+  }
+  request.input = std::make_shared<const json>(json::object());
+  return request;
+}
+
+std::string TaskRequestToJson(const TaskRequest& request) {
+  json document = {{"id", request.id}, {"type", request.type}, {"input", request.Input()}};
+  if (request.timeout) document["timeout"] = FormatIsoDuration(*request.timeout);
+  json retry = json::object();
+  if (request.retry.max_attempts) retry["max_attempts"] = *request.retry.max_attempts;
+  if (request.retry.initial_backoff) {
+    retry["initial_backoff"] = FormatIsoDuration(*request.retry.initial_backoff);
+  }
+  if (request.retry.max_backoff) retry["max_backoff"] = FormatIsoDuration(*request.retry.max_backoff);
+  if (request.retry.multiplier) retry["multiplier"] = *request.retry.multiplier;
+  if (request.retry.jitter) retry["jitter"] = *request.retry.jitter;
+  if (!retry.empty()) document["retry"] = std::move(retry);
+  if (!request.metadata.empty()) document["metadata"] = request.metadata;
+  // Outputs carry text from the outside (HTTP bodies) that may not be UTF-8: never throw on it.
+  return document.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Event MakeTaskRequestEvent(const TaskRequest& request, absl::string_view source) {
+  Event event = MakeEvent(kTaskRequestedType, source, TaskRequestToJson(request));
+  event.set_subject(request.id);
+  event.set_key(request.id);
+  event.set_data_content_type("application/json");
+  return event;
+}
+
+absl::string_view TaskStatusName(TaskStatus status) {
+  return status == TaskStatus::kSucceeded ? "succeeded" : "failed";
+}
+
+std::string TaskResultToJson(const TaskResult& result) {
+  json document = {
+      {"id", result.task_id},
+      {"type", result.type},
+      {"status", std::string(TaskStatusName(result.status))},
+      {"output", result.output ? *result.output : json(nullptr)},
+      {"attempts", result.attempts},
+      {"duration_ms", absl::ToDoubleMilliseconds(result.duration)},
+      {"request_event_id", result.request_event_id},
+      {"completed_at", FormatRfc3339(result.completed_at)},
+  };
+  if (result.status == TaskStatus::kFailed) {
+    document["error"] = {{"kind", result.error_kind}, {"message", result.error}};
+  } else {
+    document["error"] = nullptr;
+  }
+  if (!result.metadata.empty()) document["metadata"] = result.metadata;
+  // Outputs carry text from the outside (HTTP bodies) that may not be UTF-8: never throw on it.
+  return document.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text) {
+  json document = json::parse(json_text.begin(), json_text.end(), nullptr, false);
+  if (document.is_discarded() || !document.is_object()) {
+    return absl::InvalidArgumentError("task result is not a JSON object");
+  }
+  TaskResult result;
+  try {
+    result.task_id = document.at("id").get<std::string>();
+    result.type = document.at("type").get<std::string>();
+    const std::string status = document.at("status").get<std::string>();
+    if (status == "succeeded") {
+      result.status = TaskStatus::kSucceeded;
+    } else if (status == "failed") {
+      result.status = TaskStatus::kFailed;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown task status \"", status, "\""));
+    }
+    if (!document.at("output").is_null()) {
+      result.output = std::make_shared<const json>(document.at("output"));
+    }
+    result.attempts = document.at("attempts").get<int>();
+    result.duration = absl::Microseconds(document.at("duration_ms").get<double>() * 1000);
+    result.request_event_id = document.value("request_event_id", "");
+    std::string completed_at = document.value("completed_at", "");
+    std::string error;
+    if (!completed_at.empty() &&
+        !absl::ParseTime(absl::RFC3339_full, completed_at, &result.completed_at, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat("completed_at: ", error));
+    }
+    if (const json& e = document.at("error"); e.is_object()) {
+      result.error_kind = e.value("kind", "");
+      result.error = e.value("message", "");
+    }
+    if (document.contains("metadata")) {
+      result.metadata = document.at("metadata").get<std::map<std::string, std::string>>();
+    }
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("task result: ", e.what()));
+  }
+  return result;
+}
+
+Event MakeTaskResultEvent(const TaskResult& result, absl::string_view source) {
+  Event event = MakeEvent(kTaskCompletedType, source, TaskResultToJson(result));
+  event.set_subject(result.task_id);
+  event.set_key(result.task_id);
+  event.set_data_content_type("application/json");
+  return event;
+}
+
+}  // namespace eventbus::executor

@@ -1,0 +1,610 @@
+// The executor's run loop on the memory backend in virtual time (ManualClock): every timing
+// assertion is exact, and nothing sleeps to let time pass.
+
+#include "eventbus/executor/executor.h"
+
+#include <atomic>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "eventbus/clock.h"
+#include "eventbus/executor/builtin_handlers.h"
+#include "eventbus/executor/task.h"
+#include "eventbus/memory/memory_event_stream.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "test_support.h"
+
+namespace eventbus::executor {
+namespace {
+
+using ::nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using Op = testing::SubscriptionCall::Op;
+
+// A handler whose behaviour per call is scripted by the test; records every call.
+class ScriptedHandler final : public TaskHandler {
+ public:
+  using Script = std::function<TaskOutcome(TaskContext&, int call)>;
+  ScriptedHandler(std::string type, Script script, TaskPolicy policy = {})
+      : type_(std::move(type)), script_(std::move(script)), policy_(policy) {}
+
+  std::string type() const override { return type_; }
+  TaskPolicy DefaultPolicy() const override { return policy_; }
+
+  TaskOutcome Handle(TaskContext& context) override {
+    int call;
+    {
+      absl::MutexLock lock(&mu_);
+      call = ++calls_;
+      times_.push_back(context.clock()->Now());
+      attempts_.push_back(context.attempt());
+      ++running_;
+      max_running_ = std::max(max_running_, running_);
+    }
+    TaskOutcome outcome = script_(context, call);
+    {
+      absl::MutexLock lock(&mu_);
+      --running_;
+      if (context.cancelled()) ++returned_cancelled_;
+    }
+    return outcome;
+  }
+
+  int calls() const {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+  int running() const {
+    absl::MutexLock lock(&mu_);
+    return running_;
+  }
+  int max_running() const {
+    absl::MutexLock lock(&mu_);
+    return max_running_;
+  }
+  int returned_cancelled() const {
+    absl::MutexLock lock(&mu_);
+    return returned_cancelled_;
+  }
+  std::vector<absl::Time> times() const {
+    absl::MutexLock lock(&mu_);
+    return times_;
+  }
+  std::vector<int> attempts() const {
+    absl::MutexLock lock(&mu_);
+    return attempts_;
+  }
+  bool AwaitRunning(int n) const {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return running_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), testing::kSafetyTimeout);
+  }
+  bool AwaitIdle() const {
+    absl::MutexLock lock(&mu_);
+    auto idle = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return running_ == 0; };
+    return mu_.AwaitWithTimeout(absl::Condition(&idle), testing::kSafetyTimeout);
+  }
+  bool AwaitCalls(int n) const {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return calls_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), testing::kSafetyTimeout);
+  }
+
+ private:
+  const std::string type_;
+  const Script script_;
+  const TaskPolicy policy_;
+  mutable absl::Mutex mu_;
+  int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  int max_running_ ABSL_GUARDED_BY(mu_) = 0;
+  int returned_cancelled_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<absl::Time> times_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> attempts_ ABSL_GUARDED_BY(mu_);
+};
+
+// Lets blocked handlers go, one or all; a handler also returns once its run was cancelled.
+class Gate {
+ public:
+  // Blocks the calling handler until opened or `context` is cancelled... as seen within the
+  // safety bound. Returns whether the gate was opened.
+  bool Pass(const TaskContext& context) {
+    absl::MutexLock lock(&mu_);
+    auto go = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return tickets_ > 0 || open_all_; };
+    const bool opened = mu_.AwaitWithTimeout(absl::Condition(&go), testing::kSafetyTimeout);
+    if (opened && !open_all_) --tickets_;
+    return opened;
+  }
+  void Release(int n = 1) {
+    absl::MutexLock lock(&mu_);
+    tickets_ += n;
+  }
+  void OpenAll() {
+    absl::MutexLock lock(&mu_);
+    open_all_ = true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int tickets_ ABSL_GUARDED_BY(mu_) = 0;
+  bool open_all_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+json Task(absl::string_view id, absl::string_view type, json input = json::object()) {
+  return json{{"id", id}, {"type", type}, {"input", std::move(input)}};
+}
+
+class ExecutorTest : public ::testing::Test {
+ protected:
+  ExecutorTest()
+      : memory_(memory::NewMemoryEventStream(&clock_)),
+        stream_(testing::NewRecordingStream(memory_.get(), &log_)),
+        results_(memory_.get(), std::string(kDefaultResultStream)),
+        dead_letters_(memory_.get(), absl::StrCat(kDefaultRequestStream, ".dlq")) {
+    options_.consumer_name = "executor-1";
+    options_.concurrency = 2;
+    options_.fetch_block = absl::Milliseconds(5);  // real time: how soon a fetch loop re-checks
+    options_.reclaim_enabled = false;
+    options_.heartbeat_interval = absl::ZeroDuration();
+    EXPECT_TRUE(RegisterBuiltinHandlers(handlers_).ok());
+  }
+
+  ~ExecutorTest() override {
+    gate_.OpenAll();
+    if (executor_ != nullptr) executor_->Shutdown();
+  }
+
+  ScriptedHandler* AddHandler(std::string type, ScriptedHandler::Script script,
+                              TaskPolicy policy = {}) {
+    auto handler = std::make_unique<ScriptedHandler>(std::move(type), std::move(script), policy);
+    ScriptedHandler* raw = handler.get();
+    EXPECT_TRUE(handlers_.Register(std::move(handler)).ok());
+    return raw;
+  }
+
+  void Start() {
+    executor_ = std::make_unique<Executor>(
+        stream_.get(), &handlers_, options_,
+        ExecutorDependencies{.metrics = &metrics_,
+                             .random = &random_,
+                             .log = [this](const TaskLogRecord& record) {
+                               absl::MutexLock lock(&log_mu_);
+                               log_messages_.push_back(record.message);
+                             }});
+    ASSERT_TRUE(executor_->Start().ok());
+  }
+
+  // Waits for a log line starting with `prefix`.
+  bool AwaitLog(absl::string_view prefix) {
+    return testing::AwaitCondition(log_mu_, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      for (const auto& message : log_messages_) {
+        if (absl::StartsWith(message, prefix)) return true;
+      }
+      return false;
+    });
+  }
+
+  void SubmitRaw(absl::string_view data) {
+    Event event = MakeEvent(kTaskRequestedType, "test", data);
+    ASSERT_TRUE(memory_->PublishAndWait(kDefaultRequestStream, std::move(event)).ok());
+  }
+  void Submit(const json& task) { SubmitRaw(task.dump()); }
+
+  std::vector<TaskResult> AwaitResults(size_t n) {
+    std::vector<TaskResult> out;
+    for (const Event& event : results_.AwaitEvents(n)) {
+      auto result = ParseTaskResult(event.data());
+      EXPECT_TRUE(result.ok()) << result.status();
+      if (result.ok()) out.push_back(*result);
+    }
+    return out;
+  }
+
+  ManualClock clock_;
+  std::unique_ptr<EventStream> memory_;
+  testing::CallLog log_;
+  std::unique_ptr<EventStream> stream_;
+  testing::StreamReader results_;
+  testing::StreamReader dead_letters_;
+  HandlerRegistry handlers_;
+  testing::FixedRandom random_{0.25};
+  testing::RecordingMetrics metrics_;
+  ExecutorOptions options_;
+  Gate gate_;
+  absl::Mutex log_mu_;
+  std::vector<std::string> log_messages_ ABSL_GUARDED_BY(log_mu_);
+  std::unique_ptr<Executor> executor_;
+};
+
+TEST_F(ExecutorTest, SuccessPublishesResultThenAcks) {
+  Start();
+  Submit(Task("t-1", "inject", {{"data", {{"greeting", "hello"}}}}));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].task_id, "t-1");
+  EXPECT_EQ(results[0].status, TaskStatus::kSucceeded);
+  EXPECT_EQ(results[0].attempts, 1);
+  ASSERT_NE(results[0].output, nullptr);
+  EXPECT_EQ(*results[0].output, json({{"greeting", "hello"}}));
+  ASSERT_TRUE(log_.AwaitCount(Op::kAck, 1));
+  EXPECT_EQ(log_.Count(Op::kNack), 0);
+  EXPECT_EQ(log_.Count(Op::kDeadLetter), 0);
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(metrics_.finished("inject", kOutcomeSucceeded), 1);
+  EXPECT_EQ(metrics_.results("succeeded"), 1);
+}
+
+TEST_F(ExecutorTest, TransientFailuresFollowTheBackoffScheduleThenDeadLetter) {
+  TaskPolicy policy;
+  policy.retry = {.max_attempts = 4,
+                  .initial_backoff = absl::Seconds(1),
+                  .multiplier = 2.0,
+                  .max_backoff = absl::Seconds(3),
+                  .jitter = 0.5};
+  ScriptedHandler* flaky = AddHandler(
+      "flaky", [](TaskContext&, int) { return TaskOutcome::Transient("upstream said 503"); },
+      policy);
+  Start();
+  const absl::Time t0 = clock_.Now();
+  Submit(Task("t-retry", "flaky"));
+
+  // random 0.25 with jitter 0.5 scales each base delay by 1 - 0.5 + 2 * 0.5 * 0.25 = 0.75;
+  // the third base (4s) is capped at 3s before jitter.
+  const std::vector<absl::Duration> expected = {absl::Milliseconds(750), absl::Milliseconds(1500),
+                                                absl::Milliseconds(2250)};
+  for (size_t i = 0; i < expected.size(); ++i) {
+    ASSERT_TRUE(log_.AwaitCount(Op::kNack, static_cast<int>(i) + 1)) << "nack " << i + 1;
+    const auto nacks = log_.Calls(Op::kNack);
+    EXPECT_EQ(nacks[i].delay, expected[i]) << "after attempt " << i + 1;
+    EXPECT_EQ(nacks[i].delivery_count, static_cast<int>(i) + 1);
+    clock_.Advance(expected[i]);
+  }
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  const auto dead = log_.Calls(Op::kDeadLetter);
+  EXPECT_EQ(dead[0].delivery_count, 4);
+  EXPECT_THAT(dead[0].reason, HasSubstr("gave up after 4 attempts"));
+  EXPECT_THAT(dead[0].reason, HasSubstr("upstream said 503"));
+  EXPECT_EQ(flaky->calls(), 4);
+  EXPECT_THAT(flaky->attempts(), ElementsAre(1, 2, 3, 4));
+  EXPECT_THAT(flaky->times(),
+              ElementsAre(t0, t0 + absl::Milliseconds(750), t0 + absl::Milliseconds(2250),
+                          t0 + absl::Milliseconds(4500)));
+
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].attempts, 4);
+  EXPECT_EQ(results[0].error_kind, "transient");
+  auto dlq = dead_letters_.AwaitEvents(1);
+  ASSERT_EQ(dlq.size(), 1u);
+  EXPECT_THAT(dlq[0].headers().at(std::string(kDlqReasonHeader)), HasSubstr("gave up"));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(metrics_.retried("flaky"), 3);
+  EXPECT_EQ(metrics_.finished("flaky", kOutcomeRetried), 3);
+  EXPECT_EQ(metrics_.finished("flaky", kOutcomeFailed), 1);
+  EXPECT_EQ(metrics_.dead_lettered("flaky"), 1);
+}
+
+TEST_F(ExecutorTest, PerTaskRetryOverrideLimitsAttempts) {
+  ScriptedHandler* flaky =
+      AddHandler("flaky", [](TaskContext&, int) { return TaskOutcome::Transient("busy"); });
+  Start();
+  json task = Task("t-override", "flaky");
+  task["retry"] = {{"max_attempts", 2}, {"initial_backoff", "PT10S"}, {"jitter", 0}};
+  Submit(task);
+  ASSERT_TRUE(log_.AwaitCount(Op::kNack, 1));
+  EXPECT_EQ(log_.Calls(Op::kNack)[0].delay, absl::Seconds(10));
+  clock_.Advance(absl::Seconds(10));
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  EXPECT_EQ(flaky->calls(), 2);
+  EXPECT_THAT(log_.Calls(Op::kDeadLetter)[0].reason, HasSubstr("gave up after 2 attempts"));
+}
+
+TEST_F(ExecutorTest, PermanentFailureGoesStraightToTheDeadLetterStream) {
+  ScriptedHandler* broken = AddHandler(
+      "broken", [](TaskContext&, int) { return TaskOutcome::Permanent("HTTP 404 Not Found"); });
+  Start();
+  Submit(Task("t-perm", "broken"));
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  EXPECT_THAT(log_.Calls(Op::kDeadLetter)[0].reason,
+              HasSubstr("permanent failure: HTTP 404 Not Found"));
+  EXPECT_EQ(log_.Count(Op::kNack), 0);
+  EXPECT_EQ(broken->calls(), 1);
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].error_kind, "permanent");
+  EXPECT_EQ(results[0].error, "HTTP 404 Not Found");
+  auto dlq = dead_letters_.AwaitEvents(1);
+  ASSERT_EQ(dlq.size(), 1u);
+  EXPECT_EQ(dlq[0].headers().at(std::string(kDlqDeliveryCountHeader)), "1");
+}
+
+TEST_F(ExecutorTest, HandlerStillRunningAtItsTimeoutIsATransientFailure) {
+  ScriptedHandler* slow = AddHandler("slow", [this](TaskContext& context, int call) {
+    if (call == 1) gate_.Pass(context);
+    return TaskOutcome::Succeeded({{"call", call}});
+  });
+  Start();
+  json task = Task("t-slow", "slow");
+  task["timeout"] = "PT5S";
+  task["retry"] = {{"max_attempts", 2}, {"initial_backoff", "PT1S"}, {"jitter", 0}};
+  Submit(task);
+  ASSERT_TRUE(slow->AwaitRunning(1));
+  clock_.Advance(absl::Seconds(5) - absl::Milliseconds(1));
+  clock_.Advance(absl::Milliseconds(1));
+  // The executor gives up on the first run at exactly 5s and schedules the retry; the handler
+  // is still blocked (its late outcome is discarded).
+  ASSERT_TRUE(log_.AwaitCount(Op::kNack, 1));
+  EXPECT_EQ(log_.Calls(Op::kNack)[0].delay, absl::Seconds(1));
+  EXPECT_EQ(slow->running(), 1);
+  gate_.Release();
+  clock_.Advance(absl::Seconds(1));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kSucceeded);
+  EXPECT_EQ(results[0].attempts, 2);
+  EXPECT_EQ(*results[0].output, json({{"call", 2}}));
+  ASSERT_TRUE(slow->AwaitIdle());
+  EXPECT_EQ(slow->returned_cancelled(), 1);
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(metrics_.results("succeeded"), 1);
+  EXPECT_EQ(metrics_.results("failed"), 0);
+}
+
+TEST_F(ExecutorTest, TimeoutOnTheLastAttemptDeadLettersWithTimeoutReason) {
+  ScriptedHandler* slow = AddHandler("slow", [this](TaskContext& context, int) {
+    gate_.Pass(context);
+    return TaskOutcome::Succeeded(nullptr);
+  });
+  Start();
+  json task = Task("t-timeout", "slow");
+  task["timeout"] = "PT2S";
+  task["retry"] = {{"max_attempts", 1}};
+  Submit(task);
+  ASSERT_TRUE(slow->AwaitRunning(1));
+  clock_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  EXPECT_THAT(log_.Calls(Op::kDeadLetter)[0].reason,
+              HasSubstr("timeout failure, gave up after 1 attempt: processing timeout"));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].error_kind, "timeout");
+  gate_.OpenAll();
+}
+
+TEST_F(ExecutorTest, WaitTaskAsksForDelayedRedeliveryInsteadOfSleeping) {
+  options_.concurrency = 1;
+  Start();
+  Submit(Task("t-wait", "wait", {{"duration", "PT2S"}}));
+  ASSERT_TRUE(log_.AwaitCount(Op::kNack, 1));
+  EXPECT_EQ(log_.Calls(Op::kNack)[0].delay, absl::Seconds(2));
+  // The only worker is free while the wait is pending: another task completes meanwhile
+  // without the clock moving.
+  Submit(Task("t-inject", "inject", {{"data", {{"x", 1}}}}));
+  auto first = AwaitResults(1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].task_id, "t-inject");
+  clock_.Advance(absl::Seconds(2));
+  auto results = AwaitResults(2);
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[1].task_id, "t-wait");
+  EXPECT_EQ(results[1].status, TaskStatus::kSucceeded);
+  EXPECT_EQ((*results[1].output)["duration"], "PT2S");
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(metrics_.finished("wait", kOutcomeDelayed), 1);
+  EXPECT_EQ(metrics_.finished("wait", kOutcomeSucceeded), 1);
+}
+
+TEST_F(ExecutorTest, WaitIsMeasuredFromTheRequestTimeNotTheDelivery) {
+  Submit(Task("t-wait", "wait", {{"duration", "P1DT2H"}}));
+  clock_.Advance(absl::Hours(1));  // the request sat in the stream for an hour
+  Start();
+  ASSERT_TRUE(log_.AwaitCount(Op::kNack, 1));
+  EXPECT_EQ(log_.Calls(Op::kNack)[0].delay, absl::Hours(25));
+  clock_.Advance(absl::Hours(25));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kSucceeded);
+  EXPECT_EQ(results[0].attempts, 2);
+}
+
+TEST_F(ExecutorTest, ConcurrencyIsNeverExceeded) {
+  options_.concurrency = 3;
+  options_.fetch_batch = 10;
+  ScriptedHandler* blocking = AddHandler("block", [this](TaskContext& context, int) {
+    gate_.Pass(context);
+    return TaskOutcome::Succeeded(nullptr);
+  });
+  for (int i = 0; i < 12; ++i) Submit(Task(absl::StrCat("t-", i), "block"));
+  Start();
+  ASSERT_TRUE(blocking->AwaitRunning(3));
+  EXPECT_EQ(executor_->in_flight(), 3);
+  // Let them through one at a time: each freed slot fetches exactly one more.
+  for (int i = 0; i < 12; ++i) gate_.Release();
+  auto results = AwaitResults(12);
+  EXPECT_EQ(results.size(), 12u);
+  std::set<std::string> ids;
+  for (const auto& r : results) ids.insert(r.task_id);
+  EXPECT_EQ(ids.size(), 12u);
+  EXPECT_EQ(blocking->max_running(), 3);
+  EXPECT_LE(log_.max_outstanding(), 3);
+  EXPECT_LE(metrics_.max_in_flight(), 3);
+  for (const auto& fetch : log_.Calls(Op::kFetch)) EXPECT_LE(fetch.max_events, 3);
+}
+
+TEST_F(ExecutorTest, GracefulShutdownFinishesOrGivesBackEverything) {
+  options_.concurrency = 2;
+  options_.shutdown_deadline = absl::Seconds(30);
+  // A processing timeout far beyond the shutdown deadline: only shutdown may give it back.
+  ScriptedHandler* blocking = AddHandler(
+      "block",
+      [this](TaskContext& context, int) {
+        gate_.Pass(context);
+        return TaskOutcome::Succeeded(nullptr);
+      },
+      TaskPolicy{.timeout = absl::Hours(24)});
+  for (int i = 0; i < 5; ++i) Submit(Task(absl::StrCat("t-", i), "block"));
+  Start();
+  ASSERT_TRUE(blocking->AwaitRunning(2));
+
+  std::atomic<bool> shut_down{false};
+  std::thread stopper([&] {
+    executor_->Shutdown();
+    shut_down = true;
+  });
+  ASSERT_TRUE(AwaitLog("shutting down: fetching stopped"));
+  // One running task finishes within the deadline: it completes normally.
+  gate_.Release(1);
+  ASSERT_TRUE(log_.AwaitCount(Op::kAck, 1));
+  // The other is still running when the deadline passes: it is given back (Nack 0). Shutdown
+  // starts its deadline on its own thread, so keep moving time until it has.
+  const absl::Time bound = absl::Now() + testing::kSafetyTimeout;
+  while (!log_.AwaitCount(Op::kNack, 1, absl::Milliseconds(20)) && absl::Now() < bound) {
+    clock_.Advance(absl::Seconds(31));
+  }
+  ASSERT_EQ(log_.Count(Op::kNack), 1);
+  EXPECT_EQ(log_.Calls(Op::kNack)[0].delay, absl::ZeroDuration());
+  gate_.OpenAll();  // the abandoned handler returns; its outcome is discarded
+  stopper.join();
+  EXPECT_TRUE(shut_down);
+  EXPECT_EQ(metrics_.finished("block", kOutcomeAbandoned), 1);
+  EXPECT_EQ(log_.outstanding(), 0) << [&] {
+    std::string calls;
+    for (const auto& c : log_.Calls()) {
+      absl::StrAppend(&calls, static_cast<int>(c.op), ":", c.delivery_id, "/", c.max_events, " ");
+    }
+    return calls;
+  }();
+
+  // A second worker of the same group takes over what was given back and never started.
+  options_.consumer_name = "executor-2";
+  Start();
+  auto results = AwaitResults(5);
+  std::set<std::string> ids;
+  for (const auto& r : results) {
+    ids.insert(r.task_id);
+    EXPECT_EQ(r.status, TaskStatus::kSucceeded);
+  }
+  EXPECT_EQ(results.size(), 5u);
+  EXPECT_EQ(ids.size(), 5u);
+}
+
+TEST_F(ExecutorTest, MalformedRequestsAreDeadLetteredWithAReasonAndTheExecutorKeepsGoing) {
+  options_.concurrency = 1;  // keeps the dead letters in submission order
+  Start();
+  SubmitRaw("this is not json");
+  SubmitRaw(R"({"type": "inject", "input": {"data": {}}})");
+  SubmitRaw(R"({"id": "t-typeless"})");
+  Submit(Task("t-unknown", "teleport"));
+  Submit(Task("t-bad-wait", "wait", {{"duration", "two seconds"}}));
+  Submit(Task("t-bad-inject", "inject", {{"data", 5}}));
+  json bad_retry = Task("t-bad-retry", "inject", {{"data", json::object()}});
+  bad_retry["retry"] = {{"max_attempts", 0}};
+  Submit(bad_retry);
+  Submit(Task("t-good", "inject", {{"data", {{"ok", true}}}}));
+
+  auto dlq = dead_letters_.AwaitEvents(7);
+  ASSERT_EQ(dlq.size(), 7u);
+  std::vector<std::string> reasons;
+  for (const Event& e : dlq) reasons.push_back(e.headers().at(std::string(kDlqReasonHeader)));
+  EXPECT_THAT(reasons[0], HasSubstr("not valid JSON"));
+  EXPECT_THAT(reasons[1], HasSubstr("missing required field \"id\""));
+  EXPECT_THAT(reasons[2], HasSubstr("missing required field \"type\""));
+  EXPECT_THAT(reasons[3], HasSubstr("unknown task type \"teleport\"; registered types: "));
+  EXPECT_THAT(reasons[4], HasSubstr("wait: input.duration"));
+  EXPECT_THAT(reasons[5], HasSubstr("inject: input.data"));
+  EXPECT_THAT(reasons[6], HasSubstr("\"retry.max_attempts\""));
+  for (const auto& reason : reasons) EXPECT_THAT(reason, HasSubstr("invalid task request"));
+
+  // Requests with a usable id also get a failed result, so a waiting caller learns why.
+  auto results = AwaitResults(6);
+  ASSERT_EQ(results.size(), 6u);
+  const std::vector<std::string> expected_ids = {"t-typeless",   "t-unknown",   "t-bad-wait",
+                                                 "t-bad-inject", "t-bad-retry", "t-good"};
+  for (size_t i = 0; i < expected_ids.size(); ++i) {
+    EXPECT_EQ(results[i].task_id, expected_ids[i]);
+    if (i + 1 < expected_ids.size()) {
+      EXPECT_EQ(results[i].status, TaskStatus::kFailed);
+      EXPECT_EQ(results[i].error_kind, "invalid");
+    }
+  }
+  EXPECT_EQ(results[5].status, TaskStatus::kSucceeded);
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(metrics_.finished(kUnknownTypeLabel, kOutcomeInvalid), 4);
+  EXPECT_EQ(metrics_.finished("wait", kOutcomeInvalid), 1);
+  EXPECT_EQ(metrics_.finished("inject", kOutcomeInvalid), 2);
+}
+
+TEST_F(ExecutorTest, HandlerExceptionIsAPermanentFailureNotACrash) {
+  AddHandler("throws", [](TaskContext&, int) -> TaskOutcome {
+    throw std::runtime_error("bug in handler");
+  });
+  Start();
+  Submit(Task("t-throw", "throws"));
+  Submit(Task("t-after", "inject", {{"data", json::object()}}));
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  EXPECT_THAT(log_.Calls(Op::kDeadLetter)[0].reason, HasSubstr("handler threw: bug in handler"));
+  auto results = AwaitResults(2);
+  EXPECT_EQ(results.size(), 2u);
+}
+
+TEST_F(ExecutorTest, ReclaimTakesOverDeliveriesOfADeadConsumer) {
+  options_.reclaim_enabled = true;
+  options_.reclaim_min_idle = absl::Minutes(1);
+  options_.reclaim_interval = absl::Seconds(10);
+  Submit(Task("t-orphan", "inject", {{"data", {{"v", 1}}}}));
+  // Another worker of the group takes the task and dies without settling it.
+  SubscribeOptions dead_options{.stream = std::string(kDefaultRequestStream),
+                                .group = options_.consumer_group,
+                                .consumer = "dead-worker"};
+  auto dead = memory_->Subscribe(dead_options);
+  ASSERT_TRUE(dead.ok());
+  auto taken = (*dead)->Fetch(1, absl::Seconds(5));
+  ASSERT_TRUE(taken.ok());
+  ASSERT_EQ(taken->size(), 1u);
+
+  Start();
+  clock_.Advance(absl::Seconds(59));
+  clock_.Advance(absl::Seconds(11));  // idle 70s, and a reclaim round is due
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].task_id, "t-orphan");
+  EXPECT_EQ(results[0].attempts, 2);
+  EXPECT_GE(log_.Count(Op::kReclaim), 1);
+}
+
+TEST_F(ExecutorTest, LongHandlersAreExtendedOnEveryHeartbeat) {
+  options_.heartbeat_interval = absl::Seconds(10);
+  ScriptedHandler* slow = AddHandler(
+      "slow",
+      [this](TaskContext& context, int) {
+        gate_.Pass(context);
+        return TaskOutcome::Succeeded(nullptr);
+      },
+      TaskPolicy{.timeout = absl::Minutes(5)});
+  Start();
+  Submit(Task("t-long", "slow"));
+  ASSERT_TRUE(slow->AwaitRunning(1));
+  for (int i = 1; i <= 3; ++i) {
+    clock_.Advance(absl::Seconds(10));
+    ASSERT_TRUE(log_.AwaitCount(Op::kExtend, i)) << "heartbeat " << i;
+  }
+  gate_.Release();
+  ASSERT_TRUE(log_.AwaitCount(Op::kAck, 1));
+  EXPECT_EQ(log_.Count(Op::kExtend), 3);
+}
+
+}  // namespace
+}  // namespace eventbus::executor

@@ -1,0 +1,231 @@
+#include "test_support.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "eventbus/clock.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::executor::testing {
+namespace {
+
+using Op = SubscriptionCall::Op;
+
+class RecordingSubscription final : public Subscription {
+ public:
+  RecordingSubscription(std::unique_ptr<Subscription> inner, CallLog* log)
+      : inner_(std::move(inner)), log_(log) {}
+
+  absl::StatusOr<std::vector<Delivery>> Fetch(int max_events, absl::Duration wait) override {
+    auto result = inner_->Fetch(max_events, wait);
+    if (result.ok() && !result->empty()) {
+      log_->Add({.op = Op::kFetch, .max_events = max_events});
+      log_->AddFetched(static_cast<int>(result->size()));
+    }
+    return result;
+  }
+  absl::Status Ack(const Delivery& d) override {
+    absl::Status status = inner_->Ack(d);
+    log_->Add({.op = Op::kAck, .delivery_id = d.id, .delivery_count = d.delivery_count});
+    return status;
+  }
+  absl::Status Nack(const Delivery& d, absl::Duration delay) override {
+    absl::Status status = inner_->Nack(d, delay);
+    log_->Add({.op = Op::kNack, .delivery_id = d.id, .delivery_count = d.delivery_count,
+               .delay = delay});
+    return status;
+  }
+  absl::Status Extend(const Delivery& d) override {
+    absl::Status status = inner_->Extend(d);
+    log_->Add({.op = Op::kExtend, .delivery_id = d.id, .delivery_count = d.delivery_count});
+    return status;
+  }
+  absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration min_idle, int max_events) override {
+    auto result = inner_->Reclaim(min_idle, max_events);
+    if (result.ok() && !result->empty()) {
+      log_->Add({.op = Op::kReclaim, .max_events = max_events});
+      log_->AddFetched(static_cast<int>(result->size()));
+    }
+    return result;
+  }
+  absl::Status DeadLetter(const Delivery& d, absl::string_view reason) override {
+    absl::Status status = inner_->DeadLetter(d, reason);
+    log_->Add({.op = Op::kDeadLetter, .delivery_id = d.id, .delivery_count = d.delivery_count,
+               .reason = std::string(reason)});
+    return status;
+  }
+  absl::Status Close() override { return inner_->Close(); }
+
+ private:
+  std::unique_ptr<Subscription> inner_;
+  CallLog* log_;
+};
+
+class RecordingStream final : public EventStream {
+ public:
+  RecordingStream(EventStream* inner, CallLog* log) : inner_(inner), log_(log) {}
+
+  absl::string_view backend_name() const override { return inner_->backend_name(); }
+  Capabilities capabilities() const override { return inner_->capabilities(); }
+  absl::Status Flush(absl::Duration timeout) override { return inner_->Flush(timeout); }
+  absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
+      const SubscribeOptions& options) override {
+    auto inner = inner_->Subscribe(options);
+    if (!inner.ok()) return inner.status();
+    return std::make_unique<RecordingSubscription>(std::move(*inner), log_);
+  }
+  absl::Status Ping(absl::Duration timeout) override { return inner_->Ping(timeout); }
+  Clock* clock() const override { return inner_->clock(); }
+
+ protected:
+  absl::Status DoPublish(absl::string_view stream, Event event, PublishCallback done) override {
+    return inner_->Publish(stream, std::move(event), std::move(done));
+  }
+
+ private:
+  EventStream* inner_;
+  CallLog* log_;
+};
+
+}  // namespace
+
+void CallLog::Add(SubscriptionCall call) {
+  absl::MutexLock lock(&mu_);
+  if (call.op == Op::kAck || call.op == Op::kNack || call.op == Op::kDeadLetter) --outstanding_;
+  calls_.push_back(std::move(call));
+}
+
+void CallLog::AddFetched(int n) {
+  absl::MutexLock lock(&mu_);
+  outstanding_ += n;
+  max_outstanding_ = std::max(max_outstanding_, outstanding_);
+}
+
+std::vector<SubscriptionCall> CallLog::Calls() const {
+  absl::MutexLock lock(&mu_);
+  return calls_;
+}
+
+std::vector<SubscriptionCall> CallLog::Calls(Op op) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<SubscriptionCall> out;
+  for (const auto& call : calls_) {
+    if (call.op == op) out.push_back(call);
+  }
+  return out;
+}
+
+int CallLog::Count(Op op) const { return static_cast<int>(Calls(op).size()); }
+
+int CallLog::outstanding() const {
+  absl::MutexLock lock(&mu_);
+  return outstanding_;
+}
+
+int CallLog::max_outstanding() const {
+  absl::MutexLock lock(&mu_);
+  return max_outstanding_;
+}
+
+bool CallLog::AwaitCount(Op op, int n, absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    int count = 0;
+    for (const auto& call : calls_) count += call.op == op ? 1 : 0;
+    return count >= n;
+  };
+  return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
+}
+
+std::unique_ptr<EventStream> NewRecordingStream(EventStream* inner, CallLog* log) {
+  return std::make_unique<RecordingStream>(inner, log);
+}
+
+void RecordingMetrics::TaskFinished(absl::string_view type, absl::string_view outcome,
+                                    absl::Duration) {
+  absl::MutexLock lock(&mu_);
+  ++counts_[absl::StrCat("finished/", type, "/", outcome)];
+}
+void RecordingMetrics::TaskRetried(absl::string_view type, absl::Duration) {
+  absl::MutexLock lock(&mu_);
+  ++counts_[absl::StrCat("retried/", type)];
+}
+void RecordingMetrics::TaskDeadLettered(absl::string_view type) {
+  absl::MutexLock lock(&mu_);
+  ++counts_[absl::StrCat("dlq/", type)];
+}
+void RecordingMetrics::ResultPublished(absl::string_view status) {
+  absl::MutexLock lock(&mu_);
+  ++counts_[absl::StrCat("result/", status)];
+}
+void RecordingMetrics::InFlightChanged(int in_flight) {
+  absl::MutexLock lock(&mu_);
+  in_flight_ = in_flight;
+  max_in_flight_ = std::max(max_in_flight_, in_flight);
+}
+bool RecordingMetrics::AwaitInFlight(int n, absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return in_flight_ == n; };
+  return mu_.AwaitWithTimeout(absl::Condition(&reached), timeout);
+}
+int RecordingMetrics::finished(absl::string_view type, absl::string_view outcome) const {
+  absl::MutexLock lock(&mu_);
+  auto it = counts_.find(absl::StrCat("finished/", type, "/", outcome));
+  return it == counts_.end() ? 0 : it->second;
+}
+int RecordingMetrics::retried(absl::string_view type) const {
+  absl::MutexLock lock(&mu_);
+  auto it = counts_.find(absl::StrCat("retried/", type));
+  return it == counts_.end() ? 0 : it->second;
+}
+int RecordingMetrics::dead_lettered(absl::string_view type) const {
+  absl::MutexLock lock(&mu_);
+  auto it = counts_.find(absl::StrCat("dlq/", type));
+  return it == counts_.end() ? 0 : it->second;
+}
+int RecordingMetrics::results(absl::string_view status) const {
+  absl::MutexLock lock(&mu_);
+  auto it = counts_.find(absl::StrCat("result/", status));
+  return it == counts_.end() ? 0 : it->second;
+}
+int RecordingMetrics::max_in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return max_in_flight_;
+}
+
+StreamReader::StreamReader(EventStream* stream, std::string stream_name) {
+  SubscribeOptions options;
+  options.stream = std::move(stream_name);
+  options.group = "test-reader";
+  options.consumer = "test-reader-1";
+  auto subscription = stream->Subscribe(options);
+  EXPECT_TRUE(subscription.ok()) << subscription.status();
+  if (subscription.ok()) subscription_ = std::move(*subscription);
+}
+
+StreamReader::~StreamReader() = default;
+
+std::vector<Event> StreamReader::AwaitEvents(size_t n, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (subscription_ != nullptr && events_.size() < n && absl::Now() < deadline) {
+    auto fetched = subscription_->Fetch(100, absl::Milliseconds(50));
+    if (!fetched.ok()) {
+      ADD_FAILURE() << fetched.status();
+      break;
+    }
+    for (Delivery& delivery : *fetched) {
+      EXPECT_TRUE(subscription_->Ack(delivery).ok());
+      events_.push_back(std::move(delivery.event));
+    }
+  }
+  EXPECT_GE(events_.size(), n) << "timed out waiting for events";
+  return events_;
+}
+
+bool AwaitCondition(absl::Mutex& mu, std::function<bool()> condition, absl::Duration timeout) {
+  absl::MutexLock lock(&mu);
+  return mu.AwaitWithTimeout(absl::Condition(&condition), timeout);
+}
+
+}  // namespace eventbus::executor::testing
