@@ -3,9 +3,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -17,7 +19,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/iso_duration.h"
 #include "eventbus/status_macros.h"
@@ -114,7 +115,7 @@ class Executor::Impl {
   absl::Status Start() {
     EVENTBUS_RETURN_IF_ERROR(ValidateExecutorOptions(options_));
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (started_) return absl::FailedPreconditionError("executor already started");
     }
     SubscribeOptions subscribe;
@@ -124,11 +125,12 @@ class Executor::Impl {
     subscribe.dead_letter_stream = options_.dead_letter_stream;
     EVENTBUS_ASSIGN_OR_RETURN(subscription_, stream_->Subscribe(subscribe));
     clock_listener_ = clock_->OnAdvance([this] {
-      absl::MutexLock lock(&mu_);
-      cv_.SignalAll();
+      // Taking the lock orders the wake-up after a waiter's check of the clock: none is lost.
+      { std::lock_guard<std::mutex> lock(mu_); }
+      cv_.notify_all();
     });
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       started_ = true;
     }
     for (int i = 0; i < options_.concurrency; ++i) workers_.emplace_back([this] { WorkerLoop(); });
@@ -144,12 +146,12 @@ class Executor::Impl {
 
   void Shutdown() {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (!started_ || shut_down_) return;
       shut_down_ = true;
       stopping_ = true;
-      cv_.SignalAll();
     }
+    cv_.notify_all();
     fetch_thread_.join();
     Log(TaskLogRecord::Level::kInfo,
         absl::StrCat("shutting down: fetching stopped; waiting up to ",
@@ -159,19 +161,19 @@ class Executor::Impl {
     // Deliveries fetched but not started go back at once: another worker may take them now.
     std::deque<Delivery> queued;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       queued.swap(queue_);
       held_ -= static_cast<int>(queued.size());
       deps_.metrics->InFlightChanged(held_);
-      cv_.SignalAll();
     }
+    cv_.notify_all();
     for (const Delivery& delivery : queued) GiveBack(delivery, "not started before shutdown");
 
     std::vector<std::shared_ptr<Running>> abandoned;
     {
-      absl::MutexLock lock(&mu_);
+      std::unique_lock<std::mutex> lock(mu_);
       const absl::Time deadline = clock_->Now() + options_.shutdown_deadline;
-      WaitUntil(deadline, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_ == 0; });
+      WaitUntil(lock, deadline, [this] { return held_ == 0; });
       for (auto& [id, run] : running_tasks_) {
         if (run->settled) continue;
         run->settled = true;
@@ -179,8 +181,8 @@ class Executor::Impl {
         abandoned.push_back(run);
       }
       workers_stop_ = true;
-      cv_.SignalAll();
     }
+    cv_.notify_all();
     for (const auto& run : abandoned) {
       deps_.metrics->TaskFinished(run->type, kOutcomeAbandoned, clock_->Now() - run->started);
       GiveBack(run->delivery, "still running at the shutdown deadline");
@@ -188,10 +190,10 @@ class Executor::Impl {
     for (std::thread& worker : workers_) worker.join();
     workers_.clear();
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       supervisor_stop_ = true;
-      cv_.SignalAll();
     }
+    cv_.notify_all();
     supervisor_thread_.join();
     if (absl::Status s = subscription_->Close(); !s.ok()) {
       Log(TaskLogRecord::Level::kWarning, "closing the subscription failed", {}, s.ToString());
@@ -201,12 +203,12 @@ class Executor::Impl {
   }
 
   int in_flight() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return held_;
   }
 
   int running() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return running_;
   }
 
@@ -252,13 +254,13 @@ class Executor::Impl {
     deps_.log(record);
   }
 
-  // Waits (mu_ held) until `done()` or the clock reaches `until`.
+  // Waits (`lock` holds mu_) until `done()` or the clock reaches `until`.
   template <typename Predicate>
-  void WaitUntil(absl::Time until, Predicate done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void WaitUntil(std::unique_lock<std::mutex>& lock, absl::Time until, Predicate done) {
     while (!done()) {
       const absl::Time now = clock_->Now();
       if (now >= until) return;
-      cv_.WaitWithTimeout(&mu_, std::min(until - now, kMaxRealWait));
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(std::min(until - now, kMaxRealWait)));
     }
   }
 
@@ -267,8 +269,8 @@ class Executor::Impl {
     while (true) {
       int free_slots = 0;
       {
-        absl::MutexLock lock(&mu_);
-        while (!stopping_ && held_ >= options_.concurrency) cv_.Wait(&mu_);
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || held_ < options_.concurrency; });
         if (stopping_) return;
         free_slots = options_.concurrency - held_;
       }
@@ -293,9 +295,9 @@ class Executor::Impl {
         if (!fetched.ok()) {
           deps_.metrics->BackendError("fetch");
           Log(TaskLogRecord::Level::kWarning, "fetch failed", {}, fetched.status().ToString());
-          absl::MutexLock lock(&mu_);
-          WaitUntil(clock_->Now() + options_.fetch_error_backoff,
-                    [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
+          std::unique_lock<std::mutex> lock(mu_);
+          WaitUntil(lock, clock_->Now() + options_.fetch_error_backoff,
+                    [this] { return stopping_; });
           continue;
         }
         deliveries = std::move(*fetched);
@@ -310,16 +312,16 @@ class Executor::Impl {
       }
       bool give_back = false;
       {
-        absl::MutexLock lock(&mu_);
+        std::lock_guard<std::mutex> lock(mu_);
         if (stopping_) {
           give_back = true;
         } else {
           for (Delivery& delivery : deliveries) queue_.push_back(std::move(delivery));
           held_ += static_cast<int>(deliveries.size());
           deps_.metrics->InFlightChanged(held_);
-          cv_.SignalAll();
         }
       }
+      cv_.notify_all();
       if (give_back) {
         for (const Delivery& delivery : deliveries) GiveBack(delivery, "fetched during shutdown");
         return;
@@ -331,8 +333,8 @@ class Executor::Impl {
     while (true) {
       Delivery delivery;
       {
-        absl::MutexLock lock(&mu_);
-        while (queue_.empty() && !workers_stop_) cv_.Wait(&mu_);
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !queue_.empty() || workers_stop_; });
         if (queue_.empty()) return;
         delivery = std::move(queue_.front());
         queue_.pop_front();
@@ -340,12 +342,12 @@ class Executor::Impl {
       }
       Process(delivery);
       {
-        absl::MutexLock lock(&mu_);
+        std::lock_guard<std::mutex> lock(mu_);
         --running_;
         --held_;
         deps_.metrics->InFlightChanged(held_);
-        cv_.SignalAll();
       }
+      cv_.notify_all();
     }
   }
 
@@ -416,13 +418,13 @@ class Executor::Impl {
                         clock_);
     uint64_t run_id;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       run_id = next_run_id_++;
       run->context = &context;
       running_tasks_.emplace(run_id, run);
       ++running_generation_;
-      cv_.SignalAll();
     }
+    cv_.notify_all();
     Log(TaskLogRecord::Level::kDebug, "task started", {request.get(), &delivery});
 
     TaskOutcome outcome = TaskOutcome::Permanent("handler produced no outcome");
@@ -438,7 +440,7 @@ class Executor::Impl {
 
     bool mine;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       running_tasks_.erase(run_id);
       run->context = nullptr;
       mine = !run->settled;
@@ -595,7 +597,7 @@ class Executor::Impl {
   }
 
   void SupervisorLoop() {
-    absl::MutexLock lock(&mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     while (!supervisor_stop_) {
       const absl::Time now = clock_->Now();
       absl::Time next = absl::InfiniteFuture();
@@ -619,7 +621,7 @@ class Executor::Impl {
         }
       }
       if (!expired.empty() || !heartbeats.empty()) {
-        mu_.Unlock();
+        lock.unlock();
         for (const auto& run : expired) {
           const TaskOutcome timeout = TaskOutcome::Transient(
               absl::StrCat("processing timeout: handler still running after ",
@@ -632,13 +634,12 @@ class Executor::Impl {
                 {run->request.get(), &run->delivery}, s.ToString());
           }
         }
-        mu_.Lock();
+        lock.lock();
         continue;
       }
       const uint64_t seen = running_generation_;
-      WaitUntil(next, [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return supervisor_stop_ || running_generation_ != seen;
-      });
+      WaitUntil(lock, next,
+                [this, seen] { return supervisor_stop_ || running_generation_ != seen; });
     }
   }
 
@@ -652,19 +653,21 @@ class Executor::Impl {
   std::unique_ptr<Subscription> subscription_;
   std::unique_ptr<ClockListener> clock_listener_;
 
-  mutable absl::Mutex mu_;
-  absl::CondVar cv_;
-  bool started_ ABSL_GUARDED_BY(mu_) = false;
-  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool workers_stop_ ABSL_GUARDED_BY(mu_) = false;
-  bool supervisor_stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<Delivery> queue_ ABSL_GUARDED_BY(mu_);
-  int held_ ABSL_GUARDED_BY(mu_) = 0;     // queued + running
-  int running_ ABSL_GUARDED_BY(mu_) = 0;  // taken by a worker
-  uint64_t next_run_id_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t running_generation_ ABSL_GUARDED_BY(mu_) = 0;
-  std::map<uint64_t, std::shared_ptr<Running>> running_tasks_ ABSL_GUARDED_BY(mu_);
+  // std::mutex rather than absl::Mutex, as in core: Debian's Abseil is not built for
+  // ThreadSanitizer, which then reports false races around absl::Mutex. Guards the fields below.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool started_ = false;
+  bool shut_down_ = false;
+  bool stopping_ = false;
+  bool workers_stop_ = false;
+  bool supervisor_stop_ = false;
+  std::deque<Delivery> queue_;
+  int held_ = 0;     // queued + running
+  int running_ = 0;  // taken by a worker
+  uint64_t next_run_id_ = 1;
+  uint64_t running_generation_ = 0;
+  std::map<uint64_t, std::shared_ptr<Running>> running_tasks_;
 
   std::vector<std::thread> workers_;
   std::thread supervisor_thread_;

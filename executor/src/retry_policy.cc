@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 
 namespace eventbus::executor {
 namespace {
@@ -13,13 +13,13 @@ namespace {
 class BitGenRandomSource final : public RandomSource {
  public:
   double Uniform01() override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return absl::Uniform<double>(gen_, 0.0, 1.0);
   }
 
  private:
-  absl::Mutex mu_;
-  absl::BitGen gen_ ABSL_GUARDED_BY(mu_);
+  std::mutex mu_;
+  absl::BitGen gen_;  // guarded by mu_
 };
 
 }  // namespace

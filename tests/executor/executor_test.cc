@@ -14,8 +14,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
 #include "eventbus/executor/task.h"
@@ -43,102 +41,63 @@ class ScriptedHandler final : public TaskHandler {
   TaskPolicy DefaultPolicy() const override { return policy_; }
 
   TaskOutcome Handle(TaskContext& context) override {
-    int call;
-    {
-      absl::MutexLock lock(&mu_);
+    int call = 0;
+    monitor_.Update([&] {
       call = ++calls_;
       times_.push_back(context.clock()->Now());
       attempts_.push_back(context.attempt());
       ++running_;
       max_running_ = std::max(max_running_, running_);
-    }
+    });
     TaskOutcome outcome = script_(context, call);
-    {
-      absl::MutexLock lock(&mu_);
+    monitor_.Update([&] {
       --running_;
       if (context.cancelled()) ++returned_cancelled_;
-    }
+    });
     return outcome;
   }
 
-  int calls() const {
-    absl::MutexLock lock(&mu_);
-    return calls_;
-  }
-  int running() const {
-    absl::MutexLock lock(&mu_);
-    return running_;
-  }
-  int max_running() const {
-    absl::MutexLock lock(&mu_);
-    return max_running_;
-  }
-  int returned_cancelled() const {
-    absl::MutexLock lock(&mu_);
-    return returned_cancelled_;
-  }
-  std::vector<absl::Time> times() const {
-    absl::MutexLock lock(&mu_);
-    return times_;
-  }
-  std::vector<int> attempts() const {
-    absl::MutexLock lock(&mu_);
-    return attempts_;
-  }
-  bool AwaitRunning(int n) const {
-    absl::MutexLock lock(&mu_);
-    auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return running_ >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), testing::kSafetyTimeout);
-  }
-  bool AwaitIdle() const {
-    absl::MutexLock lock(&mu_);
-    auto idle = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return running_ == 0; };
-    return mu_.AwaitWithTimeout(absl::Condition(&idle), testing::kSafetyTimeout);
-  }
-  bool AwaitCalls(int n) const {
-    absl::MutexLock lock(&mu_);
-    auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return calls_ >= n; };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), testing::kSafetyTimeout);
-  }
+  int calls() const { return monitor_.Read([&] { return calls_; }); }
+  int running() const { return monitor_.Read([&] { return running_; }); }
+  int max_running() const { return monitor_.Read([&] { return max_running_; }); }
+  int returned_cancelled() const { return monitor_.Read([&] { return returned_cancelled_; }); }
+  std::vector<absl::Time> times() const { return monitor_.Read([&] { return times_; }); }
+  std::vector<int> attempts() const { return monitor_.Read([&] { return attempts_; }); }
+  bool AwaitRunning(int n) const { return monitor_.Await([&] { return running_ >= n; }); }
+  bool AwaitIdle() const { return monitor_.Await([&] { return running_ == 0; }); }
 
  private:
   const std::string type_;
   const Script script_;
   const TaskPolicy policy_;
-  mutable absl::Mutex mu_;
-  int calls_ ABSL_GUARDED_BY(mu_) = 0;
-  int running_ ABSL_GUARDED_BY(mu_) = 0;
-  int max_running_ ABSL_GUARDED_BY(mu_) = 0;
-  int returned_cancelled_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<absl::Time> times_ ABSL_GUARDED_BY(mu_);
-  std::vector<int> attempts_ ABSL_GUARDED_BY(mu_);
+  testing::Monitor monitor_;
+  int calls_ = 0;
+  int running_ = 0;
+  int max_running_ = 0;
+  int returned_cancelled_ = 0;
+  std::vector<absl::Time> times_;
+  std::vector<int> attempts_;
 };
 
-// Lets blocked handlers go, one or all; a handler also returns once its run was cancelled.
+// Lets blocked handlers go, one at a time or all at once.
 class Gate {
  public:
-  // Blocks the calling handler until opened or `context` is cancelled... as seen within the
-  // safety bound. Returns whether the gate was opened.
-  bool Pass(const TaskContext& context) {
-    absl::MutexLock lock(&mu_);
-    auto go = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return tickets_ > 0 || open_all_; };
-    const bool opened = mu_.AwaitWithTimeout(absl::Condition(&go), testing::kSafetyTimeout);
-    if (opened && !open_all_) --tickets_;
-    return opened;
+  // Blocks the calling handler until a ticket is released or the gate opened (within the
+  // safety bound). Returns whether it was let through.
+  bool Pass(const TaskContext&) {
+    bool passed = monitor_.Await([&] { return tickets_ > 0 || open_all_; });
+    if (passed) monitor_.Update([&] {
+      if (!open_all_ && tickets_ > 0) --tickets_;
+    });
+    return passed;
   }
-  void Release(int n = 1) {
-    absl::MutexLock lock(&mu_);
-    tickets_ += n;
-  }
-  void OpenAll() {
-    absl::MutexLock lock(&mu_);
-    open_all_ = true;
-  }
+  void Release(int n = 1) { monitor_.Update([&] { tickets_ += n; }); }
+  void OpenAll() { monitor_.Update([&] { open_all_ = true; }); }
 
  private:
-  absl::Mutex mu_;
-  int tickets_ ABSL_GUARDED_BY(mu_) = 0;
-  bool open_all_ ABSL_GUARDED_BY(mu_) = false;
+  testing::Monitor monitor_;
+  int tickets_ = 0;
+  bool open_all_ = false;
 };
 
 json Task(absl::string_view id, absl::string_view type, json input = json::object()) {
@@ -179,15 +138,15 @@ class ExecutorTest : public ::testing::Test {
         ExecutorDependencies{.metrics = &metrics_,
                              .random = &random_,
                              .log = [this](const TaskLogRecord& record) {
-                               absl::MutexLock lock(&log_mu_);
-                               log_messages_.push_back(record.message);
+                               log_monitor_.Update(
+                                   [&] { log_messages_.push_back(record.message); });
                              }});
     ASSERT_TRUE(executor_->Start().ok());
   }
 
   // Waits for a log line starting with `prefix`.
   bool AwaitLog(absl::string_view prefix) {
-    return testing::AwaitCondition(log_mu_, [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return log_monitor_.Await([&] {
       for (const auto& message : log_messages_) {
         if (absl::StartsWith(message, prefix)) return true;
       }
@@ -222,8 +181,8 @@ class ExecutorTest : public ::testing::Test {
   testing::RecordingMetrics metrics_;
   ExecutorOptions options_;
   Gate gate_;
-  absl::Mutex log_mu_;
-  std::vector<std::string> log_messages_ ABSL_GUARDED_BY(log_mu_);
+  testing::Monitor log_monitor_;
+  std::vector<std::string> log_messages_;
   std::unique_ptr<Executor> executor_;
 };
 

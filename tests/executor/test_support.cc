@@ -90,52 +90,57 @@ class RecordingStream final : public EventStream {
 
 }  // namespace
 
+bool Monitor::Await(const std::function<bool()>& condition, absl::Duration timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), condition);
+}
+
 void CallLog::Add(SubscriptionCall call) {
-  absl::MutexLock lock(&mu_);
-  if (call.op == Op::kAck || call.op == Op::kNack || call.op == Op::kDeadLetter) --outstanding_;
-  calls_.push_back(std::move(call));
+  monitor_.Update([&] {
+    if (call.op == Op::kAck || call.op == Op::kNack || call.op == Op::kDeadLetter) --outstanding_;
+    calls_.push_back(std::move(call));
+  });
 }
 
 void CallLog::AddFetched(int n) {
-  absl::MutexLock lock(&mu_);
-  outstanding_ += n;
-  max_outstanding_ = std::max(max_outstanding_, outstanding_);
+  monitor_.Update([&] {
+    outstanding_ += n;
+    max_outstanding_ = std::max(max_outstanding_, outstanding_);
+  });
 }
 
 std::vector<SubscriptionCall> CallLog::Calls() const {
-  absl::MutexLock lock(&mu_);
-  return calls_;
+  return monitor_.Read([&] { return calls_; });
 }
 
 std::vector<SubscriptionCall> CallLog::Calls(Op op) const {
-  absl::MutexLock lock(&mu_);
-  std::vector<SubscriptionCall> out;
-  for (const auto& call : calls_) {
-    if (call.op == op) out.push_back(call);
-  }
-  return out;
+  return monitor_.Read([&] {
+    std::vector<SubscriptionCall> out;
+    for (const auto& call : calls_) {
+      if (call.op == op) out.push_back(call);
+    }
+    return out;
+  });
 }
 
 int CallLog::Count(Op op) const { return static_cast<int>(Calls(op).size()); }
 
 int CallLog::outstanding() const {
-  absl::MutexLock lock(&mu_);
-  return outstanding_;
+  return monitor_.Read([&] { return outstanding_; });
 }
 
 int CallLog::max_outstanding() const {
-  absl::MutexLock lock(&mu_);
-  return max_outstanding_;
+  return monitor_.Read([&] { return max_outstanding_; });
 }
 
 bool CallLog::AwaitCount(Op op, int n, absl::Duration timeout) const {
-  absl::MutexLock lock(&mu_);
-  auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    int count = 0;
-    for (const auto& call : calls_) count += call.op == op ? 1 : 0;
-    return count >= n;
-  };
-  return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
+  return monitor_.Await(
+      [&] {
+        int count = 0;
+        for (const auto& call : calls_) count += call.op == op ? 1 : 0;
+        return count >= n;
+      },
+      timeout);
 }
 
 std::unique_ptr<EventStream> NewRecordingStream(EventStream* inner, CallLog* log) {
@@ -144,54 +149,46 @@ std::unique_ptr<EventStream> NewRecordingStream(EventStream* inner, CallLog* log
 
 void RecordingMetrics::TaskFinished(absl::string_view type, absl::string_view outcome,
                                     absl::Duration) {
-  absl::MutexLock lock(&mu_);
-  ++counts_[absl::StrCat("finished/", type, "/", outcome)];
+  monitor_.Update([&] { ++counts_[absl::StrCat("finished/", type, "/", outcome)]; });
 }
 void RecordingMetrics::TaskRetried(absl::string_view type, absl::Duration) {
-  absl::MutexLock lock(&mu_);
-  ++counts_[absl::StrCat("retried/", type)];
+  monitor_.Update([&] { ++counts_[absl::StrCat("retried/", type)]; });
 }
 void RecordingMetrics::TaskDeadLettered(absl::string_view type) {
-  absl::MutexLock lock(&mu_);
-  ++counts_[absl::StrCat("dlq/", type)];
+  monitor_.Update([&] { ++counts_[absl::StrCat("dlq/", type)]; });
 }
 void RecordingMetrics::ResultPublished(absl::string_view status) {
-  absl::MutexLock lock(&mu_);
-  ++counts_[absl::StrCat("result/", status)];
+  monitor_.Update([&] { ++counts_[absl::StrCat("result/", status)]; });
 }
 void RecordingMetrics::InFlightChanged(int in_flight) {
-  absl::MutexLock lock(&mu_);
-  in_flight_ = in_flight;
-  max_in_flight_ = std::max(max_in_flight_, in_flight);
+  monitor_.Update([&] {
+    in_flight_ = in_flight;
+    max_in_flight_ = std::max(max_in_flight_, in_flight);
+  });
 }
 bool RecordingMetrics::AwaitInFlight(int n, absl::Duration timeout) const {
-  absl::MutexLock lock(&mu_);
-  auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return in_flight_ == n; };
-  return mu_.AwaitWithTimeout(absl::Condition(&reached), timeout);
+  return monitor_.Await([&] { return in_flight_ == n; }, timeout);
+}
+int RecordingMetrics::Count(const std::string& key) const {
+  return monitor_.Read([&] {
+    auto it = counts_.find(key);
+    return it == counts_.end() ? 0 : it->second;
+  });
 }
 int RecordingMetrics::finished(absl::string_view type, absl::string_view outcome) const {
-  absl::MutexLock lock(&mu_);
-  auto it = counts_.find(absl::StrCat("finished/", type, "/", outcome));
-  return it == counts_.end() ? 0 : it->second;
+  return Count(absl::StrCat("finished/", type, "/", outcome));
 }
 int RecordingMetrics::retried(absl::string_view type) const {
-  absl::MutexLock lock(&mu_);
-  auto it = counts_.find(absl::StrCat("retried/", type));
-  return it == counts_.end() ? 0 : it->second;
+  return Count(absl::StrCat("retried/", type));
 }
 int RecordingMetrics::dead_lettered(absl::string_view type) const {
-  absl::MutexLock lock(&mu_);
-  auto it = counts_.find(absl::StrCat("dlq/", type));
-  return it == counts_.end() ? 0 : it->second;
+  return Count(absl::StrCat("dlq/", type));
 }
 int RecordingMetrics::results(absl::string_view status) const {
-  absl::MutexLock lock(&mu_);
-  auto it = counts_.find(absl::StrCat("result/", status));
-  return it == counts_.end() ? 0 : it->second;
+  return Count(absl::StrCat("result/", status));
 }
 int RecordingMetrics::max_in_flight() const {
-  absl::MutexLock lock(&mu_);
-  return max_in_flight_;
+  return monitor_.Read([&] { return max_in_flight_; });
 }
 
 StreamReader::StreamReader(EventStream* stream, std::string stream_name) {
@@ -221,11 +218,6 @@ std::vector<Event> StreamReader::AwaitEvents(size_t n, absl::Duration timeout) {
   }
   EXPECT_GE(events_.size(), n) << "timed out waiting for events";
   return events_;
-}
-
-bool AwaitCondition(absl::Mutex& mu, std::function<bool()> condition, absl::Duration timeout) {
-  absl::MutexLock lock(&mu);
-  return mu.AwaitWithTimeout(absl::Condition(&condition), timeout);
 }
 
 }  // namespace eventbus::executor::testing

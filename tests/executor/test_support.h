@@ -2,14 +2,16 @@
 // Shared fixtures of the executor's deterministic tests: a recording decorator around any
 // EventStream (what the executor asked the backend to do, exactly), metrics and randomness
 // that tests can read and fix, and waits on conditions with a real-time safety bound.
+// std::mutex throughout (not absl::Mutex): Debian's Abseil is not TSan-instrumented.
 
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "eventbus/event_stream.h"
 #include "eventbus/executor/metrics.h"
@@ -19,6 +21,32 @@ namespace eventbus::executor::testing {
 
 // Generous: only reached when the behaviour under test is broken.
 inline constexpr absl::Duration kSafetyTimeout = absl::Seconds(20);
+
+// A mutex and a condition variable notified after every Update: state that tests wait on.
+class Monitor {
+ public:
+  // Runs `f` under the lock and wakes every waiter.
+  template <typename F>
+  void Update(F f) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      f();
+    }
+    cv_.notify_all();
+  }
+  // Runs `f` under the lock and returns its result.
+  template <typename F>
+  auto Read(F f) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return f();
+  }
+  // Waits until `condition` (checked under the lock) holds; false after `timeout`.
+  bool Await(const std::function<bool()>& condition, absl::Duration timeout = kSafetyTimeout) const;
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+};
 
 // What the executor asked of its subscription, in order.
 struct SubscriptionCall {
@@ -46,10 +74,10 @@ class CallLog {
   bool AwaitCount(SubscriptionCall::Op op, int n, absl::Duration timeout = kSafetyTimeout) const;
 
  private:
-  mutable absl::Mutex mu_;
-  std::vector<SubscriptionCall> calls_ ABSL_GUARDED_BY(mu_);
-  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;
-  int max_outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  Monitor monitor_;
+  std::vector<SubscriptionCall> calls_;
+  int outstanding_ = 0;
+  int max_outstanding_ = 0;
 };
 
 // Forwards everything to `inner`, recording each settling call in `log` once the inner call
@@ -84,10 +112,12 @@ class RecordingMetrics final : public ExecutorMetrics {
   bool AwaitInFlight(int n, absl::Duration timeout = kSafetyTimeout) const;
 
  private:
-  mutable absl::Mutex mu_;
-  std::map<std::string, int> counts_ ABSL_GUARDED_BY(mu_);
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  int max_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int Count(const std::string& key) const;
+
+  Monitor monitor_;
+  std::map<std::string, int> counts_;
+  int in_flight_ = 0;
+  int max_in_flight_ = 0;
 };
 
 // Reads a stream as its own consumer group and keeps everything it saw.
@@ -106,8 +136,5 @@ class StreamReader {
   std::vector<Event> events_;
 };
 
-// Blocks until `condition` holds (checked under `mu`), at most `timeout`.
-bool AwaitCondition(absl::Mutex& mu, std::function<bool()> condition,
-                    absl::Duration timeout = kSafetyTimeout);
 
 }  // namespace eventbus::executor::testing
