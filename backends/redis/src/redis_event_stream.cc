@@ -1,8 +1,11 @@
 #include "eventbus/redis/redis_event_stream.h"
 
+#include <signal.h>
+
 #include <atomic>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -686,9 +689,24 @@ class RedisEventStream final : public EventStream {
   std::thread writer_;
 };
 
+// hiredis 0.14 writes with write(2): a write to a connection the server has closed raises
+// SIGPIPE, whose default action kills the process. Left at its default, it is ignored so that
+// a server crash is an I/O error (reconnect) rather than the service's death. A handler the
+// application installed itself is left alone.
+void IgnoreSigpipeIfDefault() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction current = {};
+    if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+      ::signal(SIGPIPE, SIG_IGN);
+    }
+  });
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EventStream>> NewRedisEventStream(RedisOptions options, Clock* clock) {
+  IgnoreSigpipeIfDefault();
   if (options.publish_batch_size < 1 || options.max_queued_publishes < 1 ||
       options.max_stream_length < 0 || options.fetch_slice <= absl::ZeroDuration() ||
       options.command_timeout <= absl::ZeroDuration() ||

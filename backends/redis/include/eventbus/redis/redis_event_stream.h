@@ -82,6 +82,9 @@ absl::StatusOr<RedisOptions> RedisOptionsFromConfig(const BackendConfig& config)
 // Unavailable when unreachable, PermissionDenied/Unauthenticated when the server refuses the
 // credentials, InvalidArgument for bad options. `clock` (not owned, null = real) measures
 // nack delays; connection timeouts and backoff use real time.
+// Sets SIGPIPE to ignored if it is at its default action (hiredis writes with write(2), and a
+// server that closes the connection must not kill the process); a handler the application
+// installed is left alone.
 absl::StatusOr<std::unique_ptr<EventStream>> NewRedisEventStream(RedisOptions options,
                                                                  Clock* clock = nullptr);
 
