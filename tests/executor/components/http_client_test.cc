@@ -1,6 +1,10 @@
 #include "eventbus/executor/http_client.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -236,6 +240,80 @@ TEST_F(HttpClientTest, ConnectionRefusedIsUnavailableAndTransient) {
   EXPECT_TRUE(absl::IsUnavailable(response.status())) << response.status();
   EXPECT_TRUE(IsTransientHttpError(response.status()));
   EXPECT_THAT(response.status().message(), HasSubstr(absl::StrCat("127.0.0.1:", *port)));
+}
+
+// A raw TCP server on 127.0.0.1 that answers one connection with `reply` (possibly nothing)
+// and hangs up: what a crashing or misbehaving upstream looks like.
+class OneShotServer {
+ public:
+  explicit OneShotServer(std::string reply) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        listen(fd_, 1) != 0 || getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this, reply = std::move(reply)] {
+      const int conn = accept(fd_, nullptr, nullptr);
+      if (conn < 0) return;
+      std::string request;
+      char buf[4096];
+      while (request.find("\r\n\r\n") == std::string::npos) {
+        const ssize_t n = read(conn, buf, sizeof(buf));
+        if (n <= 0) break;
+        request.append(buf, static_cast<size_t>(n));
+      }
+      if (!reply.empty()) (void)!write(conn, reply.data(), reply.size());
+      close(conn);
+    });
+  }
+  ~OneShotServer() {
+    if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);  // unblocks accept if no client came
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = -1;
+  std::thread thread_;
+};
+
+TEST_F(HttpClientTest, ServerHangingUpWithoutAReplyIsUnavailable) {
+  OneShotServer server("");
+  ASSERT_GT(server.port(), 0);
+  HttpRequest request;
+  request.url = absl::StrCat("http://127.0.0.1:", server.port(), "/");
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsUnavailable(response.status())) << response.status();
+  EXPECT_TRUE(IsTransientHttpError(response.status()));
+}
+
+TEST_F(HttpClientTest, GarbageReplyIsUnavailable) {
+  OneShotServer server("this is not HTTP\r\n\r\n");
+  ASSERT_GT(server.port(), 0);
+  HttpRequest request;
+  request.url = absl::StrCat("http://127.0.0.1:", server.port(), "/");
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsUnavailable(response.status())) << response.status();
+}
+
+TEST_F(HttpClientTest, TruncatedBodyIsUnavailable) {
+  OneShotServer server("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a part");
+  ASSERT_GT(server.port(), 0);
+  HttpRequest request;
+  request.url = absl::StrCat("http://127.0.0.1:", server.port(), "/");
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_TRUE(absl::IsUnavailable(response.status())) << response.status();
 }
 
 TEST_F(HttpClientTest, CancellationAbortsARunningCall) {

@@ -8,7 +8,7 @@
 //                      ClassifyHttpStatus: a 500 is a successful *transport* call)
 //   InvalidArgument    malformed URL, scheme other than http/https, bad header, bad option
 //   Unavailable        connection refused, DNS failure, reset, TLS handshake failure,
-//                      empty reply: the host may be fine later
+//                      empty or malformed reply: the host may be fine later
 //   DeadlineExceeded   the request's timeout or connect_timeout elapsed
 //   FailedPrecondition the peer's TLS certificate did not verify (retrying will not help)
 //   ResourceExhausted  the response body is larger than HttpClientOptions::max_response_bytes

@@ -19,8 +19,8 @@
 // submit.
 //
 // Status codes:
-//   Compile:   InvalidArgument with jq's own message for a syntax or compile error, or for a
-//              bad variable name.
+//   Compile:   InvalidArgument with jq's own message for a syntax or compile error (an empty
+//              program included), for a bad variable name, or max_outputs < 1.
 //   Evaluate*: InvalidArgument when the input (or the variables) is not one JSON value
 //              (object for the variables) or misses/adds a declared variable; when the program
 //              raises a runtime error (`error("x")`, `1 + "a"`, ...; jq's message kept); when
@@ -43,7 +43,7 @@ namespace eventbus::executor {
 
 struct JqOptions {
   // Names usable as `$name` (jq identifiers: [A-Za-z_][A-Za-z0-9_]*, not starting with "__",
-  // not "ENV").
+  // not "ENV", not a jq keyword such as "label" or "if").
   std::vector<std::string> variables;
   // Upper bound on the outputs EvaluateAll* collects. >= 1.
   size_t max_outputs = 10'000;
