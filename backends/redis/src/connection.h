@@ -35,6 +35,11 @@ class RedisConnection {
     absl::Duration command_timeout = absl::Seconds(5);
     absl::Duration backoff_initial = absl::Milliseconds(50);
     absl::Duration backoff_max = absl::Seconds(2);
+
+    static Settings From(const RedisOptions& options) {
+      return Settings{options.endpoint, options.connect_timeout, options.command_timeout,
+                      options.reconnect_backoff_initial, options.reconnect_backoff_max};
+    }
   };
 
   explicit RedisConnection(Settings settings);

@@ -1,0 +1,490 @@
+#include "redis_subscription.h"
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "connection.h"
+#include "eventbus/clock.h"
+#include "eventbus/status_macros.h"
+#include "lua_scripts.h"
+#include "wire.h"
+
+namespace eventbus::redis {
+namespace {
+
+std::string Millis(absl::Time t) { return absl::StrCat(absl::ToUnixMillis(t)); }
+std::string Millis(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d)); }
+
+// The server's clock at the time the entry was appended ("<ms>-<seq>").
+absl::Time EntryIdTime(absl::string_view id) {
+  int64_t ms = 0;
+  if (!absl::SimpleAtoi(id.substr(0, id.find('-')), &ms)) return absl::InfinitePast();
+  return absl::FromUnixMillis(ms);
+}
+
+// One stream entry as read from the server, before decoding.
+struct RawEntry {
+  std::string id;
+  bool deleted = false;  // still pending but trimmed from the stream
+  wire::Fields fields;
+  int delivery_count = 1;
+};
+
+absl::Status ParseFieldArray(const redisReply* array, wire::Fields& fields) {
+  if (!IsArray(array) || array->elements % 2 != 0) {
+    return absl::InternalError("redis returned an entry whose fields are not name/value pairs");
+  }
+  fields.reserve(array->elements / 2);
+  for (size_t i = 0; i + 1 < array->elements; i += 2) {
+    fields.emplace_back(std::string(StringOf(array->element[i])),
+                        std::string(StringOf(array->element[i + 1])));
+  }
+  return absl::OkStatus();
+}
+
+// [id, [field, value, ...] | nil] as in XREADGROUP / XCLAIM replies.
+absl::StatusOr<RawEntry> ParseEntry(const redisReply* entry) {
+  if (!IsArray(entry) || entry->elements < 2 || !IsString(entry->element[0])) {
+    return absl::InternalError("redis returned a malformed stream entry reply");
+  }
+  RawEntry raw;
+  raw.id = std::string(StringOf(entry->element[0]));
+  if (IsNil(entry->element[1])) {
+    raw.deleted = true;
+    return raw;
+  }
+  EVENTBUS_RETURN_IF_ERROR(ParseFieldArray(entry->element[1], raw.fields));
+  return raw;
+}
+
+// {id, {fields}, count} triples returned by the promote and reclaim scripts.
+absl::StatusOr<std::vector<RawEntry>> ParseScriptEntries(const redisReply* reply) {
+  std::vector<RawEntry> out;
+  if (!IsArray(reply)) return absl::InternalError("redis script returned no array");
+  for (size_t i = 0; i < reply->elements; ++i) {
+    const redisReply* triple = reply->element[i];
+    if (!IsArray(triple) || triple->elements != 3 || triple->element[2]->type != REDIS_REPLY_INTEGER) {
+      return absl::InternalError("redis script returned a malformed entry");
+    }
+    EVENTBUS_ASSIGN_OR_RETURN(RawEntry raw, ParseEntry(triple));
+    raw.delivery_count = static_cast<int>(triple->element[2]->integer);
+    out.push_back(std::move(raw));
+  }
+  return out;
+}
+
+// Maps the ownership-check result of the Lua scripts (see lua_scripts.h).
+absl::Status HeldCheckToStatus(const redisReply* reply, absl::string_view op,
+                               const Delivery& delivery) {
+  if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) return absl::OkStatus();
+  if (reply->integer == 0) {
+    return absl::NotFoundError(absl::StrCat(op, ": entry ", delivery.id, " of stream ",
+                                            delivery.stream,
+                                            " is no longer pending (already acknowledged?)"));
+  }
+  if (reply->integer == -1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        op, ": entry ", delivery.id, " of stream ", delivery.stream,
+        " has been redelivered or taken over by another consumer since this delivery"));
+  }
+  return absl::OkStatus();
+}
+
+class RedisSubscription final : public Subscription {
+ public:
+  RedisSubscription(const RedisOptions& options, Clock* clock, SubscribeOptions sub)
+      : options_(options),
+        clock_(clock),
+        sub_(std::move(sub)),
+        dead_letter_stream_(DeadLetterStreamName(sub_)),
+        delayed_key_(absl::StrCat(sub_.stream, ":delayed:", sub_.group)),
+        read_conn_(RedisConnection::Settings::From(options)),
+        cmd_conn_(RedisConnection::Settings::From(options)) {}
+
+  ~RedisSubscription() override { Close().IgnoreError(); }
+
+  // Creates the group (and stream) once, so Subscribe reports an unreachable server.
+  absl::Status Start() {
+    absl::MutexLock lock(&fetch_mu_);
+    EVENTBUS_RETURN_IF_ERROR(read_conn_.EnsureConnected());
+    return EnsureGroupLocked();
+  }
+
+  absl::StatusOr<std::vector<Delivery>> Fetch(int max_events, absl::Duration wait) override {
+    if (max_events <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("Fetch: max_events must be positive, got ", max_events));
+    }
+    absl::MutexLock lock(&fetch_mu_);
+    const absl::Time deadline = absl::Now() + std::max(wait, absl::ZeroDuration());
+    absl::Status last_error;
+    while (true) {
+      if (closed_.load()) return ClosedError("Fetch");
+      const absl::Duration remaining = std::max(deadline - absl::Now(), absl::ZeroDuration());
+      std::vector<Delivery> out;
+      absl::Status status = FetchOnceLocked(max_events, std::min(remaining, options_.fetch_slice), out);
+      if (!out.empty()) return out;
+      if (status.ok()) {
+        last_error = absl::OkStatus();
+      } else {
+        last_error = status;
+        // Wait for the reconnect backoff (or a little) instead of spinning on a down server.
+        const absl::Time retry_at =
+            std::max(read_conn_.next_attempt(), absl::Now() + absl::Milliseconds(20));
+        const absl::Time until = std::min(retry_at, deadline);
+        if (until > absl::Now()) absl::SleepFor(std::min(until - absl::Now(), options_.fetch_slice));
+      }
+      if (absl::Now() >= deadline) {
+        if (!last_error.ok()) return last_error;
+        return out;
+      }
+    }
+  }
+
+  absl::Status Ack(const Delivery& delivery) override {
+    return RunHeldScript(scripts::kAck, "Ack", delivery, {});
+  }
+
+  absl::Status Nack(const Delivery& delivery, absl::Duration delay) override {
+    const absl::Time due = clock_->Now() + std::max(delay, absl::ZeroDuration());
+    return RunHeldScript(scripts::kNack, "Nack", delivery,
+                         {Millis(due), std::string(scripts::kParkingConsumer)});
+  }
+
+  absl::Status Extend(const Delivery& delivery) override {
+    if (closed_.load()) return ClosedError("Extend");
+    EVENTBUS_RETURN_IF_ERROR(CheckStream(delivery, "Extend"));
+    absl::MutexLock lock(&cmd_mu_);
+    EVENTBUS_ASSIGN_OR_RETURN(ReplyPtr reply, cmd_conn_.Eval(scripts::kExtend, {sub_.stream, delayed_key_},
+                                                             HeldArgs(delivery)));
+    return HeldCheckToStatus(reply.get(), "Extend", delivery);
+  }
+
+  absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration min_idle, int max_events) override {
+    if (max_events <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("Reclaim: max_events must be positive, got ", max_events));
+    }
+    absl::MutexLock lock(&fetch_mu_);
+    if (closed_.load()) return ClosedError("Reclaim");
+    EVENTBUS_RETURN_IF_ERROR(GroupLostToUnavailable(PrepareReadConnectionLocked()));
+    absl::StatusOr<ReplyPtr> reclaimed =
+        read_conn_.Eval(scripts::kReclaim, {sub_.stream, delayed_key_},
+                        {sub_.group, sub_.consumer, Millis(std::max(min_idle, absl::ZeroDuration())),
+                         absl::StrCat(max_events), Millis(clock_->Now()),
+                         std::string(scripts::kParkingConsumer)});
+    if (!reclaimed.ok()) return GroupLostToUnavailable(reclaimed.status());
+    EVENTBUS_ASSIGN_OR_RETURN(std::vector<RawEntry> raw, ParseScriptEntries(reclaimed->get()));
+    std::vector<Delivery> out;
+    ToDeliveriesLocked(std::move(raw), /*first_delivery_now=*/false, out);
+    return out;
+  }
+
+  absl::Status DeadLetter(const Delivery& delivery, absl::string_view reason) override {
+    if (closed_.load()) return ClosedError("DeadLetter");
+    EVENTBUS_RETURN_IF_ERROR(CheckStream(delivery, "DeadLetter"));
+    const Event dead = MakeDeadLetter(delivery, sub_.group, reason);
+    absl::MutexLock lock(&cmd_mu_);
+    absl::Status status = DeadLetterWith(cmd_conn_, delivery, dead);
+    if (status.ok()) Forget(delivery.id);
+    return status;
+  }
+
+  absl::Status Close() override {
+    if (closed_.exchange(true)) return absl::OkStatus();
+    // Waits for a Fetch/Reclaim in progress (at most one fetch slice).
+    absl::MutexLock fetch_lock(&fetch_mu_);
+    absl::flat_hash_map<std::string, int> held;
+    {
+      absl::MutexLock lock(&held_mu_);
+      held.swap(held_);
+    }
+    // Give what we hold back to the group at once (a nack without delay), so the group's other
+    // consumers see it in their next Fetch rather than after a Reclaim. If the server is
+    // unreachable the entries stay in this consumer's pending list, where Reclaim finds them.
+    absl::MutexLock lock(&cmd_mu_);
+    const std::string now = Millis(clock_->Now());
+    for (const auto& [id, count] : held) {
+      cmd_conn_
+          .Eval(scripts::kNack, {sub_.stream, delayed_key_},
+                {sub_.group, sub_.consumer, id, absl::StrCat(count), now,
+                 std::string(scripts::kParkingConsumer)})
+          .IgnoreError();
+    }
+    cmd_conn_.Disconnect();
+    read_conn_.Disconnect();
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status ClosedError(absl::string_view op) const {
+    return absl::FailedPreconditionError(absl::StrCat(op, ": subscription of consumer ", sub_.consumer,
+                                                      " to ", sub_.stream, " is closed"));
+  }
+
+  absl::Status CheckStream(const Delivery& delivery, absl::string_view op) const {
+    if (delivery.stream != sub_.stream) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": delivery of stream ", delivery.stream,
+                                                     " passed to a subscription of ", sub_.stream));
+    }
+    return absl::OkStatus();
+  }
+
+  std::vector<std::string> HeldArgs(const Delivery& delivery) const {
+    return {sub_.group, sub_.consumer, delivery.id, absl::StrCat(delivery.delivery_count)};
+  }
+
+  absl::Status RunHeldScript(const LuaScript& script, absl::string_view op, const Delivery& delivery,
+                             const std::vector<std::string>& extra) {
+    if (closed_.load()) return ClosedError(op);
+    EVENTBUS_RETURN_IF_ERROR(CheckStream(delivery, op));
+    std::vector<std::string> args = HeldArgs(delivery);
+    args.insert(args.end(), extra.begin(), extra.end());
+    absl::StatusOr<ReplyPtr> reply;
+    {
+      absl::MutexLock lock(&cmd_mu_);
+      reply = cmd_conn_.Eval(script, {sub_.stream, delayed_key_}, args);
+    }
+    if (!reply.ok()) return reply.status();
+    absl::Status status = HeldCheckToStatus(reply->get(), op, delivery);
+    // Whatever the outcome, except a transient failure, this consumer no longer holds it.
+    Forget(delivery.id);
+    return status;
+  }
+
+  void Forget(const std::string& id) {
+    absl::MutexLock lock(&held_mu_);
+    held_.erase(id);
+  }
+
+  // Writes `dead` to the dead-letter stream and acks the original, atomically.
+  absl::Status DeadLetterWith(RedisConnection& conn, const Delivery& delivery, const Event& dead) {
+    std::vector<std::string> args = HeldArgs(delivery);
+    args.push_back(absl::StrCat(options_.max_stream_length));
+    wire::AppendFields(dead, args);
+    EVENTBUS_ASSIGN_OR_RETURN(
+        ReplyPtr reply,
+        conn.Eval(scripts::kDeadLetter, {sub_.stream, delayed_key_, dead_letter_stream_}, args));
+    return HeldCheckToStatus(reply.get(), "DeadLetter", delivery);
+  }
+
+  absl::Status EnsureGroupLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    absl::StatusOr<ReplyPtr> created =
+        read_conn_.Command({"XGROUP", "CREATE", sub_.stream, sub_.group,
+                            sub_.start_from_oldest ? "0" : "$", "MKSTREAM"});
+    if (!created.ok() && !absl::StrContains(created.status().message(), "BUSYGROUP")) {
+      return created.status();
+    }
+    group_generation_ = read_conn_.generation();
+    return absl::OkStatus();
+  }
+
+  // After every (re)connect: make sure the group exists (the server may have lost it) and look
+  // for entries this consumer was given but never saw (a reply lost with the connection).
+  absl::Status PrepareReadConnectionLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    EVENTBUS_RETURN_IF_ERROR(read_conn_.EnsureConnected());
+    if (group_generation_ != read_conn_.generation()) {
+      EVENTBUS_RETURN_IF_ERROR(EnsureGroupLocked());
+      recover_ = true;
+    }
+    return absl::OkStatus();
+  }
+
+  // Own pending entries that are not held by the caller: lost in transit, or left by an
+  // earlier process with the same consumer name. XPENDING does not count a delivery; the
+  // XCLAIM that hands them out does.
+  absl::Status RecoverLocked(int max_events, std::vector<RawEntry>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    const std::string start =
+        recover_after_.empty() ? std::string("-") : absl::StrCat("(", recover_after_);
+    EVENTBUS_ASSIGN_OR_RETURN(
+        ReplyPtr pending, read_conn_.Command({"XPENDING", sub_.stream, sub_.group, start, "+",
+                                              absl::StrCat(max_events), sub_.consumer}));
+    if (!IsArray(pending.get())) return absl::InternalError("XPENDING returned no array");
+    std::vector<std::string> claim = {"XCLAIM", sub_.stream, sub_.group, sub_.consumer, "0"};
+    absl::flat_hash_map<std::string, int> counts;
+    {
+      absl::MutexLock lock(&held_mu_);
+      for (size_t i = 0; i < pending->elements; ++i) {
+        const redisReply* p = pending->element[i];
+        if (!IsArray(p) || p->elements < 4) continue;
+        std::string id(StringOf(p->element[0]));
+        recover_after_ = id;
+        if (held_.contains(id)) continue;
+        counts[id] = static_cast<int>(p->element[3]->integer) + 1;
+        claim.push_back(std::move(id));
+      }
+    }
+    if (pending->elements < static_cast<size_t>(max_events)) {
+      recover_ = false;
+      recover_after_.clear();
+    }
+    if (claim.size() == 5) return absl::OkStatus();
+    EVENTBUS_ASSIGN_OR_RETURN(ReplyPtr claimed, read_conn_.Command(claim));
+    for (size_t i = 0; IsArray(claimed.get()) && i < claimed->elements; ++i) {
+      EVENTBUS_ASSIGN_OR_RETURN(RawEntry raw, ParseEntry(claimed->element[i]));
+      raw.delivery_count = counts[raw.id];
+      out.push_back(std::move(raw));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status FetchOnceLocked(int max_events, absl::Duration block, std::vector<Delivery>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    return GroupLostToUnavailable(ReadLocked(max_events, block, out));
+  }
+
+  // NOGROUP: the server lost the group (a restart without persistence, FLUSHALL). Transient
+  // for the caller: the next call creates it again.
+  absl::Status GroupLostToUnavailable(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    if (status.ok() || !absl::StrContains(status.message(), "NOGROUP")) return status;
+    group_generation_ = 0;
+    return absl::UnavailableError(absl::StrCat(
+        "consumer group ", sub_.group, " of stream ", sub_.stream,
+        " vanished from the server (restart without persistence?); it is being created again: ",
+        status.message()));
+  }
+
+  absl::Status ReadLocked(int max_events, absl::Duration block, std::vector<Delivery>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    EVENTBUS_RETURN_IF_ERROR(PrepareReadConnectionLocked());
+    std::vector<RawEntry> raw;
+    if (recover_) {
+      EVENTBUS_RETURN_IF_ERROR(RecoverLocked(max_events, raw));
+      if (!raw.empty()) {
+        ToDeliveriesLocked(std::move(raw), false, out);
+        if (!out.empty()) return absl::OkStatus();
+        raw.clear();
+      }
+    }
+    EVENTBUS_ASSIGN_OR_RETURN(
+        ReplyPtr promoted,
+        read_conn_.Eval(scripts::kPromote, {sub_.stream, delayed_key_},
+                        {sub_.group, sub_.consumer, Millis(clock_->Now()), absl::StrCat(max_events)}));
+    EVENTBUS_ASSIGN_OR_RETURN(raw, ParseScriptEntries(promoted.get()));
+    if (!raw.empty()) {
+      ToDeliveriesLocked(std::move(raw), false, out);
+      if (!out.empty()) return absl::OkStatus();
+      raw.clear();
+    }
+    std::vector<std::string> command = {"XREADGROUP", "GROUP", sub_.group, sub_.consumer, "COUNT",
+                                        absl::StrCat(max_events)};
+    // BLOCK 0 would block forever: a zero wait is a plain non-blocking read.
+    const int64_t block_ms = absl::ToInt64Milliseconds(block);
+    if (block_ms > 0) {
+      command.push_back("BLOCK");
+      command.push_back(absl::StrCat(block_ms));
+    }
+    command.insert(command.end(), {"STREAMS", sub_.stream, ">"});
+    absl::StatusOr<ReplyPtr> reply = read_conn_.Command(command, block + options_.command_timeout);
+    if (!reply.ok()) return reply.status();
+    if (IsNil(reply->get())) return absl::OkStatus();
+    // [[stream, [[id, [field, value, ...]], ...]]]
+    const redisReply* streams = reply->get();
+    for (size_t s = 0; IsArray(streams) && s < streams->elements; ++s) {
+      const redisReply* pair = streams->element[s];
+      if (!IsArray(pair) || pair->elements != 2 || !IsArray(pair->element[1])) continue;
+      for (size_t e = 0; e < pair->element[1]->elements; ++e) {
+        EVENTBUS_ASSIGN_OR_RETURN(RawEntry entry, ParseEntry(pair->element[1]->element[e]));
+        raw.push_back(std::move(entry));
+      }
+    }
+    ToDeliveriesLocked(std::move(raw), true, out);
+    return absl::OkStatus();
+  }
+
+  // Decodes entries into deliveries. Trimmed entries are acknowledged; malformed ones are
+  // dead-lettered here (the contract: never returned from Fetch). When that cannot be done
+  // now, the entry stays in this consumer's pending list and recovery meets it again.
+  void ToDeliveriesLocked(std::vector<RawEntry> raw, bool first_delivery_now,
+                          std::vector<Delivery>& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    const absl::Time now = clock_->Now();
+    for (RawEntry& entry : raw) {
+      Delivery delivery;
+      delivery.stream = sub_.stream;
+      delivery.id = entry.id;
+      delivery.delivery_count = entry.delivery_count;
+      delivery.token = static_cast<uint64_t>(entry.delivery_count);
+      // Redis keeps only the last delivery time; the first delivery of a redelivered entry
+      // happened no earlier than the entry was appended (the time in its id).
+      delivery.first_delivery_time =
+          first_delivery_now || entry.delivery_count <= 1 ? now : EntryIdTime(entry.id);
+      if (entry.deleted) {
+        read_conn_.Command({"XACK", sub_.stream, sub_.group, entry.id}).IgnoreError();
+        continue;
+      }
+      absl::StatusOr<Event> event = wire::Decode(entry.fields);
+      if (!event.ok()) {
+        DeadLetterMalformedLocked(delivery, entry, event.status());
+        continue;
+      }
+      delivery.event = *std::move(event);
+      {
+        absl::MutexLock lock(&held_mu_);
+        held_[delivery.id] = delivery.delivery_count;
+      }
+      out.push_back(std::move(delivery));
+    }
+  }
+
+  // The dead letter of an entry that is not a valid event: a well-formed event describing it,
+  // with the raw fields (C-escaped "name value" lines) as data.
+  void DeadLetterMalformedLocked(const Delivery& delivery, const RawEntry& entry,
+                                 const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(fetch_mu_) {
+    Delivery replacement = delivery;
+    Event& dead = replacement.event;
+    dead = MakeEvent("io.eventbus.malformed", absl::StrCat("redis:", sub_.stream),
+                     wire::RenderRawEntry(entry.fields));
+    dead.set_id(absl::StrCat(sub_.stream, "/", entry.id));
+    dead.set_data_content_type("text/plain; charset=utf-8");
+    SetEventTime(dead, clock_->Now());
+    const std::string reason = absl::StrCat("malformed entry: ", why.message());
+    absl::Status status = DeadLetterWith(read_conn_, replacement,
+                                         MakeDeadLetter(replacement, sub_.group, reason));
+    if (!status.ok() && !absl::IsNotFound(status) && !absl::IsFailedPrecondition(status)) {
+      recover_ = true;
+    }
+  }
+
+  const RedisOptions options_;
+  Clock* const clock_;
+  const SubscribeOptions sub_;
+  const std::string dead_letter_stream_;
+  const std::string delayed_key_;
+  std::atomic<bool> closed_{false};
+
+  // Fetch and Reclaim (one thread at a time by contract; the mutex also lets Close wait).
+  absl::Mutex fetch_mu_;
+  RedisConnection read_conn_ ABSL_GUARDED_BY(fetch_mu_);
+  uint64_t group_generation_ ABSL_GUARDED_BY(fetch_mu_) = 0;
+  bool recover_ ABSL_GUARDED_BY(fetch_mu_) = true;
+  // The last entry id the current recovery pass has looked at (empty = from the start).
+  std::string recover_after_ ABSL_GUARDED_BY(fetch_mu_);
+
+  // Ack, Nack, Extend, DeadLetter: any thread.
+  absl::Mutex cmd_mu_ ABSL_ACQUIRED_AFTER(fetch_mu_);
+  RedisConnection cmd_conn_ ABSL_GUARDED_BY(cmd_mu_);
+
+  // Entry id -> delivery count of what Fetch/Reclaim handed out and nobody settled yet.
+  absl::Mutex held_mu_ ABSL_ACQUIRED_AFTER(cmd_mu_);
+  absl::flat_hash_map<std::string, int> held_ ABSL_GUARDED_BY(held_mu_);
+};
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Subscription>> NewRedisSubscription(const RedisOptions& options,
+                                                                   Clock* clock,
+                                                                   const SubscribeOptions& sub) {
+  auto subscription = std::make_unique<RedisSubscription>(options, clock, sub);
+  EVENTBUS_RETURN_IF_ERROR(subscription->Start());
+  return subscription;
+}
+
+}  // namespace eventbus::redis
