@@ -164,6 +164,8 @@ class RedisSubscription final : public Subscription {
     if (closed_.load()) return ClosedError("Extend");
     EVENTBUS_RETURN_IF_ERROR(CheckStream(delivery, "Extend"));
     absl::MutexLock lock(&cmd_mu_);
+    // Re-checked under the lock: Close() may have run meanwhile.
+    if (closed_.load()) return ClosedError("Extend");
     EVENTBUS_ASSIGN_OR_RETURN(ReplyPtr reply, cmd_conn_.Eval(scripts::kExtend, {sub_.stream, delayed_key_},
                                                              HeldArgs(delivery)));
     return HeldCheckToStatus(reply.get(), "Extend", delivery);
@@ -193,8 +195,11 @@ class RedisSubscription final : public Subscription {
     EVENTBUS_RETURN_IF_ERROR(CheckStream(delivery, "DeadLetter"));
     const Event dead = MakeDeadLetter(delivery, sub_.group, reason);
     absl::MutexLock lock(&cmd_mu_);
+    if (closed_.load()) return ClosedError("DeadLetter");
     absl::Status status = DeadLetterWith(cmd_conn_, delivery, dead);
-    if (status.ok()) Forget(delivery.id);
+    if (status.ok() || absl::IsNotFound(status) || absl::IsFailedPrecondition(status)) {
+      Forget(delivery.id);
+    }
     return status;
   }
 
@@ -251,6 +256,8 @@ class RedisSubscription final : public Subscription {
     absl::StatusOr<ReplyPtr> reply;
     {
       absl::MutexLock lock(&cmd_mu_);
+      // Re-checked under the lock: Close() may have run meanwhile.
+      if (closed_.load()) return ClosedError(op);
       reply = cmd_conn_.Eval(script, {sub_.stream, delayed_key_}, args);
     }
     if (!reply.ok()) return reply.status();
@@ -393,8 +400,12 @@ class RedisSubscription final : public Subscription {
       const redisReply* pair = streams->element[s];
       if (!IsArray(pair) || pair->elements != 2 || !IsArray(pair->element[1])) continue;
       for (size_t e = 0; e < pair->element[1]->elements; ++e) {
-        EVENTBUS_ASSIGN_OR_RETURN(RawEntry entry, ParseEntry(pair->element[1]->element[e]));
-        raw.push_back(std::move(entry));
+        absl::StatusOr<RawEntry> entry = ParseEntry(pair->element[1]->element[e]);
+        if (entry.ok()) {
+          raw.push_back(*std::move(entry));
+        } else {
+          recover_ = true;  // it is pending for us: recovery claims it again
+        }
       }
     }
     ToDeliveriesLocked(std::move(raw), true, out);
