@@ -160,16 +160,16 @@ absl::StatusOr<ReplyPtr> RedisConnection::Command(const std::vector<std::string>
 }
 
 RedisConnection::PipelineResult RedisConnection::Pipeline(
-    const std::vector<std::vector<std::string>>& commands) {
+    const std::vector<const std::vector<std::string>*>& commands) {
   PipelineResult result;
   if (absl::Status s = EnsureConnected(); !s.ok()) {
     result.status = s;
     return result;
   }
   SetTimeout(settings_.command_timeout);
-  for (const auto& args : commands) {
-    ArgvView view(args);
-    if (redisAppendCommandArgv(context_.get(), static_cast<int>(args.size()), view.argv.data(),
+  for (const std::vector<std::string>* args : commands) {
+    ArgvView view(*args);
+    if (redisAppendCommandArgv(context_.get(), static_cast<int>(args->size()), view.argv.data(),
                                view.lens.data()) != REDIS_OK) {
       result.status = absl::ResourceExhaustedError(
           absl::StrCat("redis at ", Describe(), ": cannot buffer a pipelined command"));
@@ -182,7 +182,7 @@ RedisConnection::PipelineResult RedisConnection::Pipeline(
     void* raw = nullptr;
     if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
       result.status = ContextToStatus(
-          *context_, absl::StrCat("redis at ", Describe(), ": pipelined ", CommandName(commands[i])));
+          *context_, absl::StrCat("redis at ", Describe(), ": pipelined ", CommandName(*commands[i])));
       Disconnect();
       return result;
     }

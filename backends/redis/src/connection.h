@@ -62,7 +62,8 @@ class RedisConnection {
     std::vector<ReplyPtr> replies;
     absl::Status status;
   };
-  PipelineResult Pipeline(const std::vector<std::vector<std::string>>& commands);
+  // The commands are not copied; they must stay alive for the call.
+  PipelineResult Pipeline(const std::vector<const std::vector<std::string>*>& commands);
 
   // EVALSHA with the script's keys and arguments.
   absl::StatusOr<ReplyPtr> Eval(const LuaScript& script, const std::vector<std::string>& keys,

@@ -151,9 +151,9 @@ class RedisEventStream final : public EventStream {
 
   void WriteBatch(std::deque<PendingPublish>& batch) {
     while (!batch.empty()) {
-      std::vector<std::vector<std::string>> commands;
+      std::vector<const std::vector<std::string>*> commands;
       commands.reserve(batch.size());
-      for (const PendingPublish& item : batch) commands.push_back(item.command);
+      for (const PendingPublish& item : batch) commands.push_back(&item.command);
       RedisConnection::PipelineResult result = writer_conn_.Pipeline(commands);
       std::deque<PendingPublish> retry;
       absl::Status last_error = result.status;
