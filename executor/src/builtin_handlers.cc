@@ -103,11 +103,30 @@ class InjectHandler final : public TaskHandler {
 std::unique_ptr<TaskHandler> NewWaitHandler() { return std::make_unique<WaitHandler>(); }
 std::unique_ptr<TaskHandler> NewInjectHandler() { return std::make_unique<InjectHandler>(); }
 
-absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry) {
+bool HasCallAndSetHandlers() {
+#ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
+  return true;
+#else
+  return false;
+#endif
+}
+
+absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry,
+                                     const BuiltinHandlerOptions& options) {
   EVENTBUS_RETURN_IF_ERROR(registry.Register(NewWaitHandler()));
   EVENTBUS_RETURN_IF_ERROR(registry.Register(NewInjectHandler()));
 #ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
-  EVENTBUS_ASSIGN_OR_RETURN(auto call, NewCallHandler(CallHandlerOptions{}));
+  CallHandlerOptions call_options;
+  call_options.clock = options.clock;
+  call_options.http.ca_file = options.ca_file;
+  if (options.on_circuit_change) {
+    call_options.on_circuit_change = [cb = options.on_circuit_change](
+                                         absl::string_view host, CircuitState from,
+                                         CircuitState to) {
+      cb(host, CircuitStateName(from), CircuitStateName(to));
+    };
+  }
+  EVENTBUS_ASSIGN_OR_RETURN(auto call, NewCallHandler(std::move(call_options)));
   EVENTBUS_RETURN_IF_ERROR(registry.Register(std::move(call)));
   EVENTBUS_RETURN_IF_ERROR(registry.Register(NewSetHandler()));
 #endif

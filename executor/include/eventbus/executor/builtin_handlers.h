@@ -1,9 +1,13 @@
 #pragma once
 // The built-in task types that need nothing outside the executor: `wait` and `inject`.
 
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "eventbus/clock.h"
 #include "eventbus/executor/handler.h"
 
 namespace eventbus::executor {
@@ -17,8 +21,24 @@ std::unique_ptr<TaskHandler> NewWaitHandler();
 // "into" with "data" merged over it (RFC 7386 JSON merge patch), or "data" alone.
 std::unique_ptr<TaskHandler> NewInjectHandler();
 
-// Registers wait and inject; plus call and set when the executor was built with its
-// components (HTTP client, circuit breaker, jq).
-absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry);
+// Settings of the built-in handlers that have any (only `call` does).
+struct BuiltinHandlerOptions {
+  // The circuit breakers' clock; not owned; null = the real clock.
+  Clock* clock = nullptr;
+  // PEM CA bundle trusted for HTTPS calls instead of the system store; empty = system store.
+  std::string ca_file;
+  // Told about every circuit breaker state change: host, old and new state name ("closed",
+  // "open", "half_open"). Runs under the breaker's lock: quick, no calls back. May be null.
+  std::function<void(absl::string_view host, absl::string_view from, absl::string_view to)>
+      on_circuit_change;
+};
+
+// True when `call` and `set` are built in (the executor was built with its components: libcurl
+// HTTP client, circuit breaker, libjq).
+bool HasCallAndSetHandlers();
+
+// Registers wait and inject, plus call and set when HasCallAndSetHandlers().
+absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry,
+                                     const BuiltinHandlerOptions& options = {});
 
 }  // namespace eventbus::executor

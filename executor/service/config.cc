@@ -1,0 +1,233 @@
+#include "config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "eventbus/executor/iso_duration.h"
+#include "eventbus/status_macros.h"
+
+namespace eventbus::executor::service {
+namespace {
+
+constexpr absl::string_view kDurationHelp = "a duration such as 500ms, 5s, 2m or PT5S";
+
+absl::Status BadValue(absl::string_view name, absl::string_view value, absl::string_view valid) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, "=\"", value, "\" is invalid: expected ", valid));
+}
+
+const std::string* Find(const Environment& env, absl::string_view name) {
+  auto it = env.find(name);
+  if (it == env.end() || it->second.empty()) return nullptr;
+  return &it->second;
+}
+
+absl::Status ReadInt(const Environment& env, absl::string_view name, int min, int max, int* out) {
+  const std::string* value = Find(env, name);
+  if (value == nullptr) return absl::OkStatus();
+  int parsed = 0;
+  if (!absl::SimpleAtoi(*value, &parsed) || parsed < min || parsed > max) {
+    return BadValue(name, *value, absl::StrCat("an integer from ", min, " to ", max));
+  }
+  *out = parsed;
+  return absl::OkStatus();
+}
+
+absl::Status ReadDuration(const Environment& env, absl::string_view name, absl::Duration min,
+                          absl::Duration max, absl::Duration* out) {
+  const std::string* value = Find(env, name);
+  if (value == nullptr) return absl::OkStatus();
+  absl::Duration parsed;
+  bool ok = false;
+  if (absl::StartsWith(*value, "P") || absl::StartsWith(*value, "p")) {
+    auto iso = ParseIsoDuration(*value);
+    ok = iso.ok();
+    if (ok) parsed = *iso;
+  } else {
+    ok = absl::ParseDuration(*value, &parsed) && parsed != absl::InfiniteDuration();
+  }
+  if (!ok || parsed < min || parsed > max) {
+    return BadValue(name, *value,
+                    absl::StrCat(kDurationHelp, ", from ", absl::FormatDuration(min), " to ",
+                                 absl::FormatDuration(max)));
+  }
+  *out = parsed;
+  return absl::OkStatus();
+}
+
+absl::Status ReadBool(const Environment& env, absl::string_view name, bool* out) {
+  const std::string* value = Find(env, name);
+  if (value == nullptr) return absl::OkStatus();
+  const std::string lower = absl::AsciiStrToLower(*value);
+  if (lower == "true" || lower == "1" || lower == "yes" || lower == "on") {
+    *out = true;
+  } else if (lower == "false" || lower == "0" || lower == "no" || lower == "off") {
+    *out = false;
+  } else {
+    return BadValue(name, *value, "true or false (also 1/0, yes/no, on/off)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadName(const Environment& env, absl::string_view name, std::string* out) {
+  const std::string* value = Find(env, name);
+  if (value == nullptr) return absl::OkStatus();
+  if (absl::Status s = ValidateName(name, *value); !s.ok()) {
+    return BadValue(name, *value, "a name of 1 to 200 bytes without whitespace");
+  }
+  *out = *value;
+  return absl::OkStatus();
+}
+
+absl::Status ReadHttpAddr(const Environment& env, ServiceConfig& config) {
+  constexpr absl::string_view kName = "EXECUTOR_HTTP_ADDR";
+  const std::string* value = Find(env, kName);
+  if (value == nullptr) return absl::OkStatus();
+  const size_t colon = value->rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(absl::string_view(*value).substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return BadValue(kName, *value, "host:port, e.g. 0.0.0.0:8080 or 127.0.0.1:9000 (port 0-65535)");
+  }
+  std::string host = value->substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  config.http_host = host;
+  config.http_port = port;
+  return absl::OkStatus();
+}
+
+absl::Status ReadLogLevel(const Environment& env, ServiceConfig& config) {
+  const std::string* value = Find(env, "LOG_LEVEL");
+  if (value == nullptr) return absl::OkStatus();
+  const std::string lower = absl::AsciiStrToLower(*value);
+  static constexpr std::pair<absl::string_view, LogLevel> kLevels[] = {
+      {"trace", LogLevel::kTrace}, {"debug", LogLevel::kDebug}, {"info", LogLevel::kInfo},
+      {"warn", LogLevel::kWarn},   {"warning", LogLevel::kWarn}, {"error", LogLevel::kError},
+      {"off", LogLevel::kOff}};
+  for (const auto& [name, level] : kLevels) {
+    if (lower == name) {
+      config.log_level = level;
+      return absl::OkStatus();
+    }
+  }
+  return BadValue("LOG_LEVEL", *value, "one of trace, debug, info, warn, error, off");
+}
+
+}  // namespace
+
+std::vector<std::string> KnownSettings() {
+  std::vector<std::string> names = {
+      "EVENT_STREAM_TYPE",          "EXECUTOR_CA_FILE",           "EXECUTOR_CONCURRENCY",
+      "EXECUTOR_CONSUMER_GROUP",    "EXECUTOR_CONSUMER_NAME",     "EXECUTOR_DLQ_STREAM",
+      "EXECUTOR_HEARTBEAT_INTERVAL", "EXECUTOR_HTTP_ADDR",        "EXECUTOR_MAX_ATTEMPTS",
+      "EXECUTOR_RECLAIM_ENABLED",   "EXECUTOR_RECLAIM_INTERVAL",  "EXECUTOR_RECLAIM_MIN_IDLE",
+      "EXECUTOR_REQUEST_STREAM",    "EXECUTOR_RESULT_STREAM",     "EXECUTOR_SHUTDOWN_DEADLINE",
+      "EXECUTOR_STREAM_BATCH",      "EXECUTOR_STREAM_BLOCK",      "EXECUTOR_TASK_TIMEOUT",
+      "LOG_LEVEL"};
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+absl::string_view LogLevelName(LogLevel level) {
+  switch (level) {
+    case LogLevel::kTrace: return "trace";
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarn: return "warn";
+    case LogLevel::kError: return "error";
+    case LogLevel::kOff: return "off";
+  }
+  return "info";
+}
+
+absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
+                                                 const std::vector<std::string>& backend_types) {
+  const std::vector<std::string> known = KnownSettings();
+  for (const auto& [name, value] : env) {
+    if (absl::StartsWith(name, "EXECUTOR_") &&
+        !std::binary_search(known.begin(), known.end(), name)) {
+      std::vector<std::string> executor_settings;
+      for (const auto& k : known) {
+        if (absl::StartsWith(k, "EXECUTOR_")) executor_settings.push_back(k);
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown setting ", name, "; valid EXECUTOR_* settings: ",
+          absl::StrJoin(executor_settings, ", ")));
+    }
+  }
+
+  ServiceConfig config;
+  if (const std::string* type = Find(env, kEventStreamTypeEnv)) {
+    if (std::find(backend_types.begin(), backend_types.end(), *type) == backend_types.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(kEventStreamTypeEnv, "=\"", *type,
+                                                     "\" is not a registered backend; valid types: ",
+                                                     absl::StrJoin(backend_types, ", ")));
+    }
+    config.stream_type = *type;
+  }
+  ExecutorOptions& ex = config.executor;
+  ex.consumer_group = "eventbus-executor";
+  EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_CONCURRENCY", 1, 1024, &ex.concurrency));
+  EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_STREAM_BATCH", 1, 1000, &ex.fetch_batch));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_STREAM_BLOCK", absl::Milliseconds(1),
+                                        absl::Minutes(1), &ex.fetch_block));
+  EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_CONSUMER_GROUP", &ex.consumer_group));
+  EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_CONSUMER_NAME", &ex.consumer_name));
+  EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_REQUEST_STREAM", &ex.request_stream));
+  EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_RESULT_STREAM", &ex.result_stream));
+  EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_DLQ_STREAM", &ex.dead_letter_stream));
+  EVENTBUS_RETURN_IF_ERROR(ReadBool(env, "EXECUTOR_RECLAIM_ENABLED", &ex.reclaim_enabled));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_RECLAIM_MIN_IDLE", absl::Seconds(1),
+                                        absl::Hours(24), &ex.reclaim_min_idle));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_RECLAIM_INTERVAL", absl::Milliseconds(100),
+                                        absl::Hours(1), &ex.reclaim_interval));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_HEARTBEAT_INTERVAL", absl::ZeroDuration(),
+                                        absl::Hours(1), &ex.heartbeat_interval));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_SHUTDOWN_DEADLINE", absl::ZeroDuration(),
+                                        absl::Hours(1), &ex.shutdown_deadline));
+  if (ex.reclaim_enabled && ex.heartbeat_interval > absl::ZeroDuration() &&
+      ex.heartbeat_interval >= ex.reclaim_min_idle) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EXECUTOR_HEARTBEAT_INTERVAL (", absl::FormatDuration(ex.heartbeat_interval),
+        ") must be shorter than EXECUTOR_RECLAIM_MIN_IDLE (",
+        absl::FormatDuration(ex.reclaim_min_idle),
+        "), or running tasks would be reclaimed by other workers"));
+  }
+  if (Find(env, "EXECUTOR_TASK_TIMEOUT") != nullptr) {
+    absl::Duration timeout;
+    EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_TASK_TIMEOUT", absl::Milliseconds(1),
+                                          ex.max_task_timeout, &timeout));
+    config.task_timeout = timeout;
+  }
+  if (Find(env, "EXECUTOR_MAX_ATTEMPTS") != nullptr) {
+    int attempts = 0;
+    EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_MAX_ATTEMPTS", 1, 1000, &attempts));
+    config.max_attempts = attempts;
+  }
+  EVENTBUS_RETURN_IF_ERROR(ReadHttpAddr(env, config));
+  EVENTBUS_RETURN_IF_ERROR(ReadLogLevel(env, config));
+  if (const std::string* ca = Find(env, "EXECUTOR_CA_FILE")) {
+    if (access(ca->c_str(), R_OK) != 0) {
+      return BadValue("EXECUTOR_CA_FILE", *ca, "a readable PEM file of CA certificates");
+    }
+    config.ca_file = *ca;
+  }
+  if (ex.result_stream == ex.request_stream) {
+    return absl::InvalidArgumentError(
+        "EXECUTOR_RESULT_STREAM must differ from EXECUTOR_REQUEST_STREAM");
+  }
+  if (absl::Status s = ValidateExecutorOptions(ex); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("executor settings: ", s.message()));
+  }
+  return config;
+}
+
+}  // namespace eventbus::executor::service

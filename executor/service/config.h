@@ -1,0 +1,52 @@
+#pragma once
+// The service's configuration: read once from the environment into a typed struct, every value
+// validated, errors naming the setting and what it accepts.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "eventbus/executor/executor.h"
+#include "eventbus/registry.h"
+
+namespace eventbus::executor::service {
+
+enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kOff };
+
+struct ServiceConfig {
+  // EVENT_STREAM_TYPE: one of the registered backends (default "memory"). The backend's own
+  // variables (REDIS_URL, KAFKA_BROKERS, NATS_URL, *_OPTION_*) are read by the registry.
+  std::string stream_type = "memory";
+  // EXECUTOR_CONCURRENCY, EXECUTOR_CONSUMER_GROUP, EXECUTOR_CONSUMER_NAME, EXECUTOR_STREAM_BATCH,
+  // EXECUTOR_STREAM_BLOCK, EXECUTOR_RECLAIM_ENABLED, EXECUTOR_RECLAIM_MIN_IDLE,
+  // EXECUTOR_RECLAIM_INTERVAL, EXECUTOR_HEARTBEAT_INTERVAL, EXECUTOR_SHUTDOWN_DEADLINE,
+  // EXECUTOR_REQUEST_STREAM, EXECUTOR_RESULT_STREAM, EXECUTOR_DLQ_STREAM.
+  ExecutorOptions executor;
+  // EXECUTOR_TASK_TIMEOUT / EXECUTOR_MAX_ATTEMPTS: when set, the processing timeout and the
+  // attempts of every task type (otherwise each type's default; requests may still override).
+  std::optional<absl::Duration> task_timeout;
+  std::optional<int> max_attempts;
+  // EXECUTOR_HTTP_ADDR, "host:port" (default 0.0.0.0:8080; port 0 = any free port).
+  std::string http_host = "0.0.0.0";
+  int http_port = 8080;
+  // LOG_LEVEL: trace, debug, info, warn, error, off (default info).
+  LogLevel log_level = LogLevel::kInfo;
+  // EXECUTOR_CA_FILE: PEM CA bundle for HTTPS `call` tasks (default: the system store).
+  std::string ca_file;
+};
+
+// Every variable ParseServiceConfig reads (besides the backends'), sorted.
+std::vector<std::string> KnownSettings();
+
+// Reads `env`. InvalidArgument naming the variable, the bad value and the valid ones, for any
+// malformed or out-of-range value, an unknown EVENT_STREAM_TYPE (listing `backend_types`), or
+// an unknown EXECUTOR_* variable (a typo would otherwise be ignored silently).
+absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
+                                                 const std::vector<std::string>& backend_types);
+
+// "debug", "info", ...
+absl::string_view LogLevelName(LogLevel level);
+
+}  // namespace eventbus::executor::service

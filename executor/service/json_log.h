@@ -1,0 +1,40 @@
+#pragma once
+// Structured logs: one JSON object per line on stderr, through spdlog.
+
+#include <memory>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "absl/strings/string_view.h"
+#include "config.h"
+#include "eventbus/executor/executor.h"
+
+namespace spdlog {
+class logger;
+}  // namespace spdlog
+
+namespace eventbus::executor::service {
+
+// Thread-safe.
+class JsonLog {
+ public:
+  explicit JsonLog(LogLevel level);
+  ~JsonLog();
+
+  // {"ts": ..., "level": ..., "msg": message, <fields>}. `fields` must be a JSON object.
+  void Write(LogLevel level, absl::string_view message, const nlohmann::json& fields);
+  void Write(LogLevel level, absl::string_view message);
+
+  // Renders the executor's per-task records (task_id, type, attempt, delivery_id, error).
+  void WriteTask(const TaskLogRecord& record);
+
+ private:
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+// `url` with any password replaced by "***" ("redis://user:***@host:6379/0"); several
+// comma-separated URLs are each redacted. Never logs a secret, whatever the scheme.
+std::string RedactUrl(absl::string_view url);
+
+}  // namespace eventbus::executor::service

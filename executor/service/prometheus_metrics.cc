@@ -1,0 +1,127 @@
+#include "prometheus_metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+namespace eventbus::executor::service {
+
+using prometheus::Counter;
+using prometheus::Family;
+using prometheus::Gauge;
+using prometheus::Histogram;
+
+struct PrometheusMetrics::Families {
+  explicit Families(prometheus::Registry& r)
+      : tasks(prometheus::BuildCounter()
+                  .Name("eventbus_executor_tasks_total")
+                  .Help("Handler runs (and rejected requests) by task type and outcome: "
+                        "succeeded, failed, retried, delayed, invalid, abandoned")
+                  .Register(r)),
+        duration(prometheus::BuildHistogram()
+                     .Name("eventbus_executor_task_duration_seconds")
+                     .Help("Handler run time by task type")
+                     .Register(r)),
+        retries(prometheus::BuildCounter()
+                    .Name("eventbus_executor_retries_total")
+                    .Help("Transient failures scheduled for another attempt, by task type")
+                    .Register(r)),
+        dead_letters(prometheus::BuildCounter()
+                         .Name("eventbus_executor_dead_letters_total")
+                         .Help("Deliveries moved to the dead-letter stream, by task type")
+                         .Register(r)),
+        results(prometheus::BuildCounter()
+                    .Name("eventbus_executor_results_published_total")
+                    .Help("Result events published, by status")
+                    .Register(r)),
+        in_flight(prometheus::BuildGauge()
+                      .Name("eventbus_executor_in_flight")
+                      .Help("Deliveries held by this executor (queued or running)")
+                      .Register(r)
+                      .Add({})),
+        fetch_lag(prometheus::BuildHistogram()
+                      .Name("eventbus_executor_fetch_lag_seconds")
+                      .Help("Time from publishing a task request to its first fetch")
+                      .Register(r)
+                      .Add({}, Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1,
+                                                           5, 10, 60, 300})),
+        backend_errors(prometheus::BuildCounter()
+                           .Name("eventbus_executor_backend_errors_total")
+                           .Help("Failed fetch/reclaim calls to the event stream, by operation")
+                           .Register(r)),
+        submitted(prometheus::BuildCounter()
+                      .Name("eventbus_executor_tasks_submitted_total")
+                      .Help("Tasks accepted by POST /v1/tasks, by task type")
+                      .Register(r)),
+        circuit(prometheus::BuildCounter()
+                    .Name("eventbus_executor_circuit_transitions_total")
+                    .Help("Circuit breaker state changes of outbound HTTP hosts, by new state")
+                    .Register(r)) {}
+
+  Family<Counter>& tasks;
+  Family<Histogram>& duration;
+  Family<Counter>& retries;
+  Family<Counter>& dead_letters;
+  Family<Counter>& results;
+  Gauge& in_flight;
+  Histogram& fetch_lag;
+  Family<Counter>& backend_errors;
+  Family<Counter>& submitted;
+  Family<Counter>& circuit;
+};
+
+PrometheusMetrics::PrometheusMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      families_(std::make_unique<Families>(*registry_)) {}
+
+PrometheusMetrics::~PrometheusMetrics() = default;
+
+void PrometheusMetrics::TaskFinished(absl::string_view type, absl::string_view outcome,
+                                     absl::Duration duration) {
+  families_->tasks.Add({{"type", std::string(type)}, {"outcome", std::string(outcome)}})
+      .Increment();
+  families_->duration
+      .Add({{"type", std::string(type)}},
+           Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                                       30, 60})
+      .Observe(absl::ToDoubleSeconds(duration));
+}
+
+void PrometheusMetrics::TaskRetried(absl::string_view type, absl::Duration) {
+  families_->retries.Add({{"type", std::string(type)}}).Increment();
+}
+
+void PrometheusMetrics::TaskDeadLettered(absl::string_view type) {
+  families_->dead_letters.Add({{"type", std::string(type)}}).Increment();
+}
+
+void PrometheusMetrics::ResultPublished(absl::string_view status) {
+  families_->results.Add({{"status", std::string(status)}}).Increment();
+}
+
+void PrometheusMetrics::InFlightChanged(int in_flight) { families_->in_flight.Set(in_flight); }
+
+void PrometheusMetrics::FetchLag(absl::Duration lag) {
+  families_->fetch_lag.Observe(absl::ToDoubleSeconds(lag));
+}
+
+void PrometheusMetrics::BackendError(absl::string_view operation) {
+  families_->backend_errors.Add({{"operation", std::string(operation)}}).Increment();
+}
+
+void PrometheusMetrics::TaskSubmitted(absl::string_view type) {
+  families_->submitted.Add({{"type", std::string(type)}}).Increment();
+}
+
+void PrometheusMetrics::CircuitChanged(absl::string_view to_state) {
+  families_->circuit.Add({{"state", std::string(to_state)}}).Increment();
+}
+
+std::string PrometheusMetrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+}  // namespace eventbus::executor::service

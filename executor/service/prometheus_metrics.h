@@ -1,0 +1,45 @@
+#pragma once
+// ExecutorMetrics on prometheus-cpp, served as text by /metrics.
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "eventbus/executor/metrics.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace eventbus::executor::service {
+
+// Thread-safe.
+class PrometheusMetrics final : public ExecutorMetrics {
+ public:
+  PrometheusMetrics();
+  ~PrometheusMetrics() override;
+
+  void TaskFinished(absl::string_view type, absl::string_view outcome,
+                    absl::Duration duration) override;
+  void TaskRetried(absl::string_view type, absl::Duration backoff) override;
+  void TaskDeadLettered(absl::string_view type) override;
+  void ResultPublished(absl::string_view status) override;
+  void InFlightChanged(int in_flight) override;
+  void FetchLag(absl::Duration lag) override;
+  void BackendError(absl::string_view operation) override;
+
+  // Accepted by POST /v1/tasks.
+  void TaskSubmitted(absl::string_view type);
+  void CircuitChanged(absl::string_view to_state);
+
+  // The Prometheus text exposition format (version 0.0.4).
+  std::string Serialize() const;
+
+ private:
+  struct Families;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Families> families_;
+};
+
+}  // namespace eventbus::executor::service

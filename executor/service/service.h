@@ -1,0 +1,74 @@
+#pragma once
+// The eventbus-executor service: one event stream, the executor, and the HTTP endpoints
+// (/healthz, /readyz, /metrics, POST /v1/tasks).
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "config.h"
+#include "eventbus/event_stream.h"
+#include "eventbus/executor/executor.h"
+#include "eventbus/executor/handler.h"
+#include "eventbus/registry.h"
+#include "json_log.h"
+#include "prometheus_metrics.h"
+
+namespace httplib {
+class Server;
+}  // namespace httplib
+
+namespace eventbus::executor::service {
+
+class Service {
+ public:
+  // `log` must outlive the service.
+  Service(ServiceConfig config, Environment env, JsonLog* log);
+  ~Service();  // Stop()
+
+  // Connects to the backend, starts the executor and the HTTP server. Errors name what failed
+  // (the backend's configuration error, an address already in use, ...).
+  absl::Status Start();
+
+  // Graceful: stops taking new tasks over HTTP, shuts the executor down (running tasks finish
+  // within the shutdown deadline, the rest are given back), flushes the stream. Idempotent.
+  void Stop();
+
+  // The port the HTTP server listens on (useful when configured with port 0).
+  int http_port() const { return http_port_; }
+  EventStream* stream() const { return stream_.get(); }
+  const ServiceConfig& config() const { return config_; }
+
+  struct Submitted {
+    std::string task_id;
+    std::string event_id;
+  };
+  // What POST /v1/tasks does: validates the JSON request (filling a missing id), checks that its
+  // type is registered and supports the input, and publishes it on the request stream.
+  // InvalidArgument with the reason for a bad request; the backend's error otherwise.
+  absl::StatusOr<Submitted> Submit(absl::string_view body);
+
+ private:
+  void InstallRoutes();
+
+  ServiceConfig config_;
+  Environment env_;
+  JsonLog* log_;
+  PrometheusMetrics metrics_;
+  std::unique_ptr<EventStream> stream_;
+  HandlerRegistry handlers_;
+  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread http_thread_;
+  int http_port_ = 0;
+  bool stopped_ = false;
+};
+
+// The --demo run: submits a few tasks of every type through POST /v1/tasks of the running
+// service (one of them fails into the dead-letter stream), prints each result and the
+// dead-letter entry to stdout, and reports whether everything came out as expected.
+absl::Status RunDemo(Service& service);
+
+}  // namespace eventbus::executor::service
