@@ -5,6 +5,8 @@ extern "C" {
 #include <jv.h>
 }
 
+#include <pthread.h>
+
 #include <climits>
 #include <mutex>
 #include <utility>
@@ -12,6 +14,7 @@ extern "C" {
 #include <nlohmann/json.hpp>
 
 #include "absl/base/call_once.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -153,6 +156,58 @@ absl::StatusOr<jv> ParseJson(absl::string_view text, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("jq ", what, " is not JSON: ", message));
 }
 
+// jq 1.6 prints a value nested deeper than 256 levels as `<stripped: exceeds max depth>`,
+// which is not JSON (and its parser refuses that depth too): such an output is an error.
+absl::Status CheckDumpedJson(absl::string_view text) {
+  bool in_string = false;
+  bool escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '<') {
+      return absl::InvalidArgumentError(
+          "jq program produced a value nested deeper than 256 levels");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// jq 1.6 frees and prints nested values recursively. A program can build an array nested a
+// few hundred thousand levels deep in a fraction of a second (`reduce range(300000) as $i
+// (null; [.])`), and freeing it overflows a default 8 MiB thread stack: SIGSEGV, the whole
+// service dies. So every evaluation runs on a thread of its own with a large stack. It is
+// virtual memory: only the pages a deep value really touches become resident.
+constexpr size_t kEvaluationStackBytes = size_t{512} << 20;
+
+absl::Status RunOnLargeStack(absl::FunctionRef<void()> body) {
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) {
+    return absl::ResourceExhaustedError("jq: pthread_attr_init failed");
+  }
+  pthread_attr_setstacksize(&attr, kEvaluationStackBytes);
+  pthread_t thread;
+  auto trampoline = [](void* arg) -> void* {
+    (*static_cast<absl::FunctionRef<void()>*>(arg))();
+    return nullptr;
+  };
+  const int rc = pthread_create(&thread, &attr, trampoline, &body);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("jq: cannot start an evaluation thread (pthread_create error ", rc, ")"));
+  }
+  pthread_join(thread, nullptr);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 class JqExpression::Impl {
@@ -169,6 +224,16 @@ class JqExpression::Impl {
   absl::StatusOr<std::vector<std::string>> Run(absl::string_view input_json,
                                                absl::string_view variables_json,
                                                bool first_only) const {
+    absl::StatusOr<std::vector<std::string>> result;
+    EVENTBUS_RETURN_IF_ERROR(RunOnLargeStack(
+        [&] { result = RunHere(input_json, variables_json, first_only); }));
+    return result;
+  }
+
+ private:
+  absl::StatusOr<std::vector<std::string>> RunHere(absl::string_view input_json,
+                                                   absl::string_view variables_json,
+                                                   bool first_only) const {
     EVENTBUS_ASSIGN_OR_RETURN(jv input_value, ParseJson(input_json, "input"));
     Owned input(input_value);
     EVENTBUS_ASSIGN_OR_RETURN(jv variables_value,
@@ -193,7 +258,8 @@ class JqExpression::Impl {
           break;
         }
         outputs.push_back(DumpJson(out.release()));
-        if (first_only) break;
+        status = CheckDumpedJson(outputs.back());
+        if (!status.ok() || first_only) break;
         continue;
       }
       if (jq_halted(jq)) {
@@ -225,7 +291,6 @@ class JqExpression::Impl {
     return outputs;
   }
 
- private:
   static absl::Status HaltStatus(jq_state* jq) {
     Owned exit_code(jq_get_exit_code(jq));
     // `halt` (no exit code) and `halt_error(0)` end the program normally.
