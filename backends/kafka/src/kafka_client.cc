@@ -61,7 +61,9 @@ absl::StatusOr<std::shared_ptr<KafkaClient>> KafkaClient::Create(KafkaOptions op
                        {"linger.ms", "5"},
                        {"message.max.bytes", max_bytes},
                        {"message.timeout.ms", "60000"},
-                       {"socket.keepalive.enable", "true"}}));
+                       {"socket.keepalive.enable", "true"},
+                       // Topics are created explicitly, with the configured partitions.
+                       {"allow.auto.create.topics", "false"}}));
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &OnDeliveryReport);
   char errstr[512];
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof(errstr));
@@ -168,6 +170,14 @@ absl::Status KafkaClient::EnsureTopic(const std::string& topic) {
     if (topics_.contains(topic)) return absl::OkStatus();
   }
   const absl::Time deadline = absl::Now() + options_.operation_timeout;
+  // An existing topic needs no CreateTopics (which production ACLs often deny).
+  absl::StatusOr<bool> exists = TopicExists(topic, options_.operation_timeout);
+  if (!exists.ok()) return exists.status();
+  if (*exists) {
+    absl::MutexLock lock(&topics_mu_);
+    topics_.insert(topic);
+    return absl::OkStatus();
+  }
   char errstr[512];
   NewTopicHandle new_topic(rd_kafka_NewTopic_new(topic.c_str(), options_.partitions,
                                                  options_.replication_factor, errstr,
@@ -239,6 +249,29 @@ absl::Status KafkaClient::WaitForTopicMetadata(const std::string& topic, absl::T
     absl::SleepFor(absl::Milliseconds(50));
   }
   return last;
+}
+
+absl::StatusOr<bool> KafkaClient::TopicExists(const std::string& topic, absl::Duration timeout) {
+  TopicHandle handle(rd_kafka_topic_new(producer_.get(), topic.c_str(), nullptr));
+  if (handle == nullptr) {
+    return ToStatus(rd_kafka_last_error(), absl::StrCat("topic handle for ", topic));
+  }
+  const rd_kafka_metadata_t* metadata = nullptr;
+  const rd_kafka_resp_err_t err =
+      rd_kafka_metadata(producer_.get(), /*all_topics=*/0, handle.get(), &metadata,
+                        TimeoutMs(timeout));
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return ToStatus(err, absl::StrCat("metadata for topic ", topic));
+  }
+  bool exists = false;
+  for (int i = 0; i < metadata->topic_cnt; ++i) {
+    const rd_kafka_metadata_topic_t& t = metadata->topics[i];
+    if (topic == t.topic && t.err == RD_KAFKA_RESP_ERR_NO_ERROR && t.partition_cnt > 0) {
+      exists = true;
+    }
+  }
+  rd_kafka_metadata_destroy(metadata);
+  return exists;
 }
 
 absl::Status KafkaClient::Ping(absl::Duration timeout) {

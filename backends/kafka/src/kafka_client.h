@@ -57,6 +57,9 @@ class KafkaClient {
  private:
   KafkaClient(KafkaOptions options, Clock* clock) : options_(std::move(options)), clock_(clock) {}
   absl::Status WaitForTopicMetadata(const std::string& topic, absl::Time deadline);
+  // One metadata round trip for `topic` alone. Never auto-creates it (the producer sets
+  // allow.auto.create.topics=false).
+  absl::StatusOr<bool> TopicExists(const std::string& topic, absl::Duration timeout);
 
   const KafkaOptions options_;
   Clock* const clock_;

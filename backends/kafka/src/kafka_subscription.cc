@@ -635,8 +635,10 @@ absl::Status KafkaSubscription::Close() {
     closed_ = true;
     changed_.SignalAll();
     // The poller keeps serving the group meanwhile; bounded, so a consumer that never reached
-    // the broker still closes.
-    mu_.AwaitWithTimeout(absl::Condition(&assigned_once_), kFirstAssignmentWait);
+    // the broker still closes. Without a poller (Create failed) the consumer never joined.
+    if (poller_.joinable()) {
+      mu_.AwaitWithTimeout(absl::Condition(&assigned_once_), kFirstAssignmentWait);
+    }
   }
   stop_.store(true, std::memory_order_release);
   if (poller_.joinable()) poller_.join();

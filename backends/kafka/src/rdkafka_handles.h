@@ -39,6 +39,9 @@ struct HeadersDeleter {
 struct NewTopicDeleter {
   void operator()(rd_kafka_NewTopic_t* topic) const { rd_kafka_NewTopic_destroy(topic); }
 };
+struct TopicDeleter {
+  void operator()(rd_kafka_topic_t* topic) const { rd_kafka_topic_destroy(topic); }
+};
 struct AdminOptionsDeleter {
   void operator()(rd_kafka_AdminOptions_t* options) const { rd_kafka_AdminOptions_destroy(options); }
 };
@@ -53,6 +56,7 @@ using PartitionListHandle =
 using ErrorHandle = std::unique_ptr<rd_kafka_error_t, ErrorDeleter>;
 using HeadersHandle = std::unique_ptr<rd_kafka_headers_t, HeadersDeleter>;
 using NewTopicHandle = std::unique_ptr<rd_kafka_NewTopic_t, NewTopicDeleter>;
+using TopicHandle = std::unique_ptr<rd_kafka_topic_t, TopicDeleter>;
 using AdminOptionsHandle = std::unique_ptr<rd_kafka_AdminOptions_t, AdminOptionsDeleter>;
 
 // Maps a librdkafka error to the code a caller can act on: Unavailable for transient broker

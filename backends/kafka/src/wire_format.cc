@@ -53,7 +53,8 @@ absl::StatusOr<KafkaRecord> EncodeEvent(const Event& event) {
   add("ce_specversion", event.spec_version());
   add("ce_type", event.type());
   if (event.has_time()) {
-    add("ce_time", absl::FormatTime(absl::RFC3339_full, EventTime(event), absl::UTCTimeZone()));
+    // RFC 3339 in UTC with a literal Z, as the CloudEvents examples write it.
+    add("ce_time", absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", EventTime(event), absl::UTCTimeZone()));
   }
   if (!event.subject().empty()) add("ce_subject", event.subject());
   if (!event.data_schema().empty()) add("ce_dataschema", event.data_schema());

@@ -1,0 +1,212 @@
+// Faults a real broker cannot script, on librdkafka's built-in mock cluster (rdkafka_mock.h):
+// brokers going down and requests failing with chosen error codes. The backend talks to the
+// mock through its ordinary bootstrap.servers, so every code path is the production one.
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include <atomic>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "eventbus/kafka/kafka_event_stream.h"
+#include "gtest/gtest.h"
+#include "rdkafka_handles.h"
+
+namespace eventbus::kafka {
+namespace {
+
+// Kafka protocol API keys (not in librdkafka's public headers).
+constexpr int16_t kProduceApi = 0;
+constexpr int16_t kOffsetCommitApi = 8;
+
+class MockCluster {
+ public:
+  explicit MockCluster(int brokers) {
+    char errstr[256];
+    ConfHandle conf(rd_kafka_conf_new());
+    // The mock cluster lives inside a client handle; this one only hosts it.
+    rd_kafka_conf_set(conf.get(), "log_level", "0", errstr, sizeof(errstr));
+    host_.reset(rd_kafka_new(RD_KAFKA_PRODUCER, conf.release(), errstr, sizeof(errstr)));
+    EXPECT_NE(host_, nullptr) << errstr;
+    cluster_ = rd_kafka_mock_cluster_new(host_.get(), brokers);
+    EXPECT_NE(cluster_, nullptr);
+  }
+  ~MockCluster() {
+    if (cluster_ != nullptr) rd_kafka_mock_cluster_destroy(cluster_);
+  }
+
+  rd_kafka_mock_cluster_t* get() { return cluster_; }
+  std::string bootstrap() { return rd_kafka_mock_cluster_bootstraps(cluster_); }
+
+  void CreateTopic(const std::string& topic, int partitions) {
+    ASSERT_EQ(rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, 1),
+              RD_KAFKA_RESP_ERR_NO_ERROR);
+  }
+
+ private:
+  KafkaHandle host_;
+  rd_kafka_mock_cluster_t* cluster_ = nullptr;
+};
+
+KafkaOptions MockOptions(MockCluster& cluster) {
+  KafkaOptions options;
+  options.brokers = cluster.bootstrap();
+  options.partitions = 2;
+  options.operation_timeout = absl::Seconds(5);
+  options.properties["message.timeout.ms"] = "1500";
+  options.properties["log_level"] = "0";  // the faults are the point; keep the output clean
+  return options;
+}
+
+Event TestEvent(int n) {
+  Event event = MakeEvent("io.eventbus.fault", "/fault", absl::StrCat("n-", n));
+  event.set_id(absl::StrCat("fault-", n));
+  return event;
+}
+
+TEST(KafkaFaultTest, PublishToADownBrokerFailsAsUnavailableAndRecovers) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("orders", 2);
+  auto stream = NewKafkaEventStream(MockOptions(cluster));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE((*stream)->PublishAndWait("orders", TestEvent(0), absl::Seconds(10)).ok());
+
+  rd_kafka_mock_broker_set_down(cluster.get(), 1);
+  auto failed = (*stream)->PublishAndWait("orders", TestEvent(1), absl::Seconds(10));
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable) << failed.status();
+  EXPECT_FALSE((*stream)->Ping(absl::Milliseconds(500)).ok());
+
+  rd_kafka_mock_broker_set_up(cluster.get(), 1);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  absl::StatusOr<PublishReceipt> recovered = absl::UnavailableError("not tried");
+  while (!recovered.ok() && absl::Now() < deadline) {
+    recovered = (*stream)->PublishAndWait("orders", TestEvent(2), absl::Seconds(5));
+  }
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ(recovered->stream, "orders");
+  EXPECT_TRUE((*stream)->Ping(absl::Seconds(5)).ok());
+}
+
+TEST(KafkaFaultTest, RetriableProduceErrorsAreRetriedWithoutDuplicates) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("payments", 1);
+  KafkaOptions options = MockOptions(cluster);
+  options.properties["message.timeout.ms"] = "10000";
+  auto stream = NewKafkaEventStream(options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE((*stream)->PublishAndWait("payments", TestEvent(0)).ok());
+  rd_kafka_mock_push_request_errors(cluster.get(), kProduceApi, 3,
+                                    RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                                    RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                                    RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS);
+  auto receipt = (*stream)->PublishAndWait("payments", TestEvent(1), absl::Seconds(15));
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+
+  // The idempotent producer wrote it once despite the retries.
+  SubscribeOptions sub_options;
+  sub_options.stream = "payments";
+  sub_options.group = "g";
+  sub_options.consumer = "c";
+  auto sub = (*stream)->Subscribe(sub_options);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  std::multiset<std::string> ids;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (ids.size() < 2 && absl::Now() < deadline) {
+    auto batch = (*sub)->Fetch(10, absl::Seconds(1));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    for (const Delivery& d : *batch) {
+      ids.insert(d.event.id());
+      EXPECT_TRUE((*sub)->Ack(d).ok());
+    }
+  }
+  auto more = (*sub)->Fetch(10, absl::Seconds(1));
+  ASSERT_TRUE(more.ok());
+  for (const Delivery& d : *more) ids.insert(d.event.id());
+  EXPECT_EQ(ids.count("fault-0"), 1u);
+  EXPECT_EQ(ids.count("fault-1"), 1u);
+}
+
+TEST(KafkaFaultTest, PermanentProduceErrorsSurfaceWithTheirCode) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("secret", 1);
+  auto stream = NewKafkaEventStream(MockOptions(cluster));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE((*stream)->PublishAndWait("secret", TestEvent(0)).ok());
+  rd_kafka_mock_push_request_errors(cluster.get(), kProduceApi, 1,
+                                    RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
+  auto denied = (*stream)->PublishAndWait("secret", TestEvent(1), absl::Seconds(10));
+  ASSERT_FALSE(denied.ok());
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied) << denied.status();
+  // librdkafka remembers a topic's authorization failure until its next metadata refresh:
+  // later publishes fail at once with the same code instead of waiting for a timeout.
+  const absl::Time start = absl::Now();
+  auto after = (*stream)->PublishAndWait("secret", TestEvent(2), absl::Seconds(10));
+  ASSERT_FALSE(after.ok());
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kPermissionDenied) << after.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  // Other topics are unaffected.
+  cluster.CreateTopic("public", 1);
+  auto other = (*stream)->PublishAndWait("public", TestEvent(3), absl::Seconds(10));
+  EXPECT_TRUE(other.ok()) << other.status();
+}
+
+TEST(KafkaFaultTest, ConsumerRidesOutABrokerOutageAndCommitErrors) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("jobs", 2);
+  auto stream = NewKafkaEventStream(MockOptions(cluster));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  SubscribeOptions options;
+  options.stream = "jobs";
+  options.group = "workers";
+  options.consumer = "w1";
+  auto sub = (*stream)->Subscribe(options);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+
+  std::set<std::string> published;
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE((*stream)->Publish("jobs", TestEvent(i)).ok());
+    published.insert(absl::StrCat("fault-", i));
+  }
+  ASSERT_TRUE((*stream)->Flush(absl::Seconds(10)).ok());
+  // Commits fail for a while: acks still succeed locally, and the offsets go out later.
+  rd_kafka_mock_push_request_errors(cluster.get(), kOffsetCommitApi, 2,
+                                    RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                                    RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS);
+  std::set<std::string> seen;
+  auto drain = [&](size_t want, absl::Duration patience) {
+    const absl::Time deadline = absl::Now() + patience;
+    while (seen.size() < want && absl::Now() < deadline) {
+      auto batch = (*sub)->Fetch(10, absl::Milliseconds(500));
+      ASSERT_TRUE(batch.ok()) << batch.status();
+      for (const Delivery& d : *batch) {
+        if ((*sub)->Ack(d).ok()) seen.insert(d.event.id());
+      }
+    }
+  };
+  drain(5, absl::Seconds(20));
+  ASSERT_GE(seen.size(), 5u);
+
+  rd_kafka_mock_broker_set_down(cluster.get(), 1);
+  auto during = (*sub)->Fetch(10, absl::Seconds(1));
+  EXPECT_TRUE(during.ok()) << "Fetch must not fail while librdkafka reconnects: "
+                           << during.status();
+  if (during.ok()) {
+    for (const Delivery& d : *during) {
+      if ((*sub)->Ack(d).ok()) seen.insert(d.event.id());
+    }
+  }
+  rd_kafka_mock_broker_set_up(cluster.get(), 1);
+  for (int i = 10; i < 15; ++i) {
+    ASSERT_TRUE((*stream)->Publish("jobs", TestEvent(i)).ok());
+    published.insert(absl::StrCat("fault-", i));
+  }
+  ASSERT_TRUE((*stream)->Flush(absl::Seconds(20)).ok());
+  drain(published.size(), absl::Seconds(40));
+  EXPECT_EQ(seen, published);
+}
+
+}  // namespace
+}  // namespace eventbus::kafka
