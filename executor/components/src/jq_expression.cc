@@ -7,6 +7,7 @@ extern "C" {
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <climits>
 #include <mutex>
 #include <utility>
@@ -456,6 +457,46 @@ absl::StatusOr<std::vector<nlohmann::json>> JqExpression::EvaluateAll(
     values.push_back(std::move(value));
   }
   return values;
+}
+
+}  // namespace eventbus::executor
+
+namespace eventbus::executor {
+
+JqExpressionCache::JqExpressionCache(size_t max_entries)
+    : max_entries_(std::max<size_t>(1, max_entries)) {}
+
+absl::StatusOr<JqExpression> JqExpressionCache::Get(absl::string_view program,
+                                                    const JqOptions& options) {
+  // NUL cannot occur in a valid program or variable name: an unambiguous separator.
+  std::string key = absl::StrCat(program, absl::string_view("\0", 1), options.max_outputs);
+  for (const std::string& name : options.variables) {
+    absl::StrAppend(&key, absl::string_view("\0", 1), name);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = index_.find(key); it != index_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      return it->second->second;
+    }
+  }
+  EVENTBUS_ASSIGN_OR_RETURN(JqExpression expression, JqExpression::Compile(program, options));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = index_.find(key); it != index_.end()) {
+    return it->second->second;  // another thread compiled it meanwhile
+  }
+  lru_.emplace_front(key, expression);
+  index_.emplace(std::move(key), lru_.begin());
+  if (lru_.size() > max_entries_) {
+    index_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+  return expression;
+}
+
+size_t JqExpressionCache::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lru_.size();
 }
 
 }  // namespace eventbus::executor

@@ -328,5 +328,60 @@ TEST(JqExpressionTest, ConcurrentEvaluationsGetTheirOwnResults) {
   EXPECT_THAT(failures, ::testing::Each(0));
 }
 
+TEST(JqExpressionCacheTest, CompilesEachProgramOnce) {
+  JqExpressionCache cache;
+  absl::StatusOr<JqExpression> first = cache.Get(".a");
+  absl::StatusOr<JqExpression> second = cache.Get(".a");
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(cache.size(), 1u);
+  EXPECT_EQ(*second->Evaluate(json{{"a", 7}}), json(7));
+
+  // Different options are a different program.
+  JqOptions options;
+  options.variables = {"x"};
+  absl::StatusOr<JqExpression> with_variable = cache.Get(".a", options);
+  ASSERT_TRUE(with_variable.ok()) << with_variable.status();
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(*with_variable->Evaluate(json{{"a", 1}}, json{{"x", 2}}), json(1));
+}
+
+TEST(JqExpressionCacheTest, DoesNotKeepProgramsThatDoNotCompile) {
+  JqExpressionCache cache;
+  absl::StatusOr<JqExpression> bad = cache.Get(".a |");
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST(JqExpressionCacheTest, ForgetsTheLeastRecentlyUsedBeyondItsBound) {
+  JqExpressionCache cache(/*max_entries=*/2);
+  absl::StatusOr<JqExpression> a = cache.Get(".a");
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache.Get(".b").ok());
+  ASSERT_TRUE(cache.Get(".a").ok());  // .a is now the most recent
+  ASSERT_TRUE(cache.Get(".c").ok());  // evicts .b
+  EXPECT_EQ(cache.size(), 2u);
+  // An expression handed out before stays usable whatever the cache forgets.
+  EXPECT_EQ(*a->Evaluate(json{{"a", "still"}}), json("still"));
+}
+
+TEST(JqExpressionCacheTest, ConcurrentLookupsShareOneCache) {
+  JqExpressionCache cache(/*max_entries=*/4);
+  std::vector<std::thread> threads;
+  std::vector<int> failures(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        const std::string program = absl::StrCat(". + ", i % 3);
+        absl::StatusOr<JqExpression> expression = cache.Get(program);
+        if (!expression.ok() || *expression->Evaluate(json(t)) != json(t + i % 3)) ++failures[t];
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_THAT(failures, ::testing::Each(0));
+  EXPECT_EQ(cache.size(), 3u);
+}
+
 }  // namespace
 }  // namespace eventbus::executor

@@ -36,12 +36,16 @@
 //              the evaluation thread cannot be started.
 
 #include <cstddef>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -86,6 +90,29 @@ class JqExpression {
   explicit JqExpression(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
   std::shared_ptr<const Impl> impl_;
+};
+
+// Compiled programs by their text (and options), so a program that many tasks share compiles
+// once: jq 1.6 compiles its whole builtin library with every program, tens of milliseconds
+// each time. Thread-safe. Bounded: beyond `max_entries` the least recently used program is
+// forgotten (expressions handed out stay valid). Programs that do not compile are not kept.
+class JqExpressionCache {
+ public:
+  explicit JqExpressionCache(size_t max_entries = 256);
+
+  // The compiled program, from the cache or compiled now (outside the cache's lock, so a slow
+  // compile does not hold up other lookups). Same status codes as JqExpression::Compile.
+  absl::StatusOr<JqExpression> Get(absl::string_view program, const JqOptions& options = {});
+
+  size_t size() const;
+
+ private:
+  using Entry = std::pair<std::string, JqExpression>;  // key, expression
+
+  const size_t max_entries_;
+  mutable std::mutex mu_;  // guards the two below
+  std::list<Entry> lru_;   // most recently used first
+  absl::flat_hash_map<std::string, std::list<Entry>::iterator> index_;
 };
 
 }  // namespace eventbus::executor
