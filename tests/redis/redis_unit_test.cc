@@ -102,6 +102,12 @@ TEST(ParseRedisUrl, MalformedUrlsNameRedisUrlAndNeverThePassword) {
   }
 }
 
+TEST(RedisOptions, DefaultsToTheLocalServer) {
+  RedisOptions options;
+  EXPECT_EQ(options.endpoint.Describe(), "redis://127.0.0.1:6379/0");
+  EXPECT_TRUE(options.endpoint.password.empty());
+}
+
 TEST(RedisOptionsFromConfig, ReadsKnownKeysAndRejectsUnknownOnes) {
   BackendConfig config;
   config.url = "redis://h:1/2";

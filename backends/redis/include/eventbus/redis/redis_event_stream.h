@@ -29,12 +29,12 @@ inline constexpr absl::string_view kDefaultRedisUrl = "redis://127.0.0.1:6379";
 
 // Where the server is and how to log in; parsed from REDIS_URL.
 struct RedisEndpoint {
-  std::string host;       // TCP host (empty for a unix socket)
-  int port = 6379;        // TCP port
-  std::string unix_path;  // unix socket path (empty for TCP)
-  std::string user;       // ACL user (Redis 6+); empty = "default"
-  std::string password;   // empty = no AUTH
-  int db = 0;             // SELECT index
+  std::string host = "127.0.0.1";  // TCP host (empty for a unix socket)
+  int port = 6379;                  // TCP port
+  std::string unix_path;            // unix socket path (empty for TCP)
+  std::string user;                 // ACL user (Redis 6+); empty = "default"
+  std::string password;             // empty = no AUTH
+  int db = 0;                       // SELECT index
 
   // The address without credentials, e.g. "redis://127.0.0.1:6379/0": safe for messages.
   std::string Describe() const;
