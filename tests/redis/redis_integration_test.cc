@@ -661,6 +661,56 @@ TEST(RedisIntegration, EntriesDeliveredButNeverSeenAreRecoveredByTheSameConsumer
   EXPECT_EQ(PendingCount(server->port(), "lost.replies", "g"), 0);
 }
 
+// Label `fault` (see CMakeLists.txt): the server stops answering for a while.
+TEST(RedisFault, AHungServerTimesCommandsOutAndTheConnectionRecovers) {
+  RedisServer::Options server_options;
+  server_options.extra_args = {"--enable-debug-command", "local"};
+  auto server = StartServer(server_options);
+  ASSERT_NE(server, nullptr);
+  RedisOptions options = OptionsFor(server->url());
+  options.command_timeout = absl::Milliseconds(300);
+  auto stream = Connect(*server, options);
+  ASSERT_NE(stream, nullptr);
+  auto sub = Join(*stream, "hung", "g", "c");
+  ASSERT_NE(sub, nullptr);
+  ASSERT_TRUE(stream->PublishAndWait("hung", MakeEvent("t", "/s", "x")).ok());
+  auto got = FetchUntil(*sub, 1, absl::Seconds(5));
+  ASSERT_EQ(got.size(), 1u);
+  // Establishes the command connection: a new connection would wait for the server within
+  // connect_timeout instead (its handshake PING).
+  ASSERT_TRUE(sub->Extend(got[0]).ok());
+
+  // DEBUG SLEEP blocks the whole server (as a long fork, a slow disk or a stuck script would).
+  std::thread sleeper([port = server->port()] { RedisCli(port, {"DEBUG", "SLEEP", "2"}); });
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time start = absl::Now();
+  absl::Status ack = sub->Ack(got[0]);
+  EXPECT_EQ(ack.code(), absl::StatusCode::kUnavailable) << ack;
+  EXPECT_TRUE(absl::StrContains(ack.message(), "timed out")) << ack;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1)) << "the command timeout was not applied";
+  absl::Status ping = stream->Ping(absl::Milliseconds(300));
+  EXPECT_FALSE(ping.ok());
+  auto fetched = sub->Fetch(1, absl::Milliseconds(100));
+  EXPECT_FALSE(fetched.ok() && !fetched->empty());
+  sleeper.join();
+
+  // The server answers again: the same handles work over new connections. The timed-out Ack
+  // reached the server and ran once it woke up, so the retry finds nothing left to ack.
+  absl::Status retried;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    retried = sub->Ack(got[0]);
+    if (!absl::IsUnavailable(retried)) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(retried.ok() || absl::IsNotFound(retried)) << retried;
+  EXPECT_TRUE(stream->Ping(absl::Seconds(1)).ok());
+  ASSERT_TRUE(stream->PublishAndWait("hung", MakeEvent("t", "/s", "y")).ok());
+  auto after = FetchUntil(*sub, 1, absl::Seconds(5));
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0].event.data(), "y");
+  EXPECT_EQ(PendingCount(server->port(), "hung", "g"), 1);
+}
+
 TEST(RedisIntegration, UnreachableServerIsUnavailableNotAHang) {
   auto port = harness::FreeLoopbackPort();
   ASSERT_TRUE(port.ok());
