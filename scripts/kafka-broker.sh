@@ -65,9 +65,11 @@ cmd_fetch() {
 </project>
 POM
   rm -rf "${LIBS}.tmp"
-  mvn -q -B -f "${work}/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="${LIBS}.tmp" ||
+  if ! mvn -q -B -Dstyle.color=never -f "${work}/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="${LIBS}.tmp" > "${work}/mvn.log" 2>&1; then
+    cat "${work}/mvn.log" >&2
     die "mvn could not fetch org.apache.kafka:kafka_2.13:${VERSION}"
+  fi
   rm -rf "${LIBS}"
   mv "${LIBS}.tmp" "${LIBS}"
   touch "${KAFKA_HOME}/.complete"
