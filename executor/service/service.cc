@@ -85,6 +85,8 @@ absl::Status Service::Start() {
   }
   EVENTBUS_RETURN_IF_ERROR(executor_->Start());
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+  // httplib::Server::stop() before the listen loop started would be lost (Stop would hang).
+  while (!http_->is_running()) std::this_thread::yield();
   log_->Write(LogLevel::kInfo, "eventbus-executor started",
               {{"http", absl::StrCat(config_.http_host, ":", http_port_)},
                {"backend", config_.stream_type},

@@ -1,0 +1,171 @@
+// The `call` and `set` handlers on their own: `call` against a cpp-httplib server this test
+// starts on 127.0.0.1, `set` with jq programs.
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "eventbus/clock.h"
+#include "eventbus/executor/call_handler.h"
+#include "eventbus/executor/set_handler.h"
+#include "eventbus/harness/server_process.h"
+#include "local_http_server.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::executor {
+namespace {
+
+using ::nlohmann::json;
+using ::testing::HasSubstr;
+using Kind = TaskOutcome::Kind;
+using testing::LocalHttpServer;
+
+TaskRequest Request(absl::string_view type, json input) {
+  TaskRequest request;
+  request.id = "t";
+  request.type = std::string(type);
+  request.input = std::make_shared<const json>(std::move(input));
+  return request;
+}
+
+class CallHandlerTest : public ::testing::Test {
+ protected:
+  CallHandlerTest() {
+    CallHandlerOptions options;
+    options.clock = &clock_;
+    options.breakers.breaker.failure_threshold = 2;
+    options.breakers.breaker.open_duration = absl::Seconds(30);
+    auto handler = NewCallHandler(options);
+    EXPECT_TRUE(handler.ok()) << handler.status();
+    handler_ = std::move(*handler);
+  }
+
+  TaskOutcome Run(json input) {
+    const TaskRequest request = Request("call", std::move(input));
+    EXPECT_TRUE(handler_->Supports(request).ok()) << handler_->Supports(request);
+    TaskContext context(request, 1, clock_.Now(), clock_.Now() + absl::Seconds(30), &clock_);
+    return handler_->Handle(context);
+  }
+
+  ManualClock clock_;
+  LocalHttpServer server_;
+  std::unique_ptr<TaskHandler> handler_;
+};
+
+TEST_F(CallHandlerTest, SuccessExtractsStatusHeadersAndJsonBody) {
+  TaskOutcome outcome = Run({{"url", server_.Url("/ok")}, {"headers", {{"X-Test", "abc"}}}});
+  ASSERT_EQ(outcome.kind(), Kind::kSucceeded) << outcome.error();
+  const json& output = *outcome.output();
+  EXPECT_EQ(output["status"], 200);
+  EXPECT_EQ(output["headers"]["x-echo"], "abc");
+  EXPECT_EQ(output["body"], json({{"hello", "world"}}));
+}
+
+TEST_F(CallHandlerTest, PostsAJsonBody) {
+  TaskOutcome outcome =
+      Run({{"method", "POST"}, {"url", server_.Url("/echo")}, {"body", {{"n", 1}}}});
+  ASSERT_EQ(outcome.kind(), Kind::kSucceeded) << outcome.error();
+  EXPECT_EQ((*outcome.output())["body"], json({{"n", 1}}));
+}
+
+TEST_F(CallHandlerTest, NotFoundIsPermanentWithTheResponseInTheOutput) {
+  TaskOutcome outcome = Run({{"url", server_.Url("/missing")}});
+  EXPECT_EQ(outcome.kind(), Kind::kPermanentFailure);
+  EXPECT_THAT(outcome.error(), HasSubstr("answered HTTP 404"));
+  EXPECT_EQ((*outcome.output())["body"], "nope");
+}
+
+TEST_F(CallHandlerTest, ServerErrorIsTransient) {
+  TaskOutcome outcome = Run({{"url", server_.Url("/broken")}});
+  EXPECT_EQ(outcome.kind(), Kind::kTransientFailure);
+  EXPECT_THAT(outcome.error(), HasSubstr("answered HTTP 500"));
+}
+
+TEST_F(CallHandlerTest, TimeoutIsTransient) {
+  TaskOutcome outcome = Run({{"url", server_.Url("/slow")}, {"timeout", "PT0.3S"}});
+  EXPECT_EQ(outcome.kind(), Kind::kTransientFailure);
+  EXPECT_THAT(outcome.error(), HasSubstr("DEADLINE_EXCEEDED"));
+}
+
+TEST_F(CallHandlerTest, RefusedConnectionIsTransientAndOpensTheCircuit) {
+  auto port = harness::FreeLoopbackPort();
+  ASSERT_TRUE(port.ok());
+  const std::string url = absl::StrCat("http://127.0.0.1:", *port, "/");
+  TaskOutcome first = Run({{"url", url}});
+  EXPECT_EQ(first.kind(), Kind::kTransientFailure);
+  EXPECT_THAT(first.error(), HasSubstr("UNAVAILABLE"));
+  EXPECT_EQ(Run({{"url", url}}).kind(), Kind::kTransientFailure);
+  // Two failures opened the circuit: the third call is refused without touching the network.
+  TaskOutcome rejected = Run({{"url", url}});
+  EXPECT_EQ(rejected.kind(), Kind::kTransientFailure);
+  EXPECT_THAT(rejected.error(), HasSubstr("circuit open"));
+  // Another host is unaffected.
+  EXPECT_EQ(Run({{"url", server_.Url("/ok")}}).kind(), Kind::kSucceeded);
+}
+
+TEST_F(CallHandlerTest, MalformedInputIsRejectedUpFront) {
+  auto reason = [&](json input) {
+    return std::string(handler_->Supports(Request("call", std::move(input))).message());
+  };
+  EXPECT_THAT(reason(json::object()), HasSubstr("input.url is required"));
+  EXPECT_THAT(reason({{"url", "ftp://x/y"}}), HasSubstr("input.url"));
+  EXPECT_THAT(reason({{"url", server_.Url("/ok")}, {"method", "TRACE"}}),
+              HasSubstr("input.method"));
+  EXPECT_THAT(reason({{"url", server_.Url("/ok")}, {"body", "x"}}),
+              HasSubstr("not allowed with GET"));
+  EXPECT_THAT(reason({{"url", server_.Url("/ok")}, {"headers", {{"A", 1}}}}),
+              HasSubstr("input.headers.A"));
+  EXPECT_THAT(reason({{"url", server_.Url("/ok")}, {"timeout", "soon"}}),
+              HasSubstr("input.timeout"));
+  EXPECT_THAT(reason({{"url", server_.Url("/ok")}, {"uri", "x"}}),
+              HasSubstr("unknown input field \"uri\""));
+}
+
+TEST(SetHandlerTest, AssignsEachFieldFromAnExpression) {
+  ManualClock clock;
+  auto handler = NewSetHandler();
+  const TaskRequest request =
+      Request("set", {{"data", {{"items", {1, 2, 3}}, {"name", "x"}}},
+                      {"assign", {{"sum", ".items | add"}, {"upper", ".name | ascii_upcase"}}}});
+  ASSERT_TRUE(handler->Supports(request).ok());
+  TaskContext context(request, 1, clock.Now(), clock.Now() + absl::Seconds(5), &clock);
+  TaskOutcome outcome = handler->Handle(context);
+  ASSERT_TRUE(outcome.ok()) << outcome.error();
+  EXPECT_EQ(*outcome.output(), json({{"sum", 6}, {"upper", "X"}}));
+}
+
+TEST(SetHandlerTest, ExpressionTransformsTheWholeDocument) {
+  ManualClock clock;
+  auto handler = NewSetHandler();
+  const TaskRequest request =
+      Request("set", {{"data", {{"a", 1}}}, {"expression", "{b: (.a + 1)}"}});
+  TaskContext context(request, 1, clock.Now(), clock.Now() + absl::Seconds(5), &clock);
+  TaskOutcome outcome = handler->Handle(context);
+  ASSERT_TRUE(outcome.ok()) << outcome.error();
+  EXPECT_EQ(*outcome.output(), json({{"b", 2}}));
+}
+
+TEST(SetHandlerTest, BadProgramsAreInvalidAndRuntimeErrorsPermanent) {
+  ManualClock clock;
+  auto handler = NewSetHandler();
+  EXPECT_THAT(handler->Supports(Request("set", {{"expression", ".a | | ."}})).message(),
+              HasSubstr("set: input.expression"));
+  EXPECT_THAT(handler->Supports(Request("set", {{"expression", "."}, {"assign", {{"a", "."}}}}))
+                  .message(),
+              HasSubstr("exactly one of"));
+  EXPECT_THAT(handler->Supports(Request("set", {{"assign", {{"a", 5}}}})).message(),
+              HasSubstr("input.assign.a"));
+  const TaskRequest failing =
+      Request("set", {{"data", {{"a", "text"}}}, {"expression", ".a + 1"}});
+  TaskContext context(failing, 1, clock.Now(), clock.Now() + absl::Seconds(5), &clock);
+  TaskOutcome outcome = handler->Handle(context);
+  EXPECT_EQ(outcome.kind(), Kind::kPermanentFailure);
+  EXPECT_THAT(outcome.error(), HasSubstr("set: input.expression"));
+}
+
+}  // namespace
+}  // namespace eventbus::executor

@@ -1,0 +1,114 @@
+// The service's configuration parsing and secret redaction.
+
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "json_log.h"
+
+namespace eventbus::executor::service {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::vector<std::string> kTypes = {"kafka", "memory", "redis"};
+
+TEST(ServiceConfigTest, DefaultsWhenNothingIsSet) {
+  auto config = ParseServiceConfig({}, kTypes);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->stream_type, "memory");
+  EXPECT_EQ(config->executor.concurrency, 4);
+  EXPECT_EQ(config->executor.consumer_group, "eventbus-executor");
+  EXPECT_EQ(config->executor.request_stream, "io.flunq.task.requested");
+  EXPECT_EQ(config->executor.result_stream, "io.flunq.task.completed");
+  EXPECT_TRUE(config->executor.reclaim_enabled);
+  EXPECT_EQ(config->http_host, "0.0.0.0");
+  EXPECT_EQ(config->http_port, 8080);
+  EXPECT_EQ(config->log_level, LogLevel::kInfo);
+  EXPECT_FALSE(config->task_timeout.has_value());
+}
+
+TEST(ServiceConfigTest, ReadsEverySetting) {
+  Environment env = {{"EVENT_STREAM_TYPE", "redis"},
+                     {"EXECUTOR_CONCURRENCY", "16"},
+                     {"EXECUTOR_CONSUMER_GROUP", "workers"},
+                     {"EXECUTOR_CONSUMER_NAME", "w-1"},
+                     {"EXECUTOR_STREAM_BATCH", "32"},
+                     {"EXECUTOR_STREAM_BLOCK", "250ms"},
+                     {"EXECUTOR_RECLAIM_ENABLED", "false"},
+                     {"EXECUTOR_RECLAIM_MIN_IDLE", "PT2M"},
+                     {"EXECUTOR_SHUTDOWN_DEADLINE", "10s"},
+                     {"EXECUTOR_HTTP_ADDR", "127.0.0.1:9000"},
+                     {"EXECUTOR_REQUEST_STREAM", "tasks.in"},
+                     {"EXECUTOR_RESULT_STREAM", "tasks.out"},
+                     {"EXECUTOR_TASK_TIMEOUT", "PT45S"},
+                     {"EXECUTOR_MAX_ATTEMPTS", "7"},
+                     {"LOG_LEVEL", "DEBUG"},
+                     {"REDIS_URL", "redis://127.0.0.1:6379"}};
+  auto config = ParseServiceConfig(env, kTypes);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->stream_type, "redis");
+  EXPECT_EQ(config->executor.concurrency, 16);
+  EXPECT_EQ(config->executor.consumer_group, "workers");
+  EXPECT_EQ(config->executor.consumer_name, "w-1");
+  EXPECT_EQ(config->executor.fetch_batch, 32);
+  EXPECT_EQ(config->executor.fetch_block, absl::Milliseconds(250));
+  EXPECT_FALSE(config->executor.reclaim_enabled);
+  EXPECT_EQ(config->executor.reclaim_min_idle, absl::Minutes(2));
+  EXPECT_EQ(config->executor.shutdown_deadline, absl::Seconds(10));
+  EXPECT_EQ(config->http_host, "127.0.0.1");
+  EXPECT_EQ(config->http_port, 9000);
+  EXPECT_EQ(config->executor.request_stream, "tasks.in");
+  EXPECT_EQ(config->executor.result_stream, "tasks.out");
+  EXPECT_EQ(*config->task_timeout, absl::Seconds(45));
+  EXPECT_EQ(*config->max_attempts, 7);
+  EXPECT_EQ(config->log_level, LogLevel::kDebug);
+}
+
+TEST(ServiceConfigTest, BadValuesNameTheSettingAndTheValidValues) {
+  auto error = [](Environment env) {
+    auto config = ParseServiceConfig(env, kTypes);
+    EXPECT_FALSE(config.ok());
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    return std::string(config.status().message());
+  };
+  EXPECT_THAT(error({{"EVENT_STREAM_TYPE", "bogus"}}),
+              HasSubstr("EVENT_STREAM_TYPE=\"bogus\" is not a registered backend; valid types: "
+                        "kafka, memory, redis"));
+  EXPECT_THAT(error({{"EXECUTOR_CONCURRENCY", "zero"}}),
+              HasSubstr("EXECUTOR_CONCURRENCY=\"zero\" is invalid: expected an integer from 1"));
+  EXPECT_THAT(error({{"EXECUTOR_CONCURRENCY", "0"}}), HasSubstr("EXECUTOR_CONCURRENCY"));
+  EXPECT_THAT(error({{"EXECUTOR_STREAM_BATCH", "100000"}}), HasSubstr("EXECUTOR_STREAM_BATCH"));
+  EXPECT_THAT(error({{"EXECUTOR_STREAM_BLOCK", "soon"}}),
+              HasSubstr("EXECUTOR_STREAM_BLOCK=\"soon\" is invalid: expected a duration"));
+  EXPECT_THAT(error({{"EXECUTOR_RECLAIM_ENABLED", "maybe"}}), HasSubstr("true or false"));
+  EXPECT_THAT(error({{"EXECUTOR_HTTP_ADDR", "8080"}}), HasSubstr("host:port"));
+  EXPECT_THAT(error({{"EXECUTOR_HTTP_ADDR", "0.0.0.0:99999"}}), HasSubstr("EXECUTOR_HTTP_ADDR"));
+  EXPECT_THAT(error({{"LOG_LEVEL", "loud"}}),
+              HasSubstr("one of trace, debug, info, warn, error, off"));
+  EXPECT_THAT(error({{"EXECUTOR_CONSUMER_GROUP", "two words"}}),
+              HasSubstr("EXECUTOR_CONSUMER_GROUP"));
+  EXPECT_THAT(error({{"EXECUTOR_CONCURENCY", "4"}}),
+              HasSubstr("unknown setting EXECUTOR_CONCURENCY; valid EXECUTOR_* settings: "));
+  EXPECT_THAT(error({{"EXECUTOR_RESULT_STREAM", "io.flunq.task.requested"}}),
+              HasSubstr("must differ"));
+  EXPECT_THAT(error({{"EXECUTOR_HEARTBEAT_INTERVAL", "10m"}, {"EXECUTOR_RECLAIM_MIN_IDLE", "1m"}}),
+              HasSubstr("EXECUTOR_HEARTBEAT_INTERVAL"));
+  EXPECT_THAT(error({{"EXECUTOR_CA_FILE", "/nonexistent/ca.pem"}}), HasSubstr("EXECUTOR_CA_FILE"));
+}
+
+TEST(RedactUrlTest, PasswordsNeverAppear) {
+  EXPECT_EQ(RedactUrl("redis://user:s3cret@host:6379/0"), "redis://user:***@host:6379/0");
+  EXPECT_EQ(RedactUrl("redis://:s3cret@host:6379"), "redis://:***@host:6379");
+  EXPECT_EQ(RedactUrl("nats://token@host:4222"), "nats://***@host:4222");
+  EXPECT_EQ(RedactUrl("redis://host:6379"), "redis://host:6379");
+  EXPECT_EQ(RedactUrl("unix:///run/redis.sock"), "unix:///run/redis.sock");
+  EXPECT_EQ(RedactUrl("a:1,b:2"), "a:1,b:2");
+  EXPECT_EQ(RedactUrl("nats://u:p@h1:4222,nats://u:q@h2:4222"),
+            "nats://u:***@h1:4222,nats://u:***@h2:4222");
+}
+
+}  // namespace
+}  // namespace eventbus::executor::service

@@ -1,0 +1,326 @@
+// End to end: the real eventbus-executor binary, driven over its HTTP API, against the memory
+// backend and (when built) a real redis-server and Kafka broker the test starts itself.
+
+#include <httplib.h>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "eventbus/executor/builtin_handlers.h"
+#include "eventbus/executor/task.h"
+#include "eventbus/harness/server_process.h"
+#include "eventbus/registry.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "local_http_server.h"
+#ifdef EVENTBUS_E2E_WITH_REDIS
+#include "eventbus/harness/redis_server.h"
+#include "eventbus/redis/redis_event_stream.h"
+#endif
+#ifdef EVENTBUS_E2E_WITH_KAFKA
+#include "eventbus/harness/kafka_broker.h"
+#include "eventbus/kafka/kafka_event_stream.h"
+#endif
+
+namespace eventbus::executor {
+namespace {
+
+using ::nlohmann::json;
+using ::testing::HasSubstr;
+
+constexpr absl::Duration kSafety = absl::Seconds(60);
+
+// The service binary on a free loopback port, with its log in a temp dir.
+class ExecutorProcess {
+ public:
+  static std::unique_ptr<ExecutorProcess> Start(std::vector<std::string> env) {
+    auto process = std::unique_ptr<ExecutorProcess>(new ExecutorProcess());
+    auto port = harness::FreeLoopbackPort();
+    EXPECT_TRUE(port.ok()) << port.status();
+    auto dir = harness::MakeTempDir("eventbus-executor-e2e");
+    EXPECT_TRUE(dir.ok()) << dir.status();
+    if (!port.ok() || !dir.ok()) return nullptr;
+    process->port_ = *port;
+    process->dir_ = *dir;
+    env.push_back(absl::StrCat("EXECUTOR_HTTP_ADDR=127.0.0.1:", *port));
+    env.push_back("EXECUTOR_STREAM_BLOCK=100ms");
+    env.push_back("EXECUTOR_SHUTDOWN_DEADLINE=5s");
+    auto server = harness::ServerProcess::Start({.program = EVENTBUS_EXECUTOR_BINARY,
+                                                 .args = {},
+                                                 .log_path = *dir + "/executor.log",
+                                                 .env = std::move(env)});
+    EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) return nullptr;
+    process->server_ = std::move(*server);
+    absl::Status up = harness::WaitForTcpPort(*port, absl::Seconds(30));
+    EXPECT_TRUE(up.ok()) << up << "\n" << process->server_->LogTail();
+    if (!up.ok()) return nullptr;
+    return process;
+  }
+
+  ~ExecutorProcess() {
+    if (server_ != nullptr) server_->Stop(absl::Seconds(15));
+    harness::RemoveTree(dir_);
+  }
+
+  httplib::Client Client() const {
+    httplib::Client client("127.0.0.1", port_);
+    client.set_read_timeout(20);
+    return client;
+  }
+
+  // POSTs a task; returns the HTTP status and body.
+  std::pair<int, json> Submit(const json& task) const { return SubmitRaw(task.dump()); }
+  std::pair<int, json> SubmitRaw(const std::string& body) const {
+    auto res = Client().Post("/v1/tasks", body, "application/json");
+    if (!res) return {0, json()};
+    return {res->status, json::parse(res->body, nullptr, false)};
+  }
+
+  // The value of one sample of /metrics ("name{labels}"), 0 when absent.
+  double Metric(absl::string_view sample) const {
+    auto res = Client().Get("/metrics");
+    if (!res || res->status != 200) return -1;
+    for (absl::string_view line : absl::StrSplit(res->body, '\n')) {
+      if (absl::StartsWith(line, "#")) continue;
+      const size_t space = line.rfind(' ');
+      if (space == absl::string_view::npos || line.substr(0, space) != sample) continue;
+      double value = 0;
+      if (absl::SimpleAtod(line.substr(space + 1), &value)) return value;
+    }
+    return 0;
+  }
+
+  // Waits until the sample reaches `value`; false (and the log) after the safety bound.
+  bool AwaitMetric(absl::string_view sample, double value) const {
+    const absl::Time deadline = absl::Now() + kSafety;
+    double seen = 0;
+    while (absl::Now() < deadline) {
+      seen = Metric(sample);
+      if (seen >= value) return true;
+      absl::SleepFor(absl::Milliseconds(50));  // polling a remote process: no event to wait on
+    }
+    ADD_FAILURE() << sample << " is " << seen << ", expected " << value << "\n" << LogTail();
+    return false;
+  }
+
+  void Stop() { server_->Stop(absl::Seconds(15)); }
+  std::string LogTail() const { return server_->LogTail(8000); }
+  std::string Log() const {
+    std::ifstream in(server_->log_path());
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  }
+
+ private:
+  ExecutorProcess() = default;
+  int port_ = 0;
+  std::string dir_;
+  std::unique_ptr<harness::ServerProcess> server_;
+};
+
+json InjectTask(int i) {
+  return {{"id", absl::StrCat("e2e-", i)}, {"type", "inject"}, {"input", {{"data", {{"i", i}}}}}};
+}
+
+TEST(ServiceEndToEnd, MemoryBackendPublishesAResultForEverySubmittedTask) {
+  auto service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory", "LOG_LEVEL=info"});
+  ASSERT_NE(service, nullptr);
+  EXPECT_EQ(service->Client().Get("/healthz")->status, 200);
+  EXPECT_EQ(service->Client().Get("/readyz")->status, 200);
+
+  constexpr int kInject = 40;
+  constexpr int kWait = 5;
+  for (int i = 0; i < kInject; ++i) {
+    auto [status, body] = service->Submit(InjectTask(i));
+    ASSERT_EQ(status, 202) << body;
+    EXPECT_EQ(body["id"], absl::StrCat("e2e-", i));
+  }
+  for (int i = 0; i < kWait; ++i) {
+    auto [status, body] = service->Submit(
+        {{"type", "wait"}, {"input", {{"duration", "PT0.2S"}}}});  // id filled in by the API
+    ASSERT_EQ(status, 202) << body;
+    EXPECT_FALSE(body["id"].get<std::string>().empty());
+  }
+  // Bad requests are refused at the door with a reason, and the service keeps going.
+  auto [bad_status, bad_body] = service->SubmitRaw("{not json");
+  EXPECT_EQ(bad_status, 400);
+  EXPECT_THAT(bad_body["error"].get<std::string>(), HasSubstr("not valid JSON"));
+  auto [unknown_status, unknown_body] = service->Submit({{"type", "teleport"}});
+  EXPECT_EQ(unknown_status, 400);
+  EXPECT_THAT(unknown_body["error"].get<std::string>(), HasSubstr("unknown task type"));
+  auto [input_status, input_body] = service->Submit({{"type", "wait"}, {"input", json::object()}});
+  EXPECT_EQ(input_status, 400);
+  EXPECT_THAT(input_body["error"].get<std::string>(), HasSubstr("input.duration"));
+
+  ASSERT_TRUE(service->AwaitMetric(
+      R"(eventbus_executor_results_published_total{status="succeeded"})", kInject + kWait));
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_submitted_total{type="inject"})"), kInject);
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_submitted_total{type="wait"})"), kWait);
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_total{outcome="succeeded",type="inject"})"),
+            kInject);
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_total{outcome="succeeded",type="wait"})"),
+            kWait);
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_total{outcome="delayed",type="wait"})"),
+            kWait);
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_results_published_total{status="failed"})"), 0);
+  EXPECT_EQ(service->Metric("eventbus_executor_in_flight"), 0);
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_task_duration_seconds_count{type="inject"})"),
+            kInject);
+
+  service->Stop();
+  const std::string log = service->Log();
+  EXPECT_THAT(log, HasSubstr("\"msg\":\"stop signal received\""));
+  EXPECT_THAT(log, HasSubstr("\"msg\":\"eventbus-executor stopped\""));
+}
+
+TEST(ServiceEndToEnd, CallTasksAgainstALocalHttpServer) {
+  if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
+  testing::LocalHttpServer server;
+  auto refused_port = harness::FreeLoopbackPort();
+  ASSERT_TRUE(refused_port.ok());
+  auto service = ExecutorProcess::Start({"LOG_LEVEL=debug"});
+  ASSERT_NE(service, nullptr);
+  const json fast_retry = {{"initial_backoff", "PT0.05S"}, {"max_backoff", "PT0.2S"}};
+  const std::vector<json> tasks = {
+      {{"id", "call-ok"}, {"type", "call"}, {"input", {{"url", server.Url("/ok")}}}},
+      {{"id", "call-404"}, {"type", "call"}, {"input", {{"url", server.Url("/missing")}}}},
+      {{"id", "call-flaky"},
+       {"type", "call"},
+       {"input", {{"url", server.Url("/flaky")}}},
+       {"retry", fast_retry}},
+      {{"id", "call-timeout"},
+       {"type", "call"},
+       {"input", {{"url", server.Url("/slow")}, {"timeout", "PT0.3S"}}},
+       {"retry", {{"max_attempts", 1}}}},
+      {{"id", "call-refused"},
+       {"type", "call"},
+       {"input", {{"url", absl::StrCat("http://127.0.0.1:", *refused_port, "/")}}},
+       {"retry", {{"max_attempts", 2}, {"initial_backoff", "PT0.05S"}}}},
+  };
+  for (const json& task : tasks) {
+    auto [status, body] = service->Submit(task);
+    ASSERT_EQ(status, 202) << body;
+  }
+  ASSERT_TRUE(service->AwaitMetric(R"(eventbus_executor_dead_letters_total{type="call"})", 3));
+  ASSERT_TRUE(service->AwaitMetric(
+      R"(eventbus_executor_results_published_total{status="succeeded"})", 2));
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_results_published_total{status="failed"})"), 3);
+  // flaky: one retry; refused: one retry before its second and last attempt.
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_retries_total{type="call"})"), 2);
+  EXPECT_EQ(server.flaky_calls(), 2);
+  const std::string log = service->Log();
+  EXPECT_THAT(log, HasSubstr("answered HTTP 404"));
+  EXPECT_THAT(log, HasSubstr("\"task_id\":\"call-timeout\""));
+  EXPECT_THAT(log, HasSubstr("gave up after 2 attempts"));
+}
+
+TEST(ServiceEndToEnd, BadConfigurationStopsStartUpNamingTheSetting) {
+  auto dir = harness::MakeTempDir("eventbus-executor-config");
+  ASSERT_TRUE(dir.ok());
+  // Runs the binary with `assignment` in its environment; returns its exit code and stderr.
+  auto run = [&](const std::string& assignment) {
+    const std::string err = *dir + "/stderr.txt";
+    const std::string command = absl::StrCat("env ", assignment, " EXECUTOR_HTTP_ADDR=127.0.0.1:0 ",
+                                             EVENTBUS_EXECUTOR_BINARY, " 2>", err);
+    const int status = std::system(command.c_str());
+    std::ifstream in(err);
+    std::stringstream text;
+    text << in.rdbuf();
+    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, text.str());
+  };
+  auto [bogus_code, bogus_err] = run("EVENT_STREAM_TYPE=bogus");
+  EXPECT_EQ(bogus_code, 2);
+  EXPECT_THAT(bogus_err, HasSubstr("EVENT_STREAM_TYPE=\"bogus\" is not a registered backend; "
+                                   "valid types: "));
+  EXPECT_THAT(bogus_err, HasSubstr("memory"));
+  auto [batch_code, batch_err] = run("EXECUTOR_STREAM_BATCH=-1");
+  EXPECT_EQ(batch_code, 2);
+  EXPECT_THAT(batch_err, HasSubstr("EXECUTOR_STREAM_BATCH=\"-1\" is invalid"));
+  auto [level_code, level_err] = run("LOG_LEVEL=chatty");
+  EXPECT_EQ(level_code, 2);
+  EXPECT_THAT(level_err, HasSubstr("LOG_LEVEL"));
+  harness::RemoveTree(*dir);
+}
+
+// Submits N tasks over HTTP to a service on `env` and reads N results from the result stream
+// through `reader` (another client of the same backend).
+void RoundTripThroughRealBackend(std::vector<std::string> env, EventStream& reader) {
+  SubscribeOptions observe{.stream = std::string(kDefaultResultStream),
+                           .group = "e2e-observer",
+                           .consumer = "e2e"};
+  auto results = reader.Subscribe(observe);
+  ASSERT_TRUE(results.ok()) << results.status();
+  auto service = ExecutorProcess::Start(std::move(env));
+  ASSERT_NE(service, nullptr);
+  ASSERT_EQ(service->Client().Get("/readyz")->status, 200);
+  constexpr int kTasks = 30;
+  for (int i = 0; i < kTasks; ++i) {
+    auto [status, body] = service->Submit(InjectTask(i));
+    ASSERT_EQ(status, 202) << body;
+  }
+  std::set<std::string> ids;
+  const absl::Time deadline = absl::Now() + kSafety;
+  while (ids.size() < kTasks && absl::Now() < deadline) {
+    auto fetched = (*results)->Fetch(50, absl::Milliseconds(500));
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    for (const Delivery& delivery : *fetched) {
+      auto result = ParseTaskResult(delivery.event.data());
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_EQ(result->status, TaskStatus::kSucceeded);
+      EXPECT_EQ((*result->output)["i"].get<int>(),
+                std::stoi(result->task_id.substr(result->task_id.find('-') + 1)));
+      ids.insert(result->task_id);
+      EXPECT_TRUE((*results)->Ack(delivery).ok());
+    }
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kTasks)) << service->LogTail();
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_results_published_total{status="succeeded"})"),
+            kTasks);
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_total{outcome="succeeded",type="inject"})"),
+            kTasks);
+}
+
+#ifdef EVENTBUS_E2E_WITH_REDIS
+TEST(ServiceEndToEnd, RedisBackendPublishesAResultForEverySubmittedTask) {
+  auto redis = harness::RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  ASSERT_TRUE(redis::RegisterRedisBackend().ok());
+  auto reader = BackendRegistry::Global().Create("redis", BackendConfig{.url = (*redis)->url()});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  RoundTripThroughRealBackend({"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url()},
+                              **reader);
+}
+#endif
+
+#ifdef EVENTBUS_E2E_WITH_KAFKA
+TEST(ServiceEndToEnd, KafkaBackendPublishesAResultForEverySubmittedTask) {
+  auto kafka = harness::KafkaBroker::Start();
+  ASSERT_TRUE(kafka.ok()) << kafka.status();
+  ASSERT_TRUE(kafka::RegisterKafkaBackend().ok());
+  auto reader =
+      BackendRegistry::Global().Create("kafka", BackendConfig{.url = (*kafka)->bootstrap()});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  RoundTripThroughRealBackend(
+      {"EVENT_STREAM_TYPE=kafka", "KAFKA_BROKERS=" + (*kafka)->bootstrap()}, **reader);
+}
+#endif
+
+}  // namespace
+}  // namespace eventbus::executor
