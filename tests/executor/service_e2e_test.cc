@@ -267,9 +267,20 @@ void RoundTripThroughRealBackend(std::vector<std::string> env, EventStream& read
                            .consumer = "e2e"};
   auto results = reader.Subscribe(observe);
   ASSERT_TRUE(results.ok()) << results.status();
+  SubscribeOptions observe_dlq{.stream = absl::StrCat(kDefaultRequestStream, kDlqStreamSuffix),
+                               .group = "e2e-observer",
+                               .consumer = "e2e"};
+  auto dead_letters = reader.Subscribe(observe_dlq);
+  ASSERT_TRUE(dead_letters.ok()) << dead_letters.status();
   auto service = ExecutorProcess::Start(std::move(env));
   ASSERT_NE(service, nullptr);
   ASSERT_EQ(service->Client().Get("/readyz")->status, 200);
+  // Garbage on the wire, published by another client straight to the request stream: the
+  // service dead-letters it with a reason and keeps going.
+  ASSERT_TRUE(reader
+                  .PublishAndWait(kDefaultRequestStream,
+                                  MakeEvent(kTaskRequestedType, "e2e", std::string("\xff{not json")))
+                  .ok());
   constexpr int kTasks = 30;
   for (int i = 0; i < kTasks; ++i) {
     auto [status, body] = service->Submit(InjectTask(i));
@@ -291,6 +302,19 @@ void RoundTripThroughRealBackend(std::vector<std::string> env, EventStream& read
     }
   }
   EXPECT_EQ(ids.size(), static_cast<size_t>(kTasks)) << service->LogTail();
+  std::vector<Delivery> dead;
+  const absl::Time dlq_deadline = absl::Now() + kSafety;
+  while (dead.empty() && absl::Now() < dlq_deadline) {
+    auto fetched = (*dead_letters)->Fetch(10, absl::Milliseconds(500));
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    for (Delivery& d : *fetched) dead.push_back(std::move(d));
+  }
+  ASSERT_EQ(dead.size(), 1u) << service->LogTail();
+  EXPECT_THAT(dead[0].event.headers().at(std::string(kDlqReasonHeader)),
+              HasSubstr("invalid task request: task request is not valid JSON"));
+  EXPECT_EQ(dead[0].event.data(), "\xff{not json");
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_total{outcome="invalid",type="_unknown"})"),
+            1);
   EXPECT_EQ(service->Metric(R"(eventbus_executor_results_published_total{status="succeeded"})"),
             kTasks);
   EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_total{outcome="succeeded",type="inject"})"),
