@@ -118,8 +118,12 @@ void Service::Stop() {
 }
 
 absl::StatusOr<Service::Submitted> Service::Submit(absl::string_view body) {
-  json document = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (document.is_discarded()) return absl::InvalidArgumentError("request body is not valid JSON");
+  auto parsed = ParseUntrustedJson(body);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request body is ", parsed.status().message()));
+  }
+  json& document = *parsed;
   if (document.is_object() && !document.contains("id")) document["id"] = NewEventId();
   EVENTBUS_ASSIGN_OR_RETURN(TaskRequest request, TaskRequestFromJson(document));
   const TaskHandler* handler = handlers_.Find(request.type);

@@ -82,8 +82,8 @@ json ResponseOutput(const HttpResponse& response) {
   json body = response.body;
   const std::string content_type = absl::AsciiStrToLower(response.Header("content-type").value_or(""));
   if (absl::StrContains(content_type, "json")) {
-    json parsed = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
-    if (!parsed.is_discarded()) body = std::move(parsed);
+    // A body that is not JSON after all (or absurdly deep) stays text.
+    if (auto parsed = ParseUntrustedJson(response.body); parsed.ok()) body = *std::move(parsed);
   }
   return json{{"status", response.status},
               {"headers", std::move(headers)},

@@ -83,14 +83,31 @@ const nlohmann::json& TaskRequest::Input() const {
   return input ? *input : *kEmpty;
 }
 
-absl::StatusOr<TaskRequest> ParseTaskRequest(absl::string_view json_text) {
-  json document = json::parse(json_text.begin(), json_text.end(), nullptr,
-                              /*allow_exceptions=*/false);
+absl::StatusOr<nlohmann::json> ParseUntrustedJson(absl::string_view text) {
+  bool too_deep = false;
+  json::parser_callback_t check_depth = [&too_deep](int depth, json::parse_event_t,
+                                                    json&) {
+    if (depth > kMaxJsonDepth) too_deep = true;
+    return true;
+  };
+  json document = json::parse(text.begin(), text.end(), check_depth, /*allow_exceptions=*/false);
   if (document.is_discarded()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("task request is not valid JSON (", json_text.size(), " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat("not valid JSON (", text.size(), " bytes)"));
   }
-  return TaskRequestFromJson(document);
+  if (too_deep) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("JSON nested deeper than ", kMaxJsonDepth, " levels"));
+  }
+  return document;
+}
+
+absl::StatusOr<TaskRequest> ParseTaskRequest(absl::string_view json_text) {
+  auto document = ParseUntrustedJson(json_text);
+  if (!document.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task request is ", document.status().message()));
+  }
+  return TaskRequestFromJson(*document);
 }
 
 absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document) {
@@ -138,8 +155,9 @@ absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document) 
 }
 
 std::optional<TaskRequest> SalvageTaskIdentity(absl::string_view json_text) {
-  json document = json::parse(json_text.begin(), json_text.end(), nullptr, false);
-  if (document.is_discarded() || !document.is_object()) return std::nullopt;
+  auto parsed = ParseUntrustedJson(json_text);
+  if (!parsed.ok() || !parsed->is_object()) return std::nullopt;
+  const json& document = *parsed;
   auto id = document.find("id");
   if (id == document.end() || !id->is_string() || !CheckId("id", id->get<std::string>()).ok()) {
     return std::nullopt;

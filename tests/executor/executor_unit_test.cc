@@ -140,6 +140,21 @@ TEST(TaskRequestTest, ParsesEveryField) {
   EXPECT_EQ(again->Input(), request->Input());
 }
 
+TEST(TaskRequestTest, RefusesJsonNestedTooDeeply) {
+  std::string deep = R"({"id": "a", "type": "inject", "input": {"data": )";
+  for (int i = 0; i < 100000; ++i) deep += "[";
+  for (int i = 0; i < 100000; ++i) deep += "]";
+  deep += "}}";
+  auto request = ParseTaskRequest(deep);
+  ASSERT_FALSE(request.ok());
+  EXPECT_THAT(request.status().message(), HasSubstr("nested deeper than 64 levels"));
+  std::string fine = R"({"id": "a", "type": "inject", "input": {"data": )";
+  for (int i = 0; i < 60; ++i) fine += "[";
+  for (int i = 0; i < 60; ++i) fine += "]";
+  fine += "}}";
+  EXPECT_TRUE(ParseTaskRequest(fine).ok());
+}
+
 TEST(TaskRequestTest, InputDefaultsToAnEmptyObject) {
   auto request = ParseTaskRequest(R"({"id": "a", "type": "inject"})");
   ASSERT_TRUE(request.ok());

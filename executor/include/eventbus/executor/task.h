@@ -48,6 +48,14 @@ struct TaskRequest {
   const nlohmann::json& Input() const;
 };
 
+// JSON documents deeper than this are refused: serializing them recurses once per level, and
+// the text comes from the wire.
+inline constexpr int kMaxJsonDepth = 64;
+
+// Parses JSON text from outside (requests, HTTP bodies): InvalidArgument when it is not JSON or
+// nests deeper than kMaxJsonDepth.
+absl::StatusOr<nlohmann::json> ParseUntrustedJson(absl::string_view text);
+
 // Parses the request from an event's data. InvalidArgument with a reason a human can act on
 // ("not JSON: ...", "missing required field \"type\"", "\"timeout\": ...").
 absl::StatusOr<TaskRequest> ParseTaskRequest(absl::string_view json_text);
