@@ -35,6 +35,12 @@ bool IsExtensionName(absl::string_view name) {
   return true;
 }
 
+// Names that would decode as something else: what Encode refuses and Decode never yields.
+bool IsReservedHeaderName(absl::string_view name) {
+  return name == kContentTypeHeader || absl::StartsWith(name, kCePrefix) ||
+         absl::StartsWith(name, kInternalPrefix);
+}
+
 absl::Status Malformed(absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("malformed CloudEvents Kafka record: ", why));
 }
@@ -60,14 +66,14 @@ absl::StatusOr<KafkaRecord> EncodeEvent(const Event& event) {
   if (!event.data_schema().empty()) add("ce_dataschema", event.data_schema());
   if (!event.data_content_type().empty()) add(kContentTypeHeader, event.data_content_type());
   for (const auto& [name, value] : event.headers()) {
-    if (IsAttributeName(name) || absl::EqualsIgnoreCase(name, kContentTypeHeader) ||
-        absl::StartsWith(name, kCePrefix) || absl::StartsWith(name, kInternalPrefix)) {
+    if (IsReservedHeaderName(name)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "header \"", absl::CEscape(name),
-          "\" is reserved by the Kafka wire format (CloudEvents attribute names, content-type, "
-          "ce_* and eventbus-* are)"));
+          "\" is reserved by the Kafka wire format (content-type, ce_* and eventbus-* are)"));
     }
-    if (IsExtensionName(name)) {
+    // An extension that shares an attribute's name (a header called "type") travels as a
+    // plain header: as ce_type it would overwrite the attribute.
+    if (IsExtensionName(name) && !IsAttributeName(name)) {
       add(absl::StrCat(kCePrefix, name), value);
     } else {
       add(name, value);
@@ -118,6 +124,11 @@ absl::StatusOr<DecodedRecord> DecodeEvent(const KafkaRecord& record) {
       event.set_data_content_type(value);
     } else if (attribute.empty()) {
       return Malformed("header \"ce_\" names no attribute");
+    } else if (IsReservedHeaderName(attribute)) {
+      // ce_ce_x would become a header "ce_x" that no encoder could write back (a retry or a
+      // dead letter of this event would fail).
+      return Malformed(absl::StrCat("header \"", absl::CEscape(name),
+                                    "\" names a reserved header"));
     } else {
       (*event.mutable_headers())[std::string(attribute)] = value;
     }

@@ -42,7 +42,7 @@ struct KafkaRecord {
 };
 
 // InvalidArgument naming the header when Event::headers uses a name the wire format reserves
-// (a CloudEvents attribute name, `content-type`, or a `ce_` / `eventbus-` prefix).
+// (`content-type`, or a `ce_` / `eventbus-` prefix). Everything DecodeEvent returns encodes.
 absl::StatusOr<KafkaRecord> EncodeEvent(const Event& event);
 
 struct DecodedRecord {
@@ -53,7 +53,7 @@ struct DecodedRecord {
 
 // InvalidArgument with a reason fit for a dead letter when the record is not a valid event
 // (missing or empty ce_id / ce_source / ce_type, ce_specversion other than 1.0, a ce_time
-// that is not RFC 3339).
+// that is not RFC 3339, a `ce_` header naming a reserved header such as `ce_ce_x`).
 absl::StatusOr<DecodedRecord> DecodeEvent(const KafkaRecord& record);
 
 }  // namespace eventbus::kafka
