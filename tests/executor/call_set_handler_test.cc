@@ -107,6 +107,34 @@ TEST_F(CallHandlerTest, RefusedConnectionIsTransientAndOpensTheCircuit) {
   EXPECT_EQ(Run({{"url", server_.Url("/ok")}}).kind(), Kind::kSucceeded);
 }
 
+TEST_F(CallHandlerTest, CircuitOpensHalfOpensOnTheClockAndClosesOnASuccessfulProbe) {
+  // Two 500s from the host open its circuit (threshold 2 in this fixture).
+  EXPECT_THAT(Run({{"url", server_.Url("/broken")}}).error(), HasSubstr("HTTP 500"));
+  EXPECT_THAT(Run({{"url", server_.Url("/broken")}}).error(), HasSubstr("HTTP 500"));
+  TaskOutcome rejected = Run({{"url", server_.Url("/ok")}});
+  EXPECT_EQ(rejected.kind(), Kind::kTransientFailure);
+  EXPECT_THAT(rejected.error(), HasSubstr("circuit open"));
+  // Still open just before the cool-down ends (virtual time: nothing sleeps).
+  clock_.Advance(absl::Seconds(30) - absl::Milliseconds(1));
+  EXPECT_THAT(Run({{"url", server_.Url("/ok")}}).error(), HasSubstr("circuit open"));
+  // Half-open at 30s: one probe goes through; its success closes the circuit.
+  clock_.Advance(absl::Milliseconds(1));
+  EXPECT_EQ(Run({{"url", server_.Url("/ok")}}).kind(), Kind::kSucceeded);
+  EXPECT_EQ(Run({{"url", server_.Url("/ok")}}).kind(), Kind::kSucceeded);
+  // A 404 means the host is up: it does not count towards opening the circuit.
+  EXPECT_EQ(Run({{"url", server_.Url("/missing")}}).kind(), Kind::kPermanentFailure);
+  EXPECT_EQ(Run({{"url", server_.Url("/missing")}}).kind(), Kind::kPermanentFailure);
+  EXPECT_EQ(Run({{"url", server_.Url("/ok")}}).kind(), Kind::kSucceeded);
+}
+
+TEST_F(CallHandlerTest, FailedProbeReopensTheCircuit) {
+  Run({{"url", server_.Url("/broken")}});
+  Run({{"url", server_.Url("/broken")}});
+  clock_.Advance(absl::Seconds(30));
+  EXPECT_THAT(Run({{"url", server_.Url("/broken")}}).error(), HasSubstr("HTTP 500"));
+  EXPECT_THAT(Run({{"url", server_.Url("/ok")}}).error(), HasSubstr("circuit open"));
+}
+
 TEST_F(CallHandlerTest, MalformedInputIsRejectedUpFront) {
   auto reason = [&](json input) {
     return std::string(handler_->Supports(Request("call", std::move(input))).message());
