@@ -6,6 +6,7 @@
 //   GET  /broken   500
 //   GET  /flaky    500 on the first request, 200 afterwards
 //   GET  /slow     answers only when the server stops (or after 10s)
+//   GET  /gate     answers 200 once OpenGate() was called (or the server stops, or 30s)
 
 #include <httplib.h>
 
@@ -47,6 +48,13 @@ class LocalHttpServer {
         res.set_content(R"({"recovered":true})", "application/json");
       }
     });
+    server_.Get("/gate", [this](const httplib::Request&, httplib::Response& res) {
+      std::unique_lock<std::mutex> lock(mu_);
+      ++gate_arrivals_;
+      cv_.notify_all();
+      cv_.wait_for(lock, std::chrono::seconds(30), [this] { return done_ || gate_open_; });
+      res.set_content(R"({"passed":true})", "application/json");
+    });
     server_.Get("/slow", [this](const httplib::Request&, httplib::Response& res) {
       // Holds the response until the test ends (or 10s): the client's timeout must fire first.
       std::unique_lock<std::mutex> lock(mu_);
@@ -68,6 +76,18 @@ class LocalHttpServer {
     thread_.join();
   }
   int flaky_calls() const { return flaky_calls_.load(); }
+  void OpenGate() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      gate_open_ = true;
+    }
+    cv_.notify_all();
+  }
+  // Waits until `n` requests have arrived at /gate in total; false after `timeout`.
+  bool AwaitGateArrivals(int n, std::chrono::seconds timeout = std::chrono::seconds(30)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return gate_arrivals_ >= n; });
+  }
   std::string Url(absl::string_view path) const {
     return absl::StrCat("http://127.0.0.1:", port_, path);
   }
@@ -79,6 +99,8 @@ class LocalHttpServer {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  bool gate_open_ = false;
+  int gate_arrivals_ = 0;
   std::atomic<int> flaky_calls_{0};
 };
 

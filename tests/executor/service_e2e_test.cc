@@ -331,6 +331,66 @@ TEST(ServiceEndToEnd, RedisBackendPublishesAResultForEverySubmittedTask) {
   RoundTripThroughRealBackend({"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url()},
                               **reader);
 }
+
+TEST(ServiceEndToEnd, SigtermGivesRunningTasksBackToTheNextWorkerAndLosesNothing) {
+  if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
+  auto redis = harness::RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  ASSERT_TRUE(redis::RegisterRedisBackend().ok());
+  auto reader = BackendRegistry::Global().Create("redis", BackendConfig{.url = (*redis)->url()});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  SubscribeOptions observe{.stream = std::string(kDefaultResultStream),
+                           .group = "e2e-observer",
+                           .consumer = "e2e"};
+  auto results = (*reader)->Subscribe(observe);
+  ASSERT_TRUE(results.ok()) << results.status();
+  testing::LocalHttpServer server;
+  const std::vector<std::string> env = {"EVENT_STREAM_TYPE=redis",
+                                        "REDIS_URL=" + (*redis)->url(),
+                                        "EXECUTOR_CONCURRENCY=2",
+                                        "EXECUTOR_SHUTDOWN_DEADLINE=1s",
+                                        "EXECUTOR_TASK_TIMEOUT=PT60S"};
+  auto first = ExecutorProcess::Start(env);
+  ASSERT_NE(first, nullptr);
+  // Two calls occupy both slots of the first worker; three more tasks wait in the stream.
+  for (int i = 0; i < 2; ++i) {
+    auto [status, body] = first->Submit({{"id", absl::StrCat("gate-", i)},
+                                         {"type", "call"},
+                                         {"input", {{"url", server.Url("/gate")}}}});
+    ASSERT_EQ(status, 202) << body;
+  }
+  ASSERT_TRUE(server.AwaitGateArrivals(2)) << first->LogTail();
+  for (int i = 0; i < 3; ++i) {
+    auto [status, body] = first->Submit(InjectTask(i));
+    ASSERT_EQ(status, 202) << body;
+  }
+  first->Stop();  // SIGTERM while both calls run: after 1s they are given back
+  EXPECT_THAT(first->Log(), HasSubstr("still running at the shutdown deadline"));
+
+  auto second = ExecutorProcess::Start(env);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(server.AwaitGateArrivals(4)) << second->LogTail();
+  server.OpenGate();
+  std::map<std::string, TaskResult> seen;
+  const absl::Time deadline = absl::Now() + kSafety;
+  while (seen.size() < 5 && absl::Now() < deadline) {
+    auto fetched = (*results)->Fetch(10, absl::Milliseconds(500));
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    for (const Delivery& delivery : *fetched) {
+      auto result = ParseTaskResult(delivery.event.data());
+      ASSERT_TRUE(result.ok()) << result.status();
+      seen[result->task_id] = *result;
+      EXPECT_TRUE((*results)->Ack(delivery).ok());
+    }
+  }
+  ASSERT_EQ(seen.size(), 5u) << second->LogTail();
+  for (const auto& [id, result] : seen) {
+    EXPECT_EQ(result.status, TaskStatus::kSucceeded) << id;
+    // The given-back calls ran a second time on the second worker.
+    if (absl::StartsWith(id, "gate-")) EXPECT_EQ(result.attempts, 2) << id;
+  }
+}
+
 #endif
 
 #ifdef EVENTBUS_E2E_WITH_KAFKA
