@@ -72,6 +72,9 @@ absl::Status Service::Start() {
 
   http_ = std::make_unique<httplib::Server>();
   http_->set_payload_max_length(kMaxRequestBytes);
+  // Idle keep-alive connections hold a server thread until they time out, and stop() waits for
+  // them: keep that short so shutdown is quick.
+  http_->set_keep_alive_timeout(1);
   InstallRoutes();
   if (config_.http_port == 0) {
     http_port_ = http_->bind_to_any_port(config_.http_host);
@@ -101,14 +104,13 @@ absl::Status Service::Start() {
 void Service::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  if (executor_ != nullptr) {
-    log_->Write(LogLevel::kInfo, "shutting down");
-    executor_->Shutdown();
-  }
+  log_->Write(LogLevel::kInfo, "shutting down");
+  // New tasks are refused first; then the executor drains.
   if (http_ != nullptr) {
     http_->stop();
     if (http_thread_.joinable()) http_thread_.join();
   }
+  if (executor_ != nullptr) executor_->Shutdown();
   if (stream_ != nullptr) {
     if (absl::Status s = stream_->Flush(absl::Seconds(10)); !s.ok()) {
       log_->Write(LogLevel::kWarn, "flushing the event stream failed", {{"error", s.ToString()}});
