@@ -89,7 +89,9 @@ absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config)
   if (!config.url.empty()) options.brokers = config.url;
   for (const auto& [key, value] : config.options) {
     if (!absl::StartsWith(key, kOwnOptionPrefix)) {
-      options.properties[key] = value;
+      // KAFKA_OPTION_* names turn '_' into '.', which librdkafka's one underscored property
+      // does not survive.
+      options.properties[key == "log.level" ? "log_level" : key] = value;
       continue;
     }
     int64_t number = 0;
