@@ -125,13 +125,12 @@ absl::Status ReadLogLevel(const Environment& env, ServiceConfig& config) {
 
 std::vector<std::string> KnownSettings() {
   std::vector<std::string> names = {
-      "EVENT_STREAM_TYPE",          "EXECUTOR_CA_FILE",           "EXECUTOR_CONCURRENCY",
-      "EXECUTOR_CONSUMER_GROUP",    "EXECUTOR_CONSUMER_NAME",     "EXECUTOR_DLQ_STREAM",
-      "EXECUTOR_HEARTBEAT_INTERVAL", "EXECUTOR_HTTP_ADDR",        "EXECUTOR_MAX_ATTEMPTS",
-      "EXECUTOR_RECLAIM_ENABLED",   "EXECUTOR_RECLAIM_INTERVAL",  "EXECUTOR_RECLAIM_MIN_IDLE",
-      "EXECUTOR_REQUEST_STREAM",    "EXECUTOR_RESULT_STREAM",     "EXECUTOR_SHUTDOWN_DEADLINE",
-      "EXECUTOR_STREAM_BATCH",      "EXECUTOR_STREAM_BLOCK",      "EXECUTOR_TASK_TIMEOUT",
-      "LOG_LEVEL"};
+      "EVENT_STREAM_TYPE", "EXECUTOR_CA_FILE", "EXECUTOR_CONCURRENCY", "EXECUTOR_CONSUMER_GROUP",
+      "EXECUTOR_CONSUMER_NAME", "EXECUTOR_DLQ_STREAM", "EXECUTOR_HEARTBEAT_INTERVAL",
+      "EXECUTOR_HTTP_ADDR", "EXECUTOR_MAX_ATTEMPTS", "EXECUTOR_MAX_DELIVERIES",
+      "EXECUTOR_RECLAIM_ENABLED", "EXECUTOR_RECLAIM_INTERVAL", "EXECUTOR_RECLAIM_MIN_IDLE",
+      "EXECUTOR_REQUEST_STREAM", "EXECUTOR_RESULT_STREAM", "EXECUTOR_SHUTDOWN_DEADLINE",
+      "EXECUTOR_STREAM_BATCH", "EXECUTOR_STREAM_BLOCK", "EXECUTOR_TASK_TIMEOUT", "LOG_LEVEL"};
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -177,6 +176,8 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
   ex.consumer_group = "eventbus-executor";
   EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_CONCURRENCY", 1, 1024, &ex.concurrency));
   EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_STREAM_BATCH", 1, 1000, &ex.fetch_batch));
+  EVENTBUS_RETURN_IF_ERROR(
+      ReadInt(env, "EXECUTOR_MAX_DELIVERIES", 0, 1'000'000, &ex.max_deliveries));
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_STREAM_BLOCK", absl::Milliseconds(1),
                                         absl::Minutes(1), &ex.fetch_block));
   EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_CONSUMER_GROUP", &ex.consumer_group));

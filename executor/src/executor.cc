@@ -59,6 +59,9 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("concurrency must be in [1, 10000], got ", options.concurrency));
   }
+  if (options.max_deliveries < 0) {
+    return absl::InvalidArgumentError("max deliveries must not be negative (0 = no limit)");
+  }
   if (options.fetch_batch < 1 || options.fetch_batch > 10000) {
     return absl::InvalidArgumentError(
         absl::StrCat("fetch batch must be in [1, 10000], got ", options.fetch_batch));
@@ -396,6 +399,21 @@ class Executor::Impl {
     }
     if (absl::Status s = handler->Supports(*request); !s.ok()) {
       Reject(delivery, request.get(), absl::StrCat("invalid task request: ", s.message()));
+      return;
+    }
+    if (options_.max_deliveries > 0 && delivery.delivery_count > options_.max_deliveries) {
+      const std::string reason = absl::StrCat(
+          "delivered ", delivery.delivery_count, " times without finishing (more than ",
+          options_.max_deliveries, "): a worker probably crashes or hangs on it");
+      Log(TaskLogRecord::Level::kError, "task dead-lettered unrun", {request.get(), &delivery},
+          reason);
+      TaskResult result = BaseResult(delivery, *request);
+      result.status = TaskStatus::kFailed;
+      result.error_kind = "transient";
+      result.error = reason;
+      PublishResult(result, {request.get(), &delivery});
+      deps_.metrics->TaskFinished(request->type, kOutcomeFailed, absl::ZeroDuration());
+      DeadLetter(delivery, request->type, reason, {request.get(), &delivery});
       return;
     }
     auto policy = ResolvePolicy(*handler, *request);

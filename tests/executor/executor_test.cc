@@ -506,6 +506,31 @@ TEST_F(ExecutorTest, MalformedRequestsAreDeadLetteredWithAReasonAndTheExecutorKe
   EXPECT_EQ(metrics_.finished("inject", kOutcomeInvalid), 2);
 }
 
+TEST_F(ExecutorTest, ADeliveryBeyondTheLimitIsDeadLetteredWithoutRunning) {
+  options_.max_deliveries = 2;
+  Submit(Task("t-crashy", "inject", {{"data", json::object()}}));
+  // Two workers took it and died (nothing settled it); each reclaim counts a delivery.
+  SubscribeOptions dead_options{.stream = std::string(kDefaultRequestStream),
+                                .group = options_.consumer_group,
+                                .consumer = "dead-worker"};
+  auto dead = memory_->Subscribe(dead_options);
+  ASSERT_TRUE(dead.ok());
+  ASSERT_EQ((*dead)->Fetch(1, absl::Seconds(5))->size(), 1u);
+  clock_.Advance(absl::Minutes(10));
+  ASSERT_EQ((*dead)->Reclaim(absl::Minutes(5), 1)->size(), 1u);
+  clock_.Advance(absl::Minutes(10));
+  options_.reclaim_enabled = true;
+  options_.reclaim_min_idle = absl::Minutes(5);
+  Start();
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  const auto dead_letters = log_.Calls(Op::kDeadLetter);
+  EXPECT_EQ(dead_letters[0].delivery_count, 3);
+  EXPECT_THAT(dead_letters[0].reason, HasSubstr("delivered 3 times without finishing"));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+}
+
 TEST_F(ExecutorTest, HandlerExceptionIsAPermanentFailureNotACrash) {
   AddHandler("throws", [](TaskContext&, int) -> TaskOutcome {
     throw std::runtime_error("bug in handler");

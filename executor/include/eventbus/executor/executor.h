@@ -48,6 +48,10 @@ struct ExecutorOptions {
   absl::Duration publish_timeout = absl::Seconds(10);
   // After a failed fetch, wait this long before the next one.
   absl::Duration fetch_error_backoff = absl::Seconds(1);
+  // A delivery counted beyond this is dead-lettered without running: a task that crashes its
+  // worker (so no retry policy ever sees it fail) must not loop forever. Generous, because
+  // delayed redeliveries (`wait`) count too. 0 = no limit.
+  int max_deliveries = 1000;
   // Per-type policies overriding the handler's DefaultPolicy().
   std::map<std::string, TaskPolicy, std::less<>> type_policies;
   // Bounds on what a request may ask for; beyond them the request is invalid.
