@@ -22,9 +22,25 @@ EVENTBUS_INSTANTIATE_CONFORMANCE(
                .events_per_publisher = 250,
            });
 
-// The per-key ordering mode (KafkaOptions::ordered_per_key) is not instantiated here: it keeps
-// at most one event per key in flight, while the suite's OrderIsKeptPerKey case holds all 60
-// events of three keys unacked at once. kafka_integration_test covers that mode instead.
+// The per-key ordering mode (at most one event per key in flight) must pass the same suite,
+// and with it the OrderIsKeptPerKey case it declares.
+KafkaOptions OrderedOptions() {
+  KafkaOptions options = TestOptions();
+  options.ordered_per_key = true;
+  return options;
+}
+
+EVENTBUS_INSTANTIATE_CONFORMANCE(
+    KafkaOrdered, conformance::BackendUnderTest{
+                      .name = "kafka_ordered_per_key",
+                      .make_stream = [] { return NewTestStream(OrderedOptions()); },
+                      .let_time_pass = nullptr,
+                      .fetch_wait = absl::Seconds(3),
+                      .quiet_wait = absl::Milliseconds(1500),
+                      .nack_delay = absl::Seconds(2),
+                      .reclaim_idle = absl::Milliseconds(500),
+                      .events_per_publisher = 250,
+                  });
 
 }  // namespace
 }  // namespace eventbus::kafka::testing
