@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
@@ -85,11 +86,11 @@ class Gate {
   // Blocks the calling handler until a ticket is released or the gate opened (within the
   // safety bound). Returns whether it was let through.
   bool Pass(const TaskContext&) {
-    bool passed = monitor_.Await([&] { return tickets_ > 0 || open_all_; });
-    if (passed) monitor_.Update([&] {
-      if (!open_all_ && tickets_ > 0) --tickets_;
-    });
-    return passed;
+    // Taking the ticket under the same lock as the check: one ticket lets exactly one through.
+    return monitor_.AwaitThen([&] { return tickets_ > 0 || open_all_; },
+                              [&] {
+                                if (!open_all_) --tickets_;
+                              });
   }
   void Release(int n = 1) { monitor_.Update([&] { tickets_ += n; }); }
   void OpenAll() { monitor_.Update([&] { open_all_ = true; }); }
@@ -423,6 +424,12 @@ TEST_F(ExecutorTest, GracefulShutdownFinishesOrGivesBackEverything) {
     executor_->Shutdown();
     shut_down = true;
   });
+  // Even when an assertion below fails: let the handlers and the deadline go, and join.
+  absl::Cleanup join_stopper = [&] {
+    gate_.OpenAll();
+    clock_.Advance(absl::Hours(1));
+    if (stopper.joinable()) stopper.join();
+  };
   ASSERT_TRUE(AwaitLog("shutting down: fetching stopped"));
   // One running task finishes within the deadline: it completes normally.
   gate_.Release(1);
@@ -436,7 +443,7 @@ TEST_F(ExecutorTest, GracefulShutdownFinishesOrGivesBackEverything) {
   ASSERT_EQ(log_.Count(Op::kNack), 1);
   EXPECT_EQ(log_.Calls(Op::kNack)[0].delay, absl::ZeroDuration());
   gate_.OpenAll();  // the abandoned handler returns; its outcome is discarded
-  stopper.join();
+  std::move(join_stopper).Invoke();
   EXPECT_TRUE(shut_down);
   EXPECT_EQ(metrics_.finished("block", kOutcomeAbandoned), 1);
   EXPECT_EQ(log_.outstanding(), 0) << [&] {

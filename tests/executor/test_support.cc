@@ -95,6 +95,18 @@ bool Monitor::Await(const std::function<bool()>& condition, absl::Duration timeo
   return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), condition);
 }
 
+bool Monitor::AwaitThen(const std::function<bool()>& condition, const std::function<void()>& then,
+                        absl::Duration timeout) {
+  bool met;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    met = cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), condition);
+    if (met) then();
+  }
+  cv_.notify_all();
+  return met;
+}
+
 void CallLog::Add(SubscriptionCall call) {
   monitor_.Update([&] {
     if (call.op == Op::kAck || call.op == Op::kNack || call.op == Op::kDeadLetter) --outstanding_;

@@ -42,6 +42,9 @@ class Monitor {
   }
   // Waits until `condition` (checked under the lock) holds; false after `timeout`.
   bool Await(const std::function<bool()>& condition, absl::Duration timeout = kSafetyTimeout) const;
+  // Waits for `condition` and, still under the same lock, runs `then` (take a ticket, ...).
+  bool AwaitThen(const std::function<bool()>& condition, const std::function<void()>& then,
+                 absl::Duration timeout = kSafetyTimeout);
 
  private:
   mutable std::mutex mu_;
