@@ -127,6 +127,12 @@ class CallHandler final : public TaskHandler {
     }
     auto response = client_->Send(*request);
     if (!response.ok()) {
+      if (absl::IsCancelled(response.status())) {
+        // Stopped by the executor (timeout, shutdown): says nothing about the host, so the
+        // permit is dropped without an outcome; a half-open probe stays a probe.
+        return TaskOutcome::Transient(absl::StrCat(HttpMethodName(request->method), " ", *host,
+                                                   ": cancelled before an answer"));
+      }
       const bool transient = IsTransientHttpError(response.status());
       if (transient) {
         permit->RecordFailure();
@@ -139,7 +145,8 @@ class CallHandler final : public TaskHandler {
                        : TaskOutcome::Permanent(std::move(error));
     }
     json output = ResponseOutput(*response);
-    const std::string summary = absl::StrCat(HttpMethodName(request->method), " ", request->url,
+    // The host, not the URL: a query string may carry a token.
+    const std::string summary = absl::StrCat(HttpMethodName(request->method), " ", *host,
                                              " answered HTTP ", response->status);
     switch (ClassifyHttpResponse(*response)) {
       case HttpOutcome::kSuccess:

@@ -79,6 +79,13 @@ TEST_F(CallHandlerTest, NotFoundIsPermanentWithTheResponseInTheOutput) {
   EXPECT_EQ((*outcome.output())["body"], "nope");
 }
 
+TEST_F(CallHandlerTest, ErrorsNameTheHostButNeverTheQueryString) {
+  TaskOutcome outcome = Run({{"url", server_.Url("/missing?token=s3cr3t")}});
+  EXPECT_EQ(outcome.kind(), Kind::kPermanentFailure);
+  EXPECT_THAT(outcome.error(), HasSubstr("http://127.0.0.1:"));
+  EXPECT_THAT(outcome.error(), ::testing::Not(HasSubstr("s3cr3t")));
+}
+
 TEST_F(CallHandlerTest, ServerErrorIsTransient) {
   TaskOutcome outcome = Run({{"url", server_.Url("/broken")}});
   EXPECT_EQ(outcome.kind(), Kind::kTransientFailure);
