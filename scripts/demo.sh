@@ -5,6 +5,7 @@
 #   BUILD_DIR=build scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh
 BUILD_DIR="${BUILD_DIR:-build}"
 if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
