@@ -413,7 +413,8 @@ class MemoryEventStream final : public EventStream {
   Capabilities capabilities() const override {
     Capabilities caps;
     caps.persistent = false;
-    caps.ordered_per_key = true;
+    // Publish order, but two consumers may hold events of one key at once.
+    caps.ordered_per_key = false;
     caps.duplicates_possible = false;
     caps.native_delay = true;
     caps.reclaim_from_other_consumers = true;

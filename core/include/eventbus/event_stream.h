@@ -24,7 +24,9 @@ struct Capabilities {
   // Group progress and unacknowledged events survive the EventStream object (a new instance,
   // a process restart, a server restart).
   bool persistent = false;
-  // Events with the same key reach one consumer in publish order (no concurrent nacks).
+  // Events with the same key are delivered in publish order, and no later event of a key is
+  // delivered (to any consumer of the group) while an earlier one is unsettled: per-key
+  // processing order, as Kafka's ordering mode and Confluent's Parallel Consumer give it.
   bool ordered_per_key = false;
   // Duplicates may be delivered even when no consumer fails (e.g. rebalances); when false,
   // concurrent consumers of a group see every event exactly once absent failures.

@@ -581,12 +581,18 @@ TEST_P(EventStreamConformance, OrderIsKeptPerKey) {
   f.PublishAll(f.stream(), stream, events);
   auto sub = f.Subscribe(stream, "g", "c1");
   ASSERT_NE(sub, nullptr);
-  // Acks as it goes: a backend may hold back a key's next event until the previous is settled.
+  // Acks as it goes: the backend holds back a key's next event until the previous is settled.
   std::vector<Delivery> got;
   const absl::Time deadline = absl::Now() + f.patience();
   while (got.size() < 60 && absl::Now() < deadline) {
     auto batch = sub->Fetch(60 - static_cast<int>(got.size()), f.backend().fetch_wait);
     ASSERT_TRUE(batch.ok()) << batch.status();
+    // Everything fetched before is settled, so a batch is what is in flight: one per key.
+    std::set<std::string> keys_in_flight;
+    for (const auto& d : *batch) {
+      EXPECT_TRUE(keys_in_flight.insert(d.event.key()).second)
+          << "two events of key " << d.event.key() << " in flight at once";
+    }
     f.AckAll(*sub, *batch);
     got.insert(got.end(), batch->begin(), batch->end());
   }
