@@ -3,6 +3,7 @@
 // type is one TaskHandler subclass plus one Register call: nothing else changes.
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -103,6 +104,10 @@ class TaskContext {
   std::atomic<bool> cancelled_{false};
 };
 
+// Receives the outcome of an asynchronous run (TaskHandler::HandleAsync). Called exactly once,
+// from any thread, possibly inline.
+using TaskOutcomeCallback = std::function<void(TaskOutcome)>;
+
 class TaskHandler {
  public:
   virtual ~TaskHandler() = default;
@@ -121,6 +126,20 @@ class TaskHandler {
   // context.deadline() by much, and must never sleep to wait for time to pass (return
   // TaskOutcome::RedeliverAfter instead).
   virtual TaskOutcome Handle(TaskContext& context) = 0;
+
+  // True when the handler does its waiting asynchronously (outbound HTTP on an event loop): the
+  // executor then calls HandleAsync on its dispatch thread instead of Handle on a worker, so a
+  // run waiting on the network holds no thread and concurrency is a count of runs in flight.
+  virtual bool asynchronous() const { return false; }
+
+  // Starts one attempt and returns at once; `done` receives its outcome exactly once, from any
+  // thread (inline is allowed). `context` stays valid until `done` has been called. Once
+  // context.cancelled() is true (timeout, shutdown) the outcome is discarded: stop the I/O and
+  // call `done` soon. Must not block. The default runs Handle inline (for synchronous handlers
+  // the executor calls Handle on a worker instead).
+  virtual void HandleAsync(TaskContext& context, TaskOutcomeCallback done) {
+    done(Handle(context));
+  }
 };
 
 // Register everything before the executor starts; afterwards the registry is read-only and
