@@ -55,6 +55,24 @@ absl::StatusOr<PublishReceipt> EventStream::PublishAndWait(absl::string_view str
   return *outcome->result;
 }
 
+void Subscription::AckAsync(const Delivery& delivery, SettleCallback done) {
+  absl::Status status = Ack(delivery);
+  // The batched form reports an entry that is no longer pending as done (see the header).
+  if (absl::IsNotFound(status)) status = absl::OkStatus();
+  if (done) done(std::move(status));
+}
+
+void Subscription::NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) {
+  absl::Status status = Nack(delivery, delay);
+  if (done) done(std::move(status));
+}
+
+void Subscription::DeadLetterAsync(const Delivery& delivery, absl::string_view reason,
+                                   SettleCallback done) {
+  absl::Status status = DeadLetter(delivery, reason);
+  if (done) done(std::move(status));
+}
+
 absl::Status ValidateName(absl::string_view what, absl::string_view name) {
   if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " must not be empty"));
   if (name.size() > 200) {

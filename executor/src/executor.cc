@@ -3,11 +3,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <map>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <shared_mutex>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -22,13 +25,10 @@
 #include "eventbus/clock.h"
 #include "eventbus/executor/iso_duration.h"
 #include "eventbus/status_macros.h"
+#include "settle_queue.h"
 
 namespace eventbus::executor {
 namespace {
-
-// Upper bound of one real-time wait while waiting for a point in clock time: a safety net only;
-// a ManualClock wakes waiters through its advance listener at once.
-constexpr absl::Duration kMaxRealWait = absl::Milliseconds(100);
 
 std::string DefaultConsumerName() {
   char host[256] = {};
@@ -96,6 +96,28 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
   return absl::OkStatus();
 }
 
+int EffectiveMaxInFlight(const ExecutorOptions& options) {
+  if (options.max_in_flight > 0) return options.max_in_flight;
+  return std::max(2 * options.concurrency, options.concurrency + options.fetch_batch);
+}
+
+int EffectiveWorkers(const ExecutorOptions& options) {
+  if (options.workers > 0) return options.workers;
+  return std::min(options.concurrency, 64);
+}
+
+// The pipeline, in the order a task goes through it (one section each below):
+//   fetch     FetchLoop refills the free in-flight slots in batches (and reclaims orphans);
+//   dispatch  WorkerLoop parses and checks a request and runs its handler: a synchronous one
+//             on the worker, an asynchronous one started there and completed from its own
+//             event loop; at most `concurrency` run at once;
+//   outcome   OnOutcome: the first of "the handler returned", "its timeout passed" (the
+//             supervisor) and "shutdown gave it up" decides what happens to the delivery;
+//   settle    the result is published asynchronously; when it is durable the request is
+//             acked (AckAsync, batched by the backend); or it is nacked with a backoff, or
+//             dead-lettered. Nothing here waits for a broker round trip: completions arrive
+//             as callbacks and the next step runs on the settle thread;
+//   release   the slot frees when the last settle step completed, and the fetcher refills.
 class Executor::Impl {
  public:
   Impl(EventStream* stream, const HandlerRegistry* handlers, ExecutorOptions options,
@@ -104,7 +126,9 @@ class Executor::Impl {
         handlers_(handlers),
         options_(std::move(options)),
         deps_(std::move(deps)),
-        clock_(stream->clock()) {
+        clock_(stream->clock()),
+        max_in_flight_(EffectiveMaxInFlight(options_)),
+        refill_batch_(std::max(1, std::min(options_.fetch_batch, max_in_flight_) / 2)) {
     if (options_.consumer_name.empty()) options_.consumer_name = DefaultConsumerName();
     if (deps_.random == nullptr) {
       owned_random_ = NewDefaultRandomSource();
@@ -130,19 +154,24 @@ class Executor::Impl {
     clock_listener_ = clock_->OnAdvance([this] {
       // Taking the lock orders the wake-up after a waiter's check of the clock: none is lost.
       { std::lock_guard<std::mutex> lock(mu_); }
-      cv_.notify_all();
+      fetch_cv_.notify_all();
+      supervisor_cv_.notify_all();
+      drain_cv_.notify_all();
     });
     {
       std::lock_guard<std::mutex> lock(mu_);
       started_ = true;
     }
-    for (int i = 0; i < options_.concurrency; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+    settle_queue_.Start();
+    const int workers = EffectiveWorkers(options_);
+    for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
     supervisor_thread_ = std::thread([this] { SupervisorLoop(); });
     fetch_thread_ = std::thread([this] { FetchLoop(); });
     Log(TaskLogRecord::Level::kInfo,
         absl::StrCat("executor started: stream ", options_.request_stream, ", group ",
                      options_.consumer_group, ", consumer ", options_.consumer_name,
-                     ", concurrency ", options_.concurrency),
+                     ", concurrency ", options_.concurrency, ", max in flight ", max_in_flight_,
+                     ", workers ", workers),
         {});
     return absl::OkStatus();
   }
@@ -154,7 +183,7 @@ class Executor::Impl {
       shut_down_ = true;
       stopping_ = true;
     }
-    cv_.notify_all();
+    fetch_cv_.notify_all();
     fetch_thread_.join();
     Log(TaskLogRecord::Level::kInfo,
         absl::StrCat("shutting down: fetching stopped; waiting up to ",
@@ -162,42 +191,55 @@ class Executor::Impl {
         {});
 
     // Deliveries fetched but not started go back at once: another worker may take them now.
-    std::deque<Delivery> queued;
+    std::deque<std::shared_ptr<InFlight>> queued;
     {
       std::lock_guard<std::mutex> lock(mu_);
       queued.swap(queue_);
-      held_ -= static_cast<int>(queued.size());
-      deps_.metrics->InFlightChanged(held_);
     }
-    cv_.notify_all();
-    for (const Delivery& delivery : queued) GiveBack(delivery, "not started before shutdown");
+    for (const auto& task : queued) {
+      GiveBackNow(task->delivery, "not started before shutdown");
+      Release();
+    }
 
-    std::vector<std::shared_ptr<Running>> abandoned;
+    std::vector<std::shared_ptr<InFlight>> abandoned;
     {
       std::unique_lock<std::mutex> lock(mu_);
       const absl::Time deadline = clock_->Now() + options_.shutdown_deadline;
-      WaitUntil(lock, deadline, [this] { return held_ == 0; });
-      for (auto& [id, run] : running_tasks_) {
-        if (run->settled) continue;
-        run->settled = true;
-        if (run->context != nullptr) run->context->Cancel();
-        abandoned.push_back(run);
+      WaitUntil(lock, drain_cv_, deadline, [this] { return running_ == 0; });
+      for (auto& [id, task] : running_tasks_) {
+        if (task->outcome_taken) continue;
+        TakeOutcomeLocked(*task);
+        abandoned.push_back(task);
       }
+      for (const auto& task : abandoned) running_tasks_.erase(task->id);
+    }
+    for (const auto& task : abandoned) {
+      deps_.metrics->TaskFinished(task->type, kOutcomeAbandoned, clock_->Now() - task->started);
+      GiveBackNow(task->delivery, "still running at the shutdown deadline");
+      Release();
+    }
+    // What is settling finishes (results being published, acks on their way); a publish that
+    // hangs is given back by the supervisor at its timeout.
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      WaitUntil(lock, drain_cv_, clock_->Now() + options_.publish_timeout + absl::Seconds(1),
+                [this] { return held_ == 0; });
       workers_stop_ = true;
     }
-    cv_.notify_all();
-    for (const auto& run : abandoned) {
-      deps_.metrics->TaskFinished(run->type, kOutcomeAbandoned, clock_->Now() - run->started);
-      GiveBack(run->delivery, "still running at the shutdown deadline");
-    }
+    work_cv_.notify_all();
     for (std::thread& worker : workers_) worker.join();
     workers_.clear();
     {
       std::lock_guard<std::mutex> lock(mu_);
       supervisor_stop_ = true;
     }
-    cv_.notify_all();
+    supervisor_cv_.notify_all();
     supervisor_thread_.join();
+    {
+      std::unique_lock<std::shared_mutex> closing(lifeline_->mu);
+      lifeline_->open = false;
+    }
+    settle_queue_.Stop();
     if (absl::Status s = subscription_->Close(); !s.ok()) {
       Log(TaskLogRecord::Level::kWarning, "closing the subscription failed", {}, s.ToString());
     }
@@ -215,30 +257,44 @@ class Executor::Impl {
     return running_;
   }
 
+  int stuck_workers() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stuck_workers_;
+  }
+
   const ExecutorOptions& options() const { return options_; }
 
  private:
-  // One delivery whose handler is running (or was given up on and has not returned yet).
-  struct Running {
+  // One delivery held by this executor, from fetch until its last settle step completed.
+  struct InFlight {
+    uint64_t id = 0;
     Delivery delivery;
+    // Set by dispatch once the request parsed.
     std::shared_ptr<const TaskRequest> request;
+    TaskHandler* handler = nullptr;
     std::string type;  // the metrics label
     RetryPolicy retry;
     absl::Duration timeout;
     absl::Time started;
     absl::Time deadline;
     absl::Time next_heartbeat;
-    // Guarded by Impl::mu_: whoever sets it first (the worker when the handler returns, the
-    // supervisor at the deadline, shutdown) settles the delivery; the others leave it alone.
-    bool settled = false;
-    TaskContext* context = nullptr;  // guarded by Impl::mu_; null once the handler returned
+    std::unique_ptr<TaskContext> context;
+    // Guarded by Impl::mu_: whoever sets it first (the handler's completion, the supervisor at
+    // the deadline, shutdown) decides the delivery's fate; the others leave it alone.
+    bool outcome_taken = false;
+    bool synchronous = true;
+    // Guarded by Impl::publish_mu_: a result publish is outstanding until its completion or
+    // its timeout, whichever comes first, claims it.
+    absl::Time publish_deadline = absl::InfiniteFuture();
   };
+  using TaskPtr = std::shared_ptr<InFlight>;
 
   // Log fields of a task.
   struct TaskRef {
     const TaskRequest* request = nullptr;
     const Delivery* delivery = nullptr;
   };
+  static TaskRef RefOf(const InFlight& task) { return {task.request.get(), &task.delivery}; }
 
   void Log(TaskLogRecord::Level level, std::string message, TaskRef ref, std::string error = {}) {
     if (!deps_.log) return;
@@ -259,30 +315,43 @@ class Executor::Impl {
 
   // Waits (`lock` holds mu_) until `done()` or the clock reaches `until`.
   template <typename Predicate>
-  void WaitUntil(std::unique_lock<std::mutex>& lock, absl::Time until, Predicate done) {
+  void WaitUntil(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, absl::Time until,
+                 Predicate done) {
     while (!done()) {
       const absl::Time now = clock_->Now();
       if (now >= until) return;
-      cv_.wait_for(lock, absl::ToChronoNanoseconds(std::min(until - now, kMaxRealWait)));
+      cv.wait_for(lock, absl::ToChronoNanoseconds(std::min(until - now, kMaxRealWait)));
     }
   }
 
+  // ---- fetch ---------------------------------------------------------------------------
+
   void FetchLoop() {
     absl::Time next_reclaim = clock_->Now();  // orphans of a crashed predecessor: look at once
+    bool reclaim_again = false;
     while (true) {
       int free_slots = 0;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stopping_ || held_ < options_.concurrency; });
+        // Refill in batches: wait a moment for several slots to free, then take what is free.
+        fetcher_waiting_ = true;
+        fetch_cv_.wait_for(lock, kRefillLinger,
+                           [this] { return stopping_ || max_in_flight_ - held_ >= refill_batch_; });
+        fetch_cv_.wait(lock, [this] { return stopping_ || held_ < max_in_flight_; });
+        fetcher_waiting_ = false;
         if (stopping_) return;
-        free_slots = options_.concurrency - held_;
+        free_slots = max_in_flight_ - held_;
       }
       std::vector<Delivery> deliveries;
-      if (options_.reclaim_enabled && clock_->Now() >= next_reclaim) {
-        next_reclaim = clock_->Now() + options_.reclaim_interval;
+      if (options_.reclaim_enabled && (reclaim_again || clock_->Now() >= next_reclaim)) {
+        if (!reclaim_again) next_reclaim = clock_->Now() + options_.reclaim_interval;
         auto reclaimed = subscription_->Reclaim(options_.reclaim_min_idle, free_slots);
+        reclaim_again = false;
         if (reclaimed.ok()) {
           deliveries = std::move(*reclaimed);
+          // A full batch means there may be more orphans: take them as slots free, not one
+          // batch per reclaim interval.
+          reclaim_again = static_cast<int>(deliveries.size()) == free_slots;
           if (!deliveries.empty()) {
             Log(TaskLogRecord::Level::kInfo,
                 absl::StrCat("reclaimed ", deliveries.size(), " orphaned deliveries"), {});
@@ -299,7 +368,7 @@ class Executor::Impl {
           deps_.metrics->BackendError("fetch");
           Log(TaskLogRecord::Level::kWarning, "fetch failed", {}, fetched.status().ToString());
           std::unique_lock<std::mutex> lock(mu_);
-          WaitUntil(lock, clock_->Now() + options_.fetch_error_backoff,
+          WaitUntil(lock, fetch_cv_, clock_->Now() + options_.fetch_error_backoff,
                     [this] { return stopping_; });
           continue;
         }
@@ -313,45 +382,65 @@ class Executor::Impl {
           deps_.metrics->FetchLag(std::max(absl::ZeroDuration(), now - published));
         }
       }
-      bool give_back = false;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (stopping_) {
-          give_back = true;
-        } else {
-          for (Delivery& delivery : deliveries) queue_.push_back(std::move(delivery));
-          held_ += static_cast<int>(deliveries.size());
-          deps_.metrics->InFlightChanged(held_);
-        }
-      }
-      cv_.notify_all();
-      if (give_back) {
-        for (const Delivery& delivery : deliveries) GiveBack(delivery, "fetched during shutdown");
+      if (!Admit(deliveries)) {
+        for (const Delivery& delivery : deliveries) GiveBackNow(delivery, "fetched during shutdown");
         return;
       }
     }
   }
 
+  // Queues fetched deliveries for the workers; false when shutting down (nothing queued).
+  bool Admit(std::vector<Delivery>& deliveries) {
+    int wake = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return false;
+      for (Delivery& delivery : deliveries) {
+        auto task = std::make_shared<InFlight>();
+        task->id = next_task_id_++;
+        task->delivery = std::move(delivery);
+        queue_.push_back(std::move(task));
+      }
+      held_ += static_cast<int>(deliveries.size());
+      deps_.metrics->InFlightChanged(held_);
+      wake = std::min<int>(idle_workers_, static_cast<int>(deliveries.size()));
+    }
+    // Only as many wake-ups as there are idle workers and new tasks.
+    for (int i = 0; i < wake; ++i) work_cv_.notify_one();
+    return true;
+  }
+
+  // ---- dispatch ------------------------------------------------------------------------
+
   void WorkerLoop() {
     while (true) {
-      Delivery delivery;
+      TaskPtr task;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return !queue_.empty() || workers_stop_; });
-        if (queue_.empty()) return;
-        delivery = std::move(queue_.front());
+        ++idle_workers_;
+        work_cv_.wait(lock, [this] {
+          return workers_stop_ || (!queue_.empty() && running_ < options_.concurrency);
+        });
+        --idle_workers_;
+        if (workers_stop_) return;
+        task = std::move(queue_.front());
         queue_.pop_front();
         ++running_;
       }
-      Process(delivery);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        --running_;
-        --held_;
-        deps_.metrics->InFlightChanged(held_);
-      }
-      cv_.notify_all();
+      Dispatch(task);
     }
+  }
+
+  // Frees a run slot that never ran a handler (an invalid request).
+  void EndRunWithoutHandler() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_;
+    WakeWorkerLocked();
+    if (running_ == 0) drain_cv_.notify_all();
+  }
+
+  void WakeWorkerLocked() {
+    if (!queue_.empty() && idle_workers_ > 0) work_cv_.notify_one();
   }
 
   absl::Time RequestedAt(const Delivery& delivery) const {
@@ -380,74 +469,93 @@ class Executor::Impl {
     return policy;
   }
 
-  void Process(const Delivery& delivery) {
+  void Dispatch(const TaskPtr& task) {
+    const Delivery& delivery = task->delivery;
     const absl::Time start = clock_->Now();
     auto parsed = ParseTaskRequest(delivery.event.data());
     if (!parsed.ok()) {
+      EndRunWithoutHandler();
       std::optional<TaskRequest> identity = SalvageTaskIdentity(delivery.event.data());
-      Reject(delivery, identity ? &*identity : nullptr,
-             absl::StrCat("invalid task request: ", parsed.status().message()));
+      if (identity) task->request = std::make_shared<const TaskRequest>(std::move(*identity));
+      Reject(task, absl::StrCat("invalid task request: ", parsed.status().message()));
       return;
     }
-    auto request = std::make_shared<const TaskRequest>(std::move(*parsed));
-    TaskHandler* handler = handlers_->Find(request->type);
+    task->request = std::make_shared<const TaskRequest>(std::move(*parsed));
+    const TaskRequest& request = *task->request;
+    TaskHandler* handler = handlers_->Find(request.type);
     if (handler == nullptr) {
-      Reject(delivery, request.get(),
-             absl::StrCat("invalid task request: unknown task type \"", request->type,
-                          "\"; registered types: ", absl::StrJoin(handlers_->Types(), ", ")));
+      EndRunWithoutHandler();
+      Reject(task, absl::StrCat("invalid task request: unknown task type \"", request.type,
+                                "\"; registered types: ", absl::StrJoin(handlers_->Types(), ", ")));
       return;
     }
-    if (absl::Status s = handler->Supports(*request); !s.ok()) {
-      Reject(delivery, request.get(), absl::StrCat("invalid task request: ", s.message()));
+    task->type = request.type;
+    if (absl::Status s = handler->Supports(request); !s.ok()) {
+      EndRunWithoutHandler();
+      Reject(task, absl::StrCat("invalid task request: ", s.message()));
       return;
     }
     if (options_.max_deliveries > 0 && delivery.delivery_count > options_.max_deliveries) {
+      EndRunWithoutHandler();
       const std::string reason = absl::StrCat(
           "delivered ", delivery.delivery_count, " times without finishing (more than ",
           options_.max_deliveries, "): a worker probably crashes or hangs on it");
-      Log(TaskLogRecord::Level::kError, "task dead-lettered unrun", {request.get(), &delivery},
-          reason);
-      TaskResult result = BaseResult(delivery, *request);
+      Log(TaskLogRecord::Level::kError, "task dead-lettered unrun", RefOf(*task), reason);
+      TaskResult result = BaseResult(*task);
       result.status = TaskStatus::kFailed;
       result.error_kind = "transient";
       result.error = reason;
-      PublishResult(result, {request.get(), &delivery});
-      deps_.metrics->TaskFinished(request->type, kOutcomeFailed, absl::ZeroDuration());
-      DeadLetter(delivery, request->type, reason, {request.get(), &delivery});
+      deps_.metrics->TaskFinished(request.type, kOutcomeFailed, absl::ZeroDuration());
+      PublishThenDeadLetter(task, std::move(result), reason);
       return;
     }
-    auto policy = ResolvePolicy(*handler, *request);
+    auto policy = ResolvePolicy(*handler, request);
     if (!policy.ok()) {
-      Reject(delivery, request.get(),
-             absl::StrCat("invalid task request: ", policy.status().message()));
+      EndRunWithoutHandler();
+      Reject(task, absl::StrCat("invalid task request: ", policy.status().message()));
       return;
     }
 
-    auto run = std::make_shared<Running>();
-    run->delivery = delivery;
-    run->request = request;
-    run->type = request->type;
-    run->retry = policy->retry;
-    run->timeout = policy->timeout;
-    run->started = start;
-    run->deadline = start + policy->timeout;
-    run->next_heartbeat = start + options_.heartbeat_interval;
-    TaskContext context(*request, delivery.delivery_count, RequestedAt(delivery), run->deadline,
-                        clock_);
-    uint64_t run_id;
+    task->handler = handler;
+    task->retry = policy->retry;
+    task->timeout = policy->timeout;
+    task->started = start;
+    task->deadline = start + policy->timeout;
+    task->next_heartbeat = start + options_.heartbeat_interval;
+    task->synchronous = !handler->asynchronous();
+    task->context = std::make_unique<TaskContext>(request, delivery.delivery_count,
+                                                  RequestedAt(delivery), task->deadline, clock_);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      run_id = next_run_id_++;
-      run->context = &context;
-      running_tasks_.emplace(run_id, run);
-      ++running_generation_;
+      running_tasks_.emplace(task->id, task);
+      // The supervisor sleeps until the earliest deadline it knows: wake it only when this
+      // one comes sooner.
+      const absl::Time due =
+          options_.heartbeat_interval > absl::ZeroDuration()
+              ? std::min(task->deadline, task->next_heartbeat)
+              : task->deadline;
+      if (due < supervisor_wake_at_) {
+        supervisor_wake_at_ = due;
+        ++supervisor_kicks_;
+        supervisor_cv_.notify_one();
+      }
     }
-    cv_.notify_all();
-    Log(TaskLogRecord::Level::kDebug, "task started", {request.get(), &delivery});
+    Log(TaskLogRecord::Level::kDebug, "task started", RefOf(*task));
 
+    if (!task->synchronous) {
+      try {
+        handler->HandleAsync(*task->context,
+                             [this, task](TaskOutcome outcome) { OnOutcome(task, outcome); });
+      } catch (const std::exception& e) {
+        OnOutcome(task, TaskOutcome::Permanent(absl::StrCat("handler threw: ", e.what())));
+      } catch (...) {
+        OnOutcome(task, TaskOutcome::Permanent("handler threw a non-standard exception"));
+      }
+      return;
+    }
     TaskOutcome outcome = TaskOutcome::Permanent("handler produced no outcome");
     try {
-      outcome = handler->Handle(context);
+      outcome = handler->Handle(*task->context);
     } catch (const std::exception& e) {
       // A handler bug must not take the worker (or the service) down with it; retrying the
       // same input would throw again.
@@ -455,237 +563,417 @@ class Executor::Impl {
     } catch (...) {
       outcome = TaskOutcome::Permanent("handler threw a non-standard exception");
     }
+    OnOutcome(task, outcome);
+  }
 
+  // ---- outcome -------------------------------------------------------------------------
+
+  // `lock` holds mu_. The run ends for the executor: its slot frees; a synchronous handler
+  // still holding its worker counts as stuck until it returns.
+  void TakeOutcomeLocked(InFlight& task) {
+    task.outcome_taken = true;
+    --running_;
+    if (task.context != nullptr) task.context->Cancel();
+    if (task.synchronous) ++stuck_workers_;
+    WakeWorkerLocked();
+    if (running_ == 0) drain_cv_.notify_all();
+  }
+
+  void OnOutcome(const TaskPtr& task, const TaskOutcome& outcome) {
     bool mine;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      running_tasks_.erase(run_id);
-      run->context = nullptr;
-      mine = !run->settled;
-      run->settled = true;
+      mine = !task->outcome_taken;
+      if (mine) {
+        task->outcome_taken = true;
+        --running_;
+        running_tasks_.erase(task->id);
+        WakeWorkerLocked();
+        if (running_ == 0) drain_cv_.notify_all();
+      } else if (task->synchronous) {
+        --stuck_workers_;
+      }
     }
     if (!mine) {
       Log(TaskLogRecord::Level::kInfo,
           "handler returned after the executor gave up on it (timeout or shutdown); its outcome "
           "is discarded",
-          {request.get(), &delivery});
+          RefOf(*task));
       return;
     }
-    Settle(*run, outcome, clock_->Now() - start, "transient");
+    Settle(task, outcome, clock_->Now() - task->started, "transient");
   }
 
-  // The delivery is invalid: dead-letter it at once, and tell whoever waits for the result.
-  void Reject(const Delivery& delivery, const TaskRequest* request, std::string reason) {
-    const bool known_type = request != nullptr && handlers_->Find(request->type) != nullptr;
-    const std::string type_label = known_type ? request->type : std::string(kUnknownTypeLabel);
-    Log(TaskLogRecord::Level::kWarning, "invalid task request dead-lettered",
-        {request, &delivery}, reason);
-    if (request != nullptr) {
-      TaskResult result = BaseResult(delivery, *request);
-      result.status = TaskStatus::kFailed;
-      result.error_kind = "invalid";
-      result.error = reason;
-      PublishResult(result, {request, &delivery});
-    }
-    deps_.metrics->TaskFinished(type_label, kOutcomeInvalid, absl::ZeroDuration());
-    DeadLetter(delivery, type_label, reason, {request, &delivery});
-  }
+  // ---- settle --------------------------------------------------------------------------
 
-  TaskResult BaseResult(const Delivery& delivery, const TaskRequest& request) const {
+  TaskResult BaseResult(const InFlight& task) const {
     TaskResult result;
-    result.task_id = request.id;
-    result.type = request.type;
-    result.attempts = delivery.delivery_count;
-    result.request_event_id = delivery.event.id();
+    result.task_id = task.request->id;
+    result.type = task.request->type;
+    result.attempts = task.delivery.delivery_count;
+    result.request_event_id = task.delivery.event.id();
     result.completed_at = clock_->Now();
-    result.metadata = request.metadata;
+    result.metadata = task.request->metadata;
     return result;
   }
 
-  bool PublishResult(const TaskResult& result, TaskRef ref) {
-    auto receipt = stream_->PublishAndWait(
-        options_.result_stream, MakeTaskResultEvent(result, options_.result_source),
-        options_.publish_timeout);
-    if (!receipt.ok()) {
-      Log(TaskLogRecord::Level::kError, "publishing the task result failed", ref,
-          receipt.status().ToString());
-      return false;
-    }
-    deps_.metrics->ResultPublished(TaskStatusName(result.status));
-    return true;
-  }
-
-  void DeadLetter(const Delivery& delivery, absl::string_view type_label, absl::string_view reason,
-                  TaskRef ref) {
-    absl::Status s = subscription_->DeadLetter(delivery, reason);
-    if (s.ok()) {
-      deps_.metrics->TaskDeadLettered(type_label);
-      return;
-    }
-    Log(TaskLogRecord::Level::kError, "dead-lettering failed; giving the delivery back", ref,
-        s.ToString());
-    // Nothing is lost: the delivery comes back and is judged again.
-    GiveBack(delivery, "dead-lettering failed", options_.fetch_error_backoff);
-  }
-
-  void GiveBack(const Delivery& delivery, absl::string_view why,
-                absl::Duration delay = absl::ZeroDuration()) {
-    absl::Status s = subscription_->Nack(delivery, delay);
-    Log(s.ok() ? TaskLogRecord::Level::kInfo : TaskLogRecord::Level::kWarning,
-        absl::StrCat("delivery given back: ", why), {nullptr, &delivery},
-        s.ok() ? std::string() : s.ToString());
-  }
-
-  void Settle(const Running& run, const TaskOutcome& outcome, absl::Duration duration,
+  void Settle(const TaskPtr& task, const TaskOutcome& outcome, absl::Duration duration,
               absl::string_view transient_kind) {
-    const Delivery& delivery = run.delivery;
-    const TaskRequest& request = *run.request;
-    const TaskRef ref{&request, &delivery};
-    const int attempt = delivery.delivery_count;
+    const int attempt = task->delivery.delivery_count;
     switch (outcome.kind()) {
       case TaskOutcome::Kind::kSucceeded: {
-        TaskResult result = BaseResult(delivery, request);
+        TaskResult result = BaseResult(*task);
         result.status = TaskStatus::kSucceeded;
         result.output = outcome.output();
         result.duration = duration;
-        if (!PublishResult(result, ref)) {
-          // Without its result the task is not done: run it again later (at-least-once).
-          const absl::Duration backoff = run.retry.Backoff(attempt, *deps_.random);
-          deps_.metrics->TaskFinished(run.type, kOutcomeRetried, duration);
-          GiveBack(delivery, "result not published", backoff);
-          return;
-        }
-        deps_.metrics->TaskFinished(run.type, kOutcomeSucceeded, duration);
-        if (absl::Status s = subscription_->Ack(delivery); !s.ok()) {
-          Log(TaskLogRecord::Level::kWarning, "ack failed (the task may run again)", ref,
-              s.ToString());
-        }
-        Log(TaskLogRecord::Level::kInfo, "task succeeded", ref);
+        PublishResult(task, std::move(result), [this, task, duration](absl::Status published) {
+          if (!published.ok()) {
+            // Without its result the task is not done: run it again later (at-least-once).
+            deps_.metrics->TaskFinished(task->type, kOutcomeRetried, duration);
+            Nack(task, task->retry.Backoff(task->delivery.delivery_count, *deps_.random),
+                 "result not published");
+            return;
+          }
+          deps_.metrics->TaskFinished(task->type, kOutcomeSucceeded, duration);
+          Ack(task);
+        });
         return;
       }
       case TaskOutcome::Kind::kRedeliverAfter: {
-        deps_.metrics->TaskFinished(run.type, kOutcomeDelayed, duration);
-        if (absl::Status s = subscription_->Nack(delivery, outcome.delay()); !s.ok()) {
-          Log(TaskLogRecord::Level::kWarning, "delayed redelivery failed", ref, s.ToString());
-          return;
-        }
+        deps_.metrics->TaskFinished(task->type, kOutcomeDelayed, duration);
         Log(TaskLogRecord::Level::kDebug,
-            absl::StrCat("task redelivered in ", FormatIsoDuration(outcome.delay())), ref);
+            absl::StrCat("task redelivered in ", FormatIsoDuration(outcome.delay())),
+            RefOf(*task));
+        settle_queue_.Post([this, task, delay = outcome.delay()] {
+          Nack(task, delay, "delayed redelivery");
+        });
         return;
       }
       case TaskOutcome::Kind::kTransientFailure: {
-        if (run.retry.ShouldRetry(attempt)) {
-          const absl::Duration backoff = run.retry.Backoff(attempt, *deps_.random);
-          deps_.metrics->TaskFinished(run.type, kOutcomeRetried, duration);
-          deps_.metrics->TaskRetried(run.type, backoff);
-          if (absl::Status s = subscription_->Nack(delivery, backoff); !s.ok()) {
-            Log(TaskLogRecord::Level::kWarning, "nack for retry failed", ref, s.ToString());
-          }
+        if (task->retry.ShouldRetry(attempt)) {
+          const absl::Duration backoff = task->retry.Backoff(attempt, *deps_.random);
+          deps_.metrics->TaskFinished(task->type, kOutcomeRetried, duration);
+          deps_.metrics->TaskRetried(task->type, backoff);
           Log(TaskLogRecord::Level::kWarning,
               absl::StrCat("task failed (", transient_kind, "); retry ", attempt + 1, " of ",
-                           run.retry.max_attempts, " in ", FormatIsoDuration(backoff)),
-              ref, outcome.error());
+                           task->retry.max_attempts, " in ", FormatIsoDuration(backoff)),
+              RefOf(*task), outcome.error());
+          settle_queue_.Post([this, task, backoff] { Nack(task, backoff, "retry"); });
           return;
         }
-        Fail(run, outcome, duration, transient_kind,
+        Fail(task, outcome, duration, transient_kind,
              absl::StrCat(transient_kind, " failure, gave up after ", attempt, " attempt",
                           attempt == 1 ? "" : "s", ": ", outcome.error()));
         return;
       }
       case TaskOutcome::Kind::kPermanentFailure:
-        Fail(run, outcome, duration, "permanent",
+        Fail(task, outcome, duration, "permanent",
              absl::StrCat("permanent failure: ", outcome.error()));
         return;
     }
   }
 
-  void Fail(const Running& run, const TaskOutcome& outcome, absl::Duration duration,
+  void Fail(const TaskPtr& task, const TaskOutcome& outcome, absl::Duration duration,
             absl::string_view kind, const std::string& reason) {
-    const TaskRef ref{run.request.get(), &run.delivery};
-    TaskResult result = BaseResult(run.delivery, *run.request);
+    TaskResult result = BaseResult(*task);
     result.status = TaskStatus::kFailed;
     result.output = outcome.output();
     result.duration = duration;
     result.error_kind = std::string(kind);
     result.error = outcome.error();
-    PublishResult(result, ref);
-    deps_.metrics->TaskFinished(run.type, kOutcomeFailed, duration);
-    Log(TaskLogRecord::Level::kError, "task failed; dead-lettered", ref, reason);
-    DeadLetter(run.delivery, run.type, reason, ref);
+    deps_.metrics->TaskFinished(task->type, kOutcomeFailed, duration);
+    Log(TaskLogRecord::Level::kError, "task failed; dead-lettered", RefOf(*task), reason);
+    PublishThenDeadLetter(task, std::move(result), reason);
   }
+
+  // The delivery is invalid: dead-letter it at once, and tell whoever waits for the result.
+  void Reject(const TaskPtr& task, std::string reason) {
+    const TaskRequest* request = task->request.get();
+    const bool known_type = request != nullptr && handlers_->Find(request->type) != nullptr;
+    task->type = known_type ? request->type : std::string(kUnknownTypeLabel);
+    Log(TaskLogRecord::Level::kWarning, "invalid task request dead-lettered", RefOf(*task),
+        reason);
+    deps_.metrics->TaskFinished(task->type, kOutcomeInvalid, absl::ZeroDuration());
+    if (request == nullptr) {
+      settle_queue_.Post([this, task, reason = std::move(reason)] { DeadLetter(task, reason); });
+      return;
+    }
+    TaskResult result = BaseResult(*task);
+    result.status = TaskStatus::kFailed;
+    result.error_kind = "invalid";
+    result.error = reason;
+    PublishThenDeadLetter(task, std::move(result), std::move(reason));
+  }
+
+  // The failure's result first, then the dead letter: if the result cannot be published, the
+  // delivery is given back rather than dead-lettered without the result its caller waits for.
+  void PublishThenDeadLetter(const TaskPtr& task, TaskResult result, std::string reason) {
+    PublishResult(task, std::move(result),
+                  [this, task, reason = std::move(reason)](absl::Status published) {
+                    if (!published.ok()) {
+                      Nack(task, options_.fetch_error_backoff, "failure result not published");
+                      return;
+                    }
+                    DeadLetter(task, reason);
+                  });
+  }
+
+  // Publishes `result` without waiting; `next` runs on the settle thread with the outcome,
+  // once: when the backend confirmed it or failed, or when publish_timeout passed first.
+  //
+  // A result the backend refuses as too large (InvalidArgument) is published once more
+  // without its output, as a failure that says so, and `next` sees the task as failed for
+  // good (it is dead-lettered): a request is never run again because its result is too big.
+  void PublishResult(const TaskPtr& task, TaskResult result,
+                     std::function<void(absl::Status)> next) {
+    {
+      std::lock_guard<std::mutex> lock(publish_mu_);
+      task->publish_deadline = clock_->Now() + options_.publish_timeout;
+      publishing_.emplace(task->id, task);
+    }
+    Event event = MakeTaskResultEvent(result, options_.result_source);
+    const size_t event_bytes = EventSizeBytes(event);
+    const std::string status_name(TaskStatusName(result.status));
+    auto completion = std::make_shared<std::function<void(absl::Status)>>(std::move(next));
+    auto on_published = [this, task, completion, status_name, event_bytes,
+                         result = std::make_shared<TaskResult>(std::move(result))](
+                            absl::StatusOr<PublishReceipt> receipt) mutable {
+      if (!ClaimPublish(*task)) return;  // the supervisor gave it up at publish_timeout
+      absl::Status status = receipt.status();
+      settle_queue_.Post([this, task, completion, status, status_name, event_bytes, result] {
+        if (status.ok()) {
+          deps_.metrics->ResultPublished(status_name);
+          (*completion)(absl::OkStatus());
+          return;
+        }
+        if (absl::IsInvalidArgument(status) && result->output != nullptr) {
+          PublishWithoutOutput(task, *result, event_bytes, status, completion);
+          return;
+        }
+        Log(TaskLogRecord::Level::kError, "publishing the task result failed", RefOf(*task),
+            status.ToString());
+        (*completion)(status);
+      });
+    };
+    // The stream outlives the executor, and a publish may complete after Shutdown gave up
+    // waiting for it: the callback reaches the executor only through the lifeline.
+    auto guarded = [lifeline = lifeline_, on_published = std::move(on_published)](
+                       absl::StatusOr<PublishReceipt> receipt) mutable {
+      std::shared_lock<std::shared_mutex> alive(lifeline->mu);
+      if (lifeline->open) on_published(std::move(receipt));
+    };
+    absl::Status queued = stream_->Publish(options_.result_stream, std::move(event), guarded);
+    if (!queued.ok()) guarded(queued);
+  }
+
+  void PublishWithoutOutput(const TaskPtr& task, const TaskResult& original, size_t event_bytes,
+                            const absl::Status& refusal,
+                            std::shared_ptr<std::function<void(absl::Status)>> completion) {
+    const std::string reason = absl::StrCat(
+        "result not published: its event of ", event_bytes,
+        " bytes was refused by the backend (", refusal.message(), "); output dropped");
+    Log(TaskLogRecord::Level::kError, "task result too large", RefOf(*task), reason);
+    TaskResult failure = original;
+    failure.output = nullptr;
+    failure.status = TaskStatus::kFailed;
+    failure.error_kind = "result_too_large";
+    failure.error = reason;
+    PublishResult(task, std::move(failure), [this, task, reason](absl::Status published) {
+      if (!published.ok()) {
+        Nack(task, options_.fetch_error_backoff, "failure result not published");
+        return;
+      }
+      DeadLetter(task, reason);
+    });
+  }
+
+  // True for the first of the publish's completion and its timeout.
+  bool ClaimPublish(InFlight& task) {
+    std::lock_guard<std::mutex> lock(publish_mu_);
+    return publishing_.erase(task.id) > 0;
+  }
+
+  // The remaining settle steps run on the settle thread (they may be synchronous in backends
+  // that do not batch); their completions free the slot from whatever thread they arrive on.
+  void Ack(const TaskPtr& task) {
+    subscription_->AckAsync(task->delivery, [this, task](absl::Status s) {
+      if (!s.ok()) {
+        Log(TaskLogRecord::Level::kWarning, "ack failed (the task may run again)", RefOf(*task),
+            s.ToString());
+      } else {
+        Log(TaskLogRecord::Level::kDebug, "task succeeded", RefOf(*task));
+      }
+      Release();
+    });
+  }
+
+  void Nack(const TaskPtr& task, absl::Duration delay, std::string why) {
+    subscription_->NackAsync(task->delivery, delay, [this, task, why](absl::Status s) {
+      Log(s.ok() ? TaskLogRecord::Level::kDebug : TaskLogRecord::Level::kWarning,
+          absl::StrCat("delivery given back: ", why), RefOf(*task),
+          s.ok() ? std::string() : s.ToString());
+      Release();
+    });
+  }
+
+  void DeadLetter(const TaskPtr& task, std::string reason) {
+    subscription_->DeadLetterAsync(task->delivery, reason, [this, task](absl::Status s) {
+      if (s.ok()) {
+        deps_.metrics->TaskDeadLettered(task->type);
+        Release();
+        return;
+      }
+      Log(TaskLogRecord::Level::kError, "dead-lettering failed; giving the delivery back",
+          RefOf(*task), s.ToString());
+      // Nothing is lost: the delivery comes back and is judged again.
+      settle_queue_.Post([this, task] {
+        Nack(task, options_.fetch_error_backoff, "dead-lettering failed");
+      });
+    });
+  }
+
+  // Synchronous give-back, for shutdown (the settle thread may be gone by then).
+  void GiveBackNow(const Delivery& delivery, absl::string_view why) {
+    absl::Status s = subscription_->Nack(delivery, absl::ZeroDuration());
+    Log(s.ok() ? TaskLogRecord::Level::kInfo : TaskLogRecord::Level::kWarning,
+        absl::StrCat("delivery given back: ", why), {nullptr, &delivery},
+        s.ok() ? std::string() : s.ToString());
+  }
+
+  // ---- release -------------------------------------------------------------------------
+
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --held_;
+    deps_.metrics->InFlightChanged(held_);
+    if (fetcher_waiting_ && max_in_flight_ - held_ >= refill_batch_) fetch_cv_.notify_one();
+    else if (fetcher_waiting_ && held_ == max_in_flight_ - 1) fetch_cv_.notify_one();
+    if (held_ == 0) drain_cv_.notify_all();
+  }
+
+  // ---- supervisor: timeouts, heartbeats, publish timeouts -------------------------------
 
   void SupervisorLoop() {
     std::unique_lock<std::mutex> lock(mu_);
     while (!supervisor_stop_) {
       const absl::Time now = clock_->Now();
       absl::Time next = absl::InfiniteFuture();
-      std::vector<std::shared_ptr<Running>> expired;
-      std::vector<std::shared_ptr<Running>> heartbeats;
-      for (auto& [id, run] : running_tasks_) {
-        if (run->settled) continue;
-        if (now >= run->deadline) {
-          run->settled = true;
-          if (run->context != nullptr) run->context->Cancel();
-          expired.push_back(run);
+      std::vector<TaskPtr> expired;
+      std::vector<TaskPtr> heartbeats;
+      for (auto it = running_tasks_.begin(); it != running_tasks_.end();) {
+        const TaskPtr& task = it->second;
+        if (now >= task->deadline) {
+          TakeOutcomeLocked(*task);
+          expired.push_back(task);
+          it = running_tasks_.erase(it);
           continue;
         }
-        next = std::min(next, run->deadline);
+        next = std::min(next, task->deadline);
         if (options_.heartbeat_interval > absl::ZeroDuration()) {
-          if (now >= run->next_heartbeat) {
-            heartbeats.push_back(run);
-            run->next_heartbeat = now + options_.heartbeat_interval;
+          if (now >= task->next_heartbeat) {
+            heartbeats.push_back(task);
+            task->next_heartbeat = now + options_.heartbeat_interval;
           }
-          next = std::min(next, run->next_heartbeat);
+          next = std::min(next, task->next_heartbeat);
+        }
+        ++it;
+      }
+      std::vector<TaskPtr> publish_expired;
+      {
+        std::lock_guard<std::mutex> publish_lock(publish_mu_);
+        for (auto it = publishing_.begin(); it != publishing_.end();) {
+          if (now >= it->second->publish_deadline) {
+            publish_expired.push_back(it->second);
+            it = publishing_.erase(it);
+          } else {
+            next = std::min(next, it->second->publish_deadline);
+            ++it;
+          }
         }
       }
-      if (!expired.empty() || !heartbeats.empty()) {
+      if (!expired.empty() || !heartbeats.empty() || !publish_expired.empty()) {
         lock.unlock();
-        for (const auto& run : expired) {
-          const TaskOutcome timeout = TaskOutcome::Transient(
-              absl::StrCat("processing timeout: handler still running after ",
-                           FormatIsoDuration(run->timeout)));
-          Settle(*run, timeout, now - run->started, "timeout");
+        for (const auto& task : expired) {
+          const TaskOutcome timeout = TaskOutcome::Transient(absl::StrCat(
+              "processing timeout: handler still running after ", FormatIsoDuration(task->timeout)));
+          Settle(task, timeout, now - task->started, "timeout");
         }
-        for (const auto& run : heartbeats) {
-          if (absl::Status s = subscription_->Extend(run->delivery); !s.ok()) {
+        for (const auto& task : heartbeats) {
+          if (absl::Status s = subscription_->Extend(task->delivery); !s.ok()) {
             Log(TaskLogRecord::Level::kWarning, "extending a running delivery failed",
-                {run->request.get(), &run->delivery}, s.ToString());
+                RefOf(*task), s.ToString());
           }
+        }
+        for (const auto& task : publish_expired) {
+          Log(TaskLogRecord::Level::kError, "publishing the task result timed out", RefOf(*task),
+              absl::StrCat("not confirmed within ", FormatIsoDuration(options_.publish_timeout)));
+          settle_queue_.Post([this, task] {
+            Nack(task, options_.fetch_error_backoff, "result publish timed out");
+          });
         }
         lock.lock();
         continue;
       }
-      const uint64_t seen = running_generation_;
-      WaitUntil(lock, next,
-                [this, seen] { return supervisor_stop_ || running_generation_ != seen; });
+      // Publishes do not wake the supervisor (that would be a wake-up per task): it looks at
+      // least once per publish timeout, so a hung publish is given up within twice its timeout.
+      supervisor_wake_at_ = std::min(next, now + options_.publish_timeout);
+      const uint64_t kicks = supervisor_kicks_;
+      WaitUntil(lock, supervisor_cv_, supervisor_wake_at_,
+                [this, kicks] { return supervisor_stop_ || supervisor_kicks_ != kicks; });
     }
   }
+
+  // Upper bound of one real-time wait while waiting for a point in clock time: a safety net
+  // only; a ManualClock wakes waiters through its advance listener at once.
+  static constexpr absl::Duration kMaxRealWait = absl::Milliseconds(100);
+  // How long the fetcher waits for a batch of slots to free before taking fewer.
+  static constexpr std::chrono::milliseconds kRefillLinger{2};
 
   EventStream* const stream_;
   const HandlerRegistry* const handlers_;
   ExecutorOptions options_;
   ExecutorDependencies deps_;
   Clock* const clock_;
+  const int max_in_flight_;
+  const int refill_batch_;
   std::unique_ptr<RandomSource> owned_random_;
   ExecutorMetrics noop_metrics_;
   std::unique_ptr<Subscription> subscription_;
   std::unique_ptr<ClockListener> clock_listener_;
+  SettleQueue settle_queue_;
+  // What late backend callbacks check before touching the executor.
+  struct Lifeline {
+    std::shared_mutex mu;
+    bool open = true;  // guarded by mu
+  };
+  const std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>();
 
   // std::mutex rather than absl::Mutex, as in core: Debian's Abseil is not built for
   // ThreadSanitizer, which then reports false races around absl::Mutex. Guards the fields below.
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable work_cv_;        // workers: a task queued, a run slot freed
+  std::condition_variable fetch_cv_;       // the fetcher: in-flight slots freed
+  std::condition_variable supervisor_cv_;  // the supervisor: an earlier deadline
+  std::condition_variable drain_cv_;       // shutdown: nothing running / nothing held
   bool started_ = false;
   bool shut_down_ = false;
   bool stopping_ = false;
   bool workers_stop_ = false;
   bool supervisor_stop_ = false;
-  std::deque<Delivery> queue_;
-  int held_ = 0;     // queued + running
-  int running_ = 0;  // taken by a worker
-  uint64_t next_run_id_ = 1;
-  uint64_t running_generation_ = 0;
-  std::map<uint64_t, std::shared_ptr<Running>> running_tasks_;
+  bool fetcher_waiting_ = false;
+  std::deque<TaskPtr> queue_;
+  int held_ = 0;     // fetched and not yet settled
+  int running_ = 0;  // handler runs the executor waits for
+  int idle_workers_ = 0;
+  int stuck_workers_ = 0;
+  uint64_t next_task_id_ = 1;
+  absl::Time supervisor_wake_at_ = absl::InfinitePast();
+  uint64_t supervisor_kicks_ = 0;
+  std::map<uint64_t, TaskPtr> running_tasks_;
+
+  // Result publishes awaiting their completion, with their deadlines.
+  std::mutex publish_mu_;
+  std::map<uint64_t, TaskPtr> publishing_;  // guarded by publish_mu_
 
   std::vector<std::thread> workers_;
   std::thread supervisor_thread_;
@@ -703,6 +991,7 @@ absl::Status Executor::Start() { return impl_->Start(); }
 void Executor::Shutdown() { impl_->Shutdown(); }
 int Executor::in_flight() const { return impl_->in_flight(); }
 int Executor::running() const { return impl_->running(); }
+int Executor::stuck_workers() const { return impl_->stuck_workers(); }
 const ExecutorOptions& Executor::options() const { return impl_->options(); }
 
 }  // namespace eventbus::executor

@@ -382,6 +382,7 @@ TEST_F(ExecutorTest, WaitIsMeasuredFromTheRequestTimeNotTheDelivery) {
 
 TEST_F(ExecutorTest, ConcurrencyIsNeverExceeded) {
   options_.concurrency = 3;
+  options_.max_in_flight = 3;
   options_.fetch_batch = 10;
   ScriptedHandler* blocking = AddHandler("block", [this](TaskContext& context, int) {
     gate_.Pass(context);
@@ -406,6 +407,7 @@ TEST_F(ExecutorTest, ConcurrencyIsNeverExceeded) {
 
 TEST_F(ExecutorTest, GracefulShutdownFinishesOrGivesBackEverything) {
   options_.concurrency = 2;
+  options_.max_in_flight = 2;  // nothing waits unstarted: shutdown gives back only what runs
   options_.shutdown_deadline = absl::Seconds(30);
   // A processing timeout far beyond the shutdown deadline: only shutdown may give it back.
   ScriptedHandler* blocking = AddHandler(

@@ -36,6 +36,8 @@ TEST(ServiceConfigTest, ReadsEverySetting) {
                      {"EXECUTOR_CONSUMER_GROUP", "workers"},
                      {"EXECUTOR_CONSUMER_NAME", "w-1"},
                      {"EXECUTOR_STREAM_BATCH", "32"},
+                     {"EXECUTOR_MAX_IN_FLIGHT", "500"},
+                     {"EXECUTOR_WORKERS", "8"},
                      {"EXECUTOR_STREAM_BLOCK", "250ms"},
                      {"EXECUTOR_RECLAIM_ENABLED", "false"},
                      {"EXECUTOR_RECLAIM_MIN_IDLE", "PT2M"},
@@ -54,6 +56,8 @@ TEST(ServiceConfigTest, ReadsEverySetting) {
   EXPECT_EQ(config->executor.consumer_group, "workers");
   EXPECT_EQ(config->executor.consumer_name, "w-1");
   EXPECT_EQ(config->executor.fetch_batch, 32);
+  EXPECT_EQ(config->executor.max_in_flight, 500);
+  EXPECT_EQ(config->executor.workers, 8);
   EXPECT_EQ(config->executor.fetch_block, absl::Milliseconds(250));
   EXPECT_FALSE(config->executor.reclaim_enabled);
   EXPECT_EQ(config->executor.reclaim_min_idle, absl::Minutes(2));
@@ -81,6 +85,8 @@ TEST(ServiceConfigTest, BadValuesNameTheSettingAndTheValidValues) {
               HasSubstr("EXECUTOR_CONCURRENCY=\"zero\" is invalid: expected an integer from 1"));
   EXPECT_THAT(error({{"EXECUTOR_CONCURRENCY", "0"}}), HasSubstr("EXECUTOR_CONCURRENCY"));
   EXPECT_THAT(error({{"EXECUTOR_STREAM_BATCH", "100000"}}), HasSubstr("EXECUTOR_STREAM_BATCH"));
+  EXPECT_THAT(error({{"EXECUTOR_MAX_IN_FLIGHT", "0"}}), HasSubstr("EXECUTOR_MAX_IN_FLIGHT"));
+  EXPECT_THAT(error({{"EXECUTOR_WORKERS", "-1"}}), HasSubstr("EXECUTOR_WORKERS"));
   EXPECT_THAT(error({{"EXECUTOR_STREAM_BLOCK", "soon"}}),
               HasSubstr("EXECUTOR_STREAM_BLOCK=\"soon\" is invalid: expected a duration"));
   EXPECT_THAT(error({{"EXECUTOR_RECLAIM_ENABLED", "maybe"}}), HasSubstr("true or false"));

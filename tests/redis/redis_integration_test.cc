@@ -589,6 +589,57 @@ TEST(RedisIntegration, AStaleHandleCannotAckWhatAnotherConsumerReclaimed) {
   EXPECT_EQ(PendingCount(server->port(), "stale", "g"), 0);
 }
 
+// `calls` of one command from INFO commandstats ("cmdstat_xack:calls=3,usec=..."), 0 if absent.
+int64_t CommandCalls(int port, absl::string_view command) {
+  const std::string out = RedisCli(port, {"INFO", "commandstats"});
+  const std::string key = absl::StrCat("cmdstat_", command, ":calls=");
+  size_t at = out.find(key);
+  if (at == std::string::npos) return 0;
+  at += key.size();
+  int64_t calls = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(out.substr(at, out.find(',', at) - at), &calls)) << out;
+  return calls;
+}
+
+TEST(RedisIntegration, AsyncAcksAreBatchedIntoFewXackCallsWithoutScripts) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  auto sub = Join(*stream, "batched", "g", "c1");
+  ASSERT_NE(sub, nullptr);
+  constexpr int kEvents = 2000;
+  for (int i = 0; i < kEvents; ++i) {
+    ASSERT_TRUE(stream->Publish("batched", MakeEvent("t", "/s", absl::StrCat(i))).ok());
+  }
+  ASSERT_TRUE(stream->Flush(absl::Seconds(10)).ok());
+  auto got = FetchUntil(*sub, kEvents, absl::Seconds(10));
+  ASSERT_EQ(got.size(), static_cast<size_t>(kEvents));
+  const int64_t evals_before = CommandCalls(server->port(), "evalsha");
+  absl::Mutex mu;
+  int done = 0;
+  int failed = 0;
+  for (const Delivery& d : got) {
+    sub->AckAsync(d, [&](absl::Status s) {
+      absl::MutexLock lock(&mu);
+      ++done;
+      if (!s.ok()) ++failed;
+    });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all = [&] { return done == kEvents; };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(10)));
+    EXPECT_EQ(failed, 0);
+  }
+  EXPECT_EQ(PendingCount(server->port(), "batched", "g"), 0);
+  // One XACK carries many ids; no ownership script runs per ack.
+  const int64_t xacks = CommandCalls(server->port(), "xack");
+  EXPECT_GE(xacks, 1);
+  EXPECT_LE(xacks, kEvents / 10) << "acks were not batched";
+  EXPECT_EQ(CommandCalls(server->port(), "evalsha"), evals_before);
+}
+
 TEST(RedisIntegration, NackDelaysAreMeasuredOnTheInjectedClock) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -109,15 +111,20 @@ class RedisSubscription final : public Subscription {
         dead_letter_stream_(DeadLetterStreamName(sub_)),
         delayed_key_(absl::StrCat(sub_.stream, ":delayed:", sub_.group)),
         read_conn_(RedisConnection::Settings::From(options)),
-        cmd_conn_(RedisConnection::Settings::From(options)) {}
+        cmd_conn_(RedisConnection::Settings::From(options)),
+        settle_conn_(RedisConnection::Settings::From(options)) {}
 
   ~RedisSubscription() override { Close().IgnoreError(); }
 
   // Creates the group (and stream) once, so Subscribe reports an unreachable server.
   absl::Status Start() {
-    absl::MutexLock lock(&fetch_mu_);
-    EVENTBUS_RETURN_IF_ERROR(read_conn_.EnsureConnected());
-    return EnsureGroupLocked();
+    {
+      absl::MutexLock lock(&fetch_mu_);
+      EVENTBUS_RETURN_IF_ERROR(read_conn_.EnsureConnected());
+      EVENTBUS_RETURN_IF_ERROR(EnsureGroupLocked());
+    }
+    settler_ = std::thread([this] { SettleLoop(); });
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::vector<Delivery>> Fetch(int max_events, absl::Duration wait) override {
@@ -203,8 +210,41 @@ class RedisSubscription final : public Subscription {
     return status;
   }
 
+  void AckAsync(const Delivery& delivery, SettleCallback done) override {
+    PendingSettle op;
+    op.kind = PendingSettle::Kind::kAck;
+    op.id = delivery.id;
+    op.count = delivery.delivery_count;
+    Enqueue(delivery, std::move(op), std::move(done), "AckAsync");
+  }
+
+  void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) override {
+    PendingSettle op;
+    op.kind = PendingSettle::Kind::kNack;
+    op.id = delivery.id;
+    op.count = delivery.delivery_count;
+    op.due = clock_->Now() + std::max(delay, absl::ZeroDuration());
+    Enqueue(delivery, std::move(op), std::move(done), "NackAsync");
+  }
+
+  void DeadLetterAsync(const Delivery& delivery, absl::string_view reason,
+                       SettleCallback done) override {
+    PendingSettle op;
+    op.kind = PendingSettle::Kind::kDeadLetter;
+    op.id = delivery.id;
+    op.count = delivery.delivery_count;
+    op.dead_letter = MakeDeadLetter(delivery, sub_.group, reason);
+    Enqueue(delivery, std::move(op), std::move(done), "DeadLetterAsync");
+  }
+
   absl::Status Close() override {
     if (closed_.exchange(true)) return absl::OkStatus();
+    // Settles queued before Close still apply: the settler drains its queue, then stops.
+    {
+      absl::MutexLock lock(&settle_mu_);
+      settle_stopping_ = true;
+    }
+    if (settler_.joinable()) settler_.join();
     // Waits for a Fetch/Reclaim in progress (at most one fetch slice).
     absl::MutexLock fetch_lock(&fetch_mu_);
     absl::flat_hash_map<std::string, int> held;
@@ -230,6 +270,108 @@ class RedisSubscription final : public Subscription {
   }
 
  private:
+  // One queued asynchronous settle. Only what the server needs is kept (no copy of the event
+  // for an ack).
+  struct PendingSettle {
+    enum class Kind { kAck, kNack, kDeadLetter };
+    Kind kind = Kind::kAck;
+    std::string id;
+    int count = 0;
+    absl::Time due;     // kNack
+    Event dead_letter;  // kDeadLetter
+    SettleCallback done;
+  };
+
+  void Enqueue(const Delivery& delivery, PendingSettle op, SettleCallback done,
+               absl::string_view what) {
+    absl::Status refused = closed_.load() ? ClosedError(what) : CheckStream(delivery, what);
+    if (refused.ok()) {
+      op.done = std::move(done);
+      absl::MutexLock lock(&settle_mu_);
+      // Re-checked under the lock: Close() may have stopped the settler meanwhile.
+      if (!settle_stopping_) {
+        settle_queue_.push_back(std::move(op));
+        return;
+      }
+      done = std::move(op.done);
+      refused = ClosedError(what);
+    }
+    if (done) done(std::move(refused));
+  }
+
+  // The settler thread: takes everything queued at once and applies it with as few round trips
+  // as it can: every ack of the batch in one XACK, nacks and dead letters by their scripts.
+  void SettleLoop() {
+    constexpr size_t kMaxBatch = 4096;
+    while (true) {
+      std::vector<PendingSettle> batch;
+      {
+        absl::MutexLock lock(&settle_mu_);
+        auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(settle_mu_) {
+          return settle_stopping_ || !settle_queue_.empty();
+        };
+        settle_mu_.Await(absl::Condition(&ready));
+        if (settle_queue_.empty()) return;  // stopping and drained
+        const size_t n = std::min(settle_queue_.size(), kMaxBatch);
+        batch.reserve(n);
+        for (size_t i = 0; i < n; ++i) {
+          batch.push_back(std::move(settle_queue_.front()));
+          settle_queue_.pop_front();
+        }
+      }
+      ApplySettles(batch);
+    }
+  }
+
+  void ApplySettles(std::vector<PendingSettle>& batch) {
+    std::vector<std::string> xack = {"XACK", sub_.stream, sub_.group};
+    for (const PendingSettle& op : batch) {
+      if (op.kind == PendingSettle::Kind::kAck) xack.push_back(op.id);
+    }
+    if (xack.size() > 3) {
+      // XACK is idempotent, so a batch whose reply was lost is simply sent again.
+      absl::Status status = WithRetries([&] { return settle_conn_.Command(xack).status(); });
+      for (PendingSettle& op : batch) {
+        if (op.kind != PendingSettle::Kind::kAck) continue;
+        if (status.ok() || !absl::IsUnavailable(status)) Forget(op.id);
+        if (op.done) op.done(status);
+      }
+    }
+    for (PendingSettle& op : batch) {
+      if (op.kind == PendingSettle::Kind::kAck) continue;
+      Delivery held;
+      held.stream = sub_.stream;
+      held.id = op.id;
+      held.delivery_count = op.count;
+      absl::Status status;
+      if (op.kind == PendingSettle::Kind::kNack) {
+        std::vector<std::string> args = HeldArgs(held);
+        args.insert(args.end(), {Millis(op.due), std::string(scripts::kParkingConsumer)});
+        absl::StatusOr<ReplyPtr> reply =
+            settle_conn_.Eval(scripts::kNack, {sub_.stream, delayed_key_}, args);
+        status = reply.ok() ? HeldCheckToStatus(reply->get(), "NackAsync", held) : reply.status();
+      } else {
+        status = DeadLetterWith(settle_conn_, held, op.dead_letter);
+      }
+      if (!absl::IsUnavailable(status)) Forget(op.id);
+      if (op.done) op.done(std::move(status));
+    }
+  }
+
+  // Runs `attempt` until it succeeds, fails for good, or publish_retry_timeout has passed
+  // while the server is unreachable (the connection backs off between attempts).
+  template <typename Attempt>
+  absl::Status WithRetries(Attempt attempt) {
+    const absl::Time give_up = absl::Now() + options_.publish_retry_timeout;
+    while (true) {
+      absl::Status status = attempt();
+      if (!absl::IsUnavailable(status) || absl::Now() >= give_up) return status;
+      const absl::Time retry_at =
+          std::min(give_up, std::max(settle_conn_.next_attempt(), absl::Now() + absl::Milliseconds(20)));
+      absl::SleepFor(retry_at - absl::Now());
+    }
+  }
+
   absl::Status ClosedError(absl::string_view op) const {
     return absl::FailedPreconditionError(absl::StrCat(op, ": subscription of consumer ", sub_.consumer,
                                                       " to ", sub_.stream, " is closed"));
@@ -483,6 +625,13 @@ class RedisSubscription final : public Subscription {
   // Ack, Nack, Extend, DeadLetter: any thread.
   absl::Mutex cmd_mu_ ABSL_ACQUIRED_AFTER(fetch_mu_);
   RedisConnection cmd_conn_ ABSL_GUARDED_BY(cmd_mu_);
+
+  // The asynchronous settles (settler thread only uses settle_conn_).
+  RedisConnection settle_conn_;
+  absl::Mutex settle_mu_ ABSL_ACQUIRED_BEFORE(held_mu_);
+  std::deque<PendingSettle> settle_queue_ ABSL_GUARDED_BY(settle_mu_);
+  bool settle_stopping_ ABSL_GUARDED_BY(settle_mu_) = false;
+  std::thread settler_;
 
   // Entry id -> delivery count of what Fetch/Reclaim handed out and nobody settled yet.
   absl::Mutex held_mu_ ABSL_ACQUIRED_AFTER(cmd_mu_);

@@ -80,9 +80,14 @@ struct SubscribeOptions {
   absl::Duration ack_wait = absl::ZeroDuration();
 };
 
+// Receives the outcome of an asynchronous settle (AckAsync, NackAsync, DeadLetterAsync).
+// Called exactly once, on a backend thread or inline; it must not block, and must not call
+// the synchronous methods of the same subscription (hop to a thread of your own for that).
+using SettleCallback = std::function<void(absl::Status)>;
+
 // A consumer's membership in a group. Destroying it closes it.
-// Thread-safety: Fetch and Reclaim from one thread at a time; Ack, Nack, DeadLetter and Extend
-// from any thread, concurrently with Fetch.
+// Thread-safety: Fetch and Reclaim from one thread at a time; Ack, Nack, DeadLetter, Extend and
+// the *Async methods from any thread, concurrently with Fetch.
 class Subscription {
  public:
   virtual ~Subscription() = default;
@@ -114,6 +119,23 @@ class Subscription {
   // Moves the delivery to the dead-letter stream (the original event plus kDlq* headers) and
   // acknowledges the original, atomically where Capabilities::atomic_dead_letter.
   virtual absl::Status DeadLetter(const Delivery& delivery, absl::string_view reason) = 0;
+
+  // Asynchronous settling, for consumers that must not wait for one round trip per event:
+  // each call queues the operation and returns at once; the backend batches what is queued
+  // (Redis: one XACK for many entries; Kafka: offsets stored in memory, committed
+  // periodically and on revoke) and calls `done` once with the outcome. Operations on one
+  // delivery take effect in call order. After Close, `done` gets FailedPrecondition.
+  //
+  // AckAsync may acknowledge a copy of the event that another consumer took over since this
+  // delivery (a batched ack does not check ownership per entry): the work is done, and the
+  // other consumer's duplicate is saved. `done` gets OK also when the entry was already
+  // acknowledged.
+  //
+  // The defaults run the synchronous method inline; backends override them to batch.
+  virtual void AckAsync(const Delivery& delivery, SettleCallback done);
+  virtual void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done);
+  virtual void DeadLetterAsync(const Delivery& delivery, absl::string_view reason,
+                               SettleCallback done);
 
   // Leaves the group. Deliveries still held stay with the group: they are redelivered to
   // another consumer (at once, or by Reclaim / ack_wait, depending on the backend) and never

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <memory>
 #include <map>
 #include <set>
 #include <string>
@@ -511,6 +513,150 @@ TEST_P(EventStreamConformance, DeadLetterHoldsTheOriginalReasonOriginAndCount) {
   auto reclaimed = sub->Reclaim(absl::ZeroDuration(), 10);
   ASSERT_TRUE(reclaimed.ok()) << reclaimed.status();
   EXPECT_TRUE(reclaimed->empty()) << "dead-lettered event is still pending";
+}
+
+// Collects the outcomes of asynchronous settles and waits until all of them arrived.
+class SettleOutcomes {
+ public:
+  SettleCallback Callback() {
+    {
+      std::lock_guard lock(mu_);
+      ++expected_;
+    }
+    auto called = std::make_shared<std::atomic<int>>(0);
+    return [this, called](absl::Status status) {
+      std::lock_guard lock(mu_);
+      if (called->fetch_add(1) > 0) ++called_twice_;
+      statuses_.push_back(std::move(status));
+      done_.notify_all();
+    };
+  }
+  // True when every callback handed out was called within `timeout`.
+  bool WaitAll(absl::Duration timeout) {
+    std::unique_lock lock(mu_);
+    return done_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                          [this] { return statuses_.size() >= expected_; });
+  }
+  std::vector<absl::Status> statuses() {
+    std::lock_guard lock(mu_);
+    return statuses_;
+  }
+  int called_twice() {
+    std::lock_guard lock(mu_);
+    return called_twice_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable done_;
+  size_t expected_ = 0;
+  int called_twice_ = 0;
+  std::vector<absl::Status> statuses_;
+};
+
+TEST_P(EventStreamConformance, AckAsyncAcknowledgesEveryDeliveryAndCallsBackOnce) {
+  Fixture f(GetParam());
+  const std::string stream = UniqueName("ackasync");
+  constexpr int kEvents = 300;
+  f.PublishNumbered(stream, kEvents);
+  auto sub = f.Subscribe(stream, "g", "c1");
+  ASSERT_NE(sub, nullptr);
+  auto got = f.Collect(*sub, kEvents);
+  ASSERT_EQ(got.size(), static_cast<size_t>(kEvents));
+  SettleOutcomes outcomes;
+  for (const Delivery& d : got) sub->AckAsync(d, outcomes.Callback());
+  ASSERT_TRUE(outcomes.WaitAll(f.patience())) << "not every AckAsync called back";
+  for (const absl::Status& s : outcomes.statuses()) EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(outcomes.statuses().size(), static_cast<size_t>(kEvents));
+  EXPECT_EQ(outcomes.called_twice(), 0);
+  ASSERT_TRUE(sub->Close().ok());
+  auto again = f.Subscribe(stream, "g", "c2");
+  ASSERT_NE(again, nullptr);
+  f.LetTimePass(f.backend().reclaim_idle);
+  auto reclaimed = again->Reclaim(absl::ZeroDuration(), kEvents);
+  ASSERT_TRUE(reclaimed.ok()) << reclaimed.status();
+  EXPECT_TRUE(reclaimed->empty()) << reclaimed->size() << " async-acked events are reclaimable";
+  f.ExpectNothing(*again, "async-acked events were delivered again");
+}
+
+TEST_P(EventStreamConformance, AsyncSettlesQueuedBeforeCloseStillApply) {
+  Fixture f(GetParam());
+  const std::string stream = UniqueName("asyncclose");
+  f.PublishNumbered(stream, 20);
+  auto sub = f.Subscribe(stream, "g", "c1");
+  ASSERT_NE(sub, nullptr);
+  auto got = f.Collect(*sub, 20);
+  ASSERT_EQ(got.size(), 20u);
+  SettleOutcomes outcomes;
+  for (const Delivery& d : got) sub->AckAsync(d, outcomes.Callback());
+  ASSERT_TRUE(sub->Close().ok());
+  ASSERT_TRUE(outcomes.WaitAll(f.patience()));
+  for (const absl::Status& s : outcomes.statuses()) EXPECT_TRUE(s.ok()) << s;
+  // After Close: refused, and still called back exactly once.
+  SettleOutcomes late;
+  sub->AckAsync(got[0], late.Callback());
+  sub->NackAsync(got[0], absl::ZeroDuration(), late.Callback());
+  sub->DeadLetterAsync(got[0], "late", late.Callback());
+  ASSERT_TRUE(late.WaitAll(f.patience()));
+  for (const absl::Status& s : late.statuses()) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  }
+  auto again = f.Subscribe(stream, "g", "c2");
+  ASSERT_NE(again, nullptr);
+  f.ExpectNothing(*again, "events acked before Close were delivered again");
+}
+
+TEST_P(EventStreamConformance, NackAsyncRedeliversAfterTheDelayWithCountIncreased) {
+  Fixture f(GetParam());
+  const std::string stream = UniqueName("nackasync");
+  const absl::Duration delay = f.backend().nack_delay;
+  auto sent = f.PublishNumbered(stream, 2);
+  auto sub = f.Subscribe(stream, "g", "c1");
+  ASSERT_NE(sub, nullptr);
+  auto first = f.Collect(*sub, 2);
+  ASSERT_EQ(first.size(), 2u);
+  SettleOutcomes outcomes;
+  sub->NackAsync(first[0], absl::ZeroDuration(), outcomes.Callback());
+  sub->NackAsync(first[1], delay, outcomes.Callback());
+  ASSERT_TRUE(outcomes.WaitAll(f.patience()));
+  for (const absl::Status& s : outcomes.statuses()) EXPECT_TRUE(s.ok()) << s;
+  auto at_once = f.Collect(*sub, 1);
+  ASSERT_EQ(at_once.size(), 1u);
+  EXPECT_EQ(at_once[0].id, first[0].id);
+  EXPECT_EQ(at_once[0].delivery_count, 2);
+  f.ExpectNothing(*sub, "redelivered before the delay",
+                  std::min(f.backend().quiet_wait, delay / 4));
+  f.LetTimePass(delay);
+  auto later = f.Collect(*sub, 1);
+  ASSERT_EQ(later.size(), 1u) << "not redelivered after the delay";
+  EXPECT_EQ(later[0].id, first[1].id);
+  EXPECT_EQ(later[0].delivery_count, 2);
+  f.AckAll(*sub, at_once);
+  f.AckAll(*sub, later);
+}
+
+TEST_P(EventStreamConformance, DeadLetterAsyncMovesTheEventWithItsReason) {
+  Fixture f(GetParam());
+  const std::string stream = UniqueName("dlqasync");
+  auto sent = f.PublishNumbered(stream, 1);
+  auto sub = f.Subscribe(stream, "workers", "c1");
+  ASSERT_NE(sub, nullptr);
+  auto got = f.Collect(*sub, 1);
+  ASSERT_EQ(got.size(), 1u);
+  SettleOutcomes outcomes;
+  sub->DeadLetterAsync(got[0], "async reason", outcomes.Callback());
+  ASSERT_TRUE(outcomes.WaitAll(f.patience()));
+  ASSERT_TRUE(outcomes.statuses()[0].ok()) << outcomes.statuses()[0];
+  SubscribeOptions options;
+  options.stream = stream;
+  auto dlq = f.Subscribe(DeadLetterStreamName(options), "dlq-readers", "r1");
+  ASSERT_NE(dlq, nullptr);
+  auto dead = f.Collect(*dlq, 1);
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].event.id(), sent[0].id());
+  EXPECT_EQ(dead[0].event.headers().at(std::string(kDlqReasonHeader)), "async reason");
+  EXPECT_EQ(dead[0].event.headers().at(std::string(kDlqOriginIdHeader)), got[0].id);
+  f.ExpectNothing(*sub, "dead-lettered event was redelivered");
 }
 
 TEST_P(EventStreamConformance, ManyConcurrentPublishersAndConsumersLoseNothing) {

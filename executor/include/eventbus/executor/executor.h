@@ -28,10 +28,19 @@ struct ExecutorOptions {
   std::string consumer_group = "eventbus-executor";
   // Unique within the group; empty = "<hostname>-<pid>-<random>".
   std::string consumer_name;
-  // Handlers running at once (EXECUTOR_CONCURRENCY); also the most deliveries held at once.
+  // Handlers running at once (EXECUTOR_CONCURRENCY), synchronous and asynchronous ones
+  // together.
   int concurrency = 4;
+  // Deliveries held at once (EXECUTOR_MAX_IN_FLIGHT): waiting to run, running, or settling
+  // (result being published, ack on its way). The fetcher refills up to this many, so the
+  // broker round trips of settling tasks overlap with running the next ones.
+  // 0 = 2 x concurrency, and at least concurrency + fetch_batch.
+  int max_in_flight = 0;
+  // Threads that run synchronous handlers (EXECUTOR_WORKERS). Asynchronous handlers (call)
+  // hold none while they wait. 0 = concurrency, at most 64.
+  int workers = 0;
   // At most this many events per fetch, and never more than free slots (EXECUTOR_STREAM_BATCH).
-  int fetch_batch = 10;
+  int fetch_batch = 64;
   // How long one fetch may block waiting for events (EXECUTOR_STREAM_BLOCK).
   absl::Duration fetch_block = absl::Seconds(1);
   // Take over deliveries other (dead) consumers of the group left unsettled
@@ -44,7 +53,7 @@ struct ExecutorOptions {
   absl::Duration heartbeat_interval = absl::Seconds(30);
   // Graceful shutdown waits this long for running handlers before giving them back.
   absl::Duration shutdown_deadline = absl::Seconds(30);
-  // How long publishing one result may take before the delivery is retried instead.
+  // How long publishing one result may take before the delivery is given back (retried).
   absl::Duration publish_timeout = absl::Seconds(10);
   // After a failed fetch, wait this long before the next one.
   absl::Duration fetch_error_backoff = absl::Seconds(1);
@@ -62,6 +71,10 @@ struct ExecutorOptions {
 
 // InvalidArgument naming the option.
 absl::Status ValidateExecutorOptions(const ExecutorOptions& options);
+
+// The effective values of the options whose 0 means "derive it".
+int EffectiveMaxInFlight(const ExecutorOptions& options);
+int EffectiveWorkers(const ExecutorOptions& options);
 
 // One structured log line about a task (the service renders it as JSON).
 struct TaskLogRecord {
@@ -107,10 +120,14 @@ class Executor {
   // thread, so a handler that ignores TaskContext::cancelled() delays it. Idempotent.
   void Shutdown();
 
-  // Deliveries held right now (queued or running).
+  // Deliveries held right now (queued, running or settling).
   int in_flight() const;
   // Handlers running right now.
   int running() const;
+  // Synchronous handlers the executor gave up on (timeout, shutdown) that still hold their
+  // worker thread. When they hold every worker, no synchronous task can run: the service
+  // reports itself not ready.
+  int stuck_workers() const;
   const ExecutorOptions& options() const;
 
  private:
