@@ -103,7 +103,11 @@ int EffectiveMaxInFlight(const ExecutorOptions& options) {
 
 int EffectiveWorkers(const ExecutorOptions& options) {
   if (options.workers > 0) return options.workers;
-  return std::min(options.concurrency, 64);
+  // More threads than cores only add contention for CPU-bound handlers (measured on Redis: 32
+  // workers 7,300 tasks/s, 2 workers 31,000/s on two cores); handlers that block on I/O
+  // either run asynchronously or ask for more workers.
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::min(options.concurrency, std::max(2, cores));
 }
 
 // The pipeline, in the order a task goes through it (one section each below):

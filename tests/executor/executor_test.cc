@@ -382,6 +382,7 @@ TEST_F(ExecutorTest, WaitIsMeasuredFromTheRequestTimeNotTheDelivery) {
 
 TEST_F(ExecutorTest, ConcurrencyIsNeverExceeded) {
   options_.concurrency = 3;
+  options_.workers = 3;  // the handlers block: one thread each
   options_.max_in_flight = 3;
   options_.fetch_batch = 10;
   ScriptedHandler* blocking = AddHandler("block", [this](TaskContext& context, int) {

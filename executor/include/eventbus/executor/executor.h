@@ -37,7 +37,8 @@ struct ExecutorOptions {
   // 0 = 2 x concurrency, and at least concurrency + fetch_batch.
   int max_in_flight = 0;
   // Threads that run synchronous handlers (EXECUTOR_WORKERS). Asynchronous handlers (call)
-  // hold none while they wait. 0 = concurrency, at most 64.
+  // hold none while they wait. 0 = the number of cores (at least 2), at most concurrency:
+  // raise it for synchronous handlers that block on I/O.
   int workers = 0;
   // At most this many events per fetch, and never more than free slots (EXECUTOR_STREAM_BATCH).
   int fetch_batch = 64;
