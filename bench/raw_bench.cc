@@ -417,15 +417,15 @@ void BM_KafkaEndToEnd(benchmark::State& state, int64_t size, int consumers) {
   if (!producer || !CreateTopic(producer.get(), topic, &error)) return state.SkipWithError(error.c_str());
   const std::string payload = Payload(size);
   LatencyRecorder latency(static_cast<size_t>(n));
-  // Warm-up: one message, consumed by the group before the timed run.
-  if (!ProduceAll(producer.get(), topic, "warm-up", 1, counts, &error)) return state.SkipWithError(error.c_str());
   std::atomic<int64_t> consumed{0};
+  std::atomic<int> active{0};  // consumers that have been handed a message
   std::atomic<bool> stop{false};
   std::mutex error_mu;
   std::string consumer_error;
   std::vector<std::thread> threads;
   for (int i = 0; i < consumers; ++i) {
     threads.emplace_back([&] {
+      bool got_one = false;
       std::string err;
       KafkaPtr c = NewKafka(RD_KAFKA_CONSUMER,
                             {{"group.id", "bench"}, {"enable.auto.offset.store", "false"},
@@ -455,6 +455,10 @@ void BM_KafkaEndToEnd(benchmark::State& state, int64_t size, int consumers) {
           }
           rd_kafka_offset_store(m->rkt, m->partition, m->offset);
           ++consumed;
+          if (!got_one) {
+            got_one = true;
+            ++active;
+          }
         } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
           err = rd_kafka_message_errstr(m);
         }
@@ -472,11 +476,25 @@ void BM_KafkaEndToEnd(benchmark::State& state, int64_t size, int consumers) {
     stop = true;
     for (auto& t : threads) t.join();
   };
+  // Warm-up, as in broker_bench: keyed messages trickle in until every consumer that can get a
+  // partition (3 of them) has one, so no rebalance falls into the timed run.
   const absl::Time warm_deadline = absl::Now() + absl::Seconds(60);
-  while (consumed.load() < 1 && !stop && absl::Now() < warm_deadline) absl::SleepFor(absl::Milliseconds(5));
-  if (consumed.load() < 1) {
+  int64_t warmups = 0;
+  while (active.load() < std::min(consumers, 3) && !stop && absl::Now() < warm_deadline) {
+    const std::string key = absl::StrCat("w", warmups++);
+    rd_kafka_producev(producer.get(), RD_KAFKA_V_TOPIC(topic.c_str()),
+                      RD_KAFKA_V_KEY(const_cast<char*>(key.data()), key.size()),
+                      RD_KAFKA_V_VALUE(const_cast<char*>("w"), 1),
+                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    rd_kafka_flush(producer.get(), 1000);
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  while (consumed.load() < warmups && !stop && absl::Now() < warm_deadline + absl::Seconds(30)) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  if (consumed.load() < warmups) {
     stop_all();
-    return state.SkipWithError(absl::StrCat("warm-up message never consumed ", consumer_error).c_str());
+    return state.SkipWithError(absl::StrCat("warm-up messages never consumed ", consumer_error).c_str());
   }
   for (auto _ : state) {
     CpuMeter cpu;
@@ -484,10 +502,10 @@ void BM_KafkaEndToEnd(benchmark::State& state, int64_t size, int consumers) {
     const absl::Time start = absl::Now();
     const bool produced = ProduceAll(producer.get(), topic, payload, n, counts, &error);
     const absl::Time deadline = absl::Now() + absl::Seconds(120);
-    while (consumed.load() < n + 1 && !stop && absl::Now() < deadline) absl::SleepFor(absl::Microseconds(200));
+    while (consumed.load() < n + warmups && !stop && absl::Now() < deadline) absl::SleepFor(absl::Microseconds(200));
     const absl::Duration wall = absl::Now() - start;
     cpu.Stop();
-    const int64_t got = consumed.load() - 1;
+    const int64_t got = consumed.load() - warmups;
     stop_all();
     if (!produced) return state.SkipWithError(error.c_str());
     if (!consumer_error.empty()) return state.SkipWithError(consumer_error.c_str());

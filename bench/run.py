@@ -248,7 +248,7 @@ class Peers:
 
     def bullmq(self, redis, count, size=64):
         if not self.ensure_bullmq():
-            return None, self.unavailable.get("bullmq", "not selected")
+            return None, self.unavailable.get("bullmq", "not selected (--peers)")
         cmd = ["node", os.path.join(PEERS, "bullmq", "bench.js"), "--port", str(redis.port),
                "--count", str(count), "--size", str(size), "--concurrency", "32",
                "--redis-pid", str(redis.pid)]
@@ -256,7 +256,7 @@ class Peers:
 
     def watermill(self, backend, address, count, size=64):
         if not self.ensure_watermill():
-            return None, self.unavailable.get("watermill", "not selected")
+            return None, self.unavailable.get("watermill", "not selected (--peers)")
         cmd = [self.watermill_binary, "-backend", backend, "-address", address,
                "-count", str(count), "-size", str(size)]
         return self._json(cmd, "watermill")
@@ -513,7 +513,7 @@ class Matrix:
             noop = rows.get(("executor_noop", 64))
             if noop is not None:
                 redis.flush()
-                data, error = self.peers.bullmq(redis, self.counts(20_000, 5_000, 300))
+                data, error = self.peers.bullmq(redis, self.counts(20_000, 3_000, 300))
                 self.attach_peer(noop, "BullMQ", data, error, "jobs_per_s")
                 if data:
                     extra[id(noop)] = {"peer_cpu_total": data["cpu_s_per_1000"] +
