@@ -198,8 +198,9 @@ def split_name(name):
 class Peers:
     """Installs and runs BullMQ and Watermill; remembers why one is unavailable."""
 
-    def __init__(self, build_dir, wanted, setup):
+    def __init__(self, build_dir, wanted, setup, install=True):
         self.build_dir = build_dir
+        self.install = install  # False: use only what an earlier run installed
         self.wanted = wanted
         self.setup = setup  # install timings, reported in the JSON
         self.unavailable = {}
@@ -214,6 +215,9 @@ class Peers:
             self.unavailable["bullmq"] = "node/npm not installed"
             return False
         if not os.path.isdir(os.path.join(folder, "node_modules", "bullmq")):
+            if not self.install:
+                self.unavailable["bullmq"] = "not installed (--no-peer-install; run bench/run.py once without it)"
+                return False
             log("installing BullMQ (npm install, first use)")
             start = time.time()
             proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"],
@@ -234,6 +238,13 @@ class Peers:
         out_dir = os.path.join(self.build_dir, "bench", "peers")
         os.makedirs(out_dir, exist_ok=True)
         binary = os.path.join(out_dir, "watermill-peer")
+        if not self.install:
+            sources = [os.path.join(PEERS, "watermill", f) for f in ("main.go", "go.mod", "go.sum")]
+            if os.path.exists(binary) and all(os.path.getmtime(binary) >= os.path.getmtime(f) for f in sources):
+                self.watermill_binary = binary
+                return True
+            self.unavailable["watermill"] = "not built (--no-peer-install; run bench/run.py once without it)"
+            return False
         log("building the Watermill peer (go build; modules are fetched on first use)")
         start = time.time()
         # go build downloads what go.sum names into the module cache (GOPATH) the first time.
@@ -373,7 +384,7 @@ class Matrix:
                     for name in ("broker_bench", "raw_bench", "memory_bench")}
         self.rows = []
         self.setup = {}
-        self.peers = Peers(self.build_dir, args.peers, self.setup)
+        self.peers = Peers(self.build_dir, args.peers, self.setup, install=not args.no_peer_install)
         self.timeout = 90 if args.smoke else 300
         self.flags = []
         if args.quick or args.smoke:
@@ -651,6 +662,8 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny counts (ctest)")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--peers", default="bullmq,watermill", help="comma list or 'none'")
+    parser.add_argument("--no-peer-install", action="store_true",
+                        help="run only peers an earlier run installed (no npm install / go build)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a row failed")
     args = parser.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
