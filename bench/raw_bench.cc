@@ -12,6 +12,7 @@
 #include <hiredis/hiredis.h>
 #include <librdkafka/rdkafka.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -33,6 +34,9 @@ namespace {
 
 constexpr int64_t kMiB = int64_t{1} << 20;
 constexpr int kPipeline = 256;
+
+// The same payload budget per run as broker_bench, so both sides move the same events.
+int64_t ByteBudget() { return Flags().quick ? 32 * kMiB : 128 * kMiB; }
 
 std::string UniqueName(absl::string_view scenario) {
   return absl::StrCat("raw.", scenario, ".", NowNanos());
@@ -106,7 +110,7 @@ bool PipelinedXadd(redisContext* c, const std::string& stream, const std::string
 }
 
 void BM_RedisPublish(benchmark::State& state, int64_t size) {
-  const int64_t n = CountForSize(Count(200'000, 20'000), size, Flags().quick ? 48 * kMiB : 256 * kMiB);
+  const int64_t n = CountForSize(Count(200'000, 20'000), size, ByteBudget());
   std::string error;
   RedisPtr c = RedisConnect(&error);
   if (!c) return state.SkipWithError(error.c_str());
@@ -181,7 +185,7 @@ bool CreateGroup(redisContext* c, const std::string& stream, std::string* error)
 }
 
 void BM_RedisEndToEnd(benchmark::State& state, int64_t size, int consumers) {
-  const int64_t n = CountForSize(Count(100'000, 10'000), size, Flags().quick ? 32 * kMiB : 256 * kMiB);
+  const int64_t n = CountForSize(Count(100'000, 10'000), size, ByteBudget());
   std::string error;
   RedisPtr pub = RedisConnect(&error);
   if (!pub) return state.SkipWithError(error.c_str());
@@ -388,7 +392,7 @@ bool ProduceAll(rd_kafka_t* rk, const std::string& topic, const std::string& pay
 }
 
 void BM_KafkaPublish(benchmark::State& state, int64_t size) {
-  const int64_t n = CountForSize(Count(200'000, 20'000), size, Flags().quick ? 48 * kMiB : 256 * kMiB);
+  const int64_t n = CountForSize(Count(200'000, 20'000), size, ByteBudget());
   std::string error;
   DeliveryCounts counts;
   KafkaPtr producer = NewKafka(RD_KAFKA_PRODUCER, {}, &counts, &error);
@@ -409,7 +413,7 @@ void BM_KafkaPublish(benchmark::State& state, int64_t size) {
 }
 
 void BM_KafkaEndToEnd(benchmark::State& state, int64_t size, int consumers) {
-  const int64_t n = CountForSize(Count(100'000, 10'000), size, Flags().quick ? 32 * kMiB : 256 * kMiB);
+  const int64_t n = CountForSize(Count(100'000, 10'000), size, ByteBudget());
   std::string error;
   DeliveryCounts counts;
   KafkaPtr producer = NewKafka(RD_KAFKA_PRODUCER, {}, &counts, &error);
