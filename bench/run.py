@@ -60,8 +60,16 @@ def proc_cpu_seconds(pid):
 # ------------------------------------------------------------------------------------ servers
 
 class RedisServer:
-    def __init__(self):
+    def __init__(self, attempts=3):
         self.dir = tempfile.mkdtemp(prefix="eventbus-bench-redis.")
+        for _ in range(attempts):
+            if self._start():
+                return
+        self.stop()
+        raise RuntimeError(f"redis-server did not start (log: {self.dir}/log)")
+
+    def _start(self):
+        """False when the server exited (another process took the free port first)."""
         self.port = free_port()
         # No persistence: the raw clients, the peers and ours all write to the same server, and
         # fsync timing would only add noise on a shared machine.
@@ -70,13 +78,15 @@ class RedisServer:
              "--appendonly", "no", "--dir", self.dir, "--logfile", os.path.join(self.dir, "log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 20
-        while time.time() < deadline:
+        while time.time() < deadline and self.proc.poll() is None:
             try:
                 if self.command("PING") == b"+PONG\r\n":
-                    return
+                    return True
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        self.proc.kill()
+        self.proc.wait()
+        return False
 
     @property
     def pid(self):
@@ -100,24 +110,33 @@ class RedisServer:
         self.command("FLUSHALL")
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class KafkaBroker:
     SCRIPT = os.path.join(ROOT, "scripts", "kafka-broker.sh")
 
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="eventbus-bench-kafka.")
+    def __init__(self, attempts=3):
         start = time.time()
-        out = subprocess.run([self.SCRIPT, "start", self.dir], capture_output=True, text=True,
-                             timeout=300)
-        if out.returncode != 0:
-            raise RuntimeError(f"kafka-broker.sh start failed: {out.stderr.strip()[-800:]}")
+        for attempt in range(attempts):
+            self.dir = tempfile.mkdtemp(prefix="eventbus-bench-kafka.")
+            out = subprocess.run([self.SCRIPT, "start", self.dir], capture_output=True, text=True,
+                                 timeout=300)
+            if out.returncode == 0:
+                break
+            # Free ports are picked, then bound by the JVM seconds later: on a shared machine
+            # another process may take one in between. A fresh dir gets fresh ports.
+            self.stop()
+            if attempt == attempts - 1:
+                raise RuntimeError(f"kafka-broker.sh start failed {attempts} times, last: "
+                                   f"{out.stderr.strip()[-800:]}")
+            log(f"Kafka broker did not start (attempt {attempt + 1}), trying again")
         self.bootstrap = out.stdout.strip().splitlines()[-1]
         self.start_seconds = time.time() - start
         with open(os.path.join(self.dir, "broker.pid")) as f:
@@ -634,7 +653,7 @@ def markdown(result):
             r.get("raw_name") or "-", fmt(r["peer"]), r.get("peer_name") or "-",
             fmt(r["ratio_raw"], 2), fmt(r["ratio_peer"], 2), fmt(r["p50_ms"], 2),
             fmt(r["p99_ms"], 2), cpu, fmt(r["rss_mb"], 1), r["target"] or "-", status,
-            "; ".join(r["notes"]).replace("|", "/")]) + " |")
+            r["notes"].replace("|", "/")]) + " |")
     if result["peers_unavailable"]:
         lines += ["", "Peers not run: " + "; ".join(f"{k}: {v}" for k, v in result["peers_unavailable"].items())]
     lines += ["", "Setup: " + ", ".join(f"{k} {v}" for k, v in result["setup"].items())]
@@ -677,6 +696,8 @@ def main():
     matrix = Matrix(args)
     matrix.run()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    for row in matrix.rows:
+        row["notes"] = "; ".join(row["notes"])
     result = {
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
@@ -714,7 +735,7 @@ def main():
                 return 1
         if failed:
             for r in failed:
-                print(f"check: FAILED {r['backend']}/{r['scenario']}/{r['size']}: {'; '.join(r['notes'])}")
+                print(f"check: FAILED {r['backend']}/{r['scenario']}/{r['size']}: {r['notes']}")
             return 1
         print(f"check: {len(matrix.rows)} rows, none failed")
     return 0
