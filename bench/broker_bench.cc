@@ -439,7 +439,7 @@ void RunExecutor(benchmark::State& state, int64_t n, const std::string& type,
 }
 
 void BM_ExecutorNoop(benchmark::State& state) {
-  const int64_t n = Count(100'000, 10'000);
+  const int64_t n = Count(100'000, 5'000);
   nlohmann::json input = {{"data", {{"payload", Payload(64)}}}};
   RunExecutor(state, n, "inject", input, Flags().executor_concurrency, false);
 }

@@ -243,7 +243,7 @@ void BM_RedisEndToEnd(benchmark::State& state, int64_t size, int consumers) {
 // The executor's work without the executor: read a batch of requests, pipeline one result
 // XADD per request and one XACK for the batch, in one round trip.
 void BM_RedisExecutorLoop(benchmark::State& state) {
-  const int64_t n = Count(100'000, 10'000);
+  const int64_t n = Count(100'000, 5'000);
   std::string error;
   RedisPtr c = RedisConnect(&error);
   if (!c) return state.SkipWithError(error.c_str());

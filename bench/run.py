@@ -431,7 +431,10 @@ class Matrix:
             scenario, size = split_name(name)
             row = new_row(backend, scenario, size)
             log(f"{backend}: {name}")
+            began = time.time()
             run, error = run_gbench(binary, args, name, self.timeout)
+            # The whole process (connect, warm-up, pre-load, run): what the row costs the runner.
+            row["run_s"] = round(time.time() - began, 1)
             if error:
                 row["status"] = "failed"
                 row["notes"].append(f"ours failed: {error}")
