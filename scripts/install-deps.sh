@@ -19,6 +19,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # servers and foreign clients the tests use
   redis-server redis-tools kcat openjdk-17-jre-headless maven python3 curl
+  # bench/run.py's chart (bench/plot.py)
+  python3-matplotlib
 )
 
 missing=()
@@ -32,6 +34,10 @@ if [[ " ${missing[*]} " == *" openjdk-17-jre-headless "* ]] && command -v java >
 fi
 if [[ " ${missing[*]} " == *" maven "* ]] && command -v mvn >/dev/null; then
   missing=("${missing[@]/maven}")
+fi
+# The BullMQ benchmark peer runs on Node.js; a node from elsewhere (NodeSource) serves as well.
+if ! command -v node >/dev/null; then
+  missing+=(nodejs npm)
 fi
 read -r -a missing <<< "${missing[*]}"
 if ((${#missing[@]} == 0)); then
