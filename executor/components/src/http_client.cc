@@ -374,6 +374,11 @@ class CurlLoop {
     curl_multi_setopt(multi_.get(), CURLMOPT_SOCKETDATA, this);
     curl_multi_setopt(multi_.get(), CURLMOPT_TIMERFUNCTION, &CurlLoop::OnTimer);
     curl_multi_setopt(multi_.get(), CURLMOPT_TIMERDATA, this);
+    // curl's default cache shrinks with the transfers in flight: a burst's connections would be
+    // closed as it drains and the next burst would connect again.
+    curl_multi_setopt(multi_.get(), CURLMOPT_MAXCONNECTS,
+                      static_cast<long>(std::min<size_t>(options_.max_idle_connections,
+                                                         std::numeric_limits<long>::max())));
     thread_ = std::thread([this] { io_.run(); });
     return absl::OkStatus();
   }

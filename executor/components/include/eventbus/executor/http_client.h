@@ -132,6 +132,9 @@ struct HttpClientOptions {
   // Idle curl easy handles kept for reuse. Connections live in the loop's shared connection
   // cache and are reused across calls to the same scheme://host:port (keep-alive).
   size_t max_idle_handles = 64;
+  // Idle connections kept open for reuse (CURLMOPT_MAXCONNECTS; the oldest is closed first).
+  // Sized for bursts of 1,000 calls to one host; each costs one descriptor while idle.
+  size_t max_idle_connections = 1024;
   // Sent as User-Agent unless the request sets one.
   std::string user_agent = "eventbus-executor";
   // Where calls may connect (see destination_policy.h). The default denies link-local
