@@ -10,7 +10,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "eventbus/executor/iso_duration.h"
+#ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
+#include "eventbus/executor/destination_policy.h"
+#endif
 #include "eventbus/status_macros.h"
 
 namespace eventbus::executor::service {
@@ -121,11 +125,36 @@ absl::Status ReadLogLevel(const Environment& env, ServiceConfig& config) {
   return BadValue("LOG_LEVEL", *value, "one of trace, debug, info, warn, error, off");
 }
 
+// EXECUTOR_CALL_ALLOW / EXECUTOR_CALL_DENY / EXECUTOR_CALL_DENY_PRIVATE.
+absl::Status ReadCallPolicy(const Environment& env, ServiceConfig& config) {
+  EVENTBUS_RETURN_IF_ERROR(ReadBool(env, "EXECUTOR_CALL_DENY_PRIVATE", &config.call_deny_private));
+  for (auto [name, list] : {std::pair{"EXECUTOR_CALL_ALLOW", &config.call_allow},
+                            std::pair{"EXECUTOR_CALL_DENY", &config.call_deny}}) {
+    const std::string* value = Find(env, name);
+    if (value == nullptr) continue;
+#ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
+    *list = SplitDestinationList(*value);
+    DestinationPolicyOptions options;
+    options.allow = *list;
+    if (absl::Status s = DestinationPolicy::Create(options).status(); !s.ok()) {
+      // The policy's message says "allow entry 'x' is neither ...": keep the entry and why.
+      return absl::InvalidArgumentError(absl::StrCat(name, "=\"", *value, "\" is invalid: ",
+                                                     absl::StripPrefix(s.message(), "allow ")));
+    }
+#else
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, " is set, but this executor was built without the `call` task type"));
+#endif
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::vector<std::string> KnownSettings() {
   std::vector<std::string> names = {
-      "EVENT_STREAM_TYPE", "EXECUTOR_CA_FILE", "EXECUTOR_CONCURRENCY", "EXECUTOR_CONSUMER_GROUP",
+      "EVENT_STREAM_TYPE", "EXECUTOR_CA_FILE", "EXECUTOR_CALL_ALLOW", "EXECUTOR_CALL_DENY",
+      "EXECUTOR_CALL_DENY_PRIVATE", "EXECUTOR_CONCURRENCY", "EXECUTOR_CONSUMER_GROUP",
       "EXECUTOR_CONSUMER_NAME", "EXECUTOR_DLQ_STREAM", "EXECUTOR_HEARTBEAT_INTERVAL",
       "EXECUTOR_HTTP_ADDR", "EXECUTOR_MAX_ATTEMPTS", "EXECUTOR_MAX_DELIVERIES",
       "EXECUTOR_MAX_IN_FLIGHT", "EXECUTOR_WORKERS",
@@ -224,6 +253,7 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
     }
     config.ca_file = *ca;
   }
+  EVENTBUS_RETURN_IF_ERROR(ReadCallPolicy(env, config));
   if (ex.result_stream == ex.request_stream) {
     return absl::InvalidArgumentError(
         "EXECUTOR_RESULT_STREAM must differ from EXECUTOR_REQUEST_STREAM");

@@ -36,6 +36,14 @@ struct ServiceConfig {
   LogLevel log_level = LogLevel::kInfo;
   // EXECUTOR_CA_FILE: PEM CA bundle for HTTPS `call` tasks (default: the system store).
   std::string ca_file;
+  // EXECUTOR_CALL_ALLOW / EXECUTOR_CALL_DENY: comma-separated host names, *.suffix wildcards,
+  // IP addresses and CIDRs where `call` tasks may / may not connect (default: no list).
+  // EXECUTOR_CALL_DENY_PRIVATE (default false): also deny private, loopback and CGNAT
+  // addresses. Link-local (169.254.0.0/16, fe80::/10: cloud metadata) is always denied unless
+  // an EXECUTOR_CALL_ALLOW CIDR covers it. Checked on the address connected to, every hop.
+  std::vector<std::string> call_allow;
+  std::vector<std::string> call_deny;
+  bool call_deny_private = false;
 };
 
 // Every variable ParseServiceConfig reads (besides the backends'), sorted.

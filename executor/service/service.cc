@@ -47,6 +47,9 @@ absl::Status Service::Start() {
   BuiltinHandlerOptions builtin;
   builtin.clock = stream_->clock();
   builtin.ca_file = config_.ca_file;
+  builtin.call_allow = config_.call_allow;
+  builtin.call_deny = config_.call_deny;
+  builtin.call_deny_private = config_.call_deny_private;
   builtin.on_circuit_change = [this](absl::string_view host, absl::string_view from,
                                      absl::string_view to) {
     metrics_.CircuitChanged(to);

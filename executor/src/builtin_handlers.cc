@@ -119,6 +119,9 @@ absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry,
   CallHandlerOptions call_options;
   call_options.clock = options.clock;
   call_options.http.ca_file = options.ca_file;
+  call_options.http.destinations.allow = options.call_allow;
+  call_options.http.destinations.deny = options.call_deny;
+  call_options.http.destinations.deny_private = options.call_deny_private;
   if (options.on_circuit_change) {
     call_options.on_circuit_change = [cb = options.on_circuit_change](
                                          absl::string_view host, CircuitState from,

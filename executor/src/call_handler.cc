@@ -1,6 +1,8 @@
 #include "eventbus/executor/call_handler.h"
 
 #include <algorithm>
+#include <future>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -17,6 +19,23 @@ namespace {
 
 using nlohmann::json;
 
+constexpr int64_t kMaxRedirects = 20;
+
+// Stable across retries and redeliveries of one task, so the remote side can deduplicate
+// them: the task id, with anything outside visible ASCII (and '%') percent-encoded so it is a
+// valid header value.
+std::string IdempotencyKey(absl::string_view task_id) {
+  std::string key;
+  for (unsigned char c : task_id) {
+    if (c > 0x20 && c < 0x7f && c != '%') {
+      key.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&key, "%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  return key;
+}
+
 absl::Status Bad(absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("call: ", why));
 }
@@ -25,9 +44,11 @@ absl::Status Bad(absl::string_view why) {
 absl::StatusOr<HttpRequest> RequestFromInput(const json& input,
                                              std::optional<absl::Duration>* timeout) {
   for (const auto& [key, value] : input.items()) {
-    if (key != "url" && key != "method" && key != "headers" && key != "body" && key != "timeout") {
+    if (key != "url" && key != "method" && key != "headers" && key != "body" &&
+        key != "timeout" && key != "follow_redirects" && key != "max_redirects") {
       return Bad(absl::StrCat("unknown input field \"", key,
-                              "\"; valid: url, method, headers, body, timeout"));
+                              "\"; valid: url, method, headers, body, timeout, "
+                              "follow_redirects, max_redirects"));
     }
   }
   HttpRequest request;
@@ -63,6 +84,17 @@ absl::StatusOr<HttpRequest> RequestFromInput(const json& input,
       return Bad("input.body is not allowed with GET");
     }
   }
+  if (auto follow = input.find("follow_redirects"); follow != input.end()) {
+    if (!follow->is_boolean()) return Bad("input.follow_redirects must be true or false");
+    request.follow_redirects = follow->get<bool>();
+  }
+  if (auto hops = input.find("max_redirects"); hops != input.end()) {
+    if (!hops->is_number_integer() || hops->get<int64_t>() < 0 ||
+        hops->get<int64_t>() > kMaxRedirects) {
+      return Bad(absl::StrCat("input.max_redirects must be an integer from 0 to ", kMaxRedirects));
+    }
+    request.max_redirects = static_cast<int>(hops->get<int64_t>());
+  }
   if (auto t = input.find("timeout"); t != input.end()) {
     if (!t->is_string()) return Bad("input.timeout must be an ISO 8601 duration string");
     auto parsed = ParseIsoDuration(t->get<std::string>());
@@ -91,6 +123,47 @@ json ResponseOutput(const HttpResponse& response) {
               {"elapsed_ms", absl::ToDoubleMilliseconds(response.elapsed)}};
 }
 
+// What a transport result or a response means for the task and for the host's breaker.
+TaskOutcome Interpret(HttpMethod method, const std::string& host, CircuitBreaker::Permit& permit,
+                      absl::StatusOr<HttpResponse> response) {
+  if (!response.ok()) {
+    if (absl::IsCancelled(response.status())) {
+      // Stopped by the executor (timeout, shutdown): says nothing about the host, so the
+      // permit is dropped without an outcome; a half-open probe stays a probe.
+      return TaskOutcome::Transient(
+          absl::StrCat(HttpMethodName(method), " ", host, ": cancelled before an answer"));
+    }
+    const bool transient = IsTransientHttpError(response.status());
+    if (transient) {
+      permit.RecordFailure();
+    } else {
+      // A bad request, a bad certificate or a denied destination says nothing of the host.
+      permit.RecordSuccess();
+    }
+    // The client's messages name scheme://host:port only, never the path or query.
+    std::string error =
+        absl::StrCat(HttpMethodName(method), " ", host, ": ", response.status().ToString());
+    return transient ? TaskOutcome::Transient(std::move(error))
+                     : TaskOutcome::Permanent(std::move(error));
+  }
+  json output = ResponseOutput(*response);
+  // The host, not the URL: a path or query string may carry a token.
+  const std::string summary =
+      absl::StrCat(HttpMethodName(method), " ", host, " answered HTTP ", response->status);
+  switch (ClassifyHttpResponse(*response)) {
+    case HttpOutcome::kSuccess:
+      permit.RecordSuccess();
+      return TaskOutcome::Succeeded(std::move(output));
+    case HttpOutcome::kTransient:
+      permit.RecordFailure();
+      return TaskOutcome::Transient(summary, std::move(output));
+    case HttpOutcome::kPermanent:
+      permit.RecordSuccess();  // the host is up; the request is wrong
+      return TaskOutcome::Permanent(summary, std::move(output));
+  }
+  return TaskOutcome::Permanent(summary, std::move(output));
+}
+
 class CallHandler final : public TaskHandler {
  public:
   CallHandler(CallHandlerOptions options, std::unique_ptr<HttpClient> client,
@@ -99,67 +172,60 @@ class CallHandler final : public TaskHandler {
 
   std::string type() const override { return "call"; }
   TaskPolicy DefaultPolicy() const override { return options_.policy; }
+  bool asynchronous() const override { return true; }
 
   absl::Status Supports(const TaskRequest& request) const override {
     std::optional<absl::Duration> timeout;
     return RequestFromInput(request.Input(), &timeout).status();
   }
 
-  TaskOutcome Handle(TaskContext& context) override {
+  // Starts the request; `done` runs on the HTTP client's loop thread (or inline when the call
+  // never starts: bad input, no time left, open circuit).
+  void HandleAsync(TaskContext& context, TaskOutcomeCallback done) override {
     std::optional<absl::Duration> timeout;
     auto request = RequestFromInput(context.input(), &timeout);
-    if (!request.ok()) return TaskOutcome::Permanent(std::string(request.status().message()));
+    if (!request.ok()) return done(TaskOutcome::Permanent(std::string(request.status().message())));
     // Never outlive the processing deadline: the executor stops waiting then anyway.
     const absl::Duration remaining = context.Remaining();
     if (remaining <= absl::ZeroDuration()) {
-      return TaskOutcome::Transient("call: no time left before the processing deadline");
+      return done(TaskOutcome::Transient("call: no time left before the processing deadline"));
     }
     request->timeout = std::min(timeout.value_or(options_.default_request_timeout), remaining);
     request->connect_timeout = std::min(request->connect_timeout, request->timeout);
+    // `context` outlives the call: the executor keeps it until `done` has run.
     request->cancelled = [&context] { return context.cancelled(); };
+    const bool has_key = std::any_of(request->headers.begin(), request->headers.end(),
+                                     [](const auto& header) {
+                                       return absl::EqualsIgnoreCase(header.first,
+                                                                     "idempotency-key");
+                                     });
+    if (!has_key) {
+      request->headers.emplace_back("Idempotency-Key", IdempotencyKey(context.request().id));
+    }
 
     auto host = HttpHostKey(request->url);
-    if (!host.ok()) return TaskOutcome::Permanent(std::string(host.status().message()));
+    if (!host.ok()) return done(TaskOutcome::Permanent(std::string(host.status().message())));
     auto permit = breakers_->ForHost(*host)->Acquire();
     if (!permit.ok()) {
       // The host is failing: not this task's fault, so it is retried after its backoff.
-      return TaskOutcome::Transient(std::string(permit.status().message()));
+      return done(TaskOutcome::Transient(std::string(permit.status().message())));
     }
-    auto response = client_->Send(*request);
-    if (!response.ok()) {
-      if (absl::IsCancelled(response.status())) {
-        // Stopped by the executor (timeout, shutdown): says nothing about the host, so the
-        // permit is dropped without an outcome; a half-open probe stays a probe.
-        return TaskOutcome::Transient(absl::StrCat(HttpMethodName(request->method), " ", *host,
-                                                   ": cancelled before an answer"));
-      }
-      const bool transient = IsTransientHttpError(response.status());
-      if (transient) {
-        permit->RecordFailure();
-      } else {
-        permit->RecordSuccess();  // a bad request or a bad certificate says nothing of the host
-      }
-      std::string error = absl::StrCat(HttpMethodName(request->method), " ", *host, ": ",
-                                       response.status().ToString());
-      return transient ? TaskOutcome::Transient(std::move(error))
-                       : TaskOutcome::Permanent(std::move(error));
-    }
-    json output = ResponseOutput(*response);
-    // The host, not the URL: a query string may carry a token.
-    const std::string summary = absl::StrCat(HttpMethodName(request->method), " ", *host,
-                                             " answered HTTP ", response->status);
-    switch (ClassifyHttpResponse(*response)) {
-      case HttpOutcome::kSuccess:
-        permit->RecordSuccess();
-        return TaskOutcome::Succeeded(std::move(output));
-      case HttpOutcome::kTransient:
-        permit->RecordFailure();
-        return TaskOutcome::Transient(summary, std::move(output));
-      case HttpOutcome::kPermanent:
-        permit->RecordSuccess();  // the host is up; the request is wrong
-        return TaskOutcome::Permanent(summary, std::move(output));
-    }
-    return TaskOutcome::Permanent(summary, std::move(output));
+    // std::function needs a copyable callable; the permit is move-only.
+    auto shared_permit = std::make_shared<CircuitBreaker::Permit>(*std::move(permit));
+    const HttpMethod method = request->method;
+    client_->SendAsync(*std::move(request),
+                       [method, host = *std::move(host), permit = std::move(shared_permit),
+                        done = std::move(done)](absl::StatusOr<HttpResponse> response) {
+                         done(Interpret(method, host, *permit, std::move(response)));
+                       });
+  }
+
+  // For executors that run every handler on a worker: the asynchronous path and a wait.
+  TaskOutcome Handle(TaskContext& context) override {
+    std::promise<TaskOutcome> outcome;
+    std::future<TaskOutcome> result = outcome.get_future();
+    HandleAsync(context, [&outcome](TaskOutcome o) { outcome.set_value(std::move(o)); });
+    return result.get();
   }
 
  private:

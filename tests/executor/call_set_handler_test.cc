@@ -1,7 +1,13 @@
 // The `call` and `set` handlers on their own: `call` against a cpp-httplib server this test
 // starts on 127.0.0.1, `set` with jq programs.
 
+#include <dirent.h>
+
 #include <atomic>
+#include <condition_variable>
+#include <iostream>
+#include <mutex>
+#include <vector>
 #include <memory>
 #include <string>
 #include <thread>
@@ -12,7 +18,9 @@
 #include "eventbus/executor/call_handler.h"
 #include "eventbus/executor/set_handler.h"
 #include "eventbus/harness/server_process.h"
+#include "components/slow_http_server.h"
 #include "local_http_server.h"
+#include "absl/strings/ascii.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -23,6 +31,17 @@ using ::nlohmann::json;
 using ::testing::HasSubstr;
 using Kind = TaskOutcome::Kind;
 using testing::LocalHttpServer;
+
+int ThreadsInProcess() {
+  int n = 0;
+  if (DIR* dir = opendir("/proc/self/task")) {
+    while (dirent* entry = readdir(dir)) {
+      if (entry->d_name[0] != '.') ++n;
+    }
+    closedir(dir);
+  }
+  return n;
+}
 
 TaskRequest Request(absl::string_view type, json input) {
   TaskRequest request;
@@ -158,6 +177,156 @@ TEST_F(CallHandlerTest, MalformedInputIsRejectedUpFront) {
               HasSubstr("input.timeout"));
   EXPECT_THAT(reason({{"url", server_.Url("/ok")}, {"uri", "x"}}),
               HasSubstr("unknown input field \"uri\""));
+}
+
+// A server that shows what a `call` sent: GET /headers answers the request headers as JSON;
+// GET /to-other redirects to `other` (another port: another host).
+class HeaderEchoServer {
+ public:
+  HeaderEchoServer() {
+    server_.Get("/headers", [](const httplib::Request& req, httplib::Response& res) {
+      json headers = json::object();
+      for (const auto& [name, value] : req.headers) headers[absl::AsciiStrToLower(name)] = value;
+      res.set_content(headers.dump(), "application/json");
+    });
+    server_.Get("/to-self", [](const httplib::Request&, httplib::Response& res) {
+      res.set_redirect("/headers");
+    });
+    // One request per connection: a kept-alive connection would hold stop() for seconds.
+    server_.set_keep_alive_max_count(1);
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    while (!server_.is_running()) std::this_thread::yield();
+  }
+  ~HeaderEchoServer() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string Url(absl::string_view path) const {
+    return absl::StrCat("http://127.0.0.1:", port_, path);
+  }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+TEST_F(CallHandlerTest, RunsAsynchronously) { EXPECT_TRUE(handler_->asynchronous()); }
+
+TEST_F(CallHandlerTest, SendsAStableIdempotencyKeyFromTheTaskId) {
+  HeaderEchoServer echo;
+  TaskOutcome first = Run({{"url", echo.Url("/headers")}});
+  ASSERT_EQ(first.kind(), Kind::kSucceeded) << first.error();
+  EXPECT_EQ((*first.output())["body"]["idempotency-key"], "t");
+  // A retry of the same task sends the same key.
+  TaskOutcome retry = Run({{"url", echo.Url("/headers")}});
+  EXPECT_EQ((*retry.output())["body"]["idempotency-key"], "t");
+  // The task's own key wins.
+  TaskOutcome own =
+      Run({{"url", echo.Url("/headers")}, {"headers", {{"idempotency-key", "mine"}}}});
+  EXPECT_EQ((*own.output())["body"]["idempotency-key"], "mine");
+}
+
+TEST_F(CallHandlerTest, RedirectIsNotFollowedUnlessTheTaskAsks) {
+  HeaderEchoServer echo;
+  TaskOutcome unfollowed = Run({{"url", echo.Url("/to-self")}});
+  EXPECT_EQ(unfollowed.kind(), Kind::kPermanentFailure);
+  EXPECT_THAT(unfollowed.error(), HasSubstr("answered HTTP 302"));
+  TaskOutcome followed = Run({{"url", echo.Url("/to-self")}, {"follow_redirects", true}});
+  ASSERT_EQ(followed.kind(), Kind::kSucceeded) << followed.error();
+  EXPECT_EQ((*followed.output())["status"], 200);
+  EXPECT_THAT(handler_->Supports(Request("call", {{"url", echo.Url("/x")},
+                                                  {"follow_redirects", "yes"}}))
+                  .message(),
+              HasSubstr("input.follow_redirects"));
+  EXPECT_THAT(handler_->Supports(Request("call", {{"url", echo.Url("/x")},
+                                                  {"max_redirects", 99}}))
+                  .message(),
+              HasSubstr("input.max_redirects"));
+}
+
+TEST_F(CallHandlerTest, ErrorsNeverCarryTheUrlPath) {
+  // Webhook tokens live in paths: /hooks/<token>.
+  auto port = harness::FreeLoopbackPort();
+  ASSERT_TRUE(port.ok());
+  TaskOutcome refused =
+      Run({{"url", absl::StrCat("http://127.0.0.1:", *port, "/hooks/s3cr3t-token?k=s3cr3t")}});
+  EXPECT_EQ(refused.kind(), Kind::kTransientFailure);
+  EXPECT_THAT(refused.error(), HasSubstr(absl::StrCat("http://127.0.0.1:", *port)));
+  EXPECT_THAT(refused.error(), ::testing::Not(HasSubstr("s3cr3t")));
+  EXPECT_THAT(refused.error(), ::testing::Not(HasSubstr("/hooks")));
+  TaskOutcome answered = Run({{"url", server_.Url("/missing/s3cr3t-token")}});
+  EXPECT_THAT(answered.error(), ::testing::Not(HasSubstr("s3cr3t")));
+}
+
+TEST(CallHandlerPolicyTest, DeniedDestinationIsPermanentAndLeavesTheCircuitClosed) {
+  ManualClock clock;
+  CallHandlerOptions options;
+  options.clock = &clock;
+  options.breakers.breaker.failure_threshold = 1;
+  options.http.destinations.deny_private = true;
+  auto handler = NewCallHandler(options);
+  ASSERT_TRUE(handler.ok()) << handler.status();
+  LocalHttpServer server;
+  for (int i = 0; i < 2; ++i) {
+    const TaskRequest request = Request("call", {{"url", server.Url("/ok")}});
+    TaskContext context(request, 1, clock.Now(), clock.Now() + absl::Seconds(30), &clock);
+    TaskOutcome outcome = (*handler)->Handle(context);
+    EXPECT_EQ(outcome.kind(), Kind::kPermanentFailure);
+    // Not "circuit open" the second time: a refusal says nothing about the host.
+    EXPECT_THAT(outcome.error(), HasSubstr("denied by the call policy"));
+    EXPECT_THAT(outcome.error(), HasSubstr("EXECUTOR_CALL_DENY_PRIVATE"));
+  }
+}
+
+TEST(CallHandlerLoadTest, ThousandSlowCallsInFlightThroughHandleAsync) {
+  constexpr int kTasks = 1000;
+  ASSERT_GE(testing::RaiseOpenFileLimit(), static_cast<rlim_t>(2 * kTasks + 100));
+  testing::SlowHttpServer server(std::chrono::milliseconds(1000));
+  auto handler = NewCallHandler(CallHandlerOptions{});
+  ASSERT_TRUE(handler.ok()) << handler.status();
+  std::vector<TaskRequest> requests;
+  requests.reserve(kTasks);
+  for (int i = 0; i < kTasks; ++i) {
+    requests.push_back(Request("call", {{"url", server.Url(absl::StrCat("/task/", i))}}));
+    requests.back().id = absl::StrCat("task-", i);
+  }
+  Clock* clock = Clock::Real();
+  std::vector<std::unique_ptr<TaskContext>> contexts;
+  std::mutex mu;
+  std::condition_variable cv;
+  int completed = 0;
+  int succeeded = 0;
+  std::string first_error;
+  const absl::Time start = absl::Now();
+  for (const TaskRequest& request : requests) {
+    contexts.push_back(std::make_unique<TaskContext>(request, 1, start, start + absl::Seconds(30),
+                                                     clock));
+    (*handler)->HandleAsync(*contexts.back(), [&](TaskOutcome outcome) {
+      std::lock_guard<std::mutex> lock(mu);
+      ++completed;
+      if (outcome.ok()) {
+        ++succeeded;
+      } else if (first_error.empty()) {
+        first_error = outcome.error();
+      }
+      cv.notify_all();
+    });
+  }
+  ASSERT_TRUE(server.AwaitWaiting(kTasks, std::chrono::seconds(20)));
+  const int threads = ThreadsInProcess();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return completed == kTasks; }));
+  }
+  const absl::Duration elapsed = absl::Now() - start;
+  EXPECT_EQ(succeeded, kTasks) << first_error;
+  EXPECT_LE(threads, 32);
+  EXPECT_LT(elapsed, absl::Seconds(5));
+  std::cout << kTasks << " call tasks against a 1 s server: " << absl::FormatDuration(elapsed)
+            << ", " << static_cast<int>(kTasks / absl::ToDoubleSeconds(elapsed))
+            << " tasks/s, " << threads << " threads in the process while in flight\n";
 }
 
 TEST(SetHandlerTest, AssignsEachFieldFromAnExpression) {

@@ -1,6 +1,7 @@
 #include "eventbus/executor/http_client.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -11,6 +12,8 @@
 #include <condition_variable>
 #include <mutex>
 #include <cstdlib>
+#include <future>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -21,6 +24,7 @@
 #include "eventbus/harness/server_process.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "slow_http_server.h"
 
 namespace eventbus::executor {
 namespace {
@@ -39,6 +43,9 @@ class TestServer {
       res.set_header("X-Method", req.method);
       res.set_header("X-Seen-Test-Header", req.get_header_value("X-Test"));
       res.set_header("X-Seen-Content-Type", req.get_header_value("Content-Type"));
+      res.set_header("X-Seen-Authorization", req.get_header_value("Authorization"));
+      res.set_header("X-Seen-Cookie", req.get_header_value("Cookie"));
+      res.set_header("X-Seen-Accept", req.get_header_value("Accept"));
       res.set_header("Set-Cookie", "a=1");
       res.set_header("Set-Cookie", "b=2");
       res.set_content(req.body, "application/octet-stream");
@@ -67,6 +74,18 @@ class TestServer {
     });
     server_->Get("/redirect", [](const httplib::Request&, httplib::Response& res) {
       res.set_redirect("/status/204");
+    });
+    // 302 (or ?status=) to ?to=, which may be relative, another server or another scheme.
+    auto redirect_to = [this](const httplib::Request& req, httplib::Response& res) {
+      requests_.fetch_add(1);
+      const int status = req.has_param("status") ? std::stoi(req.get_param_value("status")) : 302;
+      res.set_redirect(req.get_param_value("to"), status);
+    };
+    server_->Get("/redirect-to", redirect_to);
+    server_->Post("/redirect-to", redirect_to);
+    server_->Get("/loop", [this](const httplib::Request&, httplib::Response& res) {
+      requests_.fetch_add(1);
+      res.set_redirect("/loop");
     });
     // Bound and listening here: connections wait in the backlog until the accept loop runs.
     port_ = server_->bind_to_any_port("127.0.0.1");
@@ -206,17 +225,19 @@ TEST(ClassifyHttpStatusTest, CoversEveryClass) {
   EXPECT_EQ(ClassifyHttpStatus(0), HttpOutcome::kPermanent);
 }
 
-TEST_F(HttpClientTest, FollowsRedirects) {
-  absl::StatusOr<HttpResponse> followed = client_->Send(Request(HttpMethod::kGet, "/redirect"));
-  ASSERT_TRUE(followed.ok()) << followed.status();
-  EXPECT_EQ(followed->status, 204);
-
-  HttpRequest request = Request(HttpMethod::kGet, "/redirect");
-  request.follow_redirects = false;
-  absl::StatusOr<HttpResponse> not_followed = client_->Send(request);
+TEST_F(HttpClientTest, RedirectIsTheResponseUnlessFollowingIsAsked) {
+  absl::StatusOr<HttpResponse> not_followed = client_->Send(Request(HttpMethod::kGet, "/redirect"));
   ASSERT_TRUE(not_followed.ok()) << not_followed.status();
   EXPECT_EQ(not_followed->status, 302);
   EXPECT_EQ(not_followed->Header("Location"), "/status/204");
+  EXPECT_EQ(ClassifyHttpResponse(*not_followed), HttpOutcome::kPermanent);
+
+  HttpRequest request = Request(HttpMethod::kGet, "/redirect");
+  request.follow_redirects = true;
+  absl::StatusOr<HttpResponse> followed = client_->Send(request);
+  ASSERT_TRUE(followed.ok()) << followed.status();
+  EXPECT_EQ(followed->status, 204);
+  EXPECT_EQ(followed->redirects, 1);
 }
 
 TEST_F(HttpClientTest, TimeoutIsDeadlineExceededAndTransient) {
@@ -390,10 +411,12 @@ TEST_F(HttpClientTest, ErrorMessagesLeaveOutCredentialsAndQuery) {
   absl::StatusOr<int> port = harness::FreeLoopbackPort();
   ASSERT_TRUE(port.ok()) << port.status();
   HttpRequest request;
-  request.url = absl::StrCat("http://user:s3cret@127.0.0.1:", *port, "/path?token=s3cret");
+  request.url = absl::StrCat("http://user:s3cret@127.0.0.1:", *port, "/path/s3cret?token=s3cret");
   absl::StatusOr<HttpResponse> response = client_->Send(request);
   ASSERT_FALSE(response.ok());
-  EXPECT_THAT(response.status().message(), HasSubstr("/path"));
+  // scheme://host:port only: webhook tokens live in paths.
+  EXPECT_THAT(response.status().message(), HasSubstr(absl::StrCat("http://127.0.0.1:", *port)));
+  EXPECT_THAT(response.status().message(), Not(HasSubstr("/path")));
   EXPECT_THAT(response.status().message(), Not(HasSubstr("s3cret")));
 }
 
@@ -435,6 +458,282 @@ TEST(HttpHostKeyTest, NormalisesSchemeHostAndPort) {
   EXPECT_EQ(*HttpHostKey("HTTP://[::1]:9000/"), "http://[::1]:9000");
   EXPECT_TRUE(absl::IsInvalidArgument(HttpHostKey("ftp://example.com/").status()));
   EXPECT_TRUE(absl::IsInvalidArgument(HttpHostKey("no scheme").status()));
+}
+
+// --- Destination policy (issue 9) -------------------------------------------------------------
+
+class HttpClientPolicyTest : public HttpClientTest {
+ protected:
+  std::unique_ptr<HttpClient> ClientWith(DestinationPolicyOptions destinations) {
+    HttpClientOptions options;
+    options.destinations = std::move(destinations);
+    absl::StatusOr<std::unique_ptr<HttpClient>> client = HttpClient::Create(options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+  std::string LocalhostUrl(absl::string_view path) const {
+    return absl::StrCat("http://localhost:", server_->port(), path);
+  }
+};
+
+TEST_F(HttpClientPolicyTest, DeniedCidrIsPermanentAndNamesTheSetting) {
+  auto client = ClientWith({.deny = {"10.0.0.0/8", "127.0.0.0/8"}});
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<HttpResponse> response = client->Send(Request(HttpMethod::kGet, "/echo"));
+  ASSERT_TRUE(absl::IsPermissionDenied(response.status())) << response.status();
+  EXPECT_FALSE(IsTransientHttpError(response.status()));
+  EXPECT_THAT(response.status().message(), HasSubstr("denied by the call policy"));
+  EXPECT_THAT(response.status().message(), HasSubstr("EXECUTOR_CALL_DENY entry '127.0.0.0/8'"));
+  EXPECT_EQ(server_->requests(), 0);
+}
+
+TEST_F(HttpClientPolicyTest, DenyPrivateRefusesLoopback) {
+  auto client = ClientWith({.deny_private = true});
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<HttpResponse> response = client->Send(Request(HttpMethod::kGet, "/echo"));
+  ASSERT_TRUE(absl::IsPermissionDenied(response.status())) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("EXECUTOR_CALL_DENY_PRIVATE=true"));
+  EXPECT_EQ(server_->requests(), 0);
+}
+
+TEST_F(HttpClientPolicyTest, HostNameResolvingToADeniedAddressIsRefused) {
+  // The check is on the address connected to, not on the name: "localhost" is loopback.
+  auto client = ClientWith({.deny_private = true});
+  ASSERT_NE(client, nullptr);
+  HttpRequest request = Request(HttpMethod::kGet, "/echo");
+  request.url = LocalhostUrl("/echo");
+  absl::StatusOr<HttpResponse> response = client->Send(request);
+  ASSERT_TRUE(absl::IsPermissionDenied(response.status())) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("destination localhost ("));
+  EXPECT_EQ(server_->requests(), 0);
+}
+
+TEST_F(HttpClientPolicyTest, LinkLocalMetadataAddressIsDeniedByDefault) {
+  // Refused before any packet leaves: the default client, no configuration.
+  HttpRequest request;
+  request.url = "http://169.254.169.254/latest/meta-data/";
+  request.timeout = absl::Seconds(5);
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(absl::IsPermissionDenied(response.status())) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("link-local"));
+  EXPECT_THAT(response.status().message(), Not(HasSubstr("meta-data")));
+}
+
+TEST_F(HttpClientPolicyTest, AllowListAdmitsOnlyListedHosts) {
+  auto by_name = ClientWith({.allow = {"localhost"}});
+  ASSERT_NE(by_name, nullptr);
+  HttpRequest named = Request(HttpMethod::kGet, "/echo");
+  named.url = LocalhostUrl("/echo");
+  absl::StatusOr<HttpResponse> allowed = by_name->Send(named);
+  ASSERT_TRUE(allowed.ok()) << allowed.status();
+  EXPECT_EQ(allowed->status, 200);
+  // The same server under another name is not on the list.
+  absl::StatusOr<HttpResponse> other = by_name->Send(Request(HttpMethod::kGet, "/echo"));
+  ASSERT_TRUE(absl::IsPermissionDenied(other.status())) << other.status();
+  EXPECT_THAT(other.status().message(), HasSubstr("EXECUTOR_CALL_ALLOW"));
+
+  // An allowed CIDR lifts the private-range denial for its addresses.
+  auto by_cidr = ClientWith({.allow = {"127.0.0.1/32"}, .deny_private = true});
+  ASSERT_NE(by_cidr, nullptr);
+  absl::StatusOr<HttpResponse> cidr = by_cidr->Send(Request(HttpMethod::kGet, "/echo"));
+  ASSERT_TRUE(cidr.ok()) << cidr.status();
+  EXPECT_EQ(cidr->status, 200);
+}
+
+TEST_F(HttpClientPolicyTest, MalformedEntriesAreInvalidArgument) {
+  for (const char* entry : {"10.0.0.0/33", "exa mple.com", "*.", "http://x", "1.2.3.4/-1"}) {
+    HttpClientOptions options;
+    options.destinations.deny = {entry};
+    absl::StatusOr<std::unique_ptr<HttpClient>> client = HttpClient::Create(options);
+    EXPECT_TRUE(absl::IsInvalidArgument(client.status())) << entry;
+    EXPECT_THAT(client.status().message(), HasSubstr(entry));
+  }
+}
+
+// --- Redirects (issue 9) ----------------------------------------------------------------------
+
+TEST_F(HttpClientTest, SameHostRedirectKeepsHeaders) {
+  HttpRequest request = Request(HttpMethod::kGet, "/redirect-to?to=/echo");
+  request.follow_redirects = true;
+  request.headers = {{"X-Test", "hello"}, {"Authorization", "Bearer t0ken"}};
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->Header("X-Seen-Test-Header"), "hello");
+  EXPECT_EQ(response->Header("X-Seen-Authorization"), "Bearer t0ken");
+}
+
+TEST_F(HttpClientTest, CrossHostRedirectDropsCredentialsAndCustomHeaders) {
+  // Another port is another host (scheme://host:port).
+  TestServer other(std::make_unique<httplib::Server>());
+  ASSERT_GT(other.port(), 0);
+  HttpRequest request =
+      Request(HttpMethod::kGet, absl::StrCat("/redirect-to?to=", other.Url("/echo")));
+  request.follow_redirects = true;
+  request.headers = {{"X-Test", "hello"},
+                     {"Authorization", "Bearer t0ken"},
+                     {"Cookie", "session=s3cret"},
+                     {"Accept", "application/json"}};
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->redirects, 1);
+  EXPECT_EQ(other.requests(), 1);
+  EXPECT_EQ(response->Header("X-Seen-Test-Header"), "");
+  EXPECT_EQ(response->Header("X-Seen-Authorization"), "");
+  EXPECT_EQ(response->Header("X-Seen-Cookie"), "");
+  EXPECT_EQ(response->Header("X-Seen-Accept"), "application/json");
+}
+
+TEST_F(HttpClientTest, SeeOtherAfterPostFetchesWithGet) {
+  HttpRequest request = Request(HttpMethod::kPost, "/redirect-to?status=303&to=/echo");
+  request.follow_redirects = true;
+  request.body = "once";
+  request.headers = {{"Content-Type", "text/plain"}};
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->Header("X-Method"), "GET");
+  EXPECT_EQ(response->body, "");
+}
+
+TEST_F(HttpClientTest, RedirectToAnotherSchemeIsPermanent) {
+  HttpRequest request = Request(HttpMethod::kGet, "/redirect-to?to=ftp://127.0.0.1/secret-file");
+  request.follow_redirects = true;
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(absl::IsFailedPrecondition(response.status())) << response.status();
+  EXPECT_FALSE(IsTransientHttpError(response.status()));
+  EXPECT_THAT(response.status().message(), HasSubstr("ftp://"));
+  EXPECT_THAT(response.status().message(), Not(HasSubstr("secret-file")));
+  EXPECT_EQ(server_->requests(), 1);
+}
+
+TEST_F(HttpClientTest, TooManyRedirectsIsPermanent) {
+  HttpRequest request = Request(HttpMethod::kGet, "/loop");
+  request.follow_redirects = true;
+  request.max_redirects = 3;
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(absl::IsFailedPrecondition(response.status())) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("more than 3 redirects"));
+  EXPECT_EQ(server_->requests(), 4);  // the first request and three hops
+}
+
+TEST_F(HttpClientTest, EveryRedirectHopIsCheckedAgainstThePolicy) {
+  HttpRequest request =
+      Request(HttpMethod::kGet, "/redirect-to?to=http://169.254.169.254/latest/meta-data/");
+  request.follow_redirects = true;
+  absl::StatusOr<HttpResponse> response = client_->Send(request);
+  ASSERT_TRUE(absl::IsPermissionDenied(response.status())) << response.status();
+  EXPECT_THAT(response.status().message(), HasSubstr("http://169.254.169.254:80"));
+  EXPECT_THAT(response.status().message(), Not(HasSubstr("meta-data")));
+}
+
+// --- The event loop (issue 8) -----------------------------------------------------------------
+
+int ThreadsInProcess() {
+  int n = 0;
+  if (DIR* dir = opendir("/proc/self/task")) {
+    while (dirent* entry = readdir(dir)) {
+      if (entry->d_name[0] != '.') ++n;
+    }
+    closedir(dir);
+  }
+  return n;
+}
+
+// Sends `calls` requests at once and waits for them all; the threads of the process are
+// counted while the server holds every one of them.
+struct Wave {
+  int succeeded = 0;
+  std::string first_error;
+  absl::Duration elapsed;
+  int threads_in_flight = 0;
+};
+Wave SendWave(HttpClient& client, testing::SlowHttpServer& server, int calls) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int completed = 0;  // guarded by mu
+  Wave wave;          // guarded by mu until every call completed
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < calls; ++i) {
+    HttpRequest request;
+    request.url = server.Url(absl::StrCat("/call/", i));
+    request.timeout = absl::Seconds(30);
+    client.SendAsync(std::move(request), [&](absl::StatusOr<HttpResponse> response) {
+      std::lock_guard<std::mutex> lock(mu);
+      ++completed;
+      if (response.ok() && response->status == 200 && response->body == "ok") {
+        ++wave.succeeded;
+      } else if (wave.first_error.empty()) {
+        wave.first_error = response.ok() ? absl::StrCat("HTTP ", response->status)
+                                         : response.status().ToString();
+      }
+      cv.notify_all();
+    });
+  }
+  EXPECT_TRUE(server.AwaitWaiting(calls, std::chrono::seconds(20)));
+  const int threads = ThreadsInProcess();
+  std::unique_lock<std::mutex> lock(mu);
+  EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return completed == calls; }));
+  wave.elapsed = absl::Now() - start;
+  wave.threads_in_flight = threads;
+  return wave;
+}
+
+TEST(HttpClientLoadTest, ThousandSlowCallsInFlightHoldNoThreadEach) {
+  constexpr int kCalls = 1000;
+  ASSERT_GE(testing::RaiseOpenFileLimit(), static_cast<rlim_t>(2 * kCalls + 100));
+  testing::SlowHttpServer server(std::chrono::milliseconds(1000));
+  const int threads_before = ThreadsInProcess();
+  absl::StatusOr<std::unique_ptr<HttpClient>> client = HttpClient::Create();
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  const Wave first = SendWave(**client, server, kCalls);
+  EXPECT_EQ(first.succeeded, kCalls) << first.first_error;
+  // One loop thread in the client; nothing per call.
+  EXPECT_LE(first.threads_in_flight - threads_before, 4);
+  EXPECT_LE(first.threads_in_flight, 32);
+  // A thread per call in turn would take 1000 s; the 1 s answers overlap.
+  EXPECT_LT(first.elapsed, absl::Seconds(5));
+
+  // The second wave finds its connections kept alive: no new connection, no connect cost.
+  const int connections = server.connections();
+  const Wave second = SendWave(**client, server, kCalls);
+  EXPECT_EQ(second.succeeded, kCalls) << second.first_error;
+  EXPECT_EQ(server.connections(), connections);
+  EXPECT_LT(second.elapsed, absl::Seconds(5));
+
+  for (const Wave* wave : {&first, &second}) {
+    std::cout << kCalls << " calls against a 1 s server (" << (wave == &first ? "new" : "reused")
+              << " connections): " << absl::FormatDuration(wave->elapsed) << ", "
+              << static_cast<int>(kCalls / absl::ToDoubleSeconds(wave->elapsed))
+              << " calls/s, " << wave->threads_in_flight << " threads in the process ("
+              << threads_before << " before the client)\n";
+  }
+  RecordProperty("calls_per_second_new_connections",
+                 static_cast<int>(kCalls / absl::ToDoubleSeconds(first.elapsed)));
+  RecordProperty("calls_per_second_reused_connections",
+                 static_cast<int>(kCalls / absl::ToDoubleSeconds(second.elapsed)));
+  RecordProperty("threads_in_flight", first.threads_in_flight);
+}
+
+TEST_F(HttpClientTest, SendFromACallbackIsRefusedNotDeadlocked) {
+  std::promise<absl::Status> inner;
+  client_->SendAsync(Request(HttpMethod::kGet, "/status/200"),
+                     [&](absl::StatusOr<HttpResponse>) {
+                       inner.set_value(client_->Send(Request(HttpMethod::kGet, "/status/200"))
+                                           .status());
+                     });
+  EXPECT_TRUE(absl::IsFailedPrecondition(inner.get_future().get()));
+}
+
+TEST_F(HttpClientTest, DestroyingTheClientCancelsCallsInFlight) {
+  std::promise<absl::Status> result;
+  client_->SendAsync(Request(HttpMethod::kGet, "/slow"),
+                     [&](absl::StatusOr<HttpResponse> r) { result.set_value(r.status()); });
+  client_.reset();
+  auto future = result.get_future();
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+  EXPECT_TRUE(absl::IsCancelled(future.get()));
 }
 
 // HTTPS against a server whose certificate comes from a throwaway CA made for this test.

@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -31,6 +32,13 @@ struct BuiltinHandlerOptions {
   // "open", "half_open"). Runs under the breaker's lock: quick, no calls back. May be null.
   std::function<void(absl::string_view host, absl::string_view from, absl::string_view to)>
       on_circuit_change;
+  // Where `call` may connect (the service's EXECUTOR_CALL_ALLOW, EXECUTOR_CALL_DENY and
+  // EXECUTOR_CALL_DENY_PRIVATE): host names, *.suffix wildcards, addresses and CIDRs, checked
+  // on the address actually connected to and on every redirect hop. Link-local addresses
+  // (cloud metadata) are denied unless an allowed CIDR covers them. See destination_policy.h.
+  std::vector<std::string> call_allow;
+  std::vector<std::string> call_deny;
+  bool call_deny_private = false;
 };
 
 // True when `call` and `set` are built in (the executor was built with its components: libcurl

@@ -26,11 +26,19 @@ struct CallHandlerOptions {
 
 // Input: {"url": "https://...", "method": "GET|POST|PUT|PATCH|DELETE" (default GET),
 //         "headers": {"Name": "value"}, "body": "<text>" or any JSON value (sent as JSON),
-//         "timeout": "PT10S"}.
+//         "timeout": "PT10S", "follow_redirects": false (default), "max_redirects": 5 (0-20)}.
 // Output: {"status": 200, "headers": {"name": "value", ...}, "body": <JSON when the response is
 //          JSON, else text>, "elapsed_ms": ...}.
-// 2xx succeeds; 5xx, 408, 429, refused connections and timeouts are transient; other statuses,
-// TLS verification failures and malformed requests are permanent. An open circuit is transient.
+// 2xx succeeds; 5xx, 408, 429, refused connections and timeouts are transient; other statuses
+// (an unfollowed 3xx included), TLS verification failures, destinations denied by
+// CallHandlerOptions::http.destinations, bad redirects and malformed requests are permanent.
+// An open circuit is transient. Every request carries an Idempotency-Key header derived from
+// the task id (stable across retries) unless the input sets one. Errors name the destination
+// as scheme://host:port, never its path or query.
+//
+// Asynchronous (asynchronous() is true): HandleAsync starts the request and returns; the
+// outcome arrives on the HTTP client's loop thread; context.Remaining() bounds the request and
+// context.cancelled() stops it. Handle is HandleAsync plus a wait.
 // InvalidArgument when the options do not validate.
 absl::StatusOr<std::unique_ptr<TaskHandler>> NewCallHandler(CallHandlerOptions options);
 

@@ -2,17 +2,27 @@
 // An HTTP/1.1 + HTTPS client on libcurl for the `call` task. TLS peer and host verification
 // are always on; there is deliberately no switch to turn them off.
 //
-// Error contract of HttpClient::Send (every libcurl error is mapped in one place, the native
-// curl code and message are kept in the status message):
+// Calls run on an event loop the client owns (libcurl's multi interface driven by Boost.Asio
+// on one thread): a call waiting on a slow server holds a socket, not a thread, so thousands
+// may be in flight at once. Send is SendAsync plus a wait.
+//
+// Error contract of HttpClient::SendAsync / Send (every libcurl error is mapped in one place,
+// the native curl code and message are kept in the status message; messages name the
+// destination as scheme://host:port only, never its path or query, where tokens live):
 //   OK                 a response arrived, whatever its HTTP status (classify it with
 //                      ClassifyHttpStatus: a 500 is a successful *transport* call)
 //   InvalidArgument    malformed URL, scheme other than http/https, bad header, bad option
+//   PermissionDenied   the destination (the address actually connected to, on any redirect
+//                      hop) is refused by HttpClientOptions::destinations; the message says
+//                      which setting refused it
 //   Unavailable        connection refused, DNS failure, reset, TLS handshake failure,
 //                      empty or malformed reply: the host may be fine later
 //   DeadlineExceeded   the request's timeout or connect_timeout elapsed
-//   FailedPrecondition the peer's TLS certificate did not verify (retrying will not help)
+//   FailedPrecondition the peer's TLS certificate did not verify, more than max_redirects
+//                      redirects, or a redirect to a scheme other than http/https (retrying
+//                      will not help)
 //   ResourceExhausted  the response body is larger than HttpClientOptions::max_response_bytes
-//   Cancelled          HttpRequest::cancelled returned true
+//   Cancelled          HttpRequest::cancelled returned true, or the client was destroyed
 //   Internal           libcurl itself failed (out of memory, unexpected code)
 // IsTransientHttpError() says which of these are worth retrying.
 
@@ -30,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "eventbus/executor/destination_policy.h"
 
 namespace eventbus::executor {
 
@@ -65,13 +76,17 @@ struct HttpRequest {
   absl::Duration timeout = absl::Seconds(30);
   // Limit for the TCP + TLS connect alone. Must be > 0; InfiniteDuration() = none.
   absl::Duration connect_timeout = absl::Seconds(10);
-  // Redirects are followed (http/https only, at most max_redirects); the response is the
-  // last one.
-  bool follow_redirects = true;
+  // Off by default: a 3xx is then the response. When on, the client follows at most
+  // max_redirects hops itself (http/https only; a redirect elsewhere is FailedPrecondition),
+  // checks each hop's destination against the policy, turns 303 (and 301/302 after a POST)
+  // into a GET without a body, and on a hop to another scheme://host:port sends none of
+  // `headers` but Accept, Accept-Language, Content-Type and Content-Language (no
+  // Authorization, Cookie or custom header leaves the host they were meant for).
+  bool follow_redirects = false;
   int max_redirects = 5;
-  // Polled from curl's progress callback (often while data flows, about once a second when
-  // the connection is idle): when it returns true the call stops with Cancelled. Called on
-  // the thread that runs Send; must be cheap and thread-safe (e.g. read an atomic flag).
+  // Polled on the client's loop thread (every HttpClientOptions::cancel_poll_interval while
+  // the call is in flight): when it returns true the call stops with Cancelled. Must be cheap,
+  // non-blocking and thread-safe (e.g. read an atomic flag).
   std::function<bool()> cancelled;
 };
 
@@ -80,6 +95,7 @@ struct HttpResponse {
   HttpHeaders headers;
   std::string body;
   absl::Duration elapsed;  // total time of the call, redirects included
+  int redirects = 0;       // redirect hops followed
 
   // The first value of header `name` (case-insensitive), or nullopt.
   std::optional<std::string> Header(absl::string_view name) const;
@@ -113,34 +129,55 @@ struct HttpClientOptions {
   // PEM file of CA certificates to trust instead of the system store (a private CA, or the
   // test CA in tests). Empty = the system store. Verification stays on either way.
   std::string ca_file;
-  // Idle curl handles kept for reuse (each keeps its connections alive for keep-alive).
-  size_t max_idle_handles = 16;
+  // Idle curl easy handles kept for reuse. Connections live in the loop's shared connection
+  // cache and are reused across calls to the same scheme://host:port (keep-alive).
+  size_t max_idle_handles = 64;
+  // Idle connections kept open for reuse (CURLMOPT_MAXCONNECTS; the oldest is closed first).
+  // Sized for bursts of 1,000 calls to one host; each costs one descriptor while idle.
+  size_t max_idle_connections = 1024;
   // Sent as User-Agent unless the request sets one.
   std::string user_agent = "eventbus-executor";
+  // Where calls may connect (see destination_policy.h). The default denies link-local
+  // addresses (cloud metadata) only. Proxies from the environment (http_proxy, ...) are never
+  // used: a proxy would hide the real destination from this check.
+  DestinationPolicyOptions destinations;
+  // How often in-flight calls' HttpRequest::cancelled is polled. Must be > 0.
+  absl::Duration cancel_poll_interval = absl::Milliseconds(50);
 };
 
-// Thread-safe: Send may be called from any number of threads at once. Each call borrows a
-// curl handle from an internal pool (connections are reused across calls to the same host)
-// and blocks its thread until the response, an error, the timeout or cancellation.
-// libcurl's global initialisation happens once per process, on first construction.
+// Thread-safe: SendAsync and Send may be called from any number of threads at once. All
+// transfers run on one event-loop thread owned by the client (started by Create, stopped and
+// joined by the destructor). libcurl's global initialisation happens once per process, on
+// first construction. Host names are resolved by libcurl's resolver (short-lived threads, IP
+// literals and "localhost" need none).
 class HttpClient {
  public:
-  // InvalidArgument if an option is out of range.
+  using Callback = std::function<void(absl::StatusOr<HttpResponse>)>;
+
+  // InvalidArgument if an option is out of range or a destination entry is malformed.
   static absl::StatusOr<std::unique_ptr<HttpClient>> Create(HttpClientOptions options = {});
+  // Calls still in flight complete with Cancelled (their callbacks run before it returns).
+  // Must not be called from a callback.
   ~HttpClient();
 
   HttpClient(const HttpClient&) = delete;
   HttpClient& operator=(const HttpClient&) = delete;
 
-  // Performs one HTTP exchange. See the error contract at the top of this file.
+  // Starts one HTTP exchange (redirects included) and returns at once. `done` is called
+  // exactly once, on the client's loop thread (never inline), with the response or an error
+  // of the contract at the top of this file; it must be quick and must not block (it may call
+  // SendAsync again).
+  void SendAsync(HttpRequest request, Callback done);
+
+  // SendAsync and a wait for its result. FailedPrecondition when called on the loop thread
+  // (from a SendAsync callback), where it would wait for itself.
   absl::StatusOr<HttpResponse> Send(const HttpRequest& request);
 
  private:
-  class HandlePool;
-  explicit HttpClient(HttpClientOptions options);
+  class Loop;
+  explicit HttpClient(std::unique_ptr<Loop> loop);
 
-  const HttpClientOptions options_;
-  std::unique_ptr<HandlePool> pool_;
+  std::unique_ptr<Loop> loop_;
 };
 
 }  // namespace eventbus::executor
