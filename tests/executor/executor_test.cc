@@ -541,6 +541,25 @@ TEST_F(ExecutorTest, ADeliveryBeyondTheLimitIsDeadLetteredWithoutRunning) {
   EXPECT_EQ(results[0].status, TaskStatus::kFailed);
 }
 
+TEST_F(ExecutorTest, AResultTooLargeToPublishIsAFailureDeadLetteredOnceNotARerun) {
+  stream_ = testing::NewRecordingStream(memory_.get(), &log_, /*max_event_bytes=*/4096);
+  ScriptedHandler* big = AddHandler("big", [](TaskContext&, int) {
+    return TaskOutcome::Succeeded(json{{"blob", std::string(20'000, 'x')}});
+  });
+  Start();
+  Submit(Task("t-big", "big"));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].error_kind, "result_too_large");
+  EXPECT_THAT(results[0].error, HasSubstr("bytes was refused by the backend"));
+  EXPECT_EQ(results[0].output, nullptr);
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  EXPECT_THAT(log_.Calls(Op::kDeadLetter)[0].reason, HasSubstr("result not published"));
+  EXPECT_EQ(log_.Count(Op::kNack), 0) << "the request was given back to run again";
+  EXPECT_EQ(big->calls(), 1);
+}
+
 TEST_F(ExecutorTest, HandlerExceptionIsAPermanentFailureNotACrash) {
   AddHandler("throws", [](TaskContext&, int) -> TaskOutcome {
     throw std::runtime_error("bug in handler");

@@ -64,10 +64,15 @@ class RecordingSubscription final : public Subscription {
 
 class RecordingStream final : public EventStream {
  public:
-  RecordingStream(EventStream* inner, CallLog* log) : inner_(inner), log_(log) {}
+  RecordingStream(EventStream* inner, CallLog* log, size_t max_event_bytes)
+      : inner_(inner), log_(log), max_event_bytes_(max_event_bytes) {}
 
   absl::string_view backend_name() const override { return inner_->backend_name(); }
-  Capabilities capabilities() const override { return inner_->capabilities(); }
+  Capabilities capabilities() const override {
+    Capabilities caps = inner_->capabilities();
+    if (max_event_bytes_ > 0) caps.max_event_bytes = max_event_bytes_;
+    return caps;
+  }
   absl::Status Flush(absl::Duration timeout) override { return inner_->Flush(timeout); }
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
       const SubscribeOptions& options) override {
@@ -86,6 +91,7 @@ class RecordingStream final : public EventStream {
  private:
   EventStream* inner_;
   CallLog* log_;
+  const size_t max_event_bytes_;
 };
 
 }  // namespace
@@ -155,8 +161,9 @@ bool CallLog::AwaitCount(Op op, int n, absl::Duration timeout) const {
       timeout);
 }
 
-std::unique_ptr<EventStream> NewRecordingStream(EventStream* inner, CallLog* log) {
-  return std::make_unique<RecordingStream>(inner, log);
+std::unique_ptr<EventStream> NewRecordingStream(EventStream* inner, CallLog* log,
+                                                size_t max_event_bytes) {
+  return std::make_unique<RecordingStream>(inner, log, max_event_bytes);
 }
 
 void RecordingMetrics::TaskFinished(absl::string_view type, absl::string_view outcome,

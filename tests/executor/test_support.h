@@ -85,7 +85,9 @@ class CallLog {
 
 // Forwards everything to `inner`, recording each settling call in `log` once the inner call
 // returned (so a test that sees the record may rely on its effect).
-std::unique_ptr<EventStream> NewRecordingStream(EventStream* inner, CallLog* log);
+// `max_event_bytes` > 0 lowers the declared event size limit (Publish refuses larger events).
+std::unique_ptr<EventStream> NewRecordingStream(EventStream* inner, CallLog* log,
+                                                size_t max_event_bytes = 0);
 
 class FixedRandom final : public RandomSource {
  public:
