@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -145,6 +146,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (server_->stopping) return Close();
     parser_.emplace();
     parser_->header_limit(kMaxHeaderBytes);
+    // Beast checks Content-Length against its default 1 MiB while parsing the header; the
+    // route's own limit applies once the route is known. (Not boost::none: Boost 1.74 compares
+    // a length against an empty optional as "greater" and refuses every body.)
+    parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
     reading_ = true;
     stream_.expires_after(Chrono(server_->options.idle_timeout));
     http::async_read_header(stream_, buffer_, *parser_,

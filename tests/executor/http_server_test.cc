@@ -78,6 +78,10 @@ class HttpServerTest : public ::testing::Test {
                    [](HttpRequest&& request, HttpResponder respond) {
                      respond(Text(absl::StrCat(request.content_type, "|", request.body)));
                    });
+    server_->Route("POST", "/big", {.max_body_bytes = 4 << 20},
+                   [](HttpRequest&& request, HttpResponder respond) {
+                     respond(Text(absl::StrCat(request.body.size())));
+                   });
     server_->Route("POST", "/later", {}, [this](HttpRequest&&, HttpResponder respond) {
       std::lock_guard lock(mu_);
       held_.push_back(std::move(respond));
@@ -197,6 +201,20 @@ TEST_F(HttpServerTest, BodyOverTheLimitIs413JsonWhateverTheContentType) {
       "POST", "/echo", "{\"a\":1}", "Content-Type: application/x-www-form-urlencoded\r\n"));
   ASSERT_TRUE(echoed.has_value());
   EXPECT_EQ(echoed->body, "application/x-www-form-urlencoded|{\"a\":1}");
+}
+
+TEST_F(HttpServerTest, EachRouteHasItsOwnBodyLimitAboveBeastsDefault) {
+  StartServer();
+  RawHttpClient client(port());
+  auto accepted = client.RoundTrip(RawHttpClient::Request("POST", "/big", std::string(2 << 20, 'x')));
+  ASSERT_TRUE(accepted.has_value());
+  EXPECT_EQ(accepted->status, 200);
+  EXPECT_EQ(accepted->body, absl::StrCat(2 << 20));
+  RawHttpClient refused(port());
+  auto too_big = refused.RoundTrip(RawHttpClient::Request("POST", "/big", std::string(5 << 20, 'x')));
+  ASSERT_TRUE(too_big.has_value());
+  EXPECT_EQ(too_big->status, 413);
+  EXPECT_THAT(ErrorOf(*too_big), HasSubstr("larger than 4194304 bytes"));
 }
 
 TEST_F(HttpServerTest, ExpectContinueIsAnsweredBeforeTheBodyIsSent) {
