@@ -10,6 +10,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -64,6 +65,58 @@ struct Service::Prepared {
   Event event;
 };
 
+// GET /readyz: Ping runs on this thread, so a slow or unreachable backend (up to the 2 s Ping
+// timeout) never holds one of the two HTTP threads; probes arriving meanwhile share one Ping.
+struct Service::ReadinessProbe {
+  explicit ReadinessProbe(EventStream* s) : stream(s), thread([this] { Run(); }) {}
+  ~ReadinessProbe() {
+    {
+      std::lock_guard lock(mu);
+      stopping = true;
+    }
+    changed.notify_all();
+    thread.join();
+    for (auto& respond : waiting) respond(JsonError(503, "shutting down"));
+  }
+
+  void Ask(HttpResponder respond) {
+    {
+      std::lock_guard lock(mu);
+      waiting.push_back(std::move(respond));
+    }
+    changed.notify_all();
+  }
+
+  void Run() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      changed.wait(lock, [&] { return stopping || !waiting.empty(); });
+      if (stopping) return;
+      std::vector<HttpResponder> asking = std::move(waiting);
+      waiting.clear();
+      lock.unlock();
+      const absl::Status s = stream->Ping(absl::Seconds(2));
+      for (auto& respond : asking) {
+        if (s.ok()) {
+          respond(HttpResponse{.status = 200, .content_type = "text/plain", .body = "ready\n"});
+        } else {
+          respond(HttpResponse{.status = 503,
+                               .content_type = "text/plain",
+                               .body = absl::StrCat("not ready: ", s.ToString(), "\n")});
+        }
+      }
+      lock.lock();
+    }
+  }
+
+  EventStream* const stream;
+  std::mutex mu;
+  std::condition_variable changed;
+  std::vector<HttpResponder> waiting;  // guarded by mu
+  bool stopping = false;               // guarded by mu
+  std::thread thread;                  // last: starts once the rest is built
+};
+
 Service::Service(ServiceConfig config, Environment env, JsonLog* log)
     : config_(std::move(config)), env_(std::move(env)), log_(log) {
   if (!config_.api_token.empty()) token_digest_ = Sha256(config_.api_token);
@@ -115,6 +168,7 @@ absl::Status Service::Start() {
   http_options.port = config_.http_port;
   http_options.max_connections = config_.http_max_connections;
   http_options.response_timeout = kPublishTimeout;
+  readiness_ = std::make_unique<ReadinessProbe>(stream_.get());
   http_ = std::make_unique<HttpServer>(http_options);
   InstallRoutes();
   EVENTBUS_RETURN_IF_ERROR(http_->Start());
@@ -145,6 +199,7 @@ void Service::Stop() {
   log_->Write(LogLevel::kInfo, "shutting down");
   // New tasks are refused first; then the executor drains.
   if (http_ != nullptr) http_->Stop();
+  readiness_.reset();
   if (executor_ != nullptr) executor_->Shutdown();
   if (stream_ != nullptr) {
     if (absl::Status s = stream_->Flush(absl::Seconds(10)); !s.ok()) {
@@ -369,14 +424,7 @@ void Service::InstallRoutes() {
     respond(HttpResponse{.status = 200, .content_type = "text/plain", .body = "ok\n"});
   });
   http_->Route("GET", "/readyz", {}, [this](HttpRequest&&, HttpResponder respond) {
-    absl::Status s = stream_->Ping(absl::Seconds(2));
-    if (s.ok()) {
-      respond(HttpResponse{.status = 200, .content_type = "text/plain", .body = "ready\n"});
-    } else {
-      respond(HttpResponse{.status = 503,
-                           .content_type = "text/plain",
-                           .body = absl::StrCat("not ready: ", s.ToString(), "\n")});
-    }
+    readiness_->Ask(std::move(respond));
   });
   http_->Route("GET", "/metrics",
                {.admission = config_.metrics_require_token ? require_token : nullptr},

@@ -59,6 +59,7 @@ class Service {
 
  private:
   struct Prepared;
+  struct ReadinessProbe;
   absl::StatusOr<Prepared> Prepare(nlohmann::json& document) const;
   void InstallRoutes();
   void HandleSubmit(HttpRequest&& request, std::function<void(HttpResponse)> respond);
@@ -73,6 +74,7 @@ class Service {
   HandlerRegistry handlers_;
   std::unique_ptr<Executor> executor_;
   std::array<unsigned char, 32> token_digest_{};  // SHA-256 of EXECUTOR_API_TOKEN
+  std::unique_ptr<ReadinessProbe> readiness_;
   std::unique_ptr<HttpServer> http_;
   int http_port_ = 0;
   bool stopped_ = false;

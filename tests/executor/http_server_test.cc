@@ -312,6 +312,15 @@ TEST_F(HttpServerTest, GuardedPrefixRefusesRoutedAndUnroutedPaths) {
   EXPECT_EQ(allowed->body, "secret");
 }
 
+TEST_F(HttpServerTest, StartFailsNamingTheAddressWhenThePortIsTaken) {
+  StartServer();
+  HttpServer second({.host = "127.0.0.1", .port = port()});
+  absl::Status status = second.Start();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr(absl::StrCat("cannot listen on 127.0.0.1:", port())));
+}
+
 TEST_F(HttpServerTest, StopClosesIdleConnectionsAtOnceAndDropsLaterAnswers) {
   StartServer({.idle_timeout = absl::Minutes(10), .stop_grace = absl::Milliseconds(200)});
   RawHttpClient idle(port());
