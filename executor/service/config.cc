@@ -156,7 +156,8 @@ std::vector<std::string> KnownSettings() {
       "EVENT_STREAM_TYPE", "EXECUTOR_CA_FILE", "EXECUTOR_CALL_ALLOW", "EXECUTOR_CALL_DENY",
       "EXECUTOR_CALL_DENY_PRIVATE", "EXECUTOR_CONCURRENCY", "EXECUTOR_CONSUMER_GROUP",
       "EXECUTOR_CONSUMER_NAME", "EXECUTOR_DLQ_STREAM", "EXECUTOR_HEARTBEAT_INTERVAL",
-      "EXECUTOR_HTTP_ADDR", "EXECUTOR_MAX_ATTEMPTS", "EXECUTOR_MAX_DELIVERIES",
+      "EXECUTOR_HTTP_ADDR", "EXECUTOR_HTTP_MAX_CONNECTIONS", "EXECUTOR_API_TOKEN",
+      "EXECUTOR_METRICS_REQUIRE_TOKEN", "EXECUTOR_MAX_ATTEMPTS", "EXECUTOR_MAX_DELIVERIES",
       "EXECUTOR_MAX_IN_FLIGHT", "EXECUTOR_WORKERS",
       "EXECUTOR_RECLAIM_ENABLED", "EXECUTOR_RECLAIM_INTERVAL", "EXECUTOR_RECLAIM_MIN_IDLE",
       "EXECUTOR_REQUEST_STREAM", "EXECUTOR_RESULT_STREAM", "EXECUTOR_SHUTDOWN_DEADLINE",
@@ -246,6 +247,26 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
     config.max_attempts = attempts;
   }
   EVENTBUS_RETURN_IF_ERROR(ReadHttpAddr(env, config));
+  EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_HTTP_MAX_CONNECTIONS", 1, 1'000'000,
+                                   &config.http_max_connections));
+  if (const std::string* token = Find(env, "EXECUTOR_API_TOKEN")) {
+    // Checked without echoing the value: it is a secret.
+    const bool printable = std::all_of(token->begin(), token->end(), [](char c) {
+      return c > ' ' && c < 0x7f;
+    });
+    if (!printable || token->size() > 4096) {
+      return absl::InvalidArgumentError(
+          "EXECUTOR_API_TOKEN is invalid: expected 1 to 4096 printable ASCII characters without "
+          "spaces (the value is not shown)");
+    }
+    config.api_token = *token;
+  }
+  EVENTBUS_RETURN_IF_ERROR(
+      ReadBool(env, "EXECUTOR_METRICS_REQUIRE_TOKEN", &config.metrics_require_token));
+  if (config.metrics_require_token && config.api_token.empty()) {
+    return absl::InvalidArgumentError(
+        "EXECUTOR_METRICS_REQUIRE_TOKEN=true needs EXECUTOR_API_TOKEN to be set");
+  }
   EVENTBUS_RETURN_IF_ERROR(ReadLogLevel(env, config));
   if (const std::string* ca = Find(env, "EXECUTOR_CA_FILE")) {
     if (access(ca->c_str(), R_OK) != 0) {

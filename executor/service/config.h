@@ -30,8 +30,18 @@ struct ServiceConfig {
   std::optional<absl::Duration> task_timeout;
   std::optional<int> max_attempts;
   // EXECUTOR_HTTP_ADDR, "host:port" (default 0.0.0.0:8080; port 0 = any free port).
+  // The default listens on every interface: bind 127.0.0.1 or set EXECUTOR_API_TOKEN when the
+  // host is reachable from outside.
   std::string http_host = "0.0.0.0";
   int http_port = 8080;
+  // EXECUTOR_HTTP_MAX_CONNECTIONS: open HTTP connections at most (default 1024); the next ones
+  // are answered 503 and closed.
+  int http_max_connections = 1024;
+  // EXECUTOR_API_TOKEN: when set, every /v1/* request needs "Authorization: Bearer <token>"
+  // (401 otherwise). /healthz and /readyz stay open; /metrics too unless
+  // EXECUTOR_METRICS_REQUIRE_TOKEN=true (which needs a token). Never logged.
+  std::string api_token;
+  bool metrics_require_token = false;
   // LOG_LEVEL: trace, debug, info, warn, error, off (default info).
   LogLevel log_level = LogLevel::kInfo;
   // EXECUTOR_CA_FILE: PEM CA bundle for HTTPS `call` tasks (default: the system store).

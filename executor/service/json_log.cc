@@ -48,6 +48,8 @@ JsonLog::JsonLog(LogLevel level)
 
 JsonLog::~JsonLog() = default;
 
+bool JsonLog::Enabled(LogLevel level) const { return logger_->should_log(ToSpdlog(level)); }
+
 void JsonLog::Write(LogLevel level, absl::string_view message, const nlohmann::json& fields) {
   const auto spd_level = ToSpdlog(level);
   if (!logger_->should_log(spd_level)) return;

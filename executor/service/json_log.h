@@ -26,6 +26,9 @@ class JsonLog {
   void Write(LogLevel level, absl::string_view message, const nlohmann::json& fields);
   void Write(LogLevel level, absl::string_view message);
 
+  // Whether a line at `level` would be written (skip building fields on hot paths).
+  bool Enabled(LogLevel level) const;
+
   // Renders the executor's per-task records (task_id, type, attempt, delivery_id, error).
   void WriteTask(const TaskLogRecord& record);
 

@@ -112,8 +112,8 @@ void PrometheusMetrics::BackendError(absl::string_view operation) {
   families_->backend_errors.Add({{"operation", std::string(operation)}}).Increment();
 }
 
-void PrometheusMetrics::TaskSubmitted(absl::string_view type) {
-  families_->submitted.Add({{"type", std::string(type)}}).Increment();
+void PrometheusMetrics::TaskSubmitted(absl::string_view type, int count) {
+  families_->submitted.Add({{"type", std::string(type)}}).Increment(count);
 }
 
 void PrometheusMetrics::CircuitChanged(absl::string_view to_state) {

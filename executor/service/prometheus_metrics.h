@@ -29,8 +29,8 @@ class PrometheusMetrics final : public ExecutorMetrics {
   void FetchLag(absl::Duration lag) override;
   void BackendError(absl::string_view operation) override;
 
-  // Accepted by POST /v1/tasks.
-  void TaskSubmitted(absl::string_view type);
+  // Accepted by POST /v1/tasks or /v1/tasks:batch.
+  void TaskSubmitted(absl::string_view type, int count = 1);
   void CircuitChanged(absl::string_view to_state);
 
   // The Prometheus text exposition format (version 0.0.4).

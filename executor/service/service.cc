@@ -1,33 +1,126 @@
 #include "service.h"
 
-#include <httplib.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
 #include "eventbus/executor/task.h"
 #include "eventbus/status_macros.h"
+#include "http_server.h"
 
 namespace eventbus::executor::service {
 namespace {
 
 using nlohmann::json;
 
+// The API's limits (docs/tasks.md).
 constexpr size_t kMaxRequestBytes = 1 << 20;
+constexpr size_t kMaxBatchBytes = 16 << 20;
+constexpr size_t kMaxBatchItems = 10'000;
+constexpr absl::Duration kPublishTimeout = absl::Seconds(10);
 
-void SendJson(httplib::Response& res, int status, const json& body) {
-  res.status = status;
-  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+std::string Dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+HttpResponse Json(int status, const json& body) {
+  HttpResponse response;
+  response.status = status;
+  response.body = Dump(body);
+  return response;
+}
+
+int StatusFor(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kInvalidArgument ? 400 : 503;
+}
+
+std::array<unsigned char, 32> Sha256(absl::string_view text) {
+  std::array<unsigned char, 32> digest{};
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest.data());
+  return digest;
 }
 
 }  // namespace
 
+struct Service::Prepared {
+  std::string id;
+  std::string type;
+  Event event;
+};
+
+// GET /readyz: Ping runs on this thread, so a slow or unreachable backend (up to the 2 s Ping
+// timeout) never holds one of the two HTTP threads; probes arriving meanwhile share one Ping.
+struct Service::ReadinessProbe {
+  explicit ReadinessProbe(EventStream* s) : stream(s), thread([this] { Run(); }) {}
+  ~ReadinessProbe() {
+    {
+      std::lock_guard lock(mu);
+      stopping = true;
+    }
+    changed.notify_all();
+    thread.join();
+    for (auto& respond : waiting) respond(JsonError(503, "shutting down"));
+  }
+
+  void Ask(HttpResponder respond) {
+    {
+      std::lock_guard lock(mu);
+      waiting.push_back(std::move(respond));
+    }
+    changed.notify_all();
+  }
+
+  void Run() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      changed.wait(lock, [&] { return stopping || !waiting.empty(); });
+      if (stopping) return;
+      std::vector<HttpResponder> asking = std::move(waiting);
+      waiting.clear();
+      lock.unlock();
+      const absl::Status s = stream->Ping(absl::Seconds(2));
+      for (auto& respond : asking) {
+        if (s.ok()) {
+          respond(HttpResponse{.status = 200, .content_type = "text/plain", .body = "ready\n"});
+        } else {
+          respond(HttpResponse{.status = 503,
+                               .content_type = "text/plain",
+                               .body = absl::StrCat("not ready: ", s.ToString(), "\n")});
+        }
+      }
+      lock.lock();
+    }
+  }
+
+  EventStream* const stream;
+  std::mutex mu;
+  std::condition_variable changed;
+  std::vector<HttpResponder> waiting;  // guarded by mu
+  bool stopping = false;               // guarded by mu
+  std::thread thread;                  // last: starts once the rest is built
+};
+
 Service::Service(ServiceConfig config, Environment env, JsonLog* log)
-    : config_(std::move(config)), env_(std::move(env)), log_(log) {}
+    : config_(std::move(config)), env_(std::move(env)), log_(log) {
+  if (!config_.api_token.empty()) token_digest_ = Sha256(config_.api_token);
+}
 
 Service::~Service() { Stop(); }
 
@@ -73,26 +166,24 @@ absl::Status Service::Start() {
                            .random = nullptr,
                            .log = [this](const TaskLogRecord& record) { log_->WriteTask(record); }});
 
-  http_ = std::make_unique<httplib::Server>();
-  http_->set_payload_max_length(kMaxRequestBytes);
-  // Idle keep-alive connections hold a server thread until they time out, and stop() waits for
-  // them: keep that short so shutdown is quick.
-  http_->set_keep_alive_timeout(1);
+  HttpServerOptions http_options;
+  http_options.host = config_.http_host;
+  http_options.port = config_.http_port;
+  http_options.max_connections = config_.http_max_connections;
+  http_options.response_timeout = kPublishTimeout;
+  readiness_ = std::make_unique<ReadinessProbe>(stream_.get());
+  http_ = std::make_unique<HttpServer>(http_options);
   InstallRoutes();
-  if (config_.http_port == 0) {
-    http_port_ = http_->bind_to_any_port(config_.http_host);
-  } else {
-    http_port_ = http_->bind_to_port(config_.http_host, config_.http_port) ? config_.http_port : -1;
-  }
-  if (http_port_ <= 0) {
-    return absl::UnavailableError(absl::StrCat("EXECUTOR_HTTP_ADDR: cannot listen on ",
-                                               config_.http_host, ":", config_.http_port,
-                                               " (address in use or not local?)"));
-  }
+  EVENTBUS_RETURN_IF_ERROR(http_->Start());
+  http_port_ = http_->port();
   EVENTBUS_RETURN_IF_ERROR(executor_->Start());
-  http_thread_ = std::thread([this] { http_->listen_after_bind(); });
-  // httplib::Server::stop() before the listen loop started would be lost (Stop would hang).
-  while (!http_->is_running()) std::this_thread::yield();
+  if (config_.api_token.empty() && config_.http_host != "127.0.0.1" &&
+      config_.http_host != "localhost" && config_.http_host != "::1") {
+    log_->Write(LogLevel::kWarn,
+                "the HTTP API accepts tasks from anyone who reaches this address: bind "
+                "EXECUTOR_HTTP_ADDR to 127.0.0.1 or set EXECUTOR_API_TOKEN",
+                {{"http", absl::StrCat(config_.http_host, ":", http_port_)}});
+  }
   log_->Write(LogLevel::kInfo, "eventbus-executor started",
               {{"http", absl::StrCat(config_.http_host, ":", http_port_)},
                {"backend", config_.stream_type},
@@ -100,6 +191,7 @@ absl::Status Service::Start() {
                {"result_stream", options.result_stream},
                {"consumer_group", options.consumer_group},
                {"concurrency", options.concurrency},
+               {"api_token", config_.api_token.empty() ? "none" : "required"},
                {"task_types", handlers_.Types()}});
   return absl::OkStatus();
 }
@@ -109,10 +201,8 @@ void Service::Stop() {
   stopped_ = true;
   log_->Write(LogLevel::kInfo, "shutting down");
   // New tasks are refused first; then the executor drains.
-  if (http_ != nullptr) {
-    http_->stop();
-    if (http_thread_.joinable()) http_thread_.join();
-  }
+  if (http_ != nullptr) http_->Stop();
+  readiness_.reset();
   if (executor_ != nullptr) executor_->Shutdown();
   if (stream_ != nullptr) {
     if (absl::Status s = stream_->Flush(absl::Seconds(10)); !s.ok()) {
@@ -122,13 +212,7 @@ void Service::Stop() {
   log_->Write(LogLevel::kInfo, "eventbus-executor stopped");
 }
 
-absl::StatusOr<Service::Submitted> Service::Submit(absl::string_view body) {
-  auto parsed = ParseUntrustedJson(body);
-  if (!parsed.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("request body is ", parsed.status().message()));
-  }
-  json& document = *parsed;
+absl::StatusOr<Service::Prepared> Service::Prepare(json& document) const {
   if (document.is_object() && !document.contains("id")) document["id"] = NewEventId();
   EVENTBUS_ASSIGN_OR_RETURN(TaskRequest request, TaskRequestFromJson(document));
   const TaskHandler* handler = handlers_.Find(request.type);
@@ -138,48 +222,230 @@ absl::StatusOr<Service::Submitted> Service::Submit(absl::string_view body) {
                                                    absl::StrJoin(handlers_.Types(), ", ")));
   }
   EVENTBUS_RETURN_IF_ERROR(handler->Supports(request));
-  Event event = MakeTaskRequestEvent(request, "eventbus-executor/http");
-  EVENTBUS_ASSIGN_OR_RETURN(
-      PublishReceipt receipt,
-      stream_->PublishAndWait(config_.executor.request_stream, std::move(event), absl::Seconds(10)));
-  metrics_.TaskSubmitted(request.type);
-  log_->Write(LogLevel::kDebug, "task submitted",
-              {{"task_id", request.id}, {"task_type", request.type}, {"event_id", receipt.id}});
-  return Submitted{request.id, receipt.id};
+  return Prepared{request.id, request.type, MakeTaskRequestEvent(request, "eventbus-executor/http")};
+}
+
+void Service::SubmitAsync(absl::string_view body, SubmitCallback done) {
+  auto parsed = ParseUntrustedJson(body);
+  if (!parsed.ok()) {
+    return done(
+        absl::InvalidArgumentError(absl::StrCat("request body is ", parsed.status().message())));
+  }
+  auto prepared = Prepare(*parsed);
+  if (!prepared.ok()) return done(prepared.status());
+  // Publish may fail at once or through the callback (never both, but one guard costs little).
+  auto once = std::make_shared<std::atomic<bool>>(false);
+  auto finish = [this, once, done, id = prepared->id,
+                 type = prepared->type](absl::StatusOr<PublishReceipt> receipt) {
+    if (once->exchange(true)) return;
+    if (!receipt.ok()) return done(receipt.status());
+    metrics_.TaskSubmitted(type);
+    if (log_->Enabled(LogLevel::kDebug)) {
+      log_->Write(LogLevel::kDebug, "task submitted",
+                  {{"task_id", id}, {"task_type", type}, {"event_id", receipt->id}});
+    }
+    done(Submitted{id, receipt->id});
+  };
+  absl::Status published =
+      stream_->Publish(config_.executor.request_stream, std::move(prepared->event), finish);
+  if (!published.ok()) finish(published);
+}
+
+absl::StatusOr<Service::Submitted> Service::Submit(absl::string_view body) {
+  struct Outcome {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<absl::StatusOr<Submitted>> result;
+  };
+  auto outcome = std::make_shared<Outcome>();  // the callback may outlive a timed-out wait
+  SubmitAsync(body, [outcome](absl::StatusOr<Submitted> result) {
+    std::lock_guard lock(outcome->mu);
+    outcome->result = std::move(result);
+    outcome->cv.notify_all();
+  });
+  std::unique_lock lock(outcome->mu);
+  if (!outcome->cv.wait_for(lock, absl::ToChronoNanoseconds(kPublishTimeout),
+                            [&] { return outcome->result.has_value(); })) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "publishing the task was not confirmed within ", absl::FormatDuration(kPublishTimeout)));
+  }
+  return *outcome->result;
+}
+
+bool Service::Authorized(absl::string_view authorization) const {
+  absl::string_view value = absl::StripAsciiWhitespace(authorization);
+  constexpr absl::string_view kScheme = "bearer ";
+  if (value.size() <= kScheme.size() || !absl::StartsWithIgnoreCase(value, kScheme)) return false;
+  // Digests of equal length, compared in constant time: neither the token's length nor where
+  // a guess first differs shows in the timing.
+  const auto given = Sha256(absl::StripLeadingAsciiWhitespace(value.substr(kScheme.size())));
+  return CRYPTO_memcmp(given.data(), token_digest_.data(), given.size()) == 0;
+}
+
+void Service::HandleSubmit(HttpRequest&& request, std::function<void(HttpResponse)> respond) {
+  SubmitAsync(request.body, [this, respond](absl::StatusOr<Submitted> submitted) {
+    if (!submitted.ok()) {
+      respond(JsonError(StatusFor(submitted.status()), submitted.status().message()));
+      return;
+    }
+    respond(Json(202, {{"id", submitted->task_id},
+                       {"event_id", submitted->event_id},
+                       {"stream", config_.executor.request_stream}}));
+  });
+}
+
+void Service::HandleBatch(HttpRequest&& request, std::function<void(HttpResponse)> respond) {
+  // Parse every item first: the batch is answered only when the body as a whole is readable.
+  absl::string_view body = request.body;
+  const size_t first = body.find_first_not_of(" \t\r\n");
+  if (first == absl::string_view::npos) return respond(JsonError(400, "batch body is empty"));
+  const bool ndjson = absl::StartsWithIgnoreCase(
+                          absl::StripLeadingAsciiWhitespace(request.content_type),
+                          "application/x-ndjson") ||
+                      body[first] != '[';
+  std::vector<absl::StatusOr<json>> items;
+  if (ndjson) {
+    if (body[first] != '{') {
+      return respond(JsonError(
+          400, "batch body must be a JSON array of task requests or NDJSON (one JSON object "
+               "per line)"));
+    }
+    for (absl::string_view line : absl::StrSplit(body, '\n')) {
+      if (absl::StripAsciiWhitespace(line).empty()) continue;
+      if (items.size() == kMaxBatchItems) {
+        return respond(JsonError(413, absl::StrCat("batch has more than ", kMaxBatchItems,
+                                                   " task requests")));
+      }
+      auto parsed = ParseUntrustedJson(line);
+      if (parsed.ok()) {
+        items.push_back(std::move(*parsed));
+      } else {
+        items.push_back(absl::InvalidArgumentError(
+            absl::StrCat("line is ", parsed.status().message())));
+      }
+    }
+  } else {
+    auto parsed = ParseUntrustedJson(body);
+    if (!parsed.ok()) {
+      return respond(
+          JsonError(400, absl::StrCat("batch body is ", parsed.status().message())));
+    }
+    if (parsed->size() > kMaxBatchItems) {
+      return respond(JsonError(413, absl::StrCat("batch has ", parsed->size(),
+                                                 " task requests; at most ", kMaxBatchItems)));
+    }
+    items.reserve(parsed->size());
+    for (json& item : *parsed) items.push_back(std::move(item));
+  }
+  if (items.empty()) return respond(JsonError(400, "batch has no task requests"));
+
+  // Every item's slots are written by its own completion only; the last one to finish
+  // answers. Plain strings rather than JSON values per item: at 10,000 items it shows.
+  struct Batch {
+    explicit Batch(size_t n) : ids(n), event_ids(n), errors(n), types(n) {}
+    std::vector<std::string> ids, event_ids, errors, types;
+    std::atomic<size_t> pending{1};  // +1 held while publishing, so no early answer
+    std::function<void(HttpResponse)> respond;
+  };
+  auto batch = std::make_shared<Batch>(items.size());
+  batch->respond = std::move(respond);
+  auto complete = [this](const std::shared_ptr<Batch>& b) {
+    if (b->pending.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    const size_t n = b->ids.size();
+    std::map<absl::string_view, int> submitted_by_type;
+    std::string out;
+    out.reserve(n * 80 + 64);
+    out += "{\"results\":[";
+    size_t accepted = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (i > 0) out += ',';
+      if (!b->event_ids[i].empty()) {
+        ++accepted;
+        ++submitted_by_type[b->types[i]];
+        absl::StrAppend(&out, "{\"id\":", Dump(b->ids[i]), ",\"event_id\":",
+                        Dump(b->event_ids[i]), "}");
+      } else {
+        absl::StrAppend(&out, "{\"error\":", Dump(b->errors[i]), ",\"index\":", i, "}");
+      }
+    }
+    absl::StrAppend(&out, "],\"accepted\":", accepted, ",\"rejected\":", n - accepted, "}");
+    for (const auto& [type, count] : submitted_by_type) metrics_.TaskSubmitted(type, count);
+    HttpResponse response;
+    response.body = std::move(out);
+    b->respond(std::move(response));
+  };
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!items[i].ok()) {
+      batch->errors[i] = std::string(items[i].status().message());
+      continue;
+    }
+    auto prepared = Prepare(*items[i]);
+    items[i] = json();  // free the parsed item now, while its memory is still warm
+    if (!prepared.ok()) {
+      batch->errors[i] = std::string(prepared.status().message());
+      continue;
+    }
+    batch->ids[i] = std::move(prepared->id);
+    batch->types[i] = std::move(prepared->type);
+    batch->pending.fetch_add(1, std::memory_order_relaxed);
+    // Publish reports an outcome either through `done` or by its return value, never both
+    // (EventStream's contract), so each item completes exactly once.
+    auto done = [batch, complete, i](absl::StatusOr<PublishReceipt> receipt) {
+      if (receipt.ok()) {
+        batch->event_ids[i] = std::move(receipt->id);
+      } else {
+        batch->errors[i] = absl::StrCat("publishing failed: ", receipt.status().message());
+      }
+      complete(batch);
+    };
+    absl::Status published =
+        stream_->Publish(config_.executor.request_stream, std::move(prepared->event), done);
+    if (!published.ok()) done(published);
+  }
+  if (log_->Enabled(LogLevel::kDebug)) {
+    log_->Write(LogLevel::kDebug, "task batch submitted", {{"items", items.size()}});
+  }
+  complete(batch);
 }
 
 void Service::InstallRoutes() {
-  http_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok\n", "text/plain");
+  HttpAdmission require_token;
+  if (!config_.api_token.empty()) {
+    require_token = [this](const HttpRequest& request) -> std::optional<HttpResponse> {
+      if (Authorized(request.authorization)) return std::nullopt;
+      HttpResponse refusal = JsonError(
+          401, request.authorization.empty()
+                   ? "missing Authorization: Bearer <token> (EXECUTOR_API_TOKEN is set)"
+                   : "wrong bearer token");
+      refusal.headers.emplace_back("WWW-Authenticate", "Bearer");
+      return refusal;
+    };
+  }
+  // Every /v1/* request, routed or not, so the API's shape is not visible without the token.
+  if (require_token) http_->Guard("/v1/", require_token);
+  http_->Route("GET", "/healthz", {}, [](HttpRequest&&, HttpResponder respond) {
+    respond(HttpResponse{.status = 200, .content_type = "text/plain", .body = "ok\n"});
   });
-  http_->Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
-    absl::Status s = stream_->Ping(absl::Seconds(2));
-    if (s.ok()) {
-      res.set_content("ready\n", "text/plain");
-    } else {
-      res.status = 503;
-      res.set_content(absl::StrCat("not ready: ", s.ToString(), "\n"), "text/plain");
-    }
+  http_->Route("GET", "/readyz", {}, [this](HttpRequest&&, HttpResponder respond) {
+    readiness_->Ask(std::move(respond));
   });
-  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.Serialize(), "text/plain; version=0.0.4");
-  });
-  http_->Post("/v1/tasks", [this](const httplib::Request& req, httplib::Response& res) {
-    auto submitted = Submit(req.body);
-    if (submitted.ok()) {
-      SendJson(res, 202, {{"id", submitted->task_id}, {"event_id", submitted->event_id},
-                          {"stream", config_.executor.request_stream}});
-      return;
-    }
-    const bool bad_request = submitted.status().code() == absl::StatusCode::kInvalidArgument;
-    SendJson(res, bad_request ? 400 : 503, {{"error", std::string(submitted.status().message())}});
-  });
-  // Anything else is a clear 404 (the demo's failing `call` targets one).
-  http_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404) {
-      SendJson(res, 404, {{"error", absl::StrCat("no route ", req.method, " ", req.path)}});
-    }
-  });
+  http_->Route("GET", "/metrics",
+               {.admission = config_.metrics_require_token ? require_token : nullptr},
+               [this](HttpRequest&&, HttpResponder respond) {
+                 respond(HttpResponse{.status = 200,
+                                      .content_type = "text/plain; version=0.0.4",
+                                      .body = metrics_.Serialize()});
+               });
+  http_->Route("POST", "/v1/tasks",
+               {.max_body_bytes = kMaxRequestBytes},
+               [this](HttpRequest&& request, HttpResponder respond) {
+                 HandleSubmit(std::move(request), std::move(respond));
+               });
+  http_->Route("POST", "/v1/tasks:batch",
+               {.max_body_bytes = kMaxBatchBytes},
+               [this](HttpRequest&& request, HttpResponder respond) {
+                 HandleBatch(std::move(request), std::move(respond));
+               });
 }
 
 }  // namespace eventbus::executor::service

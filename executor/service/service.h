@@ -1,10 +1,13 @@
 #pragma once
 // The eventbus-executor service: one event stream, the executor, and the HTTP endpoints
-// (/healthz, /readyz, /metrics, POST /v1/tasks).
+// (/healthz, /readyz, /metrics, POST /v1/tasks, POST /v1/tasks:batch; docs/tasks.md).
 
+#include <array>
+#include <functional>
 #include <memory>
 #include <string>
-#include <thread>
+
+#include <nlohmann/json_fwd.hpp>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -16,11 +19,11 @@
 #include "json_log.h"
 #include "prometheus_metrics.h"
 
-namespace httplib {
-class Server;
-}  // namespace httplib
-
 namespace eventbus::executor::service {
+
+class HttpServer;
+struct HttpRequest;
+struct HttpResponse;
 
 class Service {
  public:
@@ -45,13 +48,23 @@ class Service {
     std::string task_id;
     std::string event_id;
   };
+  using SubmitCallback = std::function<void(absl::StatusOr<Submitted>)>;
   // What POST /v1/tasks does: validates the JSON request (filling a missing id), checks that its
-  // type is registered and supports the input, and publishes it on the request stream.
-  // InvalidArgument with the reason for a bad request; the backend's error otherwise.
+  // type is registered and supports the input, and publishes it on the request stream without
+  // waiting. `done` runs exactly once, inline or on a backend thread: InvalidArgument with the
+  // reason for a bad request; the backend's error otherwise. Thread-safe.
+  void SubmitAsync(absl::string_view body, SubmitCallback done);
+  // SubmitAsync, waiting up to 10 s (DeadlineExceeded after). Not for the HTTP path.
   absl::StatusOr<Submitted> Submit(absl::string_view body);
 
  private:
+  struct Prepared;
+  struct ReadinessProbe;
+  absl::StatusOr<Prepared> Prepare(nlohmann::json& document) const;
   void InstallRoutes();
+  void HandleSubmit(HttpRequest&& request, std::function<void(HttpResponse)> respond);
+  void HandleBatch(HttpRequest&& request, std::function<void(HttpResponse)> respond);
+  bool Authorized(absl::string_view authorization) const;
 
   ServiceConfig config_;
   Environment env_;
@@ -60,8 +73,9 @@ class Service {
   std::unique_ptr<EventStream> stream_;
   HandlerRegistry handlers_;
   std::unique_ptr<Executor> executor_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread http_thread_;
+  std::array<unsigned char, 32> token_digest_{};  // SHA-256 of EXECUTOR_API_TOKEN
+  std::unique_ptr<ReadinessProbe> readiness_;
+  std::unique_ptr<HttpServer> http_;
   int http_port_ = 0;
   bool stopped_ = false;
 };

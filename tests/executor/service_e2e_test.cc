@@ -28,6 +28,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "local_http_server.h"
+#include "raw_http_client.h"
 #ifdef EVENTBUS_E2E_WITH_REDIS
 #include "eventbus/harness/redis_server.h"
 #include "eventbus/redis/redis_event_stream.h"
@@ -42,6 +43,15 @@ namespace {
 
 using ::nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::RawHttpClient;
+using testing::RawResponse;
+
+std::string Post(absl::string_view target, absl::string_view body, absl::string_view extra = "") {
+  return RawHttpClient::Request("POST", target, body, extra);
+}
+
+json JsonBody(const RawResponse& response) { return json::parse(response.body, nullptr, false); }
 
 constexpr absl::Duration kSafety = absl::Seconds(60);
 
@@ -119,6 +129,7 @@ class ExecutorProcess {
     return false;
   }
 
+  int port() const { return port_; }
   void Stop() { server_->Stop(absl::Seconds(15)); }
   std::string LogTail() const { return server_->LogTail(8000); }
   std::string Log() const {
@@ -190,6 +201,219 @@ TEST(ServiceEndToEnd, MemoryBackendPublishesAResultForEverySubmittedTask) {
   EXPECT_THAT(log, HasSubstr("\"msg\":\"eventbus-executor stopped\""));
 }
 
+TEST(ServiceEndToEnd, KeepAliveConnectionAnswersEveryRequestWithoutDelayedAckStalls) {
+  auto service = ExecutorProcess::Start({"LOG_LEVEL=warn"});
+  ASSERT_NE(service, nullptr);
+  RawHttpClient client(service->port());
+  ASSERT_TRUE(client.connected());
+  constexpr int kRequests = 200;
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < kRequests; ++i) {
+    auto response = client.RoundTrip(Post("/v1/tasks", InjectTask(i).dump()));
+    ASSERT_TRUE(response.has_value()) << "request " << i << " got no answer";
+    ASSERT_EQ(response->status, 202) << response->body;
+    EXPECT_EQ(JsonBody(*response)["id"], absl::StrCat("e2e-", i));
+    EXPECT_THAT(response->Header("connection"), Not(HasSubstr("close")));
+  }
+  // With Nagle on and the reply in two writes, each answer waited ~40 ms for the client's
+  // delayed ACK: 200 of them took 8 s. A quarter of that leaves room for a loaded machine.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2)) << "keep-alive replies are stalling";
+  ASSERT_TRUE(service->AwaitMetric(
+      R"(eventbus_executor_results_published_total{status="succeeded"})", kRequests));
+}
+
+TEST(ServiceEndToEnd, BatchEndpointTakesJsonArraysAndNdjsonWithPerItemResults) {
+  auto service = ExecutorProcess::Start({"LOG_LEVEL=warn"});
+  ASSERT_NE(service, nullptr);
+  RawHttpClient client(service->port());
+  // An array with a bad item among good ones: the good ones are published, in order.
+  const json array = json::array(
+      {InjectTask(1), {{"type", "teleport"}}, InjectTask(2), "not an object", InjectTask(3)});
+  auto response = client.RoundTrip(Post("/v1/tasks:batch", array.dump()));
+  ASSERT_TRUE(response.has_value());
+  ASSERT_EQ(response->status, 200) << response->body;
+  json body = JsonBody(*response);
+  EXPECT_EQ(body["accepted"], 3);
+  EXPECT_EQ(body["rejected"], 2);
+  ASSERT_EQ(body["results"].size(), 5u);
+  EXPECT_EQ(body["results"][0]["id"], "e2e-1");
+  EXPECT_FALSE(body["results"][0]["event_id"].get<std::string>().empty());
+  EXPECT_EQ(body["results"][1]["index"], 1);
+  EXPECT_THAT(body["results"][1]["error"].get<std::string>(), HasSubstr("unknown task type"));
+  EXPECT_EQ(body["results"][2]["id"], "e2e-2");
+  EXPECT_EQ(body["results"][3]["index"], 3);
+  EXPECT_EQ(body["results"][4]["id"], "e2e-3");
+
+  // NDJSON, by content type and (curl's default form type) by the first character; a line that
+  // is not JSON is one item's error.
+  const std::string ndjson =
+      absl::StrCat(InjectTask(4).dump(), "\n\n", "{broken\n", InjectTask(5).dump(), "\n");
+  for (const char* type : {"application/x-ndjson", "application/x-www-form-urlencoded"}) {
+    auto lines = client.RoundTrip(
+        Post("/v1/tasks:batch", ndjson, absl::StrCat("Content-Type: ", type, "\r\n")));
+    ASSERT_TRUE(lines.has_value());
+    ASSERT_EQ(lines->status, 200) << type << ": " << lines->body;
+    json result = JsonBody(*lines);
+    EXPECT_EQ(result["accepted"], 2) << type;
+    ASSERT_EQ(result["results"].size(), 3u);
+    EXPECT_EQ(result["results"][0]["id"], "e2e-4");
+    EXPECT_EQ(result["results"][1]["index"], 1);
+    EXPECT_THAT(result["results"][1]["error"].get<std::string>(), HasSubstr("not valid JSON"));
+    EXPECT_EQ(result["results"][2]["id"], "e2e-5");
+  }
+
+  // Too many items: 413 with the limit, nothing published.
+  json too_many = json::array();
+  for (int i = 0; i < 10'001; ++i) too_many.push_back({{"type", "inject"}});
+  auto many = client.RoundTrip(Post("/v1/tasks:batch", too_many.dump()));
+  ASSERT_TRUE(many.has_value());
+  EXPECT_EQ(many->status, 413);
+  EXPECT_THAT(JsonBody(*many)["error"].get<std::string>(), HasSubstr("at most 10000"));
+  auto empty = client.RoundTrip(Post("/v1/tasks:batch", "[]"));
+  ASSERT_TRUE(empty.has_value());
+  EXPECT_EQ(empty->status, 400);
+  auto garbage = client.RoundTrip(Post("/v1/tasks:batch", "[1,"));
+  ASSERT_TRUE(garbage.has_value());
+  EXPECT_EQ(garbage->status, 400);
+  EXPECT_THAT(JsonBody(*garbage)["error"].get<std::string>(), HasSubstr("not valid JSON"));
+
+  // Bodies over the limits: 413 with a JSON error whatever the content type.
+  RawHttpClient big_batch(service->port());
+  auto too_large = big_batch.RoundTrip(
+      Post("/v1/tasks:batch", std::string((16 << 20) + 1, ' '),
+           "Content-Type: application/x-www-form-urlencoded\r\n"));
+  ASSERT_TRUE(too_large.has_value());
+  EXPECT_EQ(too_large->status, 413);
+  EXPECT_EQ(too_large->Header("content-type"), "application/json");
+  EXPECT_THAT(JsonBody(*too_large)["error"].get<std::string>(), HasSubstr("16777216"));
+  RawHttpClient big_single(service->port());
+  auto single = big_single.RoundTrip(Post("/v1/tasks", std::string((1 << 20) + 1, ' ')));
+  ASSERT_TRUE(single.has_value());
+  EXPECT_EQ(single->status, 413);
+  EXPECT_THAT(JsonBody(*single)["error"].get<std::string>(), HasSubstr("1048576"));
+
+  ASSERT_TRUE(service->AwaitMetric(
+      R"(eventbus_executor_results_published_total{status="succeeded"})", 7));
+  EXPECT_EQ(service->Metric(R"(eventbus_executor_tasks_submitted_total{type="inject"})"), 7);
+}
+
+TEST(ServiceEndToEnd, JsonBodiesAreAcceptedWithAnyOrNoContentType) {
+  auto service = ExecutorProcess::Start({"LOG_LEVEL=warn"});
+  ASSERT_NE(service, nullptr);
+  RawHttpClient client(service->port());
+  int i = 0;
+  for (const char* header : {"", "Content-Type: application/x-www-form-urlencoded\r\n",
+                             "Content-Type: text/plain\r\n",
+                             "Content-Type: application/json; charset=utf-8\r\n"}) {
+    auto response = client.RoundTrip(Post("/v1/tasks", InjectTask(i++).dump(), header));
+    ASSERT_TRUE(response.has_value());
+    EXPECT_EQ(response->status, 202) << header << response->body;
+  }
+}
+
+TEST(ServiceEndToEnd, UnknownRoutesAndWrongMethodsAreAnsweredInJson) {
+  auto service = ExecutorProcess::Start({"LOG_LEVEL=warn"});
+  ASSERT_NE(service, nullptr);
+  RawHttpClient client(service->port());
+  auto missing = client.RoundTrip(RawHttpClient::Request("GET", "/v2/nothing"));
+  ASSERT_TRUE(missing.has_value());
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_EQ(JsonBody(*missing)["error"], "no route GET /v2/nothing");
+  auto wrong = client.RoundTrip(RawHttpClient::Request("GET", "/v1/tasks"));
+  ASSERT_TRUE(wrong.has_value());
+  EXPECT_EQ(wrong->status, 405);
+  EXPECT_EQ(wrong->Header("allow"), "POST");
+  auto wrong_health = client.RoundTrip(Post("/healthz", "{}"));
+  ASSERT_TRUE(wrong_health.has_value());
+  EXPECT_EQ(wrong_health->status, 405);
+}
+
+TEST(ServiceEndToEnd, BearerTokenGuardsTheApiButNotHealth) {
+  const std::string token = "s3cret-token-e2e";
+  auto service = ExecutorProcess::Start({"LOG_LEVEL=debug", "EXECUTOR_API_TOKEN=" + token});
+  ASSERT_NE(service, nullptr);
+  RawHttpClient client(service->port());
+  const std::string task = InjectTask(1).dump();
+  auto missing = client.RoundTrip(Post("/v1/tasks", task));
+  ASSERT_TRUE(missing.has_value());
+  EXPECT_EQ(missing->status, 401);
+  EXPECT_EQ(missing->Header("www-authenticate"), "Bearer");
+  EXPECT_THAT(JsonBody(*missing)["error"].get<std::string>(), HasSubstr("Authorization"));
+  // Refused before its body was read: the body is not taken, the connection closes.
+  EXPECT_EQ(missing->Header("connection"), "close");
+  for (const std::string& wrong : {std::string("Bearer nope"), "Bearer " + token + "x",
+                                   "Basic " + token, std::string("Bearer ")}) {
+    RawHttpClient attempt(service->port());
+    auto refused =
+        attempt.RoundTrip(Post("/v1/tasks", task, absl::StrCat("Authorization: ", wrong, "\r\n")));
+    ASSERT_TRUE(refused.has_value());
+    EXPECT_EQ(refused->status, 401) << wrong;
+  }
+  // Unrouted /v1 paths are guarded too.
+  RawHttpClient other(service->port());
+  auto unrouted = other.RoundTrip(RawHttpClient::Request("GET", "/v1/other"));
+  ASSERT_TRUE(unrouted.has_value());
+  EXPECT_EQ(unrouted->status, 401);
+
+  const std::string auth = absl::StrCat("Authorization: Bearer ", token, "\r\n");
+  RawHttpClient authorized(service->port());
+  auto accepted = authorized.RoundTrip(Post("/v1/tasks", task, auth));
+  ASSERT_TRUE(accepted.has_value());
+  EXPECT_EQ(accepted->status, 202) << accepted->body;
+  auto lower_scheme = authorized.RoundTrip(
+      Post("/v1/tasks:batch", json::array({InjectTask(2)}).dump(),
+           absl::StrCat("Authorization: bearer ", token, "\r\n")));
+  ASSERT_TRUE(lower_scheme.has_value());
+  EXPECT_EQ(lower_scheme->status, 200) << lower_scheme->body;
+
+  RawHttpClient anonymous(service->port());
+  for (const char* open : {"/healthz", "/readyz", "/metrics"}) {
+    auto response = anonymous.RoundTrip(RawHttpClient::Request("GET", open));
+    ASSERT_TRUE(response.has_value());
+    EXPECT_EQ(response->status, 200) << open;
+  }
+  service->Stop();
+  EXPECT_THAT(service->Log(), Not(HasSubstr(token)));
+
+  auto strict = ExecutorProcess::Start(
+      {"EXECUTOR_API_TOKEN=" + token, "EXECUTOR_METRICS_REQUIRE_TOKEN=true"});
+  ASSERT_NE(strict, nullptr);
+  RawHttpClient metrics(strict->port());
+  auto closed = metrics.RoundTrip(RawHttpClient::Request("GET", "/metrics"));
+  ASSERT_TRUE(closed.has_value());
+  EXPECT_EQ(closed->status, 401);
+  auto opened = metrics.RoundTrip(RawHttpClient::Request("GET", "/metrics", "", auth));
+  ASSERT_TRUE(opened.has_value());
+  EXPECT_EQ(opened->status, 200);
+  auto health = metrics.RoundTrip(RawHttpClient::Request("GET", "/healthz"));
+  ASSERT_TRUE(health.has_value());
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST(ServiceEndToEnd, ConnectionsBeyondTheLimitAreRefusedWith503) {
+  auto service = ExecutorProcess::Start({"LOG_LEVEL=warn", "EXECUTOR_HTTP_MAX_CONNECTIONS=2"});
+  ASSERT_NE(service, nullptr);
+  // WaitForTcpPort's probe connection may not be closed on the server side yet, so a first
+  // client can be refused: keep trying until two connections are held.
+  std::vector<std::unique_ptr<RawHttpClient>> held;
+  for (int attempt = 0; attempt < 100 && held.size() < 2; ++attempt) {
+    auto client = std::make_unique<RawHttpClient>(service->port());
+    auto health = client->RoundTrip(RawHttpClient::Request("GET", "/healthz"));
+    if (health.has_value() && health->status == 200) held.push_back(std::move(client));
+  }
+  ASSERT_EQ(held.size(), 2u);
+  RawHttpClient third(service->port());
+  auto refused = third.Read();
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->status, 503);
+  EXPECT_THAT(JsonBody(*refused)["error"].get<std::string>(),
+              HasSubstr("EXECUTOR_HTTP_MAX_CONNECTIONS=2"));
+  // The held connections keep working.
+  auto again = held[0]->RoundTrip(Post("/v1/tasks", InjectTask(1).dump()));
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->status, 202);
+}
+
 TEST(ServiceEndToEnd, CallTasksAgainstALocalHttpServer) {
   if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
   testing::LocalHttpServer server;
@@ -253,6 +477,12 @@ TEST(ServiceEndToEnd, BadConfigurationStopsStartUpNamingTheSetting) {
   auto [batch_code, batch_err] = run("EXECUTOR_STREAM_BATCH=-1");
   EXPECT_EQ(batch_code, 2);
   EXPECT_THAT(batch_err, HasSubstr("EXECUTOR_STREAM_BATCH=\"-1\" is invalid"));
+  auto [metrics_code, metrics_err] = run("EXECUTOR_METRICS_REQUIRE_TOKEN=true");
+  EXPECT_EQ(metrics_code, 2);
+  EXPECT_THAT(metrics_err, HasSubstr("needs EXECUTOR_API_TOKEN"));
+  auto [limit_code, limit_err] = run("EXECUTOR_HTTP_MAX_CONNECTIONS=0");
+  EXPECT_EQ(limit_code, 2);
+  EXPECT_THAT(limit_err, HasSubstr("EXECUTOR_HTTP_MAX_CONNECTIONS=\"0\" is invalid"));
   auto [level_code, level_err] = run("LOG_LEVEL=chatty");
   EXPECT_EQ(level_code, 2);
   EXPECT_THAT(level_err, HasSubstr("LOG_LEVEL"));
