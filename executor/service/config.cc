@@ -127,7 +127,8 @@ std::vector<std::string> KnownSettings() {
   std::vector<std::string> names = {
       "EVENT_STREAM_TYPE", "EXECUTOR_CA_FILE", "EXECUTOR_CONCURRENCY", "EXECUTOR_CONSUMER_GROUP",
       "EXECUTOR_CONSUMER_NAME", "EXECUTOR_DLQ_STREAM", "EXECUTOR_HEARTBEAT_INTERVAL",
-      "EXECUTOR_HTTP_ADDR", "EXECUTOR_MAX_ATTEMPTS", "EXECUTOR_MAX_DELIVERIES",
+      "EXECUTOR_HTTP_ADDR", "EXECUTOR_JQ_MEMORY_LIMIT_MIB", "EXECUTOR_JQ_WORKER",
+      "EXECUTOR_JQ_WORKERS", "EXECUTOR_MAX_ATTEMPTS", "EXECUTOR_MAX_DELIVERIES",
       "EXECUTOR_RECLAIM_ENABLED", "EXECUTOR_RECLAIM_INTERVAL", "EXECUTOR_RECLAIM_MIN_IDLE",
       "EXECUTOR_REQUEST_STREAM", "EXECUTOR_RESULT_STREAM", "EXECUTOR_SHUTDOWN_DEADLINE",
       "EXECUTOR_STREAM_BATCH", "EXECUTOR_STREAM_BLOCK", "EXECUTOR_TASK_TIMEOUT", "LOG_LEVEL"};
@@ -220,6 +221,20 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
       return BadValue("EXECUTOR_CA_FILE", *ca, "a readable PEM file of CA certificates");
     }
     config.ca_file = *ca;
+  }
+  config.jq_workers = ex.concurrency;
+  EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_JQ_WORKERS", 1, 1024, &config.jq_workers));
+  if (const std::string* worker = Find(env, "EXECUTOR_JQ_WORKER")) {
+    if (access(worker->c_str(), X_OK) != 0) {
+      return BadValue("EXECUTOR_JQ_WORKER", *worker, "the path of the eventbus-jq-worker binary");
+    }
+    config.jq_worker_path = *worker;
+  }
+  EVENTBUS_RETURN_IF_ERROR(
+      ReadInt(env, "EXECUTOR_JQ_MEMORY_LIMIT_MIB", 0, 1 << 20, &config.jq_memory_limit_mib));
+  if (config.jq_memory_limit_mib != 0 && config.jq_memory_limit_mib < 64) {
+    return BadValue("EXECUTOR_JQ_MEMORY_LIMIT_MIB", std::to_string(config.jq_memory_limit_mib),
+                    "0 (no limit) or 64..1048576");
   }
   if (ex.result_stream == ex.request_stream) {
     return absl::InvalidArgumentError(

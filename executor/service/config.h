@@ -36,6 +36,13 @@ struct ServiceConfig {
   LogLevel log_level = LogLevel::kInfo;
   // EXECUTOR_CA_FILE: PEM CA bundle for HTTPS `call` tasks (default: the system store).
   std::string ca_file;
+  // EXECUTOR_JQ_WORKERS: most jq worker processes for `set` tasks (1..1024, default
+  // EXECUTOR_CONCURRENCY). EXECUTOR_JQ_WORKER: the eventbus-jq-worker binary (default: found
+  // next to the service, in ../libexec or the build tree). EXECUTOR_JQ_MEMORY_LIMIT_MIB: each
+  // worker's address-space limit (0 = none, else 64..1048576; default 512).
+  int jq_workers = 0;
+  std::string jq_worker_path;
+  int jq_memory_limit_mib = 512;
 };
 
 // Every variable ParseServiceConfig reads (besides the backends'), sorted.

@@ -47,6 +47,9 @@ absl::Status Service::Start() {
   BuiltinHandlerOptions builtin;
   builtin.clock = stream_->clock();
   builtin.ca_file = config_.ca_file;
+  builtin.jq_workers = config_.jq_workers;
+  builtin.jq_worker_path = config_.jq_worker_path;
+  builtin.jq_memory_limit_bytes = size_t(config_.jq_memory_limit_mib) << 20;
   builtin.on_circuit_change = [this](absl::string_view host, absl::string_view from,
                                      absl::string_view to) {
     metrics_.CircuitChanged(to);
