@@ -78,6 +78,15 @@ class JqWorkerPool::Impl {
                               std::max<int64_t>(1, absl::ToInt64Seconds(options_.cpu_limit)));
     }
     memory_limit_ = MemoryLimitEnforced() ? options_.memory_limit_bytes : 0;
+    // The service's environment holds broker passwords: workers get only what the dynamic
+    // loader and the sanitizers read.
+    for (const char* name : {"LD_LIBRARY_PATH", "ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS"}) {
+      if (const char* value = std::getenv(name); value != nullptr) {
+        env_strings_.push_back(absl::StrCat(name, "=", value));
+      }
+    }
+    for (std::string& entry : env_strings_) env_.push_back(entry.data());
+    env_.push_back(nullptr);
   }
 
   ~Impl() {
@@ -199,6 +208,9 @@ class JqWorkerPool::Impl {
     }
     sigset_t no_signals;
     sigemptyset(&no_signals);
+    // A worker killed by a limit (SIGABRT, SIGXCPU) would otherwise dump a core of up to the
+    // memory limit, every time.
+    const rlimit no_core = {0, 0};
 
     const pid_t pid = fork();
     if (pid == 0) {
@@ -209,8 +221,9 @@ class JqWorkerPool::Impl {
       // the service's structured logs, and never a pipe that could fill and block it.
       if (devnull >= 0) dup2(devnull, STDERR_FILENO);
       setrlimit(RLIMIT_STACK, &stack);
+      setrlimit(RLIMIT_CORE, &no_core);
       if (memory.rlim_cur > 0) setrlimit(RLIMIT_AS, &memory);
-      execv(argv[0], argv.data());
+      execve(argv[0], argv.data(), env_.data());
       _exit(127);
     }
     const int fork_errno = errno;
@@ -340,6 +353,8 @@ class JqWorkerPool::Impl {
   const std::string path_;
   std::string cpu_arg_;
   rlim_t memory_limit_ = 0;
+  std::vector<std::string> env_strings_;
+  std::vector<char*> env_;  // points into env_strings_, null-terminated
 
   mutable std::mutex mu_;  // guards the three below
   std::condition_variable cv_;

@@ -10,13 +10,16 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "eventbus/executor/jq_expression.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -239,6 +242,25 @@ TEST(JqWorkerPoolTest, AFloodQueuesForTheWorkersInsteadOfStartingMore) {
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_LE(most_workers.load(), 2u);
+}
+
+TEST(JqWorkerPoolTest, WorkersDoNotInheritTheServicesEnvironment) {
+  setenv("EVENTBUS_JQ_POOL_TEST_SECRET", "hunter2", 1);
+  std::shared_ptr<JqWorkerPool> pool = MustCreate({.workers = 1});
+  unsetenv("EVENTBUS_JQ_POOL_TEST_SECRET");
+  ASSERT_NE(pool, nullptr);
+  const std::vector<int> pids = pool->WorkerPids();
+  ASSERT_EQ(pids.size(), 1u);
+  std::ifstream environ(absl::StrCat("/proc/", pids[0], "/environ"));
+  ASSERT_TRUE(environ.good());
+  const std::string text((std::istreambuf_iterator<char>(environ)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, Not(HasSubstr("hunter2")));
+  const std::vector<std::string> entries = absl::StrSplit(text, '\0', absl::SkipEmpty());
+  for (const std::string& entry : entries) {
+    EXPECT_FALSE(absl::StartsWith(entry, "PATH=")) << entry;
+    EXPECT_FALSE(absl::StartsWith(entry, "HOME=")) << entry;
+  }
 }
 
 TEST(JqWorkerPoolTest, AMissingWorkerBinaryIsAClearStartUpError) {
