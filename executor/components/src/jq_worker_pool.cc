@@ -276,7 +276,7 @@ class JqWorkerPool::Impl {
       }
     }
     return absl::InternalError(
-        absl::StrCat("jq worker died during the evaluation (", DescribeDeath(wait_status), ")"));
+        absl::StrCat("jq worker died before it replied (", DescribeDeath(wait_status), ")"));
   }
 
   // Sends `frame` and reads one reply frame's payload into `reply`. On any error the worker

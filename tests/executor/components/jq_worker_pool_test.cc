@@ -5,6 +5,7 @@
 
 #include <signal.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -260,6 +261,21 @@ TEST(JqWorkerPoolTest, WorkersDoNotInheritTheServicesEnvironment) {
     EXPECT_FALSE(absl::StartsWith(entry, "PATH=")) << entry;
     EXPECT_FALSE(absl::StartsWith(entry, "HOME=")) << entry;
   }
+}
+
+TEST(JqWorkerPoolTest, TheWorkerIsLookedForNextToTheRunningBinaryFirst) {
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  std::string dir(self, static_cast<size_t>(n));
+  dir.resize(dir.rfind('/'));
+  const std::vector<std::string> paths = JqWorkerPool::CandidatePaths({});
+  ASSERT_GE(paths.size(), 3u);
+  EXPECT_EQ(paths[0], dir + "/eventbus-jq-worker");
+  EXPECT_EQ(paths[1], dir + "/../libexec/eventbus-jq-worker");  // bin/ and libexec/ installed
+  EXPECT_THAT(paths, testing::Contains(testing::EndsWith("/libexec/eventbus-jq-worker")));
+  // An explicit path is the only candidate.
+  EXPECT_THAT(JqWorkerPool::CandidatePaths({.worker_path = "/opt/w"}), testing::ElementsAre("/opt/w"));
 }
 
 TEST(JqWorkerPoolTest, AMissingWorkerBinaryIsAClearStartUpError) {
