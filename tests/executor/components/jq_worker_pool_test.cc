@@ -278,6 +278,44 @@ TEST(JqWorkerPoolTest, TheWorkerIsLookedForNextToTheRunningBinaryFirst) {
   EXPECT_THAT(JqWorkerPool::CandidatePaths({.worker_path = "/opt/w"}), testing::ElementsAre("/opt/w"));
 }
 
+// The soft limit of one row of /proc/<pid>/limits ("Max address space"), as text.
+std::string SoftLimit(int pid, absl::string_view row) {
+  std::ifstream limits(absl::StrCat("/proc/", pid, "/limits"));
+  std::string line;
+  while (std::getline(limits, line)) {
+    if (!absl::StartsWith(line, row)) continue;
+    std::vector<std::string> words =
+        absl::StrSplit(line.substr(row.size()), ' ', absl::SkipEmpty());
+    return words.empty() ? "" : words[0];
+  }
+  return "";
+}
+
+TEST(JqWorkerPoolTest, WorkersRunUnderTheirMemoryStackAndCoreLimits) {
+  std::shared_ptr<JqWorkerPool> pool =
+      MustCreate({.workers = 1, .memory_limit_bytes = size_t{300} << 20});
+  ASSERT_NE(pool, nullptr);
+  const std::vector<int> pids = pool->WorkerPids();
+  ASSERT_EQ(pids.size(), 1u);
+  if (JqWorkerPool::MemoryLimitEnforced()) {
+    EXPECT_EQ(SoftLimit(pids[0], "Max address space"), absl::StrCat(300 << 20));
+  }
+  // Room for jq 1.6's recursive free of deeply nested values, on the main thread.
+  EXPECT_EQ(SoftLimit(pids[0], "Max stack size"), absl::StrCat(512 << 20));
+  EXPECT_EQ(SoftLimit(pids[0], "Max core file size"), "0");
+}
+
+TEST(JqWorkerPoolTest, AProgramOverTheCpuLimitIsResourceExhausted) {
+  std::shared_ptr<JqWorkerPool> pool = MustCreate({.workers = 1, .cpu_limit = absl::Seconds(1)});
+  ASSERT_NE(pool, nullptr);
+  // The deadline is far: the CPU limit ends it (after 1 to 2 s of CPU: whole seconds).
+  absl::StatusOr<json> out = MustCompile(pool, "last(range(infinite))")
+                                 .Evaluate(json(nullptr), json(), Within(absl::Seconds(30)));
+  EXPECT_TRUE(absl::IsResourceExhausted(out.status())) << out.status();
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("CPU limit of 1s"));
+  EXPECT_TRUE(MustCompile(pool, ".").Evaluate(json(1)).ok());
+}
+
 TEST(JqWorkerPoolTest, AMissingWorkerBinaryIsAClearStartUpError) {
   absl::StatusOr<std::shared_ptr<JqWorkerPool>> pool =
       JqWorkerPool::Create({.worker_path = "/nonexistent/eventbus-jq-worker"});
