@@ -53,8 +53,8 @@ class JqExpression::Impl {
                                                absl::string_view variables_json, bool first_only,
                                                const JqDeadline& deadline) const {
     // The worker's framing counts in 32 bits, and jq's parser in int.
-    if (input_json.size() > static_cast<size_t>(INT_MAX) ||
-        variables_json.size() > static_cast<size_t>(INT_MAX)) {
+    if (input_json.size() + variables_json.size() + wrapped_.size() >
+        static_cast<size_t>(INT_MAX)) {
       return absl::InvalidArgumentError("jq input is larger than 2 GiB");
     }
     std::vector<absl::string_view> request = {

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -114,6 +115,9 @@ class JqWorkerPool::Impl {
         std::chrono::microseconds(std::max<int64_t>(0, absl::ToInt64Microseconds(timeout)));
     std::string payload;
     for (absl::string_view field : request) jq_wire::AppendField(&payload, field);
+    if (payload.size() > UINT32_MAX) {
+      return absl::InvalidArgumentError("jq request is larger than 4 GiB");
+    }
     const std::string frame = jq_wire::Frame(payload);
 
     absl::StatusOr<JqWorker> worker = Acquire(end, deadline, timeout);
@@ -126,7 +130,8 @@ class JqWorkerPool::Impl {
     }
     std::optional<std::vector<absl::string_view>> fields = jq_wire::SplitFields(reply);
     int code = 0;
-    if (!fields || fields->size() < 2 || !absl::SimpleAtoi((*fields)[0], &code)) {
+    if (!fields || fields->size() < 2 || !absl::SimpleAtoi((*fields)[0], &code) || code < 0 ||
+        code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
       KillAndReap(*worker);
       Discard(*worker);
       return absl::InternalError("jq worker sent a malformed reply");
