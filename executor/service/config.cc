@@ -157,6 +157,7 @@ std::vector<std::string> KnownSettings() {
       "EXECUTOR_CALL_DENY_PRIVATE", "EXECUTOR_CONCURRENCY", "EXECUTOR_CONSUMER_GROUP",
       "EXECUTOR_CONSUMER_NAME", "EXECUTOR_DLQ_STREAM", "EXECUTOR_HEARTBEAT_INTERVAL",
       "EXECUTOR_HTTP_ADDR", "EXECUTOR_HTTP_MAX_CONNECTIONS", "EXECUTOR_API_TOKEN",
+      "EXECUTOR_JQ_MEMORY_LIMIT_MIB", "EXECUTOR_JQ_WORKER", "EXECUTOR_JQ_WORKERS",
       "EXECUTOR_METRICS_REQUIRE_TOKEN", "EXECUTOR_MAX_ATTEMPTS", "EXECUTOR_MAX_DELIVERIES",
       "EXECUTOR_MAX_IN_FLIGHT", "EXECUTOR_WORKERS",
       "EXECUTOR_RECLAIM_ENABLED", "EXECUTOR_RECLAIM_INTERVAL", "EXECUTOR_RECLAIM_MIN_IDLE",
@@ -275,6 +276,20 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
     config.ca_file = *ca;
   }
   EVENTBUS_RETURN_IF_ERROR(ReadCallPolicy(env, config));
+  config.jq_workers = ex.concurrency;
+  EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_JQ_WORKERS", 1, 1024, &config.jq_workers));
+  if (const std::string* worker = Find(env, "EXECUTOR_JQ_WORKER")) {
+    if (access(worker->c_str(), X_OK) != 0) {
+      return BadValue("EXECUTOR_JQ_WORKER", *worker, "the path of the eventbus-jq-worker binary");
+    }
+    config.jq_worker_path = *worker;
+  }
+  EVENTBUS_RETURN_IF_ERROR(
+      ReadInt(env, "EXECUTOR_JQ_MEMORY_LIMIT_MIB", 0, 1 << 20, &config.jq_memory_limit_mib));
+  if (config.jq_memory_limit_mib != 0 && config.jq_memory_limit_mib < 64) {
+    return BadValue("EXECUTOR_JQ_MEMORY_LIMIT_MIB", std::to_string(config.jq_memory_limit_mib),
+                    "0 (no limit) or 64..1048576");
+  }
   if (ex.result_stream == ex.request_stream) {
     return absl::InvalidArgumentError(
         "EXECUTOR_RESULT_STREAM must differ from EXECUTOR_REQUEST_STREAM");

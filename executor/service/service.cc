@@ -143,6 +143,9 @@ absl::Status Service::Start() {
   builtin.call_allow = config_.call_allow;
   builtin.call_deny = config_.call_deny;
   builtin.call_deny_private = config_.call_deny_private;
+  builtin.jq_workers = config_.jq_workers;
+  builtin.jq_worker_path = config_.jq_worker_path;
+  builtin.jq_memory_limit_bytes = size_t(config_.jq_memory_limit_mib) << 20;
   builtin.on_circuit_change = [this](absl::string_view host, absl::string_view from,
                                      absl::string_view to) {
     metrics_.CircuitChanged(to);

@@ -131,7 +131,12 @@ absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry,
   }
   EVENTBUS_ASSIGN_OR_RETURN(auto call, NewCallHandler(std::move(call_options)));
   EVENTBUS_RETURN_IF_ERROR(registry.Register(std::move(call)));
-  EVENTBUS_RETURN_IF_ERROR(registry.Register(NewSetHandler()));
+  SetHandlerOptions set_options;
+  if (options.jq_workers > 0) set_options.jq.workers = options.jq_workers;
+  set_options.jq.worker_path = options.jq_worker_path;
+  set_options.jq.memory_limit_bytes = options.jq_memory_limit_bytes;
+  EVENTBUS_ASSIGN_OR_RETURN(auto set, NewSetHandler(set_options));
+  EVENTBUS_RETURN_IF_ERROR(registry.Register(std::move(set)));
 #endif
   return absl::OkStatus();
 }

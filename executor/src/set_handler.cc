@@ -1,5 +1,6 @@
 #include "eventbus/executor/set_handler.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -45,37 +46,39 @@ absl::Status CheckInput(const json& input) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<json> Run(JqExpressionCache& cache, absl::string_view where,
-                         const std::string& program, const json& data) {
-  auto compiled = cache.Get(program);
-  if (!compiled.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("set: ", where, ": ", compiled.status().message()));
+// InvalidArgument (a bad program or input) and ResourceExhausted (a limit the same program
+// would hit again) are permanent; a timeout or a worker failure is transient.
+TaskOutcome FailureOutcome(absl::string_view where, const absl::Status& status) {
+  std::string error = absl::StrCat("set: ", where, ": ", status.message());
+  if (absl::IsInvalidArgument(status) || absl::IsResourceExhausted(status)) {
+    return TaskOutcome::Permanent(std::move(error));
   }
-  auto value = compiled->Evaluate(data);
-  if (!value.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("set: ", where, ": ", value.status().message()));
-  }
-  return *std::move(value);
+  return TaskOutcome::FromStatus(absl::Status(status.code(), error));
 }
 
 class SetHandler final : public TaskHandler {
  public:
+  explicit SetHandler(absl::StatusOr<std::shared_ptr<JqWorkerPool>> pool)
+      : pool_(std::move(pool)) {}
+
   std::string type() const override { return "set"; }
 
   absl::Status Supports(const TaskRequest& request) const override {
     const json& input = request.Input();
     if (absl::Status s = CheckInput(input); !s.ok()) return s;
-    // A program that does not compile makes the request invalid, not merely failed.
+    if (!pool_.ok()) return absl::OkStatus();  // Handle reports it, as a transient failure
+    // A program that does not compile makes the request invalid, not merely failed. Any other
+    // failure (a worker that could not start in time) is left to Handle, which retries.
     if (input.contains("expression")) {
-      auto compiled = cache_.Get(input.at("expression").get<std::string>());
-      if (!compiled.ok()) {
+      auto compiled = cache_.Get(input.at("expression").get<std::string>(), Options());
+      if (absl::IsInvalidArgument(compiled.status())) {
         return absl::InvalidArgumentError(
             absl::StrCat("set: input.expression: ", compiled.status().message()));
       }
     } else {
       for (const auto& [field, program] : input.at("assign").items()) {
-        auto compiled = cache_.Get(program.get<std::string>());
-        if (!compiled.ok()) {
+        auto compiled = cache_.Get(program.get<std::string>(), Options());
+        if (absl::IsInvalidArgument(compiled.status())) {
           return absl::InvalidArgumentError(
               absl::StrCat("set: input.assign.", field, ": ", compiled.status().message()));
         }
@@ -89,24 +92,46 @@ class SetHandler final : public TaskHandler {
     if (absl::Status s = CheckInput(input); !s.ok()) {
       return TaskOutcome::Permanent(std::string(s.message()));
     }
+    if (!pool_.ok()) {
+      return TaskOutcome::Transient(absl::StrCat("set: ", pool_.status().message()));
+    }
     const json data = input.contains("data") ? input.at("data") : json::object();
     if (input.contains("expression")) {
-      auto value =
-          Run(cache_, "input.expression", input.at("expression").get<std::string>(), data);
-      if (!value.ok()) return TaskOutcome::Permanent(std::string(value.status().message()));
+      auto value = Run(context, input.at("expression").get<std::string>(), data);
+      if (!value.ok()) return FailureOutcome("input.expression", value.status());
       return TaskOutcome::Succeeded(*std::move(value));
     }
     json output = json::object();
     for (const auto& [field, program] : input.at("assign").items()) {
-      auto value =
-          Run(cache_, absl::StrCat("input.assign.", field), program.get<std::string>(), data);
-      if (!value.ok()) return TaskOutcome::Permanent(std::string(value.status().message()));
+      auto value = Run(context, program.get<std::string>(), data);
+      if (!value.ok()) return FailureOutcome(absl::StrCat("input.assign.", field), value.status());
       output[field] = *std::move(value);
     }
     return TaskOutcome::Succeeded(std::move(output));
   }
 
  private:
+  JqOptions Options() const {
+    JqOptions options;
+    options.pool = *pool_;
+    return options;
+  }
+
+  // The whole run (compile included) ends by the task's deadline, or once the executor gives
+  // up on it: then the worker is killed, so the slot really frees.
+  absl::StatusOr<json> Run(TaskContext& context, const std::string& program,
+                           const json& data) const {
+    JqDeadline deadline;
+    deadline.timeout = std::max(absl::ZeroDuration(), context.Remaining());
+    deadline.cancelled = [&context] { return context.cancelled(); };
+    JqOptions options = Options();
+    options.compile_timeout = std::min(options.compile_timeout, deadline.timeout);
+    auto compiled = cache_.Get(program, options);
+    if (!compiled.ok()) return compiled.status();
+    return compiled->Evaluate(data, json(), deadline);
+  }
+
+  const absl::StatusOr<std::shared_ptr<JqWorkerPool>> pool_;
   // jq 1.6 compiles all its builtins with every program (tens of milliseconds), and each task is
   // checked (Supports) before it runs: compile each distinct program once.
   mutable JqExpressionCache cache_;
@@ -114,6 +139,14 @@ class SetHandler final : public TaskHandler {
 
 }  // namespace
 
-std::unique_ptr<TaskHandler> NewSetHandler() { return std::make_unique<SetHandler>(); }
+absl::StatusOr<std::unique_ptr<TaskHandler>> NewSetHandler(const SetHandlerOptions& options) {
+  auto pool = JqWorkerPool::Create(options.jq);
+  if (!pool.ok()) return pool.status();
+  return std::make_unique<SetHandler>(std::move(pool));
+}
+
+std::unique_ptr<TaskHandler> NewSetHandler() {
+  return std::make_unique<SetHandler>(JqWorkerPool::Default());
+}
 
 }  // namespace eventbus::executor

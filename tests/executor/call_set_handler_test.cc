@@ -371,5 +371,48 @@ TEST(SetHandlerTest, BadProgramsAreInvalidAndRuntimeErrorsPermanent) {
   EXPECT_THAT(outcome.error(), HasSubstr("set: input.expression"));
 }
 
+TEST(SetHandlerTest, ARunawayProgramStopsAtTheDeadlineAsATransientFailure) {
+  ManualClock clock;
+  auto handler = NewSetHandler();
+  const TaskRequest runaway = Request("set", {{"expression", "last(range(infinite))"}});
+  ASSERT_TRUE(handler->Supports(runaway).ok());
+  // The manual clock stands still: Remaining() stays 300 ms, which the worker pool measures in
+  // real time (the worker burns real CPU).
+  TaskContext context(runaway, 1, clock.Now(), clock.Now() + absl::Milliseconds(300), &clock);
+  TaskOutcome outcome = handler->Handle(context);
+  EXPECT_EQ(outcome.kind(), Kind::kTransientFailure);
+  EXPECT_THAT(outcome.error(), HasSubstr("set: input.expression: jq program did not finish"));
+
+  const TaskRequest normal = Request("set", {{"data", {{"a", 1}}}, {"expression", ".a + 1"}});
+  TaskContext next(normal, 1, clock.Now(), clock.Now() + absl::Seconds(5), &clock);
+  TaskOutcome done = handler->Handle(next);
+  ASSERT_TRUE(done.ok()) << done.error();
+  EXPECT_EQ(*done.output(), json(2));
+}
+
+TEST(SetHandlerTest, AProgramOverTheMemoryLimitIsAPermanentFailure) {
+  if (!JqWorkerPool::MemoryLimitEnforced()) GTEST_SKIP() << "AddressSanitizer: no RLIMIT_AS";
+  ManualClock clock;
+  SetHandlerOptions options;
+  options.jq.workers = 1;
+  options.jq.memory_limit_bytes = size_t{64} << 20;
+  auto handler = NewSetHandler(options);
+  ASSERT_TRUE(handler.ok()) << handler.status();
+  const TaskRequest huge = Request("set", {{"assign", {{"x", "{} | .a[1e9] = 1"}}}});
+  TaskContext context(huge, 1, clock.Now(), clock.Now() + absl::Seconds(20), &clock);
+  TaskOutcome outcome = (*handler)->Handle(context);
+  EXPECT_EQ(outcome.kind(), Kind::kPermanentFailure);
+  EXPECT_THAT(outcome.error(),
+              HasSubstr("set: input.assign.x: jq program exceeded the memory limit of 64 MiB"));
+}
+
+TEST(SetHandlerTest, AMissingJqWorkerIsAStartUpErrorNamingIt) {
+  SetHandlerOptions options;
+  options.jq.worker_path = "/nonexistent/eventbus-jq-worker";
+  auto handler = NewSetHandler(options);
+  EXPECT_TRUE(absl::IsFailedPrecondition(handler.status())) << handler.status();
+  EXPECT_THAT(handler.status().message(), HasSubstr("/nonexistent/eventbus-jq-worker"));
+}
+
 }  // namespace
 }  // namespace eventbus::executor

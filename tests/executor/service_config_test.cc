@@ -71,6 +71,30 @@ TEST(ServiceConfigTest, ReadsEverySetting) {
   EXPECT_EQ(config->log_level, LogLevel::kDebug);
 }
 
+TEST(ServiceConfigTest, JqWorkerSettings) {
+  auto defaults = ParseServiceConfig({{"EXECUTOR_CONCURRENCY", "6"}}, kTypes);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->jq_workers, 6);  // one per task that can run at once
+  EXPECT_EQ(defaults->jq_memory_limit_mib, 512);
+  EXPECT_EQ(defaults->jq_worker_path, "");
+  auto set = ParseServiceConfig({{"EXECUTOR_JQ_WORKERS", "2"},
+                                 {"EXECUTOR_JQ_MEMORY_LIMIT_MIB", "0"},
+                                 {"EXECUTOR_JQ_WORKER", "/bin/true"}},
+                                kTypes);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->jq_workers, 2);
+  EXPECT_EQ(set->jq_memory_limit_mib, 0);
+  EXPECT_EQ(set->jq_worker_path, "/bin/true");
+  for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"EXECUTOR_JQ_WORKERS", "0"},
+           {"EXECUTOR_JQ_MEMORY_LIMIT_MIB", "8"},
+           {"EXECUTOR_JQ_WORKER", "/nonexistent/eventbus-jq-worker"}}) {
+    auto bad = ParseServiceConfig({{name, value}}, kTypes);
+    EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << name;
+    EXPECT_THAT(bad.status().message(), HasSubstr(name));
+  }
+}
+
 TEST(ServiceConfigTest, BadValuesNameTheSettingAndTheValidValues) {
   auto error = [](Environment env) {
     auto config = ParseServiceConfig(env, kTypes);

@@ -3,6 +3,7 @@
 
 #include <httplib.h>
 
+#include <dirent.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -131,6 +132,7 @@ class ExecutorProcess {
 
   int port() const { return port_; }
   void Stop() { server_->Stop(absl::Seconds(15)); }
+  pid_t pid() const { return server_->pid(); }
   std::string LogTail() const { return server_->LogTail(8000); }
   std::string Log() const {
     std::ifstream in(server_->log_path());
@@ -453,6 +455,58 @@ TEST(ServiceEndToEnd, CallTasksAgainstALocalHttpServer) {
   EXPECT_THAT(log, HasSubstr("answered HTTP 404"));
   EXPECT_THAT(log, HasSubstr("\"task_id\":\"call-timeout\""));
   EXPECT_THAT(log, HasSubstr("gave up after 2 attempts"));
+}
+
+// The service's child processes (its jq workers): pid -> state letter ('Z' = zombie).
+std::map<int, char> ChildrenOf(pid_t parent) {
+  std::map<int, char> children;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return children;
+  while (dirent* entry = readdir(proc)) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const size_t paren = line.rfind(')');
+    if (paren == std::string::npos) continue;
+    std::vector<std::string> fields = absl::StrSplit(line.substr(paren + 2), ' ');
+    int ppid = 0;
+    if (fields.size() > 1 && absl::SimpleAtoi(fields[1], &ppid) && ppid == parent) {
+      children[pid] = fields[0].empty() ? '?' : fields[0][0];
+    }
+  }
+  closedir(proc);
+  return children;
+}
+
+TEST(ServiceEndToEnd, RunawaySetTasksTimeOutAndTheServiceKeepsWorking) {
+  if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
+  // As in the issue: concurrency 4, four programs that never end.
+  auto service = ExecutorProcess::Start({"EXECUTOR_CONCURRENCY=4"});
+  ASSERT_NE(service, nullptr);
+  const std::vector<std::string> runaways = {"def f: f; f", "last(range(infinite))",
+                                             "[repeat(1)]", "{} | .a[1e9] = 1"};
+  for (size_t i = 0; i < runaways.size(); ++i) {
+    auto [status, body] = service->Submit({{"id", absl::StrCat("runaway-", i)},
+                                           {"type", "set"},
+                                           {"timeout", "PT0.3S"},
+                                           {"retry", {{"max_attempts", 1}}},
+                                           {"input", {{"expression", runaways[i]}}}});
+    ASSERT_EQ(status, 202) << body;
+  }
+  ASSERT_TRUE(service->AwaitMetric(R"(eventbus_executor_dead_letters_total{type="set"})", 4));
+  auto [status, body] = service->Submit(
+      {{"id", "after"}, {"type", "set"}, {"input", {{"data", {{"a", 1}}}, {"expression", ".a + 1"}}}});
+  ASSERT_EQ(status, 202) << body;
+  ASSERT_TRUE(service->AwaitMetric(
+      R"(eventbus_executor_results_published_total{status="succeeded"})", 1));
+  const std::map<int, char> children = ChildrenOf(service->pid());
+  EXPECT_LE(children.size(), 4u);
+  for (const auto& [pid, state] : children) EXPECT_NE(state, 'Z') << "zombie jq worker " << pid;
+
+  service->Stop();  // SIGTERM is obeyed: no worker thread is stuck in jq
+  EXPECT_THAT(service->Log(), HasSubstr("\"msg\":\"eventbus-executor stopped\""));
 }
 
 TEST(ServiceEndToEnd, BadConfigurationStopsStartUpNamingTheSetting) {

@@ -2,6 +2,7 @@
 // virtual-time wake-ups, registration.
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "eventbus/clock.h"
 #include "eventbus/memory/memory_event_stream.h"
@@ -57,9 +58,41 @@ TEST(MemoryBackend, GroupCreatedLaterSeesTheHistoryUntilRoomIsNeeded) {
 
 TEST(MemoryBackend, ByteBoundCountsEventSize) {
   auto stream = NewMemoryEventStream(nullptr, {.max_stream_bytes = 1000});
+  auto sub = *stream->Subscribe(Options("c"));  // a group holds the events it has not settled
   EXPECT_TRUE(stream->Publish("s", MakeEvent("t", "/s", std::string(500, 'x'))).ok());
   EXPECT_EQ(stream->Publish("s", MakeEvent("t", "/s", std::string(600, 'x'))).code(),
             absl::StatusCode::kResourceExhausted);
+}
+
+TEST(MemoryBackend, StreamWithoutGroupsDropsItsOldestEventsToMakeRoom) {
+  // Results and dead letters nobody subscribes to must not make every publish fail.
+  auto stream = NewMemoryEventStream(nullptr, {.max_stream_events = 3});
+  for (int i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(stream->Publish("s", MakeEvent(absl::StrCat("e", i), "/s")).ok()) << i;
+  }
+  auto sub = *stream->Subscribe(Options("c"));  // from the oldest retained
+  std::vector<Delivery> got = FetchNow(*sub);
+  ASSERT_EQ(got.size(), 3u) << "just enough dropped: the bound, not less";
+  EXPECT_EQ(got[0].event.type(), "e3");
+  EXPECT_EQ(got[2].event.type(), "e5");
+  // Now the stream has a group: its unsettled events are kept and the bound refuses again.
+  EXPECT_EQ(stream->Publish("s", MakeEvent("e6", "/s")).code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST(MemoryBackend, StreamWithoutGroupsTrimsByBytesButRefusesAnEventLargerThanTheBound) {
+  // Sizes count the envelope too, a few dozen bytes per event.
+  auto stream = NewMemoryEventStream(nullptr, {.max_stream_bytes = 2000});
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("oldest", "/s", std::string(1000, 'x'))).ok());
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("old", "/s", std::string(500, 'x'))).ok());
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("new", "/s", std::string(500, 'x'))).ok());
+  EXPECT_EQ(stream->Publish("s", MakeEvent("huge", "/s", std::string(2500, 'x'))).code(),
+            absl::StatusCode::kResourceExhausted);
+  auto sub = *stream->Subscribe(Options("c"));
+  std::vector<Delivery> got = FetchNow(*sub);
+  ASSERT_EQ(got.size(), 2u) << "the refused event dropped nothing";
+  EXPECT_EQ(got[0].event.type(), "old");
+  EXPECT_EQ(got[1].event.type(), "new");
 }
 
 TEST(MemoryBackend, ExpiredLeaseIsRedeliveredInVirtualTime) {
@@ -164,6 +197,7 @@ TEST(MemoryBackend, RegistersAndReadsItsOptionsFromTheEnvironment) {
   auto made = registry.CreateFromEnvironment(
       {{"EVENT_STREAM_TYPE", "memory"}, {"MEMORY_OPTION_MAX_STREAM_EVENTS", "1"}});
   ASSERT_TRUE(made.ok()) << made.status();
+  auto sub = *(*made)->Subscribe(Options("c"));
   ASSERT_TRUE((*made)->Publish("s", MakeEvent("t", "/s")).ok());
   EXPECT_EQ((*made)->Publish("s", MakeEvent("t", "/s")).code(),
             absl::StatusCode::kResourceExhausted);

@@ -213,7 +213,7 @@ class State {
       return stream.entries.size() + 1 > options_.max_stream_events ||
              stream.bytes + bytes > options_.max_stream_bytes;
     };
-    if (full()) TrimLocked(stream);
+    if (full()) TrimLocked(stream, bytes);
     if (full()) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "memory stream ", stream_name, " is full: ", stream.entries.size(), " events, ",
@@ -328,8 +328,20 @@ class State {
   // Makes room by dropping the oldest entries every group of the stream has settled. Done only
   // when a bound is reached, so until then a group created later still sees the history (as
   // with Redis and Kafka retention); at the bound, memory is held only by what is pending.
-  void TrimLocked(Stream& stream) {
-    if (stream.groups.empty()) return;
+  // A stream without groups (results, dead letters nobody subscribes to) owes nothing to
+  // anyone: it drops just enough of its oldest entries for `incoming_bytes` to fit, like a
+  // capped Redis stream (MAXLEN), rather than refuse every publish once full.
+  void TrimLocked(Stream& stream, size_t incoming_bytes) {
+    if (stream.groups.empty()) {
+      if (incoming_bytes > options_.max_stream_bytes) return;  // could never fit
+      while (!stream.entries.empty() &&
+             (stream.entries.size() + 1 > options_.max_stream_events ||
+              stream.bytes + incoming_bytes > options_.max_stream_bytes)) {
+        stream.bytes -= stream.entries.front().bytes;
+        stream.entries.pop_front();
+      }
+      return;
+    }
     uint64_t low = stream.next_seq;
     for (const auto& [name, group] : stream.groups) {
       low = std::min(low, group.next_seq);

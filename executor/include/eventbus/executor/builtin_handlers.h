@@ -1,6 +1,7 @@
 #pragma once
 // The built-in task types that need nothing outside the executor: `wait` and `inject`.
 
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -22,7 +23,7 @@ std::unique_ptr<TaskHandler> NewWaitHandler();
 // "into" with "data" merged over it (RFC 7386 JSON merge patch), or "data" alone.
 std::unique_ptr<TaskHandler> NewInjectHandler();
 
-// Settings of the built-in handlers that have any (only `call` does).
+// Settings of the built-in handlers that have any (`call` and `set`).
 struct BuiltinHandlerOptions {
   // The circuit breakers' clock; not owned; null = the real clock.
   Clock* clock = nullptr;
@@ -39,13 +40,20 @@ struct BuiltinHandlerOptions {
   std::vector<std::string> call_allow;
   std::vector<std::string> call_deny;
   bool call_deny_private = false;
+  // `set`: its jq worker processes (JqWorkerPoolOptions): how many at most (<= 0: 4), the
+  // binary (empty: $EXECUTOR_JQ_WORKER or found next to the running binary), and each one's
+  // memory limit (0 = none).
+  int jq_workers = 0;
+  std::string jq_worker_path;
+  size_t jq_memory_limit_bytes = size_t{512} << 20;
 };
 
 // True when `call` and `set` are built in (the executor was built with its components: libcurl
 // HTTP client, circuit breaker, libjq).
 bool HasCallAndSetHandlers();
 
-// Registers wait and inject, plus call and set when HasCallAndSetHandlers().
+// Registers wait and inject, plus call and set when HasCallAndSetHandlers(). Fails when a
+// handler cannot start (FailedPrecondition naming the jq worker binary when it is missing).
 absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry,
                                      const BuiltinHandlerOptions& options = {});
 

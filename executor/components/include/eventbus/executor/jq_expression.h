@@ -13,18 +13,20 @@
 //
 // Sandboxing: `env` and `$ENV` evaluate to {} (the service's environment holds broker
 // passwords); `input`/`inputs` have no further inputs; modules (`import`/`include`) are not
-// available. Each evaluation runs on a short-lived thread with a 512 MiB (virtual) stack,
-// because jq 1.6 frees nested values recursively and a cheap program nesting an array
-// 300,000 deep would overflow a normal thread stack and kill the process (measured: 12
-// million levels, ~1 GB of memory and ~7 s of CPU, still pass on this stack). Not bounded: a
-// program that loops forever (`repeat(1) | empty`) or builds a huge value blocks its caller
-// or exhausts memory (jq aborts the process when malloc fails), because jq 1.6 has no way to
-// interrupt an evaluation or cap its memory. Programs come from task authors, who are trusted
-// as much as the tasks they submit.
+// available.
+//
+// Isolation: programs compile and run in eventbus-jq-worker processes (JqWorkerPool), because
+// jq 1.6 can neither be interrupted nor capped and aborts its process when malloc fails. Every
+// call has a deadline (JqDeadline; by default the pool's default_timeout) after which the
+// worker is killed; a worker is bounded in memory (RLIMIT_AS) and CPU, and its reply in size.
+// A program that loops (`last(range(infinite))`) or allocates without bound (`[repeat(1)]`)
+// costs one worker until its deadline, never the calling process.
 //
 // Status codes:
 //   Compile:   InvalidArgument with jq's own message for a syntax or compile error (an empty
 //              program included), for a bad variable name, or max_outputs < 1.
+//              FailedPrecondition when no pool is given and the default pool cannot start (the
+//              worker binary is missing); and the pool's codes below for the compile request.
 //   Evaluate*: InvalidArgument when the input (or the variables) is not one JSON value
 //              (object for the variables) or misses/adds a declared variable; when the program
 //              raises a runtime error (`error("x")`, `1 + "a"`, ...; jq's message kept); when
@@ -32,8 +34,13 @@
 //              no output at all (`empty`).
 //              InvalidArgument also when an output is nested deeper than 256 levels (jq
 //              cannot print it as JSON, nor parse it back).
-//              ResourceExhausted when EvaluateAll* exceeds JqOptions::max_outputs, or when
-//              the evaluation thread cannot be started.
+//              ResourceExhausted when EvaluateAll* exceeds JqOptions::max_outputs, when the
+//              outputs exceed the pool's max_output_bytes, and when the program exceeds the
+//              worker's memory limit ("jq program exceeded the memory limit of N MiB") or CPU
+//              limit.
+//              DeadlineExceeded past the deadline (the worker was killed) or when no worker
+//              became free before it; Cancelled when JqDeadline::cancelled said so; Internal
+//              when a worker died otherwise; Unavailable when a worker cannot be started.
 
 #include <cstddef>
 #include <list>
@@ -49,6 +56,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "eventbus/executor/jq_worker_pool.h"
 
 namespace eventbus::executor {
 
@@ -58,10 +67,15 @@ struct JqOptions {
   std::vector<std::string> variables;
   // Upper bound on the outputs EvaluateAll* collects. >= 1.
   size_t max_outputs = 10'000;
+  // Where the program compiles and runs; null = JqWorkerPool::Default().
+  std::shared_ptr<JqWorkerPool> pool;
+  // Deadline of the compile request.
+  absl::Duration compile_timeout = absl::Seconds(10);
 };
 
 // A compiled jq program. Copies share the compiled program. Every method is const and
-// thread-safe: concurrent evaluations each use their own jq state from an internal pool.
+// thread-safe: concurrent evaluations each run in a worker of their own, and block their
+// caller until the reply or the deadline.
 class JqExpression {
  public:
   static absl::StatusOr<JqExpression> Compile(absl::string_view program, JqOptions options = {});
@@ -69,18 +83,22 @@ class JqExpression {
   // The first output of the program on `input`.
   absl::StatusOr<nlohmann::json> Evaluate(const nlohmann::json& input) const;
   absl::StatusOr<nlohmann::json> Evaluate(const nlohmann::json& input,
-                                          const nlohmann::json& variables) const;
+                                          const nlohmann::json& variables,
+                                          const JqDeadline& deadline = {}) const;
   // Every output, in order (possibly none).
   absl::StatusOr<std::vector<nlohmann::json>> EvaluateAll(const nlohmann::json& input) const;
   absl::StatusOr<std::vector<nlohmann::json>> EvaluateAll(const nlohmann::json& input,
-                                                          const nlohmann::json& variables) const;
+                                                          const nlohmann::json& variables,
+                                                          const JqDeadline& deadline = {}) const;
 
   // The same on JSON text; outputs are compact JSON text (no spaces, UTF-8).
-  // `variables_json` empty means "no variables" ({}).
+  // `variables_json` empty means "no variables" ({}); a null `variables` likewise.
   absl::StatusOr<std::string> EvaluateText(absl::string_view input_json,
-                                           absl::string_view variables_json = {}) const;
+                                           absl::string_view variables_json = {},
+                                           const JqDeadline& deadline = {}) const;
   absl::StatusOr<std::vector<std::string>> EvaluateAllText(
-      absl::string_view input_json, absl::string_view variables_json = {}) const;
+      absl::string_view input_json, absl::string_view variables_json = {},
+      const JqDeadline& deadline = {}) const;
 
   // The program as given to Compile.
   const std::string& program() const;
@@ -92,9 +110,9 @@ class JqExpression {
   std::shared_ptr<const Impl> impl_;
 };
 
-// Compiled programs by their text (and options), so a program that many tasks share compiles
-// once: jq 1.6 compiles its whole builtin library with every program, tens of milliseconds
-// each time. Thread-safe. Bounded: beyond `max_entries` the least recently used program is
+// Compiled programs by their text (and options, the pool included), so a program that many
+// tasks share is checked once: jq 1.6 compiles its whole builtin library with every program,
+// tens of milliseconds each time (each worker also keeps the programs it compiled). Thread-safe. Bounded: beyond `max_entries` the least recently used program is
 // forgotten (expressions handed out stay valid). Programs that do not compile are not kept.
 class JqExpressionCache {
  public:
