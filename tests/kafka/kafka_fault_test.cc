@@ -6,8 +6,12 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include <atomic>
+#include <map>
+#include <thread>
+#include <vector>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "eventbus/kafka/kafka_event_stream.h"
@@ -327,6 +331,85 @@ TEST(KafkaFaultTest, AMalformedRecordsSlowDeadLetterDoesNotHoldUpTheRecordsBehin
     (*sub)->Fetch(1, absl::Milliseconds(200)).IgnoreError();
   }
   EXPECT_EQ(RecordsIn(cluster.bootstrap(), "raw.dlq", 1), 1);
+}
+
+TEST(KafkaFaultTest, OrderingHoldsAKeyWhoseDeadLetterIsInFlightAcrossARevoke) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("keyed", 2);
+  cluster.CreateTopic("keyed.retry", 2);
+  cluster.CreateTopic("keyed.dlq", 2);
+  KafkaOptions options = MockOptions(cluster);
+  options.ordered_per_key = true;
+  options.properties["message.timeout.ms"] = "20000";
+  // The mock coordinator waits half a session timeout for members to rejoin a rebalance.
+  options.properties["session.timeout.ms"] = "4000";
+  options.properties["heartbeat.interval.ms"] = "500";
+  auto stream = NewKafkaEventStream(options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  constexpr int kKeys = 6;
+  for (int round = 0; round < 2; ++round) {
+    for (int k = 0; k < kKeys; ++k) {
+      Event event = TestEvent(round * kKeys + k);
+      event.set_key(absl::StrCat("key", k));
+      ASSERT_TRUE((*stream)->Publish("keyed", event).ok());
+    }
+  }
+  // Markers, one per key: held by the first member, they show which partition it gave up.
+  for (int k = 0; k < kKeys; ++k) {
+    Event event = TestEvent(100 + k);
+    event.set_key(absl::StrCat("marker", k));
+    ASSERT_TRUE((*stream)->Publish("keyed", event).ok());
+  }
+  ASSERT_TRUE((*stream)->Flush(absl::Seconds(10)).ok());
+  auto first = (*stream)->Subscribe(Subscriber("keyed"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  // The head of every key; the second event of each waits behind it.
+  std::map<std::string, Delivery> heads;
+  std::vector<Delivery> markers;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (heads.size() + markers.size() < 2 * kKeys && absl::Now() < deadline) {
+    auto batch = (*first)->Fetch(20, absl::Milliseconds(200));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    for (const Delivery& d : *batch) {
+      if (absl::StartsWith(d.event.key(), "marker")) {
+        markers.push_back(d);
+        continue;
+      }
+      ASSERT_TRUE(heads.emplace(d.event.key(), d).second) << "two events of " << d.event.key();
+    }
+  }
+  ASSERT_EQ(heads.size(), static_cast<size_t>(kKeys));
+  ASSERT_EQ(markers.size(), static_cast<size_t>(kKeys));
+
+  // The dead letters are answered after 5 s; meanwhile a second member joins and takes one
+  // partition from the first (a revoke of the other keys' partition).
+  ASSERT_EQ(rd_kafka_mock_broker_push_request_error_rtts(cluster.get(), 1, kProduceApi, 2,
+                                                         RD_KAFKA_RESP_ERR_NO_ERROR, 5000,
+                                                         RD_KAFKA_RESP_ERR_NO_ERROR, 5000),
+            RD_KAFKA_RESP_ERR_NO_ERROR);
+  const absl::Time started = absl::Now();
+  std::vector<std::thread> dead_letters;
+  for (auto& [key, head] : heads) {
+    dead_letters.emplace_back([&sub = **first, d = head] {
+      EXPECT_TRUE(sub.DeadLetter(d, "poison").ok());
+    });
+  }
+  SubscribeOptions second_options = Subscriber("keyed");
+  second_options.consumer = "c2";
+  auto second = (*stream)->Subscribe(second_options);
+  ASSERT_TRUE(second.ok()) << second.status();
+  bool revoked = false;
+  while (absl::Now() < started + absl::Seconds(4)) {
+    auto mine = (*first)->Fetch(10, absl::Milliseconds(100));
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    for (const Delivery& d : *mine) {
+      ADD_FAILURE() << "event " << d.event.id() << " of key " << d.event.key()
+                    << " delivered while the dead letter of its head was being written";
+    }
+    for (const Delivery& marker : markers) revoked |= !(*first)->Extend(marker).ok();
+  }
+  for (std::thread& t : dead_letters) t.join();
+  EXPECT_TRUE(revoked) << "the first member gave no partition up in time: nothing was tested";
 }
 
 }  // namespace

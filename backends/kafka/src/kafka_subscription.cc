@@ -244,6 +244,10 @@ void KafkaSubscription::GiveBackDeliveries(const std::vector<PartitionKey>& keys
   std::vector<GiveBack> back;
   {
     absl::MutexLock lock(&mu_);
+    for (const PartitionKey& key : keys) {
+      auto it = partitions_.find(key);
+      if (it != partitions_.end()) it->second.revoking = true;
+    }
     const absl::Time now = clock_->Now();
     auto mine = [&revoked](const Pending& p) { return revoked.contains(p.partition); };
     for (auto it = leases_.begin(); it != leases_.end();) {
@@ -680,7 +684,7 @@ absl::StatusOr<std::vector<Delivery>> KafkaSubscription::Fetch(int max_events,
     while (!ready_.empty() && static_cast<int>(out.size()) < max_events) {
       Pending pending = std::move(ready_.front());
       ready_.pop_front();
-      if (!CurrentLocked(pending)) continue;
+      if (!CurrentLocked(pending) || partitions_.at(pending.partition).revoking) continue;
       out.push_back(LeaseLocked(std::move(pending), now));
     }
     if (!out.empty()) return out;

@@ -70,6 +70,9 @@ class KafkaSubscription final : public Subscription {
     int64_t stored = -1;  // last offset handed to rd_kafka_offsets_store
     size_t held_events = 0;
     size_t held_bytes = 0;
+    // Being given back (revoke): Fetch hands out none of its records any more, since their
+    // counts would not be handed over.
+    bool revoking = false;
   };
   // A record received and not yet done, wherever it currently waits.
   struct Pending {
