@@ -243,5 +243,66 @@ TEST(KafkaConsumerTest, ARetryRecordWrittenBeforeTheGroupJoinedIsDeliveredFromTh
   EXPECT_EQ(again->first_delivery_time, first_delivery);
   EXPECT_TRUE(sub->Ack(*again).ok());
 }
+// Publishes `count` events of `data_bytes`, fetches without settling until nothing more comes,
+// and returns how many the consumer handed out; then settles everything and checks that the
+// rest still arrives (the consumer resumes).
+size_t HeldWithoutSettling(KafkaOptions options, int count, size_t data_bytes) {
+  auto stream = MustStream(options);
+  EXPECT_NE(stream, nullptr);
+  if (stream == nullptr) return 0;
+  const std::string topic = UniqueTopic("bound");
+  for (int i = 0; i < count; ++i) {
+    Event event = Numbered(i);
+    event.set_data(std::string(data_bytes, 'x'));
+    EXPECT_TRUE(stream->Publish(topic, event).ok());
+  }
+  EXPECT_TRUE(stream->Flush(absl::Seconds(30)).ok());
+  auto sub = MustSubscribe(*stream, topic, "g", "c");
+  if (sub == nullptr) return 0;
+  std::vector<Delivery> held;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    auto batch = sub->Fetch(1000, held.empty() ? absl::Seconds(10) : absl::Milliseconds(700));
+    EXPECT_TRUE(batch.ok()) << batch.status();
+    if (!batch.ok() || batch->empty()) break;
+    held.insert(held.end(), batch->begin(), batch->end());
+  }
+  const size_t result = held.size();
+  std::set<std::string> done;
+  for (const Delivery& d : held) {
+    EXPECT_TRUE(sub->Ack(d).ok());
+    done.insert(d.event.id());
+  }
+  const absl::Time rest_deadline = absl::Now() + absl::Seconds(30);
+  while (done.size() < static_cast<size_t>(count) && absl::Now() < rest_deadline) {
+    auto batch = sub->Fetch(1000, absl::Milliseconds(500));
+    EXPECT_TRUE(batch.ok()) << batch.status();
+    if (!batch.ok()) break;
+    for (const Delivery& d : *batch) {
+      EXPECT_TRUE(sub->Ack(d).ok());
+      done.insert(d.event.id());
+    }
+  }
+  EXPECT_EQ(done.size(), static_cast<size_t>(count)) << "the consumer did not resume";
+  return result;
+}
+
+TEST(KafkaConsumerTest, AConsumerHoldsNoMoreRecordsThanItsEventBound) {
+  KafkaOptions options = TestOptions();
+  options.max_buffered_events = 40;
+  const size_t held = HeldWithoutSettling(options, 300, 10);
+  EXPECT_GE(held, 1u);
+  EXPECT_LE(held, 40u);
+}
+
+TEST(KafkaConsumerTest, AConsumerHoldsNoMoreBytesThanItsByteBound) {
+  KafkaOptions options = TestOptions();
+  options.max_buffered_bytes = 40 * 1024;
+  // 4 KiB of data plus headers each: the tenth crosses the bound.
+  const size_t held = HeldWithoutSettling(options, 100, 4096);
+  EXPECT_GE(held, 1u);
+  EXPECT_LE(held, 10u);
+}
+
 }  // namespace
 }  // namespace eventbus::kafka::testing

@@ -403,7 +403,10 @@ void KafkaSubscription::PollLoop(Consumer& consumer) {
       } else if (auto handled = HandleMessage(consumer, message.get()); handled.has_value()) {
         batch.push_back(std::move(*handled));
       }
-      if (batch.size() >= kPollBatch || stop_.load(std::memory_order_acquire)) break;
+      if (batch.size() >= kPollBatch || stop_.load(std::memory_order_acquire) ||
+          over_bound_.load(std::memory_order_acquire)) {
+        break;
+      }
       message.reset(rd_kafka_consumer_poll(rk, 0));
     }
     if (batch.empty()) continue;
@@ -427,12 +430,12 @@ void KafkaSubscription::AdjustPause(Consumer& consumer) {
   {
     absl::MutexLock lock(&mu_);
     const KafkaOptions& config = client_->options();
-    const bool over = held_events_ >= config.max_buffered_events ||
-                      held_bytes_ >= config.max_buffered_bytes;
+    const bool over = OverBoundLocked();
     const bool under = held_events_ <= config.max_buffered_events / 2 &&
                        held_bytes_ <= config.max_buffered_bytes / 2;
     pause = !consumer.paused && over;
     resume = consumer.paused && under;
+    over_bound_.store(over, std::memory_order_release);
   }
   if (!pause && !resume) return;
   rd_kafka_topic_partition_list_t* raw = nullptr;
@@ -444,6 +447,11 @@ void KafkaSubscription::AdjustPause(Consumer& consumer) {
   } else {
     rd_kafka_resume_partitions(consumer.handle.get(), assignment.get());
   }
+}
+
+bool KafkaSubscription::OverBoundLocked() const {
+  const KafkaOptions& config = client_->options();
+  return held_events_ >= config.max_buffered_events || held_bytes_ >= config.max_buffered_bytes;
 }
 
 std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscription::HandleMessage(
@@ -464,6 +472,7 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
       it->second.held_bytes += pending.bytes;
       held_events_ += 1;
       held_bytes_ += pending.bytes;
+      if (OverBoundLocked()) over_bound_.store(true, std::memory_order_release);
     }
   }
   absl::StatusOr<DecodedRecord> decoded = DecodeEvent(record);

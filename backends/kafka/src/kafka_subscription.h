@@ -112,6 +112,7 @@ class KafkaSubscription final : public Subscription {
   // (revoked, another group's retry, malformed and being dead-lettered).
   std::optional<std::pair<absl::Time, Pending>> HandleMessage(Consumer& consumer, const rd_kafka_message_t* message);
   void AdjustPause(Consumer& consumer);
+  bool OverBoundLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void RetryFailedDeadLetters();
 
   const std::string& TopicOf(const PartitionKey& key) const {
@@ -159,6 +160,9 @@ class KafkaSubscription final : public Subscription {
 
   Consumer consumers_[2];
   std::atomic<bool> stop_{false};
+  // Set when the held records reach a bound: a poller stops taking records from librdkafka
+  // mid-batch, and pauses before its next poll.
+  std::atomic<bool> over_bound_{false};
   std::unique_ptr<ClockListener> clock_listener_;
   absl::Mutex close_mu_;  // serializes Close
 
