@@ -9,7 +9,8 @@
 //
 // The delivery count survives a rebalance and a restart: deliveries a consumer gives back
 // (its partition revoked, Close, destruction) are re-produced to the retry topic with their
-// count before the commit moves past them.
+// count before the commit moves past them (so Close, and a revoke, wait for those records'
+// delivery reports: up to the producer's message.timeout.ms while the broker is unreachable).
 //
 // Not given: reclaiming another consumer's deliveries (they come back by rebalance when it
 // leaves or dies); an atomic dead letter (produce, then mark done); the delivery count after
