@@ -168,7 +168,10 @@ void KafkaSubscription::RebalanceCallback(rd_kafka_t*, rd_kafka_resp_err_t err,
 void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
                                     rd_kafka_topic_partition_list_t* partitions) {
   rd_kafka_t* rk = consumer.handle.get();
-  const bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+  // Null when no protocol is established (a consumer closed while its generation failed):
+  // then the whole-assignment calls are the permitted ones.
+  const char* protocol = rd_kafka_rebalance_protocol(rk);
+  const bool cooperative = protocol != nullptr && std::strcmp(protocol, "COOPERATIVE") == 0;
   std::vector<PartitionKey> keys;
   for (int i = 0; i < partitions->cnt; ++i) {
     keys.emplace_back(consumer.topic, partitions->elems[i].partition);
