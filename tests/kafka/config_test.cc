@@ -60,6 +60,40 @@ TEST(KafkaOptionsTest, AnInvalidLibrdkafkaPropertyStopsStartUpNamingIt) {
       << stream.status();
 }
 
+TEST(KafkaOptionsTest, ARejectedSecretPropertyIsNamedButItsValueNeverShown) {
+  for (const std::string name :
+       {"sasl.password.typo", "sasl.oauthbearer.client.secret.x", "ssl.key.pem.typo"}) {
+    KafkaOptions options;
+    options.properties[name] = "hunter2";
+    auto stream = NewKafkaEventStream(options);
+    ASSERT_FALSE(stream.ok()) << name;
+    EXPECT_EQ(stream.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(stream.status().message(), name)) << stream.status();
+    EXPECT_FALSE(absl::StrContains(stream.status().message(), "hunter2")) << stream.status();
+  }
+  // Other values stay in the message: they are what the operator needs to see.
+  KafkaOptions plain;
+  plain.properties["security.protocol"] = "carrier-pigeon";
+  auto stream = NewKafkaEventStream(plain);
+  ASSERT_FALSE(stream.ok());
+  EXPECT_TRUE(absl::StrContains(stream.status().message(), "carrier-pigeon")) << stream.status();
+}
+
+TEST(KafkaOptionsTest, BufferBoundsDefaultToFullBatchesAndAreConfigurable) {
+  KafkaOptions defaults;
+  EXPECT_GE(defaults.max_buffered_events, 10000u);
+  EXPECT_EQ(defaults.max_buffered_bytes, size_t{64} << 20);
+  BackendConfig config;
+  config.options = {{"eventbus.max.buffered.events", "500"},
+                    {"eventbus.max.buffered.bytes", "1048576"}};
+  auto options = KafkaOptionsFromConfig(config);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->max_buffered_events, 500u);
+  EXPECT_EQ(options->max_buffered_bytes, 1048576u);
+  config.options = {{"eventbus.max.buffered.bytes", "0"}};
+  EXPECT_FALSE(KafkaOptionsFromConfig(config).ok());
+}
+
 TEST(KafkaOptionsTest, ValidOptionsCreateAStreamWithHonestCapabilities) {
   KafkaOptions options;
   options.brokers = "127.0.0.1:1";  // nothing listens; the stream is only inspected

@@ -6,13 +6,19 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include <atomic>
+#include <map>
+#include <thread>
+#include <vector>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "eventbus/kafka/kafka_event_stream.h"
 #include "gtest/gtest.h"
+#include "kafka_client.h"
 #include "rdkafka_handles.h"
+#include "wire_format.h"
 
 namespace eventbus::kafka {
 namespace {
@@ -206,6 +212,204 @@ TEST(KafkaFaultTest, ConsumerRidesOutABrokerOutageAndCommitErrors) {
   ASSERT_TRUE((*stream)->Flush(absl::Seconds(20)).ok());
   drain(published.size(), absl::Seconds(40));
   EXPECT_EQ(seen, published);
+}
+
+// Records in `topic`, summed over its partitions (high watermarks).
+int64_t RecordsIn(const std::string& bootstrap, const std::string& topic, int partitions) {
+  char errstr[256];
+  ConfHandle conf(rd_kafka_conf_new());
+  rd_kafka_conf_set(conf.get(), "bootstrap.servers", bootstrap.c_str(), errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf.get(), "log_level", "0", errstr, sizeof(errstr));
+  KafkaHandle rk(rd_kafka_new(RD_KAFKA_PRODUCER, conf.release(), errstr, sizeof(errstr)));
+  int64_t total = 0;
+  for (int p = 0; p < partitions; ++p) {
+    int64_t low = 0;
+    int64_t high = 0;
+    if (rd_kafka_query_watermark_offsets(rk.get(), topic.c_str(), p, &low, &high, 5000) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return -1;
+    }
+    total += high;
+  }
+  return total;
+}
+
+SubscribeOptions Subscriber(const std::string& stream) {
+  SubscribeOptions options;
+  options.stream = stream;
+  options.group = "g";
+  options.consumer = "c";
+  return options;
+}
+
+TEST(KafkaFaultTest, ASlowRetryProduceIsWaitedForSoTheNackIsNeverKeptTwice) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("slow", 1);
+  cluster.CreateTopic("slow.retry", 1);
+  cluster.CreateTopic("slow.dlq", 1);
+  KafkaOptions options = MockOptions(cluster);
+  options.retry_topic_threshold = absl::ZeroDuration();  // every delayed nack via the topic
+  options.operation_timeout = absl::Milliseconds(500);
+  options.properties["message.timeout.ms"] = "10000";
+  ManualClock clock;
+  auto stream = NewKafkaEventStream(options, &clock);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  ASSERT_TRUE((*stream)->PublishAndWait("slow", TestEvent(0), absl::Seconds(10)).ok());
+  auto sub = (*stream)->Subscribe(Subscriber("slow"));
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  std::vector<Delivery> got;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (got.empty() && absl::Now() < deadline) {
+    auto batch = (*sub)->Fetch(1, absl::Milliseconds(500));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    got = *batch;
+  }
+  ASSERT_EQ(got.size(), 1u);
+  // The retry record's produce is answered after 2 s, well past operation_timeout: the nack
+  // must wait for it rather than also keep the delay locally (two copies).
+  ASSERT_EQ(rd_kafka_mock_broker_push_request_error_rtts(cluster.get(), 1, kProduceApi, 1,
+                                                         RD_KAFKA_RESP_ERR_NO_ERROR, 2000),
+            RD_KAFKA_RESP_ERR_NO_ERROR);
+  const absl::Time nacked = absl::Now();
+  ASSERT_TRUE((*sub)->Nack(got[0], absl::Hours(1)).ok());
+  EXPECT_GE(absl::Now() - nacked, absl::Milliseconds(1500)) << "did not wait for the report";
+  EXPECT_EQ(RecordsIn(cluster.bootstrap(), "slow.retry", 1), 1);
+
+  clock.Advance(absl::Hours(2));
+  std::vector<Delivery> again;
+  const absl::Time again_deadline = absl::Now() + absl::Milliseconds(2500);
+  while (absl::Now() < again_deadline) {
+    auto batch = (*sub)->Fetch(10, absl::Milliseconds(500));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    for (const Delivery& d : *batch) {
+      again.push_back(d);
+      EXPECT_TRUE((*sub)->Ack(d).ok());
+    }
+  }
+  ASSERT_EQ(again.size(), 1u) << "the nacked event came back more than once";
+  EXPECT_EQ(again[0].delivery_count, 2);
+}
+
+TEST(KafkaFaultTest, AMalformedRecordsSlowDeadLetterDoesNotHoldUpTheRecordsBehindIt) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("raw", 1);
+  cluster.CreateTopic("raw.retry", 1);
+  cluster.CreateTopic("raw.dlq", 1);
+  KafkaOptions options = MockOptions(cluster);
+  options.properties["message.timeout.ms"] = "20000";
+  auto client = KafkaClient::Create(options, Clock::Real());
+  ASSERT_TRUE(client.ok()) << client.status();
+  KafkaRecord malformed;
+  malformed.value = "not an event";
+  ASSERT_TRUE((*client)->ProduceAndWait("raw", malformed).ok());
+  auto valid = EncodeEvent(TestEvent(1));
+  ASSERT_TRUE(valid.ok());
+  ASSERT_TRUE((*client)->ProduceAndWait("raw", *valid).ok());
+
+  auto stream = NewKafkaEventStream(options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  // The next produce (the dead letter) is answered after 6 s.
+  ASSERT_EQ(rd_kafka_mock_broker_push_request_error_rtts(cluster.get(), 1, kProduceApi, 1,
+                                                         RD_KAFKA_RESP_ERR_NO_ERROR, 6000),
+            RD_KAFKA_RESP_ERR_NO_ERROR);
+  auto sub = (*stream)->Subscribe(Subscriber("raw"));
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  std::vector<Delivery> got;
+  const absl::Time subscribed = absl::Now();
+  while (got.empty() && absl::Now() < subscribed + absl::Seconds(20)) {
+    auto batch = (*sub)->Fetch(10, absl::Milliseconds(200));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    got = *batch;
+  }
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].event.id(), "fault-1");
+  EXPECT_LT(absl::Now() - subscribed, absl::Seconds(5))
+      << "the record behind the malformed one waited for its dead letter";
+  ASSERT_TRUE((*sub)->Ack(got[0]).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (RecordsIn(cluster.bootstrap(), "raw.dlq", 1) < 1 && absl::Now() < deadline) {
+    (*sub)->Fetch(1, absl::Milliseconds(200)).IgnoreError();
+  }
+  EXPECT_EQ(RecordsIn(cluster.bootstrap(), "raw.dlq", 1), 1);
+}
+
+TEST(KafkaFaultTest, OrderingHoldsAKeyWhoseDeadLetterIsInFlightAcrossARevoke) {
+  MockCluster cluster(1);
+  cluster.CreateTopic("keyed", 2);
+  cluster.CreateTopic("keyed.retry", 2);
+  cluster.CreateTopic("keyed.dlq", 2);
+  KafkaOptions options = MockOptions(cluster);
+  options.ordered_per_key = true;
+  options.properties["message.timeout.ms"] = "20000";
+  // The mock coordinator waits half a session timeout for members to rejoin a rebalance.
+  options.properties["session.timeout.ms"] = "4000";
+  options.properties["heartbeat.interval.ms"] = "500";
+  auto stream = NewKafkaEventStream(options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  constexpr int kKeys = 6;
+  for (int round = 0; round < 2; ++round) {
+    for (int k = 0; k < kKeys; ++k) {
+      Event event = TestEvent(round * kKeys + k);
+      event.set_key(absl::StrCat("key", k));
+      ASSERT_TRUE((*stream)->Publish("keyed", event).ok());
+    }
+  }
+  // Markers, one per key: held by the first member, they show which partition it gave up.
+  for (int k = 0; k < kKeys; ++k) {
+    Event event = TestEvent(100 + k);
+    event.set_key(absl::StrCat("marker", k));
+    ASSERT_TRUE((*stream)->Publish("keyed", event).ok());
+  }
+  ASSERT_TRUE((*stream)->Flush(absl::Seconds(10)).ok());
+  auto first = (*stream)->Subscribe(Subscriber("keyed"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  // The head of every key; the second event of each waits behind it.
+  std::map<std::string, Delivery> heads;
+  std::vector<Delivery> markers;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (heads.size() + markers.size() < 2 * kKeys && absl::Now() < deadline) {
+    auto batch = (*first)->Fetch(20, absl::Milliseconds(200));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    for (const Delivery& d : *batch) {
+      if (absl::StartsWith(d.event.key(), "marker")) {
+        markers.push_back(d);
+        continue;
+      }
+      ASSERT_TRUE(heads.emplace(d.event.key(), d).second) << "two events of " << d.event.key();
+    }
+  }
+  ASSERT_EQ(heads.size(), static_cast<size_t>(kKeys));
+  ASSERT_EQ(markers.size(), static_cast<size_t>(kKeys));
+
+  // The dead letters are answered after 5 s; meanwhile a second member joins and takes one
+  // partition from the first (a revoke of the other keys' partition).
+  ASSERT_EQ(rd_kafka_mock_broker_push_request_error_rtts(cluster.get(), 1, kProduceApi, 2,
+                                                         RD_KAFKA_RESP_ERR_NO_ERROR, 5000,
+                                                         RD_KAFKA_RESP_ERR_NO_ERROR, 5000),
+            RD_KAFKA_RESP_ERR_NO_ERROR);
+  const absl::Time started = absl::Now();
+  std::vector<std::thread> dead_letters;
+  for (auto& [key, head] : heads) {
+    dead_letters.emplace_back([&sub = **first, d = head] {
+      EXPECT_TRUE(sub.DeadLetter(d, "poison").ok());
+    });
+  }
+  SubscribeOptions second_options = Subscriber("keyed");
+  second_options.consumer = "c2";
+  auto second = (*stream)->Subscribe(second_options);
+  ASSERT_TRUE(second.ok()) << second.status();
+  bool revoked = false;
+  while (absl::Now() < started + absl::Seconds(4)) {
+    auto mine = (*first)->Fetch(10, absl::Milliseconds(100));
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    for (const Delivery& d : *mine) {
+      ADD_FAILURE() << "event " << d.event.id() << " of key " << d.event.key()
+                    << " delivered while the dead letter of its head was being written";
+    }
+    for (const Delivery& marker : markers) revoked |= !(*first)->Extend(marker).ok();
+  }
+  for (std::thread& t : dead_letters) t.join();
+  EXPECT_TRUE(revoked) << "the first member gave no partition up in time: nothing was tested";
 }
 
 }  // namespace

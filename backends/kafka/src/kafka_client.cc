@@ -4,7 +4,11 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "eventbus/status_macros.h"
 
@@ -26,6 +30,17 @@ void OnDeliveryReport(rd_kafka_t*, const rd_kafka_message_t* message, void*) {
     return;
   }
   context->done(PublishReceipt{context->topic, RecordId(message->partition, message->offset)});
+}
+
+// librdkafka scans for timed-out messages about once a second, and our report thread polls
+// every 100 ms: the report of a message that timed out comes a little after its timeout.
+constexpr absl::Duration kDeliveryReportMargin = absl::Seconds(5);
+
+// Whether a property's value must never appear in an error message.
+bool IsSecretProperty(absl::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  return absl::StrContains(lower, "password") || absl::StrContains(lower, "secret") ||
+         absl::StrContains(lower, "key");
 }
 
 int TimeoutMs(absl::Duration d) {
@@ -52,6 +67,9 @@ absl::StatusOr<std::shared_ptr<KafkaClient>> KafkaClient::Create(KafkaOptions op
   if (options.max_buffered_events == 0) {
     return absl::InvalidArgumentError("max_buffered_events must be at least 1");
   }
+  if (options.max_buffered_bytes == 0) {
+    return absl::InvalidArgumentError("max_buffered_bytes must be at least 1");
+  }
   std::shared_ptr<KafkaClient> client(new KafkaClient(std::move(options), clock));
   const std::string max_bytes = absl::StrCat(
       std::max<size_t>(client->options_.max_event_bytes + (size_t{1} << 20), 4u << 20));
@@ -64,6 +82,15 @@ absl::StatusOr<std::shared_ptr<KafkaClient>> KafkaClient::Create(KafkaOptions op
                        {"socket.keepalive.enable", "true"},
                        // Topics are created explicitly, with the configured partitions.
                        {"allow.auto.create.topics", "false"}}));
+  {
+    char value[32];
+    size_t size = sizeof(value);
+    int64_t ms = 0;
+    if (rd_kafka_conf_get(conf.get(), "message.timeout.ms", value, &size) == RD_KAFKA_CONF_OK &&
+        absl::SimpleAtoi(value, &ms) && ms > 0) {
+      client->delivery_timeout_ = absl::Milliseconds(ms) + kDeliveryReportMargin;
+    }
+  }
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &OnDeliveryReport);
   char errstr[512];
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof(errstr));
@@ -99,6 +126,13 @@ absl::StatusOr<ConfHandle> KafkaClient::NewConf(
   auto set = [&](const std::string& name, const std::string& value) -> absl::Status {
     if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), errstr, sizeof(errstr)) !=
         RD_KAFKA_CONF_OK) {
+      if (IsSecretProperty(name)) {
+        // librdkafka's message may quote the value too.
+        std::string reason(errstr);
+        if (!value.empty()) absl::StrReplaceAll({{value, "[redacted]"}}, &reason);
+        return absl::InvalidArgumentError(
+            absl::StrCat("Kafka property ", name, "=[redacted] rejected: ", reason));
+      }
       return absl::InvalidArgumentError(
           absl::StrCat("Kafka property ", name, "=", value, " rejected: ", errstr));
     }
@@ -152,10 +186,11 @@ absl::StatusOr<PublishReceipt> KafkaClient::ProduceAndWait(const std::string& to
   auto has_result = [&]() ABSL_SHARED_LOCKS_REQUIRED(outcome->mu) {
     return outcome->result.has_value();
   };
-  if (!outcome->mu.AwaitWithTimeout(absl::Condition(&has_result), options_.operation_timeout)) {
-    return absl::UnavailableError(
-        absl::StrCat("producing to ", topic, " not confirmed within ",
-                     absl::FormatDuration(options_.operation_timeout)));
+  if (!outcome->mu.AwaitWithTimeout(absl::Condition(&has_result), delivery_timeout_)) {
+    // Only if librdkafka broke its own message timeout; the record's fate is unknown.
+    return absl::DeadlineExceededError(
+        absl::StrCat("producing to ", topic, ": no delivery report within ",
+                     absl::FormatDuration(delivery_timeout_)));
   }
   return *outcome->result;
 }

@@ -38,7 +38,8 @@ class KafkaClient {
   absl::Status Produce(const std::string& topic, const KafkaRecord& record,
                        std::function<void(absl::StatusOr<PublishReceipt>)> done);
 
-  // Produce and wait for the delivery report (at most options().operation_timeout).
+  // Produce and wait for the delivery report, as long as librdkafka may take to give it
+  // (delivery_timeout()): an error means the record was not written and never will be.
   absl::StatusOr<PublishReceipt> ProduceAndWait(const std::string& topic,
                                                 const KafkaRecord& record);
 
@@ -50,6 +51,10 @@ class KafkaClient {
   absl::Status EnsureTopic(const std::string& topic);
 
   absl::Status Ping(absl::Duration timeout);
+
+  // The producer's message.timeout.ms plus a margin for the delivery-report thread; infinite
+  // when message.timeout.ms is 0.
+  absl::Duration delivery_timeout() const { return delivery_timeout_; }
 
   const KafkaOptions& options() const { return options_; }
   Clock* clock() const { return clock_; }
@@ -63,6 +68,7 @@ class KafkaClient {
 
   const KafkaOptions options_;
   Clock* const clock_;
+  absl::Duration delivery_timeout_ = absl::InfiniteDuration();
   KafkaHandle producer_;
   std::atomic<bool> stop_{false};
   std::thread poller_;

@@ -118,6 +118,9 @@ absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config)
     } else if (key == "eventbus.max.buffered.events") {
       if (!is_number || number < 1) return BadOption(key, value, "a count >= 1");
       options.max_buffered_events = static_cast<size_t>(number);
+    } else if (key == "eventbus.max.buffered.bytes") {
+      if (!is_number || number < 1) return BadOption(key, value, "a byte count >= 1");
+      options.max_buffered_bytes = static_cast<size_t>(number);
     } else if (key == "eventbus.ordered.per.key") {
       if (value == "true" || value == "1") {
         options.ordered_per_key = true;
@@ -131,7 +134,7 @@ absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config)
           "unknown Kafka option ", key,
           "; valid eventbus.* options: eventbus.partitions, eventbus.replication.factor, "
           "eventbus.retry.threshold.ms, eventbus.ack.wait.ms, eventbus.max.event.bytes, "
-          "eventbus.max.buffered.events, eventbus.ordered.per.key"));
+          "eventbus.max.buffered.events, eventbus.max.buffered.bytes, eventbus.ordered.per.key"));
     }
   }
   return options;

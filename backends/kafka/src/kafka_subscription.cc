@@ -13,6 +13,10 @@ namespace eventbus::kafka {
 namespace {
 
 constexpr absl::string_view kRetrySuffix = ".retry";
+// The retry topic's consumer group is the stream group's name plus this.
+constexpr absl::string_view kRetryGroupSuffix = ".retry";
+// Records moved from librdkafka's queue to ours per lock and wake-up.
+constexpr size_t kPollBatch = 512;
 constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
 // Fetch re-checks time-based work (due nacks, expired leases) at least this often: the
 // injected clock may be a ManualClock, whose advances also wake it at once.
@@ -50,6 +54,13 @@ KafkaRecord ToRecord(const rd_kafka_message_t* message) {
   return record;
 }
 
+// A record's share of max_buffered_bytes.
+size_t RecordBytes(const KafkaRecord& record) {
+  size_t bytes = record.value.size() + (record.key.has_value() ? record.key->size() : 0);
+  for (const auto& [name, value] : record.headers) bytes += name.size() + value.size();
+  return bytes;
+}
+
 std::optional<int64_t> HeaderInt(const DecodedRecord& decoded, absl::string_view name) {
   auto it = decoded.internal.find(name);
   int64_t value = 0;
@@ -67,49 +78,69 @@ absl::StatusOr<std::unique_ptr<KafkaSubscription>> KafkaSubscription::Create(
   EVENTBUS_RETURN_IF_ERROR(c.EnsureTopic(options.stream));
   EVENTBUS_RETURN_IF_ERROR(c.EnsureTopic(sub->retry_topic_));
   EVENTBUS_RETURN_IF_ERROR(c.EnsureTopic(sub->dead_letter_topic_));
+  {
+    absl::MutexLock lock(&sub->guard_->mu);
+    sub->guard_->owner = sub.get();
+  }
+  EVENTBUS_RETURN_IF_ERROR(sub->StartConsumer(kStreamTopic));
+  EVENTBUS_RETURN_IF_ERROR(sub->StartConsumer(kRetryTopic));
+  sub->clock_listener_ = sub->clock_->OnAdvance([raw = sub.get()] {
+    absl::MutexLock lock(&raw->mu_);
+    raw->changed_.SignalAll();
+  });
+  for (Consumer& consumer : sub->consumers_) {
+    consumer.poller = std::thread([raw = sub.get(), &consumer] { raw->PollLoop(consumer); });
+  }
+  return sub;
+}
 
+absl::Status KafkaSubscription::StartConsumer(int topic) {
+  Consumer& consumer = consumers_[topic];
+  consumer.owner = this;
+  consumer.topic = topic;
+  const bool retry = topic == kRetryTopic;
+  // The retry topic is always read from its beginning: a nack produced there before this
+  // group's retry consumer first joined (a restart while the stream starts from the newest)
+  // must not be skipped. Other groups' records in it are filtered by their group header.
+  const bool earliest = retry || options_.start_from_oldest;
   EVENTBUS_ASSIGN_OR_RETURN(
       ConfHandle conf,
-      c.NewConf({{"client.id", options.consumer},
-                 {"partition.assignment.strategy", "cooperative-sticky"},
-                 {"enable.auto.commit", "true"},
-                 {"auto.commit.interval.ms", "1000"},
-                 {"auto.offset.reset", options.start_from_oldest ? "earliest" : "latest"},
-                 {"enable.partition.eof", "false"},
-                 {"fetch.wait.max.ms", "100"},
-                 {"session.timeout.ms", "10000"},
-                 {"heartbeat.interval.ms", "1000"}}));
+      client_->NewConf({{"client.id", options_.consumer},
+                        {"partition.assignment.strategy", "cooperative-sticky"},
+                        {"enable.auto.commit", "true"},
+                        {"auto.commit.interval.ms", "1000"},
+                        {"auto.offset.reset", earliest ? "earliest" : "latest"},
+                        {"enable.partition.eof", "false"},
+                        {"fetch.wait.max.ms", "100"},
+                        // librdkafka's own prefetch bound (one queue per high-level consumer);
+                        // ours is max_buffered_events / max_buffered_bytes on top.
+                        {"queued.max.messages.kbytes", "16384"},
+                        {"session.timeout.ms", "10000"},
+                        {"heartbeat.interval.ms", "1000"}}));
+  const std::string group = retry ? absl::StrCat(options_.group, kRetryGroupSuffix) : options_.group;
   char errstr[512];
   // Applied after the user's properties: the semantics above rest on them.
-  for (const auto& [name, value] :
-       std::vector<std::pair<std::string, std::string>>{{"group.id", options.group},
-                                                        {"enable.auto.offset.store", "false"}}) {
+  for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"group.id", group}, {"enable.auto.offset.store", "false"}}) {
     if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), errstr, sizeof(errstr)) !=
         RD_KAFKA_CONF_OK) {
       return absl::InvalidArgumentError(absl::StrCat("Kafka property ", name, ": ", errstr));
     }
   }
-  rd_kafka_conf_set_opaque(conf.get(), sub.get());
+  rd_kafka_conf_set_opaque(conf.get(), &consumer);
   rd_kafka_conf_set_rebalance_cb(conf.get(), &KafkaSubscription::RebalanceCallback);
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof(errstr));
   if (rk == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("creating the Kafka consumer: ", errstr));
   }
   conf.release();
-  sub->consumer_.reset(rk);
+  consumer.handle.reset(rk);
   rd_kafka_poll_set_consumer(rk);
-  PartitionListHandle topics(rd_kafka_topic_partition_list_new(2));
-  rd_kafka_topic_partition_list_add(topics.get(), options.stream.c_str(), RD_KAFKA_PARTITION_UA);
-  rd_kafka_topic_partition_list_add(topics.get(), sub->retry_topic_.c_str(),
+  PartitionListHandle topics(rd_kafka_topic_partition_list_new(1));
+  rd_kafka_topic_partition_list_add(topics.get(), TopicOf({topic, 0}).c_str(),
                                     RD_KAFKA_PARTITION_UA);
-  EVENTBUS_RETURN_IF_ERROR(ToStatus(rd_kafka_subscribe(rk, topics.get()),
-                                    absl::StrCat("subscribing to ", options.stream)));
-  sub->clock_listener_ = sub->clock_->OnAdvance([raw = sub.get()] {
-    absl::MutexLock lock(&raw->mu_);
-    raw->changed_.SignalAll();
-  });
-  sub->poller_ = std::thread([raw = sub.get()] { raw->PollLoop(); });
-  return sub;
+  return ToStatus(rd_kafka_subscribe(rk, topics.get()),
+                  absl::StrCat("subscribing to ", TopicOf({topic, 0})));
 }
 
 KafkaSubscription::KafkaSubscription(std::shared_ptr<KafkaClient> client,
@@ -130,24 +161,29 @@ KafkaSubscription::~KafkaSubscription() {
 void KafkaSubscription::RebalanceCallback(rd_kafka_t*, rd_kafka_resp_err_t err,
                                           rd_kafka_topic_partition_list_t* partitions,
                                           void* opaque) {
-  static_cast<KafkaSubscription*>(opaque)->OnRebalance(err, partitions);
+  Consumer* consumer = static_cast<Consumer*>(opaque);
+  consumer->owner->OnRebalance(*consumer, err, partitions);
 }
 
-void KafkaSubscription::OnRebalance(rd_kafka_resp_err_t err,
+void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
                                     rd_kafka_topic_partition_list_t* partitions) {
-  rd_kafka_t* rk = consumer_.get();
-  const bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+  rd_kafka_t* rk = consumer.handle.get();
+  // Null when no protocol is established (a consumer closed while its generation failed):
+  // then the whole-assignment calls are the permitted ones.
+  const char* protocol = rd_kafka_rebalance_protocol(rk);
+  const bool cooperative = protocol != nullptr && std::strcmp(protocol, "COOPERATIVE") == 0;
   std::vector<PartitionKey> keys;
   for (int i = 0; i < partitions->cnt; ++i) {
-    const rd_kafka_topic_partition_t& p = partitions->elems[i];
-    keys.emplace_back(options_.stream == p.topic ? 0 : 1, p.partition);
+    keys.emplace_back(consumer.topic, partitions->elems[i].partition);
   }
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     {
       absl::MutexLock lock(&mu_);
-      assigned_once_ = true;
+      consumer.assigned_once = true;
       for (const PartitionKey& key : keys) {
         PartitionState& state = partitions_[key];
+        held_events_ -= state.held_events;
+        held_bytes_ -= state.held_bytes;
         state = PartitionState{};
         state.epoch = next_epoch_++;
       }
@@ -157,12 +193,16 @@ void KafkaSubscription::OnRebalance(rd_kafka_resp_err_t err,
                                "incremental assign")
                     : ToStatus(rd_kafka_assign(rk, partitions), "assign");
     if (!status.ok()) std::fprintf(stderr, "eventbus kafka: %s\n", status.ToString().c_str());
+    // A partition added while the others are paused for the buffer bound waits with them.
+    if (consumer.paused) rd_kafka_pause_partitions(rk, partitions);
     return;
   }
-  // Revoked or lost. Commit what is contiguous first (only while we still own the
-  // partitions: after a loss another member may have moved on), then drop all local state so
-  // a late Ack cannot store an offset for a partition we no longer hold.
+  // Revoked or lost. While we still own the partitions (not after a loss: another member may
+  // have moved on), hand the deliveries in flight to the retry topic with their counts and
+  // commit what is contiguous; then drop all local state so a late Ack cannot store an offset
+  // for a partition we no longer hold.
   const bool lost = rd_kafka_assignment_lost(rk) != 0;
+  if (!lost) GiveBackDeliveries(keys);
   PartitionListHandle commit;
   {
     absl::MutexLock lock(&mu_);
@@ -185,6 +225,118 @@ void KafkaSubscription::OnRebalance(rd_kafka_resp_err_t err,
   }
 }
 
+absl::StatusOr<KafkaRecord> KafkaSubscription::RetryRecord(const Delivery& delivery, int attempts,
+                                                           absl::Time due) const {
+  EVENTBUS_ASSIGN_OR_RETURN(KafkaRecord record, EncodeEvent(delivery.event));
+  auto add = [&record](absl::string_view name, std::string value) {
+    record.headers.emplace_back(std::string(name), std::move(value));
+  };
+  add(kAttemptHeader, absl::StrCat(attempts));
+  add(kDueHeader, absl::StrCat(absl::ToUnixMillis(due)));
+  add(kGroupHeader, options_.group);
+  add(kOriginIdHeader, delivery.id);
+  add(kFirstDeliveryHeader, absl::StrCat(absl::ToUnixMillis(delivery.first_delivery_time)));
+  return record;
+}
+
+void KafkaSubscription::GiveBackDeliveries(const std::vector<PartitionKey>& keys) {
+  // In ordering mode a retry record would overtake the later events of its key, which the
+  // next owner reads from the stream: there the count restarts instead (documented).
+  if (client_->options().ordered_per_key || keys.empty()) return;
+  const absl::flat_hash_set<PartitionKey> revoked(keys.begin(), keys.end());
+  std::vector<GiveBack> back;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const PartitionKey& key : keys) {
+      auto it = partitions_.find(key);
+      if (it != partitions_.end()) it->second.revoking = true;
+    }
+    const absl::Time now = clock_->Now();
+    auto mine = [&revoked](const Pending& p) { return revoked.contains(p.partition); };
+    for (auto it = leases_.begin(); it != leases_.end();) {
+      auto current = it++;
+      if (!mine(current->second.pending)) continue;
+      const int attempts = current->second.pending.delivery.delivery_count;
+      back.push_back({std::move(current->second.pending), attempts, now});
+      leases_.erase(current);
+    }
+    // Waiting for a redelivery here: their count already is the next delivery's.
+    for (auto it = ready_.begin(); it != ready_.end();) {
+      if (mine(*it) && it->delivered) {
+        const int attempts = it->delivery.delivery_count - 1;
+        back.push_back({std::move(*it), attempts, now});
+        it = ready_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = delayed_.begin(); it != delayed_.end();) {
+      if (mine(it->second) && it->second.delivered) {
+        const int attempts = it->second.delivery.delivery_count - 1;
+        back.push_back({std::move(it->second), attempts, it->first});
+        it = delayed_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (back.empty()) return;
+  struct Outcome {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu) = 0;
+    std::vector<bool> written ABSL_GUARDED_BY(mu);
+  };
+  auto outcome = std::make_shared<Outcome>();
+  {
+    absl::MutexLock lock(&outcome->mu);
+    outcome->left = back.size();
+    outcome->written.assign(back.size(), false);
+  }
+  for (size_t i = 0; i < back.size(); ++i) {
+    absl::StatusOr<KafkaRecord> record =
+        RetryRecord(back[i].pending.delivery, back[i].attempts, back[i].due);
+    absl::Status queued = record.status();
+    if (record.ok()) {
+      queued = client_->Produce(retry_topic_, *record,
+                                [outcome, i](absl::StatusOr<PublishReceipt> receipt) {
+                                  absl::MutexLock lock(&outcome->mu);
+                                  outcome->written[i] = receipt.ok();
+                                  --outcome->left;
+                                });
+    }
+    if (!queued.ok()) {
+      absl::MutexLock lock(&outcome->mu);
+      --outcome->left;
+    }
+  }
+  std::vector<bool> written;
+  {
+    absl::MutexLock lock(&outcome->mu);
+    auto all_reported = [&]() ABSL_SHARED_LOCKS_REQUIRED(outcome->mu) {
+      return outcome->left == 0;
+    };
+    // Every delivery report comes within the producer's message timeout.
+    outcome->mu.AwaitWithTimeout(absl::Condition(&all_reported), client_->delivery_timeout());
+    written = outcome->written;
+  }
+  absl::MutexLock lock(&mu_);
+  size_t failed = 0;
+  for (size_t i = 0; i < back.size(); ++i) {
+    // Not written: the next owner redelivers it from the stream, its count restarted.
+    if (written[i]) {
+      CompleteLocked(back[i].pending);
+    } else {
+      ++failed;
+    }
+  }
+  if (failed > 0) {
+    std::fprintf(stderr,
+                 "eventbus kafka: %zu of %zu deliveries given back without their count (retry "
+                 "topic %s not written)\n",
+                 failed, back.size(), retry_topic_.c_str());
+  }
+}
+
 PartitionListHandle KafkaSubscription::CommittableLocked(const std::vector<PartitionKey>& keys) {
   PartitionListHandle list(rd_kafka_topic_partition_list_new(static_cast<int>(keys.size())));
   for (const PartitionKey& key : keys) {
@@ -199,7 +351,12 @@ PartitionListHandle KafkaSubscription::CommittableLocked(const std::vector<Parti
 }
 
 void KafkaSubscription::DropPartitionLocked(const PartitionKey& key) {
-  partitions_.erase(key);
+  auto state = partitions_.find(key);
+  if (state != partitions_.end()) {
+    held_events_ -= state->second.held_events;
+    held_bytes_ -= state->second.held_bytes;
+    partitions_.erase(state);
+  }
   auto mine = [&key](const Pending& p) { return p.partition == key; };
   std::erase_if(ready_, mine);
   for (auto it = delayed_.begin(); it != delayed_.end();) {
@@ -213,6 +370,7 @@ void KafkaSubscription::DropPartitionLocked(const PartitionKey& key) {
   for (const Pending& p : ready_) busy_keys_.insert(p.delivery.event.key());
   for (const auto& [due, p] : delayed_) busy_keys_.insert(p.delivery.event.key());
   for (const auto& [token, lease] : leases_) busy_keys_.insert(lease.pending.delivery.event.key());
+  for (const auto& [k, count] : settling_keys_) busy_keys_.insert(k);
   for (auto it = blocked_.begin(); it != blocked_.end();) {
     auto current = it++;
     if (current->second.empty()) {
@@ -227,77 +385,109 @@ void KafkaSubscription::DropPartitionLocked(const PartitionKey& key) {
   }
 }
 
-void KafkaSubscription::PollLoop() {
-  rd_kafka_t* rk = consumer_.get();
+void KafkaSubscription::PollLoop(Consumer& consumer) {
+  rd_kafka_t* rk = consumer.handle.get();
   while (!stop_.load(std::memory_order_acquire)) {
-    AdjustPause();
-    if (!failed_dead_letters_.empty()) RetryFailedDeadLetters();
+    AdjustPause(consumer);
+    RetryFailedDeadLetters();
+    // Records are taken from librdkafka's queue in batches and handed to Fetch under one lock
+    // and one wake-up: a waiting Fetch woken per record would return one record at a time.
+    std::vector<std::pair<absl::Time, Pending>> batch;
     MessageHandle message(
         rd_kafka_consumer_poll(rk, static_cast<int>(absl::ToInt64Milliseconds(kPollInterval))));
-    if (message == nullptr) continue;
-    if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      // Transport and broker errors are retried by librdkafka itself; they are reported here
-      // for information only.
-      if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-        std::fprintf(stderr, "eventbus kafka: consumer %s: %s\n", options_.consumer.c_str(),
-                     rd_kafka_message_errstr(message.get()));
+    while (message != nullptr) {
+      if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        // Transport and broker errors are retried by librdkafka itself; they are reported here
+        // for information only.
+        if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+          std::fprintf(stderr, "eventbus kafka: consumer %s: %s\n", options_.consumer.c_str(),
+                       rd_kafka_message_errstr(message.get()));
+        }
+      } else if (auto handled = HandleMessage(consumer, message.get()); handled.has_value()) {
+        batch.push_back(std::move(*handled));
       }
-      continue;
+      if (batch.size() >= kPollBatch || stop_.load(std::memory_order_acquire) ||
+          over_bound_.load(std::memory_order_acquire)) {
+        break;
+      }
+      message.reset(rd_kafka_consumer_poll(rk, 0));
     }
-    HandleMessage(message.get());
+    if (batch.empty()) continue;
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Now();
+    for (auto& [due, pending] : batch) {
+      if (!CurrentLocked(pending)) continue;  // revoked while the batch was being polled
+      if (due > now) {
+        delayed_.emplace(due, std::move(pending));
+      } else {
+        EnqueueLocked(std::move(pending));
+      }
+    }
+    changed_.SignalAll();
   }
 }
 
-void KafkaSubscription::AdjustPause() {
+void KafkaSubscription::AdjustPause(Consumer& consumer) {
   bool pause = false;
   bool resume = false;
   {
     absl::MutexLock lock(&mu_);
-    const size_t buffered = ready_.size();
-    const size_t limit = client_->options().max_buffered_events;
-    if (!paused_ && buffered >= limit) pause = paused_ = true;
-    if (paused_ && buffered <= limit / 2) {
-      resume = true;
-      paused_ = false;
-    }
+    const KafkaOptions& config = client_->options();
+    const bool over = OverBoundLocked();
+    const bool under = held_events_ <= config.max_buffered_events / 2 &&
+                       held_bytes_ <= config.max_buffered_bytes / 2;
+    pause = !consumer.paused && over;
+    resume = consumer.paused && under;
+    over_bound_.store(over, std::memory_order_release);
   }
   if (!pause && !resume) return;
   rd_kafka_topic_partition_list_t* raw = nullptr;
-  if (rd_kafka_assignment(consumer_.get(), &raw) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  if (rd_kafka_assignment(consumer.handle.get(), &raw) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
   PartitionListHandle assignment(raw);
+  consumer.paused = pause;
   if (pause) {
-    rd_kafka_pause_partitions(consumer_.get(), assignment.get());
+    rd_kafka_pause_partitions(consumer.handle.get(), assignment.get());
   } else {
-    rd_kafka_resume_partitions(consumer_.get(), assignment.get());
+    rd_kafka_resume_partitions(consumer.handle.get(), assignment.get());
   }
 }
 
-void KafkaSubscription::HandleMessage(const rd_kafka_message_t* message) {
+bool KafkaSubscription::OverBoundLocked() const {
+  const KafkaOptions& config = client_->options();
+  return held_events_ >= config.max_buffered_events || held_bytes_ >= config.max_buffered_bytes;
+}
+
+std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscription::HandleMessage(
+    Consumer& consumer, const rd_kafka_message_t* message) {
   const absl::Time now = clock_->Now();
+  KafkaRecord record = ToRecord(message);
   Pending pending;
-  pending.partition = {options_.stream == rd_kafka_topic_name(message->rkt) ? 0 : 1,
-                       message->partition};
+  pending.partition = {consumer.topic, message->partition};
   pending.offset = message->offset;
+  pending.bytes = RecordBytes(record);
   {
     absl::MutexLock lock(&mu_);
     auto it = partitions_.find(pending.partition);
-    if (it == partitions_.end()) return;  // revoked while the record was in the fetch queue
+    if (it == partitions_.end()) return std::nullopt;  // revoked while in the fetch queue
     pending.epoch = it->second.epoch;
-    it->second.tracker.Track(pending.offset);
+    if (it->second.tracker.Track(pending.offset)) {
+      it->second.held_events += 1;
+      it->second.held_bytes += pending.bytes;
+      held_events_ += 1;
+      held_bytes_ += pending.bytes;
+      if (OverBoundLocked()) over_bound_.store(true, std::memory_order_release);
+    }
   }
-  KafkaRecord record = ToRecord(message);
   absl::StatusOr<DecodedRecord> decoded = DecodeEvent(record);
   if (!decoded.ok()) {
-    const std::string reason(decoded.status().message());
-    if (!DeadLetterMalformed(pending, record, reason).ok()) {
-      failed_dead_letters_.emplace_back(pending, std::move(record), reason);
-    }
-    return;
+    DeadLetterMalformed(std::move(pending), std::move(record),
+                        std::string(decoded.status().message()));
+    return std::nullopt;
   }
   Delivery& delivery = pending.delivery;
   delivery.stream = options_.stream;
   absl::Time due = absl::InfinitePast();
-  if (pending.partition.first == 0) {
+  if (consumer.topic == kStreamTopic) {
     delivery.id = RecordId(message->partition, message->offset);
     delivery.delivery_count = 1;
     delivery.first_delivery_time = now;
@@ -308,19 +498,17 @@ void KafkaSubscription::HandleMessage(const rd_kafka_message_t* message) {
     const std::optional<int64_t> due_ms = HeaderInt(*decoded, kDueHeader);
     if (group == decoded->internal.end() || origin == decoded->internal.end() ||
         !attempt.has_value() || !due_ms.has_value()) {
-      const std::string reason = absl::StrCat(
+      std::string reason = absl::StrCat(
           "retry record lacks one of the headers ", kGroupHeader, ", ", kOriginIdHeader, ", ",
           kAttemptHeader, ", ", kDueHeader);
-      if (!DeadLetterMalformed(pending, record, reason).ok()) {
-        failed_dead_letters_.emplace_back(pending, std::move(record), reason);
-      }
-      return;
+      DeadLetterMalformed(std::move(pending), std::move(record), std::move(reason));
+      return std::nullopt;
     }
     if (group->second != options_.group) {
       // Every group of the stream shares the retry topic; other groups' retries are not ours.
       absl::MutexLock lock(&mu_);
       CompleteLocked(pending);
-      return;
+      return std::nullopt;
     }
     delivery.id = origin->second;
     delivery.delivery_count = static_cast<int>(std::max<int64_t>(*attempt, 0)) + 1;
@@ -329,19 +517,11 @@ void KafkaSubscription::HandleMessage(const rd_kafka_message_t* message) {
     due = absl::FromUnixMillis(*due_ms);
   }
   delivery.event = std::move(decoded->event);
-  absl::MutexLock lock(&mu_);
-  if (!CurrentLocked(pending)) return;
-  if (due > now) {
-    delayed_.emplace(due, std::move(pending));
-  } else {
-    EnqueueLocked(std::move(pending));
-  }
-  changed_.SignalAll();
+  return std::make_pair(due, std::move(pending));
 }
 
-absl::Status KafkaSubscription::DeadLetterMalformed(const Pending& where,
-                                                    const KafkaRecord& record,
-                                                    absl::string_view reason) {
+void KafkaSubscription::DeadLetterMalformed(Pending where, KafkaRecord record,
+                                            std::string reason) {
   // The record is not an event, so the dead letter is the raw record (key, value, headers
   // untouched) plus the dead-letter headers, readable with kcat.
   KafkaRecord dead = record;
@@ -359,26 +539,54 @@ absl::Status KafkaSubscription::DeadLetterMalformed(const Pending& where,
                             absl::StrCat(where.partition.second));
   dead.headers.emplace_back(std::string(kDlqOriginOffsetHeader), absl::StrCat(where.offset));
   dead.headers.emplace_back(std::string(kDlqAttemptsHeader), "1");
-  EVENTBUS_RETURN_IF_ERROR(client_->ProduceAndWait(dead_letter_topic_, dead).status());
+  {
+    absl::MutexLock lock(&mu_);
+    ++dead_letters_in_flight_;
+  }
+  // Asynchronous: the poller goes on serving rebalances while the dead-letter topic is slow
+  // or down; the record is marked done only once its dead letter is written.
+  auto state = std::make_shared<MalformedRecord>(
+      MalformedRecord{std::move(where), std::move(record), std::move(reason)});
+  const absl::Status queued = client_->Produce(
+      dead_letter_topic_, dead, [guard = guard_, state](absl::StatusOr<PublishReceipt> receipt) {
+        absl::MutexLock guard_lock(&guard->mu);
+        if (guard->owner != nullptr) {
+          guard->owner->OnMalformedDeadLettered(std::move(*state), receipt.status());
+        }
+      });
+  if (!queued.ok()) OnMalformedDeadLettered(std::move(*state), queued);
+}
+
+void KafkaSubscription::OnMalformedDeadLettered(MalformedRecord malformed, absl::Status status) {
   absl::MutexLock lock(&mu_);
-  CompleteLocked(where);
-  return absl::OkStatus();
+  --dead_letters_in_flight_;
+  if (status.ok()) {
+    CompleteLocked(malformed.where);
+  } else if (CurrentLocked(malformed.where)) {
+    // Retried by a poller; a revoked record is dead-lettered by its new owner instead.
+    std::fprintf(stderr, "eventbus kafka: dead letter of %s %d:%lld: %s; retrying\n",
+                 TopicOf(malformed.where.partition).c_str(), malformed.where.partition.second,
+                 static_cast<long long>(malformed.where.offset), status.ToString().c_str());
+    failed_dead_letters_.push_back(std::move(malformed));
+  }
+  changed_.SignalAll();
 }
 
 void KafkaSubscription::RetryFailedDeadLetters() {
-  const absl::Time now = absl::Now();
-  if (now < next_dead_letter_retry_) return;
-  next_dead_letter_retry_ = now + kDeadLetterRetryInterval;
-  auto failed = std::move(failed_dead_letters_);
-  failed_dead_letters_.clear();
-  for (auto& [where, record, reason] : failed) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (!CurrentLocked(where)) continue;  // revoked: the new owner dead-letters it
-    }
-    if (!DeadLetterMalformed(where, record, reason).ok()) {
-      failed_dead_letters_.emplace_back(std::move(where), std::move(record), std::move(reason));
-    }
+  std::vector<MalformedRecord> failed;
+  {
+    absl::MutexLock lock(&mu_);
+    if (failed_dead_letters_.empty()) return;
+    const absl::Time now = absl::Now();
+    if (now < next_dead_letter_retry_) return;
+    next_dead_letter_retry_ = now + kDeadLetterRetryInterval;
+    failed = std::move(failed_dead_letters_);
+    failed_dead_letters_.clear();
+    std::erase_if(failed, [this](const MalformedRecord& m)
+                              ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !CurrentLocked(m.where); });
+  }
+  for (MalformedRecord& m : failed) {
+    DeadLetterMalformed(std::move(m.where), std::move(m.record), std::move(m.reason));
   }
 }
 
@@ -391,7 +599,12 @@ bool KafkaSubscription::CompleteLocked(const Pending& pending) {
   auto it = partitions_.find(pending.partition);
   if (it == partitions_.end() || it->second.epoch != pending.epoch) return false;
   PartitionState& state = it->second;
-  state.tracker.MarkDone(pending.offset);
+  if (state.tracker.MarkDone(pending.offset)) {
+    state.held_events -= 1;
+    state.held_bytes -= pending.bytes;
+    held_events_ -= 1;
+    held_bytes_ -= pending.bytes;
+  }
   const std::optional<int64_t> committable = state.tracker.Committable();
   if (committable.has_value() && *committable > state.stored) {
     PartitionListHandle list(rd_kafka_topic_partition_list_new(1));
@@ -400,7 +613,7 @@ bool KafkaSubscription::CompleteLocked(const Pending& pending) {
         ->offset = *committable;
     // Safe under mu_: a revoke drops the partition under mu_ before unassigning it, so this
     // never stores an offset for a partition we no longer own.
-    const rd_kafka_resp_err_t err = rd_kafka_offsets_store(consumer_.get(), list.get());
+    const rd_kafka_resp_err_t err = rd_kafka_offsets_store(HandleOf(pending.partition), list.get());
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) state.stored = *committable;
   }
   return true;
@@ -434,6 +647,7 @@ void KafkaSubscription::ReleaseKeyLocked(const Pending& pending) {
 Delivery KafkaSubscription::LeaseLocked(Pending pending, absl::Time now) {
   const uint64_t token = next_token_++;
   pending.delivery.token = token;
+  pending.delivered = true;
   Delivery delivery = pending.delivery;
   leases_.emplace(token, Lease{std::move(pending), now});
   return delivery;
@@ -482,7 +696,7 @@ absl::StatusOr<std::vector<Delivery>> KafkaSubscription::Fetch(int max_events,
     while (!ready_.empty() && static_cast<int>(out.size()) < max_events) {
       Pending pending = std::move(ready_.front());
       ready_.pop_front();
-      if (!CurrentLocked(pending)) continue;
+      if (!CurrentLocked(pending) || partitions_.at(pending.partition).revoking) continue;
       out.push_back(LeaseLocked(std::move(pending), now));
     }
     if (!out.empty()) return out;
@@ -528,21 +742,13 @@ absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration de
     }
   }
   // A long delay travels through the retry topic, so it survives this consumer; the original
-  // is marked done only once the retry record is durable.
+  // is marked done only once the retry record is durable. The wait lasts until the delivery
+  // report (message.timeout.ms), so a retry record is never written after we gave up on it
+  // and kept the delay locally as well.
   const Delivery& next = lease.pending.delivery;
-  absl::StatusOr<KafkaRecord> record = EncodeEvent(next.event);
+  absl::StatusOr<KafkaRecord> record = RetryRecord(next, next.delivery_count - 1, now + delay);
   absl::Status produced = record.status();
-  if (record.ok()) {
-    auto add = [&record](absl::string_view name, std::string value) {
-      record->headers.emplace_back(std::string(name), std::move(value));
-    };
-    add(kAttemptHeader, absl::StrCat(next.delivery_count - 1));
-    add(kDueHeader, absl::StrCat(absl::ToUnixMillis(now + delay)));
-    add(kGroupHeader, options_.group);
-    add(kOriginIdHeader, next.id);
-    add(kFirstDeliveryHeader, absl::StrCat(absl::ToUnixMillis(next.first_delivery_time)));
-    produced = client_->ProduceAndWait(retry_topic_, *record).status();
-  }
+  if (record.ok()) produced = client_->ProduceAndWait(retry_topic_, *record).status();
   absl::MutexLock lock(&mu_);
   if (produced.ok()) {
     CompleteLocked(lease.pending);
@@ -593,9 +799,13 @@ absl::StatusOr<std::vector<Delivery>> KafkaSubscription::Reclaim(absl::Duration 
 
 absl::Status KafkaSubscription::DeadLetter(const Delivery& delivery, absl::string_view reason) {
   Lease lease;
+  const bool ordered = client_->options().ordered_per_key;
   {
     absl::MutexLock lock(&mu_);
     EVENTBUS_ASSIGN_OR_RETURN(lease, TakeLeaseLocked(delivery));
+    // The key stays busy while the dead letter is produced, even if a revoke of another
+    // partition recomputes the busy keys meanwhile.
+    if (ordered) ++settling_keys_[lease.pending.delivery.event.key()];
   }
   const Delivery& held = lease.pending.delivery;
   absl::StatusOr<KafkaRecord> record = EncodeEvent(MakeDeadLetter(held, options_.group, reason));
@@ -611,13 +821,20 @@ absl::Status KafkaSubscription::DeadLetter(const Delivery& delivery, absl::strin
     }
     record->headers.emplace_back(std::string(kDlqAttemptsHeader),
                                  absl::StrCat(held.delivery_count));
+    // Waits for the delivery report: a failure returned here means it was not written.
     produced = client_->ProduceAndWait(dead_letter_topic_, *record).status();
   }
   absl::MutexLock lock(&mu_);
+  if (ordered) {
+    auto it = settling_keys_.find(held.event.key());
+    if (it != settling_keys_.end() && --it->second == 0) settling_keys_.erase(it);
+  }
   if (!produced.ok()) {
     // Not written: the caller still holds the delivery and may retry.
     if (CurrentLocked(lease.pending) && !closed_) {
       leases_.emplace(held.token, std::move(lease));
+    } else {
+      ReleaseKeyLocked(lease.pending);
     }
     return produced;
   }
@@ -627,49 +844,91 @@ absl::Status KafkaSubscription::DeadLetter(const Delivery& delivery, absl::strin
   return absl::OkStatus();
 }
 
+absl::Status KafkaSubscription::CommitKeys(Consumer& consumer,
+                                           const std::vector<PartitionKey>& keys,
+                                           absl::string_view context) {
+  PartitionListHandle commit;
+  {
+    absl::MutexLock lock(&mu_);
+    commit = CommittableLocked(keys);
+  }
+  if (commit->cnt == 0) return absl::OkStatus();
+  const rd_kafka_resp_err_t err = rd_kafka_commit(consumer.handle.get(), commit.get(), /*async=*/0);
+  // _NO_OFFSET: nothing new since the last commit.
+  if (err == RD_KAFKA_RESP_ERR__NO_OFFSET) return absl::OkStatus();
+  return ToStatus(err, context);
+}
+
 absl::Status KafkaSubscription::Close() {
   absl::MutexLock close_lock(&close_mu_);
+  const bool started = consumers_[kStreamTopic].poller.joinable();
   {
     absl::MutexLock lock(&mu_);
     if (closed_) return absl::OkStatus();
     closed_ = true;
     changed_.SignalAll();
-    // The poller keeps serving the group meanwhile; bounded, so a consumer that never reached
-    // the broker still closes. Without a poller (Create failed) the consumer never joined.
-    if (poller_.joinable()) {
-      mu_.AwaitWithTimeout(absl::Condition(&assigned_once_), kFirstAssignmentWait);
+    // The pollers keep serving the groups meanwhile; bounded, so a consumer that never
+    // reached the broker still closes. Without pollers (Create failed) nothing joined.
+    if (started) {
+      auto assigned = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return consumers_[kStreamTopic].assigned_once && consumers_[kRetryTopic].assigned_once;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&assigned), kFirstAssignmentWait);
     }
   }
   stop_.store(true, std::memory_order_release);
-  if (poller_.joinable()) poller_.join();
-  if (consumer_ == nullptr) return absl::OkStatus();
+  for (Consumer& consumer : consumers_) {
+    if (consumer.poller.joinable()) consumer.poller.join();
+  }
   absl::Status status;
-  PartitionListHandle commit;
+  if (started) {
+    {
+      // Dead letters of malformed records still in flight: done ones get committed below.
+      absl::MutexLock lock(&mu_);
+      auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return dead_letters_in_flight_ == 0;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&idle), client_->options().operation_timeout);
+    }
+    std::vector<PartitionKey> keys[2];
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [key, state] : partitions_) keys[key.first].push_back(key);
+    }
+    // The deliveries in flight go to the retry topic with their counts, so a consumer that is
+    // closed (or destroyed) with a poison event does not reset its count.
+    GiveBackDeliveries(keys[kStreamTopic]);
+    GiveBackDeliveries(keys[kRetryTopic]);
+    for (Consumer& consumer : consumers_) {
+      absl::Status committed = CommitKeys(consumer, keys[consumer.topic], "commit on close");
+      if (status.ok()) status = committed;
+    }
+  }
   {
-    absl::MutexLock lock(&mu_);
-    std::vector<PartitionKey> keys;
-    for (const auto& [key, state] : partitions_) keys.push_back(key);
-    commit = CommittableLocked(keys);
+    absl::MutexLock guard_lock(&guard_->mu);
+    guard_->owner = nullptr;  // late dead-letter reports no longer reach us
   }
-  if (commit->cnt > 0) {
-    const rd_kafka_resp_err_t err = rd_kafka_commit(consumer_.get(), commit.get(), /*async=*/0);
-    // _NO_OFFSET: nothing new since the last commit.
-    if (err != RD_KAFKA_RESP_ERR__NO_OFFSET) status = ToStatus(err, "commit on close");
+  for (Consumer& consumer : consumers_) {
+    if (consumer.handle == nullptr) continue;
+    // Leaves the group: the rebalance callback runs here and hands our partitions, with every
+    // unacknowledged event, to the remaining members.
+    const absl::Status closed =
+        ToStatus(rd_kafka_consumer_close(consumer.handle.get()), "closing");
+    if (status.ok()) status = closed;
+    consumer.handle.reset();
   }
-  // Leaves the group: the rebalance callback runs here and hands our partitions, with every
-  // unacknowledged event, to the remaining members.
-  const absl::Status closed = ToStatus(rd_kafka_consumer_close(consumer_.get()), "closing");
-  consumer_.reset();
-  {
-    absl::MutexLock lock(&mu_);
-    ready_.clear();
-    delayed_.clear();
-    leases_.clear();
-    blocked_.clear();
-    busy_keys_.clear();
-    partitions_.clear();
-  }
-  return status.ok() ? closed : status;
+  absl::MutexLock lock(&mu_);
+  ready_.clear();
+  delayed_.clear();
+  leases_.clear();
+  blocked_.clear();
+  busy_keys_.clear();
+  settling_keys_.clear();
+  failed_dead_letters_.clear();
+  partitions_.clear();
+  held_events_ = 0;
+  held_bytes_ = 0;
+  return status;
 }
 
 }  // namespace eventbus::kafka

@@ -2,10 +2,11 @@
 
 namespace eventbus::kafka {
 
-void OffsetTracker::Track(int64_t offset) {
-  if (offset <= highest_seen_) return;
+bool OffsetTracker::Track(int64_t offset) {
+  if (offset <= highest_seen_) return false;
   highest_seen_ = offset;
   pending_.insert(offset);
+  return true;
 }
 
 bool OffsetTracker::MarkDone(int64_t offset) {

@@ -15,8 +15,8 @@ class OffsetTracker {
  public:
   // Records that `offset` was received and is now in flight. Offsets arrive increasing per
   // partition but may skip values (compaction, transaction markers): gaps are never waited for.
-  // Re-tracking an offset already known (a redelivery after a seek) is ignored.
-  void Track(int64_t offset);
+  // Re-tracking an offset already known (a redelivery after a seek) is ignored: false.
+  bool Track(int64_t offset);
 
   // Marks a tracked offset done. Returns false when it was not in flight (unknown or done).
   bool MarkDone(int64_t offset);

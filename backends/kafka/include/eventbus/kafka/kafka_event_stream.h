@@ -7,9 +7,15 @@
 // through the `<stream>.retry` topic (so it survives this consumer). Dead letters go to
 // `<stream>.dlq` with the origin topic, partition, offset, attempts and reason in headers.
 //
+// The delivery count survives a rebalance and a restart: deliveries a consumer gives back
+// (its partition revoked, Close, destruction) are re-produced to the retry topic with their
+// count before the commit moves past them (so Close, and a revoke, wait for those records'
+// delivery reports: up to the producer's message.timeout.ms while the broker is unreachable).
+//
 // Not given: reclaiming another consumer's deliveries (they come back by rebalance when it
-// leaves or dies); an atomic dead letter (produce, then mark done); a delivery count that
-// survives a rebalance for short (local) nacks.
+// leaves or dies); an atomic dead letter (produce, then mark done); the delivery count after
+// a crash or a lost assignment (session timeout), or in ordered_per_key mode, where the
+// redelivery restarts at 1.
 
 #include <cstddef>
 #include <map>
@@ -30,7 +36,8 @@ struct KafkaOptions {
   // Any librdkafka property (https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md),
   // e.g. security.protocol, sasl.mechanisms, ssl.ca.location; applied to the producer and
   // every consumer. A property librdkafka rejects fails NewKafkaEventStream with
-  // InvalidArgument naming it. The consumer settings this backend's semantics rest on
+  // InvalidArgument naming it (the value is shown unless the name contains "password",
+  // "secret" or "key" (sasl.password, ssl.key.password, sasl.oauthbearer.client.secret)). The consumer settings this backend's semantics rest on
   // (group.id, enable.auto.offset.store) cannot be overridden.
   std::map<std::string, std::string> properties;
   // Partitions of the topics this backend creates (stream, .retry, .dlq). Existing topics are
@@ -49,9 +56,16 @@ struct KafkaOptions {
   // The largest event Publish accepts. The broker's message.max.bytes (topic
   // max.message.bytes) must allow it plus headers; Kafka's default is 1 MB.
   size_t max_event_bytes = size_t{2} << 20;
-  // Records a consumer buffers ahead of Fetch before it pauses its partitions.
-  size_t max_buffered_events = 1000;
-  // Bound on blocking broker round trips (topic creation, dead letters, retry produce, commit).
+  // A consumer pauses fetching while it holds this many records (buffered ahead of Fetch,
+  // delayed by a nack, or leased and not yet settled) or this many bytes of them (value, key
+  // and headers), and resumes at half. Large enough that Fetch from a backlog returns full
+  // batches; librdkafka's own prefetch (queued.max.messages.kbytes, 16 MB here) comes on top.
+  size_t max_buffered_events = 10000;
+  size_t max_buffered_bytes = size_t{64} << 20;
+  // Bound on blocking broker round trips (topic creation, commit, metadata). Dead letters and
+  // retry records wait for their delivery report instead, which librdkafka gives within the
+  // producer's message.timeout.ms (60 s unless set in `properties`), so a record reported as
+  // not written is never written later.
   absl::Duration operation_timeout = absl::Seconds(15);
 };
 
@@ -63,7 +77,7 @@ absl::StatusOr<std::unique_ptr<EventStream>> NewKafkaEventStream(KafkaOptions op
 // Options from a BackendConfig: url = brokers; option keys starting with "eventbus." are
 // ours (eventbus.partitions, eventbus.replication.factor, eventbus.retry.threshold.ms,
 // eventbus.ordered.per.key, eventbus.ack.wait.ms, eventbus.max.event.bytes,
-// eventbus.max.buffered.events), every other key is a librdkafka property.
+// eventbus.max.buffered.events, eventbus.max.buffered.bytes), every other key is a librdkafka property.
 // InvalidArgument naming the key for unknown eventbus.* keys or bad values.
 absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config);
 
