@@ -276,7 +276,8 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
     config.ca_file = *ca;
   }
   EVENTBUS_RETURN_IF_ERROR(ReadCallPolicy(env, config));
-  config.jq_workers = ex.concurrency;
+  // A `set` runs on a worker thread, so more jq processes than workers would sit idle.
+  config.jq_workers = EffectiveWorkers(ex);
   EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_JQ_WORKERS", 1, 1024, &config.jq_workers));
   if (const std::string* worker = Find(env, "EXECUTOR_JQ_WORKER")) {
     if (access(worker->c_str(), X_OK) != 0) {
