@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -123,16 +124,70 @@ struct Group {
   absl::flat_hash_map<std::string, uint32_t> consumer_ids;
 };
 
+// The serialized events of one stream, appended into large blocks and freed a block at a time
+// once the stream's head has been trimmed past them. Retained events are long-lived and
+// published ones are freed soon after delivery; with one small allocation per retained event
+// the two interleave in the heap, and malloc spent more time splitting and coalescing chunks
+// than the backend spent on everything else.
+class WireLog {
+ public:
+  // Copies `bytes` in; the returned pointer stays valid until Release passes `seq`.
+  const char* Append(uint64_t seq, absl::string_view bytes) {
+    if (blocks_.empty() || blocks_.back().capacity - blocks_.back().size < bytes.size()) {
+      const size_t capacity = std::max(kBlockBytes, bytes.size());
+      blocks_.push_back(Block{std::make_unique<char[]>(capacity), 0, capacity, 0});
+    }
+    Block& block = blocks_.back();
+    char* out = block.data.get() + block.size;
+    std::copy(bytes.begin(), bytes.end(), out);
+    block.size += bytes.size();
+    block.last_seq = seq;
+    return out;
+  }
+
+  // Frees what holds only events below `first_retained` (the block being filled is reused).
+  void Release(uint64_t first_retained) {
+    while (!blocks_.empty() && blocks_.front().last_seq < first_retained) {
+      if (blocks_.size() == 1) {
+        blocks_.front().size = 0;
+        break;
+      }
+      blocks_.pop_front();
+    }
+  }
+
+ private:
+  static constexpr size_t kBlockBytes = size_t{64} << 10;
+  struct Block {
+    std::unique_ptr<char[]> data;
+    size_t size;
+    size_t capacity;
+    uint64_t last_seq;  // of the last event appended
+  };
+  std::deque<Block> blocks_;
+};
+
+// A stored event. A Delivery owns its Event (the contract's value type), and copying a protobuf
+// message costs one allocation per set field, which made the copy into each delivery most of a
+// fetch. So the event is kept twice: its serialized form in the stream's WireLog, which every
+// redelivery and every further group parses; and `fresh`, the published object itself, moved
+// into the first delivery with no copy at all (the common case: one group, delivered once).
 struct Entry {
   uint64_t seq;
-  // Shared and immutable: Fetch copies it into the Delivery after releasing the lock, and a
-  // trim meanwhile cannot pull it away.
-  std::shared_ptr<const Event> event;
+  const char* wire;              // `bytes` bytes in the stream's WireLog
+  std::unique_ptr<Event> fresh;  // null once delivered
   size_t bytes;
+};
+
+// An event serialized outside the lock, on its way into a stream.
+struct Incoming {
+  std::unique_ptr<Event> event;
+  std::string wire;
 };
 
 struct Stream {
   std::deque<Entry> entries;  // contiguous sequence numbers from entries.front().seq
+  WireLog wire;               // the entries' serialized events
   uint64_t next_seq = 1;
   size_t bytes = 0;
   std::map<std::string, Group, std::less<>> groups;
@@ -141,7 +196,7 @@ struct Stream {
   int waiting = 0;              // waiters not yet notified
   uint64_t notify_epoch = 0;    // bumped by each notification
 
-  const Entry* Find(uint64_t seq) const {
+  Entry* Find(uint64_t seq) {
     if (entries.empty() || seq < entries.front().seq || seq >= next_seq) return nullptr;
     return &entries[seq - entries.front().seq];
   }
@@ -156,11 +211,12 @@ struct Membership {
   uint32_t consumer = 0;
 };
 
-// A delivery decided under the lock; the Delivery (with its own copy of the event) is built
-// after the lock is released.
+// A delivery decided under the lock; the Delivery (moving in the fresh event, or parsing the
+// wire form) is built after the lock is released.
 struct Taken {
   uint64_t seq;
-  std::shared_ptr<const Event> event;
+  std::unique_ptr<Event> fresh;
+  std::string wire;  // when `fresh` is null
   int delivery_count;
   absl::Time first_delivery_time;
   uint64_t token;
@@ -182,10 +238,9 @@ class State {
   Clock* clock() const { return clock_; }
 
   absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event event) {
-    const size_t bytes = EventSizeBytes(event);
-    auto shared = std::make_shared<const Event>(std::move(event));
+    Incoming incoming = Serialize(std::move(event));
     std::unique_lock lock(mu_);
-    return AppendLocked(stream_name, std::move(shared), bytes);
+    return AppendLocked(stream_name, std::move(incoming));
   }
 
   Membership Join(const SubscribeOptions& options) {
@@ -269,7 +324,7 @@ class State {
       m.group->pending.ForEach([&](uint64_t seq, Pending& pending) {
         if (static_cast<int>(taken.size()) >= max_events) return false;
         if (pending.consumer == 0 || now - pending.last_touch < min_idle) return true;
-        const Entry* entry = m.stream->Find(seq);
+        Entry* entry = m.stream->Find(seq);
         if (entry != nullptr) taken.push_back(LeaseLocked(options, m, seq, *entry, pending, now));
         return true;
       });
@@ -282,12 +337,10 @@ class State {
     std::unique_lock lock(mu_);
     EVENTBUS_ASSIGN_OR_RETURN(uint64_t seq, FindHeldLocked(options, m, delivery));
     // A full dead-letter stream fails here, before anything changed: the original stays held.
-    Event dead_letter = MakeDeadLetter(delivery, options.group, reason);
-    const size_t bytes = EventSizeBytes(dead_letter);
-    EVENTBUS_RETURN_IF_ERROR(AppendLocked(DeadLetterStreamName(options),
-                                          std::make_shared<const Event>(std::move(dead_letter)),
-                                          bytes)
-                                 .status());
+    EVENTBUS_RETURN_IF_ERROR(
+        AppendLocked(DeadLetterStreamName(options),
+                     Serialize(MakeDeadLetter(delivery, options.group, reason)))
+            .status());
     m.group->pending.Erase(seq);
     return absl::OkStatus();
   }
@@ -330,9 +383,18 @@ class State {
     if (stream.notify_epoch == epoch) --stream.waiting;  // timed out: nobody counted us off
   }
 
-  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name,
-                                              std::shared_ptr<const Event> event, size_t bytes) {
+  // Serializes with the sizes ByteSizeLong just cached: no second size pass.
+  static Incoming Serialize(Event event) {
+    Incoming incoming;
+    incoming.wire.resize(EventSizeBytes(event));
+    event.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(incoming.wire.data()));
+    incoming.event = std::make_unique<Event>(std::move(event));
+    return incoming;
+  }
+
+  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name, Incoming incoming) {
     Stream& stream = streams_[stream_name];
+    const size_t bytes = incoming.wire.size();
     auto full = [&] {
       return stream.entries.size() + 1 > options_.max_stream_events ||
              stream.bytes + bytes > options_.max_stream_bytes;
@@ -345,7 +407,9 @@ class State {
           ", max.stream.bytes=", options_.max_stream_bytes, "); consumers must ack to make room"));
     }
     const uint64_t seq = stream.next_seq++;
-    stream.entries.push_back(Entry{seq, std::move(event), bytes});
+    stream.wire.Release(stream.first_seq());
+    stream.entries.push_back(
+        Entry{seq, stream.wire.Append(seq, incoming.wire), std::move(incoming.event), bytes});
     stream.bytes += bytes;
     NotifyLocked(stream);
     return PublishReceipt{std::string(stream_name), absl::StrCat(seq)};
@@ -382,7 +446,7 @@ class State {
   }
 
   Taken LeaseLocked(const SubscribeOptions& options, const Membership& m, uint64_t seq,
-                    const Entry& entry, Pending& pending, absl::Time now) {
+                    Entry& entry, Pending& pending, absl::Time now) {
     pending.consumer = m.consumer;
     pending.delivery_count++;
     if (pending.delivery_count == 1) pending.first_delivery_time = now;
@@ -393,17 +457,26 @@ class State {
       AddLeaseLocked(*m.group, pending.lease_expiry, seq);
     }
     pending.generation = next_generation_++;
-    return Taken{seq, entry.event, pending.delivery_count, pending.first_delivery_time,
-                 pending.generation};
+    Taken taken{seq, std::move(entry.fresh), {}, pending.delivery_count,
+                pending.first_delivery_time, pending.generation};
+    if (taken.fresh == nullptr) taken.wire.assign(entry.wire, entry.bytes);  // parsed unlocked
+    return taken;
   }
 
-  // Outside the lock: the copies of the events are most of a fetch's cost.
+  // Outside the lock: parsing (redeliveries) and freeing are a fetch's main costs.
   static std::vector<Delivery> MakeDeliveries(const SubscribeOptions& options,
-                                              const std::vector<Taken>& taken) {
+                                              std::vector<Taken>& taken) {
     std::vector<Delivery> out(taken.size());
     for (size_t i = 0; i < taken.size(); ++i) {
       Delivery& delivery = out[i];
-      delivery.event = *taken[i].event;
+      if (taken[i].fresh != nullptr) {
+        delivery.event.Swap(taken[i].fresh.get());
+      } else {
+        // Cannot fail: MakeEntry serialized a valid message.
+        const bool parsed = delivery.event.ParseFromString(taken[i].wire);
+        assert(parsed);
+        (void)parsed;
+      }
       delivery.stream = options.stream;
       delivery.id = absl::StrCat(taken[i].seq);
       delivery.delivery_count = taken[i].delivery_count;
@@ -446,7 +519,7 @@ class State {
       if (pending == nullptr || pending->consumer != 0 || pending->visible_at != visible_at) {
         continue;
       }
-      const Entry* entry = m.stream->Find(seq);
+      Entry* entry = m.stream->Find(seq);
       if (entry == nullptr) {
         group.pending.Erase(seq);
         continue;
