@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
@@ -124,23 +125,135 @@ struct Group {
   absl::flat_hash_map<std::string, uint32_t> consumer_ids;
 };
 
-// The serialized events of one stream, appended into large blocks and freed a block at a time
+// The backend's own encoding of a stored event: each field's bytes behind a fixed-width length,
+// no tags and no UTF-8 validation (it is read back only by this process, into the same message
+// type). Protobuf's serializer cost as much as copying the message, which is what the stored
+// form exists to avoid. Adding a field to Event without adding it here fails memory_test
+// (StoredFormCarriesEveryField).
+class EventCodec {
+ public:
+  static size_t EncodedSize(const Event& event) {
+    size_t size = kStringFields * sizeof(uint32_t) + 1 + sizeof(int64_t) + sizeof(int32_t) +
+                  sizeof(uint32_t);
+    ForEachString(event, [&](const std::string& value) { size += value.size(); });
+    for (const auto& [key, value] : event.headers()) {
+      size += 2 * sizeof(uint32_t) + key.size() + value.size();
+    }
+    return size;
+  }
+
+  // Writes exactly EncodedSize(event) bytes.
+  static void Encode(const Event& event, char* out) {
+    ForEachString(event, [&](const std::string& value) { out = PutString(value, out); });
+    *out++ = event.has_time() ? 1 : 0;
+    out = Put<int64_t>(event.time().seconds(), out);
+    out = Put<int32_t>(event.time().nanos(), out);
+    out = Put<uint32_t>(static_cast<uint32_t>(event.headers().size()), out);
+    for (const auto& [key, value] : event.headers()) {
+      out = PutString(key, out);
+      out = PutString(value, out);
+    }
+  }
+
+  // False only for bytes Encode did not write.
+  static bool Decode(absl::string_view in, Event& event) {
+    Reader reader{in};
+    absl::string_view field[kStringFields];
+    for (absl::string_view& value : field) {
+      if (!reader.String(value)) return false;
+    }
+    event.set_id(std::string(field[0]));
+    event.set_source(std::string(field[1]));
+    event.set_spec_version(std::string(field[2]));
+    event.set_type(std::string(field[3]));
+    event.set_subject(std::string(field[4]));
+    event.set_data_content_type(std::string(field[5]));
+    event.set_data_schema(std::string(field[6]));
+    event.set_key(std::string(field[7]));
+    event.set_data(std::string(field[8]));
+    char has_time = 0;
+    int64_t seconds = 0;
+    int32_t nanos = 0;
+    uint32_t headers = 0;
+    if (!reader.Get(has_time) || !reader.Get(seconds) || !reader.Get(nanos) ||
+        !reader.Get(headers)) {
+      return false;
+    }
+    if (has_time != 0) {
+      event.mutable_time()->set_seconds(seconds);
+      event.mutable_time()->set_nanos(nanos);
+    }
+    for (uint32_t i = 0; i < headers; ++i) {
+      absl::string_view key, value;
+      if (!reader.String(key) || !reader.String(value)) return false;
+      (*event.mutable_headers())[std::string(key)] = std::string(value);
+    }
+    return reader.in.empty();
+  }
+
+ private:
+  static constexpr int kStringFields = 9;
+
+  // Every string and bytes field, in the order Decode reads them.
+  template <typename F>
+  static void ForEachString(const Event& event, F f) {
+    f(event.id());
+    f(event.source());
+    f(event.spec_version());
+    f(event.type());
+    f(event.subject());
+    f(event.data_content_type());
+    f(event.data_schema());
+    f(event.key());
+    f(event.data());
+  }
+
+  template <typename T>
+  static char* Put(T value, char* out) {
+    std::memcpy(out, &value, sizeof(T));
+    return out + sizeof(T);
+  }
+  static char* PutString(const std::string& value, char* out) {
+    out = Put<uint32_t>(static_cast<uint32_t>(value.size()), out);
+    std::memcpy(out, value.data(), value.size());
+    return out + value.size();
+  }
+
+  struct Reader {
+    absl::string_view in;
+    template <typename T>
+    bool Get(T& value) {
+      if (in.size() < sizeof(T)) return false;
+      std::memcpy(&value, in.data(), sizeof(T));
+      in.remove_prefix(sizeof(T));
+      return true;
+    }
+    bool String(absl::string_view& value) {
+      uint32_t size = 0;
+      if (!Get(size) || in.size() < size) return false;
+      value = in.substr(0, size);
+      in.remove_prefix(size);
+      return true;
+    }
+  };
+};
+
+// The encoded events of one stream, appended into large blocks and freed a block at a time
 // once the stream's head has been trimmed past them. Retained events are long-lived and
 // published ones are freed soon after delivery; with one small allocation per retained event
 // the two interleave in the heap, and malloc spent more time splitting and coalescing chunks
 // than the backend spent on everything else.
-class WireLog {
+class EncodedLog {
  public:
-  // Copies `bytes` in; the returned pointer stays valid until Release passes `seq`.
-  const char* Append(uint64_t seq, absl::string_view bytes) {
-    if (blocks_.empty() || blocks_.back().capacity - blocks_.back().size < bytes.size()) {
-      const size_t capacity = std::max(kBlockBytes, bytes.size());
-      blocks_.push_back(Block{std::make_unique<char[]>(capacity), 0, capacity, 0});
+  // Room for `size` bytes of event `seq`, valid until Release passes `seq`.
+  char* Allocate(uint64_t seq, size_t size) {
+    if (blocks_.empty() || blocks_.back().capacity - blocks_.back().size < size) {
+      const size_t capacity = std::max(kBlockBytes, size);
+      blocks_.push_back(Block{std::unique_ptr<char[]>(new char[capacity]), 0, capacity, 0});
     }
     Block& block = blocks_.back();
     char* out = block.data.get() + block.size;
-    std::copy(bytes.begin(), bytes.end(), out);
-    block.size += bytes.size();
+    block.size += size;
     block.last_seq = seq;
     return out;
   }
@@ -169,25 +282,26 @@ class WireLog {
 
 // A stored event. A Delivery owns its Event (the contract's value type), and copying a protobuf
 // message costs one allocation per set field, which made the copy into each delivery most of a
-// fetch. So the event is kept twice: its serialized form in the stream's WireLog, which every
+// fetch. So the event is kept twice: its encoded form in the stream's EncodedLog, which every
 // redelivery and every further group parses; and `fresh`, the published object itself, moved
 // into the first delivery with no copy at all (the common case: one group, delivered once).
 struct Entry {
   uint64_t seq;
-  const char* wire;              // `bytes` bytes in the stream's WireLog
+  absl::string_view encoded;        // EventCodec form, in the stream's EncodedLog
   std::unique_ptr<Event> fresh;  // null once delivered
-  size_t bytes;
+  size_t bytes;                  // EventSizeBytes: what the retention bound counts
 };
 
-// An event serialized outside the lock, on its way into a stream.
+// An event on its way into a stream, sized outside the lock.
 struct Incoming {
   std::unique_ptr<Event> event;
-  std::string wire;
+  size_t bytes;
+  size_t encoded_size;
 };
 
 struct Stream {
   std::deque<Entry> entries;  // contiguous sequence numbers from entries.front().seq
-  WireLog wire;               // the entries' serialized events
+  EncodedLog encoded;               // the entries' encoded events
   uint64_t next_seq = 1;
   size_t bytes = 0;
   std::map<std::string, Group, std::less<>> groups;
@@ -212,11 +326,11 @@ struct Membership {
 };
 
 // A delivery decided under the lock; the Delivery (moving in the fresh event, or parsing the
-// wire form) is built after the lock is released.
+// encoded form) is built after the lock is released.
 struct Taken {
   uint64_t seq;
   std::unique_ptr<Event> fresh;
-  std::string wire;  // when `fresh` is null
+  std::string encoded;  // when `fresh` is null
   int delivery_count;
   absl::Time first_delivery_time;
   uint64_t token;
@@ -237,8 +351,10 @@ class State {
 
   Clock* clock() const { return clock_; }
 
-  absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event event) {
-    Incoming incoming = Serialize(std::move(event));
+  // By rvalue reference, here and in Prepare: each by-value hop of a message costs a
+  // construction, a swap and a destruction, as much as the rest of a publish.
+  absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event&& event) {
+    Incoming incoming = Prepare(std::move(event));
     std::unique_lock lock(mu_);
     return AppendLocked(stream_name, std::move(incoming));
   }
@@ -339,7 +455,7 @@ class State {
     // A full dead-letter stream fails here, before anything changed: the original stays held.
     EVENTBUS_RETURN_IF_ERROR(
         AppendLocked(DeadLetterStreamName(options),
-                     Serialize(MakeDeadLetter(delivery, options.group, reason)))
+                     Prepare(MakeDeadLetter(delivery, options.group, reason)))
             .status());
     m.group->pending.Erase(seq);
     return absl::OkStatus();
@@ -361,9 +477,16 @@ class State {
   }
 
  private:
+  // Our ids are the decimal sequence number (see MakeDeliveries); anything else is 0, which no
+  // entry has.
   static uint64_t delivery_seq(const Delivery& delivery) {
+    const std::string& id = delivery.id;
+    if (id.empty() || id.size() > 19) return 0;  // 19 digits cannot overflow
     uint64_t seq = 0;
-    if (!absl::SimpleAtoi(delivery.id, &seq)) return 0;
+    for (char c : id) {
+      if (c < '0' || c > '9') return 0;
+      seq = seq * 10 + static_cast<uint64_t>(c - '0');
+    }
     return seq;
   }
 
@@ -383,18 +506,17 @@ class State {
     if (stream.notify_epoch == epoch) --stream.waiting;  // timed out: nobody counted us off
   }
 
-  // Serializes with the sizes ByteSizeLong just cached: no second size pass.
-  static Incoming Serialize(Event event) {
+  static Incoming Prepare(Event&& event) {
     Incoming incoming;
-    incoming.wire.resize(EventSizeBytes(event));
-    event.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(incoming.wire.data()));
+    incoming.bytes = EventSizeBytes(event);
+    incoming.encoded_size = EventCodec::EncodedSize(event);
     incoming.event = std::make_unique<Event>(std::move(event));
     return incoming;
   }
 
   absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name, Incoming incoming) {
     Stream& stream = streams_[stream_name];
-    const size_t bytes = incoming.wire.size();
+    const size_t bytes = incoming.bytes;
     auto full = [&] {
       return stream.entries.size() + 1 > options_.max_stream_events ||
              stream.bytes + bytes > options_.max_stream_bytes;
@@ -407,9 +529,11 @@ class State {
           ", max.stream.bytes=", options_.max_stream_bytes, "); consumers must ack to make room"));
     }
     const uint64_t seq = stream.next_seq++;
-    stream.wire.Release(stream.first_seq());
-    stream.entries.push_back(
-        Entry{seq, stream.wire.Append(seq, incoming.wire), std::move(incoming.event), bytes});
+    stream.encoded.Release(stream.first_seq());
+    char* encoded = stream.encoded.Allocate(seq, incoming.encoded_size);
+    EventCodec::Encode(*incoming.event, encoded);
+    stream.entries.push_back(Entry{seq, absl::string_view(encoded, incoming.encoded_size),
+                                   std::move(incoming.event), bytes});
     stream.bytes += bytes;
     NotifyLocked(stream);
     return PublishReceipt{std::string(stream_name), absl::StrCat(seq)};
@@ -459,7 +583,7 @@ class State {
     pending.generation = next_generation_++;
     Taken taken{seq, std::move(entry.fresh), {}, pending.delivery_count,
                 pending.first_delivery_time, pending.generation};
-    if (taken.fresh == nullptr) taken.wire.assign(entry.wire, entry.bytes);  // parsed unlocked
+    if (taken.fresh == nullptr) taken.encoded.assign(entry.encoded.data(), entry.encoded.size());  // decoded outside the lock
     return taken;
   }
 
@@ -472,10 +596,10 @@ class State {
       if (taken[i].fresh != nullptr) {
         delivery.event.Swap(taken[i].fresh.get());
       } else {
-        // Cannot fail: MakeEntry serialized a valid message.
-        const bool parsed = delivery.event.ParseFromString(taken[i].wire);
-        assert(parsed);
-        (void)parsed;
+        // Cannot fail: AppendLocked encoded these bytes.
+        const bool decoded = EventCodec::Decode(taken[i].encoded, delivery.event);
+        assert(decoded);
+        (void)decoded;
       }
       delivery.stream = options.stream;
       delivery.id = absl::StrCat(taken[i].seq);
