@@ -6,17 +6,21 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <set>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
@@ -34,7 +38,7 @@ constexpr absl::string_view kBackendName = "memory";
 // group (nacked, consumer closed, lease expired) and waiting for `visible_at`.
 struct Pending {
   bool live = false;      // false: a settled slot of the window (see PendingWindow)
-  uint32_t consumer = 0;  // the holder's ConsumerId; 0 while returned to the group
+  uint32_t consumer = 0;  // the holder (Membership::consumer); 0 while returned to the group
   int delivery_count = 0;
   absl::Time first_delivery_time;
   absl::Time last_touch;               // delivery, Extend, reclaim: what Reclaim's idle measures
@@ -248,8 +252,12 @@ class EncodedLog {
   // Room for `size` bytes of event `seq`, valid until Release passes `seq`.
   char* Allocate(uint64_t seq, size_t size) {
     if (blocks_.empty() || blocks_.back().capacity - blocks_.back().size < size) {
-      const size_t capacity = std::max(kBlockBytes, size);
-      blocks_.push_back(Block{std::unique_ptr<char[]>(new char[capacity]), 0, capacity, 0});
+      // Small streams stay small; a long one gets 2 MiB blocks the kernel may back with huge
+      // pages (first-touch page faults were a fifth of a publish's cost).
+      const size_t next = blocks_.empty() ? kFirstBlockBytes
+                                          : std::min(kLargeBlockBytes, 2 * blocks_.back().capacity);
+      const size_t capacity = std::max(next, size);
+      blocks_.push_back(Block{AllocateBlock(capacity), 0, capacity, 0});
     }
     Block& block = blocks_.back();
     char* out = block.data.get() + block.size;
@@ -270,9 +278,30 @@ class EncodedLog {
   }
 
  private:
-  static constexpr size_t kBlockBytes = size_t{64} << 10;
+  static constexpr size_t kFirstBlockBytes = size_t{64} << 10;
+  static constexpr size_t kLargeBlockBytes = size_t{2} << 20;
+  struct FreeBlock {
+    void operator()(char* data) const { std::free(data); }
+  };
+  using BlockData = std::unique_ptr<char, FreeBlock>;
+
+  static BlockData AllocateBlock(size_t capacity) {
+    if (capacity < kLargeBlockBytes) {
+      char* data = static_cast<char*>(std::malloc(capacity));
+      if (data == nullptr) throw std::bad_alloc();  // as new would
+      return BlockData(data);
+    }
+    capacity = (capacity + kLargeBlockBytes - 1) / kLargeBlockBytes * kLargeBlockBytes;
+    char* data = static_cast<char*>(std::aligned_alloc(kLargeBlockBytes, capacity));
+    if (data == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(data, capacity, MADV_HUGEPAGE);  // advice only: an error changes nothing
+#endif
+    return BlockData(data);
+  }
+
   struct Block {
-    std::unique_ptr<char[]> data;
+    BlockData data;
     size_t size;
     size_t capacity;
     uint64_t last_seq;  // of the last event appended
@@ -283,32 +312,32 @@ class EncodedLog {
 // A stored event. A Delivery owns its Event (the contract's value type), and copying a protobuf
 // message costs one allocation per set field, which made the copy into each delivery most of a
 // fetch. So the event is kept twice: its encoded form in the stream's EncodedLog, which every
-// redelivery and every further group parses; and `fresh`, the published object itself, moved
+// redelivery and every further group decodes; and `fresh`, the published object itself, moved
 // into the first delivery with no copy at all (the common case: one group, delivered once).
 struct Entry {
   uint64_t seq;
-  absl::string_view encoded;        // EventCodec form, in the stream's EncodedLog
+  absl::string_view encoded;     // EventCodec form, in the stream's EncodedLog
   std::unique_ptr<Event> fresh;  // null once delivered
-  size_t bytes;                  // EventSizeBytes: what the retention bound counts
+  size_t bytes;                  // what the retention bound counts: encoded.size()
 };
 
-// An event on its way into a stream, sized outside the lock.
+// An event on its way into a stream, sized outside the lock. Not owned: AppendLocked swaps its
+// contents into a stored object.
 struct Incoming {
-  std::unique_ptr<Event> event;
-  size_t bytes;
-  size_t encoded_size;
+  Event* event;
+  size_t encoded_size;  // also what the retention bound counts
 };
 
 struct Stream {
   std::deque<Entry> entries;  // contiguous sequence numbers from entries.front().seq
-  EncodedLog encoded;               // the entries' encoded events
+  EncodedLog encoded;         // the entries' encoded events
   uint64_t next_seq = 1;
   size_t bytes = 0;
   std::map<std::string, Group, std::less<>> groups;
   // Fetches of this stream wait here; only a change to this stream wakes them.
   std::condition_variable changed;
-  int waiting = 0;              // waiters not yet notified
-  uint64_t notify_epoch = 0;    // bumped by each notification
+  int waiting = 0;            // waiters not yet notified
+  uint64_t notify_epoch = 0;  // bumped by each notification
 
   Entry* Find(uint64_t seq) {
     if (entries.empty() || seq < entries.front().seq || seq >= next_seq) return nullptr;
@@ -325,21 +354,28 @@ struct Membership {
   uint32_t consumer = 0;
 };
 
-// A delivery decided under the lock; the Delivery (moving in the fresh event, or parsing the
-// encoded form) is built after the lock is released.
-struct Taken {
-  uint64_t seq;
-  std::unique_ptr<Event> fresh;
-  std::string encoded;  // when `fresh` is null
-  int delivery_count;
-  absl::Time first_delivery_time;
-  uint64_t token;
+// Deliveries made under the lock. First deliveries are complete (the fresh event swapped in);
+// redeliveries carry a copy of the encoded form, decoded after the lock is released.
+struct Batch {
+  std::vector<Delivery> deliveries;
+  std::vector<std::pair<size_t, std::string>> to_decode;  // index in deliveries, encoded event
+
+  int size() const { return static_cast<int>(deliveries.size()); }
+
+  std::vector<Delivery> Finish() && {
+    for (auto& [index, encoded] : to_decode) {
+      // Cannot fail: AppendLocked encoded these bytes.
+      const bool decoded = EventCodec::Decode(encoded, deliveries[index].event);
+      assert(decoded);
+      (void)decoded;
+    }
+    return std::move(deliveries);
+  }
 };
 
 // Everything lives behind one mutex: an operation that spans two streams (DeadLetter writes the
 // dead-letter stream and settles the original) is then atomic for free. Work that needs no
-// shared state (sizing and wrapping a published event, copying events into deliveries) happens
-// outside it.
+// shared state (sizing a published event, decoding redeliveries, freeing) happens outside it.
 class State {
  public:
   State(Clock* clock, MemoryOptions options)
@@ -351,12 +387,12 @@ class State {
 
   Clock* clock() const { return clock_; }
 
-  // By rvalue reference, here and in Prepare: each by-value hop of a message costs a
-  // construction, a swap and a destruction, as much as the rest of a publish.
-  absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event&& event) {
-    Incoming incoming = Prepare(std::move(event));
+  // By reference, here and in Prepare: each by-value hop of a message costs a construction, a
+  // swap and a destruction, as much as the rest of a publish.
+  absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event& event) {
+    const Incoming incoming = Prepare(event);
     std::unique_lock lock(mu_);
-    return AppendLocked(stream_name, std::move(incoming));
+    return AppendLocked(stream_name, incoming);
   }
 
   Membership Join(const SubscribeOptions& options) {
@@ -373,7 +409,7 @@ class State {
   std::vector<Delivery> Fetch(const SubscribeOptions& options, const Membership& m,
                               int max_events, absl::Duration wait,
                               const std::atomic<bool>* closed) {
-    std::vector<Taken> taken;
+    Batch batch;
     {
       // Waiting for arrivals is real time (other threads publish); visibility of delayed events
       // is the stream clock's time, and a ManualClock advance wakes us through the listener.
@@ -385,9 +421,11 @@ class State {
         if (*closed) return {};
         const absl::Time now = clock_->Now();
         ExpireLeasesLocked(stream, group, now);
-        TakeReturnedLocked(options, m, now, max_events, taken);
-        TakeNewLocked(options, m, now, max_events, taken);
-        if (!taken.empty()) break;
+        const uint64_t bound = group.returned.size() + (stream.next_seq - group.next_seq);
+        batch.deliveries.reserve(std::min<uint64_t>(bound, max_events));
+        TakeReturnedLocked(options, m, now, max_events, batch);
+        TakeNewLocked(options, m, now, max_events, batch);
+        if (batch.size() > 0) break;
         const absl::Time real_now = absl::Now();
         if (real_deadline == absl::InfinitePast()) real_deadline = real_now + wait;
         if (real_now >= real_deadline) return {};
@@ -398,7 +436,7 @@ class State {
         WaitLocked(stream, lock, timeout);
       }
     }
-    return MakeDeliveries(options, taken);
+    return std::move(batch).Finish();
   }
 
   absl::Status Ack(const SubscribeOptions& options, const Membership& m,
@@ -433,19 +471,19 @@ class State {
 
   std::vector<Delivery> Reclaim(const SubscribeOptions& options, const Membership& m,
                                 absl::Duration min_idle, int max_events) {
-    std::vector<Taken> taken;
+    Batch batch;
     {
       std::unique_lock lock(mu_);
       const absl::Time now = clock_->Now();
       m.group->pending.ForEach([&](uint64_t seq, Pending& pending) {
-        if (static_cast<int>(taken.size()) >= max_events) return false;
+        if (batch.size() >= max_events) return false;
         if (pending.consumer == 0 || now - pending.last_touch < min_idle) return true;
         Entry* entry = m.stream->Find(seq);
-        if (entry != nullptr) taken.push_back(LeaseLocked(options, m, seq, *entry, pending, now));
+        if (entry != nullptr) LeaseLocked(options, m, seq, *entry, pending, now, batch);
         return true;
       });
     }
-    return MakeDeliveries(options, taken);
+    return std::move(batch).Finish();
   }
 
   absl::Status DeadLetter(const SubscribeOptions& options, const Membership& m,
@@ -453,10 +491,9 @@ class State {
     std::unique_lock lock(mu_);
     EVENTBUS_ASSIGN_OR_RETURN(uint64_t seq, FindHeldLocked(options, m, delivery));
     // A full dead-letter stream fails here, before anything changed: the original stays held.
+    Event dead_letter = MakeDeadLetter(delivery, options.group, reason);
     EVENTBUS_RETURN_IF_ERROR(
-        AppendLocked(DeadLetterStreamName(options),
-                     Prepare(MakeDeadLetter(delivery, options.group, reason)))
-            .status());
+        AppendLocked(DeadLetterStreamName(options), Prepare(dead_letter)).status());
     m.group->pending.Erase(seq);
     return absl::OkStatus();
   }
@@ -477,7 +514,7 @@ class State {
   }
 
  private:
-  // Our ids are the decimal sequence number (see MakeDeliveries); anything else is 0, which no
+  // Our ids are the decimal sequence number (see LeaseLocked); anything else is 0, which no
   // entry has.
   static uint64_t delivery_seq(const Delivery& delivery) {
     const std::string& id = delivery.id;
@@ -506,17 +543,26 @@ class State {
     if (stream.notify_epoch == epoch) --stream.waiting;  // timed out: nobody counted us off
   }
 
-  static Incoming Prepare(Event&& event) {
-    Incoming incoming;
-    incoming.bytes = EventSizeBytes(event);
-    incoming.encoded_size = EventCodec::EncodedSize(event);
-    incoming.event = std::make_unique<Event>(std::move(event));
-    return incoming;
+  // The retention bound counts the encoded size, which is what the stream really keeps (within
+  // a few dozen bytes of EventSizeBytes, whose ByteSizeLong pass cost a tenth of a publish).
+  static Incoming Prepare(Event& event) {
+    return Incoming{&event, EventCodec::EncodedSize(event)};
   }
 
-  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name, Incoming incoming) {
+  // An empty Event to hold a published one until its first delivery: one emptied by an earlier
+  // first delivery when there is one, since allocating, constructing and destroying a message
+  // per publish cost as much as the backend's bookkeeping.
+  std::unique_ptr<Event> TakeShellLocked() {
+    if (shells_.empty()) return std::make_unique<Event>();
+    std::unique_ptr<Event> shell = std::move(shells_.back());
+    shells_.pop_back();
+    return shell;
+  }
+
+  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name,
+                                              const Incoming& incoming) {
     Stream& stream = streams_[stream_name];
-    const size_t bytes = incoming.bytes;
+    const size_t bytes = incoming.encoded_size;
     auto full = [&] {
       return stream.entries.size() + 1 > options_.max_stream_events ||
              stream.bytes + bytes > options_.max_stream_bytes;
@@ -532,8 +578,10 @@ class State {
     stream.encoded.Release(stream.first_seq());
     char* encoded = stream.encoded.Allocate(seq, incoming.encoded_size);
     EventCodec::Encode(*incoming.event, encoded);
-    stream.entries.push_back(Entry{seq, absl::string_view(encoded, incoming.encoded_size),
-                                   std::move(incoming.event), bytes});
+    std::unique_ptr<Event> fresh = TakeShellLocked();
+    fresh->Swap(incoming.event);
+    stream.entries.push_back(
+        Entry{seq, absl::string_view(encoded, incoming.encoded_size), std::move(fresh), bytes});
     stream.bytes += bytes;
     NotifyLocked(stream);
     return PublishReceipt{std::string(stream_name), absl::StrCat(seq)};
@@ -569,8 +617,8 @@ class State {
     return pending == nullptr || pending->consumer == 0 || pending->lease_expiry != lease.expiry;
   }
 
-  Taken LeaseLocked(const SubscribeOptions& options, const Membership& m, uint64_t seq,
-                    Entry& entry, Pending& pending, absl::Time now) {
+  void LeaseLocked(const SubscribeOptions& options, const Membership& m, uint64_t seq,
+                   Entry& entry, Pending& pending, absl::Time now, Batch& out) {
     pending.consumer = m.consumer;
     pending.delivery_count++;
     if (pending.delivery_count == 1) pending.first_delivery_time = now;
@@ -581,33 +629,22 @@ class State {
       AddLeaseLocked(*m.group, pending.lease_expiry, seq);
     }
     pending.generation = next_generation_++;
-    Taken taken{seq, std::move(entry.fresh), {}, pending.delivery_count,
-                pending.first_delivery_time, pending.generation};
-    if (taken.fresh == nullptr) taken.encoded.assign(entry.encoded.data(), entry.encoded.size());  // decoded outside the lock
-    return taken;
-  }
 
-  // Outside the lock: parsing (redeliveries) and freeing are a fetch's main costs.
-  static std::vector<Delivery> MakeDeliveries(const SubscribeOptions& options,
-                                              std::vector<Taken>& taken) {
-    std::vector<Delivery> out(taken.size());
-    for (size_t i = 0; i < taken.size(); ++i) {
-      Delivery& delivery = out[i];
-      if (taken[i].fresh != nullptr) {
-        delivery.event.Swap(taken[i].fresh.get());
-      } else {
-        // Cannot fail: AppendLocked encoded these bytes.
-        const bool decoded = EventCodec::Decode(taken[i].encoded, delivery.event);
-        assert(decoded);
-        (void)decoded;
-      }
-      delivery.stream = options.stream;
-      delivery.id = absl::StrCat(taken[i].seq);
-      delivery.delivery_count = taken[i].delivery_count;
-      delivery.first_delivery_time = taken[i].first_delivery_time;
-      delivery.token = taken[i].token;
+    Delivery& delivery = out.deliveries.emplace_back();
+    if (entry.fresh != nullptr) {
+      delivery.event.Swap(entry.fresh.get());
+      // The emptied object holds a later published event.
+      if (shells_.size() < kMaxShells) shells_.push_back(std::move(entry.fresh));
+      entry.fresh.reset();
+    } else {
+      out.to_decode.emplace_back(out.deliveries.size() - 1,
+                                 std::string(entry.encoded.data(), entry.encoded.size()));
     }
-    return out;
+    delivery.stream = options.stream;
+    delivery.id = absl::StrCat(seq);
+    delivery.delivery_count = pending.delivery_count;
+    delivery.first_delivery_time = pending.first_delivery_time;
+    delivery.token = pending.generation;
   }
 
   void ReturnLocked(Stream& stream, Group& group, uint64_t seq, Pending& pending,
@@ -632,9 +669,9 @@ class State {
   }
 
   void TakeReturnedLocked(const SubscribeOptions& options, const Membership& m, absl::Time now,
-                          int max_events, std::vector<Taken>& out) {
+                          int max_events, Batch& out) {
     Group& group = *m.group;
-    while (!group.returned.empty() && static_cast<int>(out.size()) < max_events) {
+    while (!group.returned.empty() && out.size() < max_events) {
       auto [visible_at, seq] = *group.returned.begin();
       if (visible_at > now) break;
       group.returned.erase(group.returned.begin());
@@ -648,22 +685,19 @@ class State {
         group.pending.Erase(seq);
         continue;
       }
-      out.push_back(LeaseLocked(options, m, seq, *entry, *pending, now));
+      LeaseLocked(options, m, seq, *entry, *pending, now, out);
     }
   }
 
   void TakeNewLocked(const SubscribeOptions& options, const Membership& m, absl::Time now,
-                     int max_events, std::vector<Taken>& out) {
+                     int max_events, Batch& out) {
     Stream& stream = *m.stream;
     Group& group = *m.group;
     group.next_seq = std::max(group.next_seq, stream.first_seq());
-    const uint64_t available = stream.next_seq - group.next_seq;
-    if (available == 0 || static_cast<int>(out.size()) >= max_events) return;
-    out.reserve(out.size() + std::min<uint64_t>(available, max_events - out.size()));
-    while (group.next_seq < stream.next_seq && static_cast<int>(out.size()) < max_events) {
+    while (group.next_seq < stream.next_seq && out.size() < max_events) {
       const uint64_t seq = group.next_seq++;
       Pending& pending = group.pending.Add(seq);
-      out.push_back(LeaseLocked(options, m, seq, *stream.Find(seq), pending, now));
+      LeaseLocked(options, m, seq, *stream.Find(seq), pending, now, out);
     }
   }
 
@@ -700,6 +734,8 @@ class State {
   // Node-based: Stream references stay valid while another stream is created.
   absl::node_hash_map<std::string, Stream> streams_;
   uint64_t next_generation_ = 1;
+  static constexpr size_t kMaxShells = 4096;
+  std::vector<std::unique_ptr<Event>> shells_;  // empty Events, see TakeShellLocked
   // Last: unregistered first on destruction, so the callback never sees a dying State.
   std::unique_ptr<ClockListener> advance_listener_;
 };
@@ -784,7 +820,7 @@ class MemoryEventStream final : public EventStream {
 
  protected:
   absl::Status DoPublish(absl::string_view stream, Event event, PublishCallback done) override {
-    absl::StatusOr<PublishReceipt> receipt = state_->Append(stream, std::move(event));
+    absl::StatusOr<PublishReceipt> receipt = state_->Append(stream, event);
     if (!receipt.ok()) return receipt.status();
     done(std::move(receipt));
     return absl::OkStatus();
