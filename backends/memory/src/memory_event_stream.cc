@@ -20,8 +20,6 @@
 #include <utility>
 #include <vector>
 
-#include <sys/mman.h>
-
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/strings/numbers.h"
@@ -252,12 +250,16 @@ class EncodedLog {
   // Room for `size` bytes of event `seq`, valid until Release passes `seq`.
   char* Allocate(uint64_t seq, size_t size) {
     if (blocks_.empty() || blocks_.back().capacity - blocks_.back().size < size) {
-      // Small streams stay small; a long one gets 2 MiB blocks the kernel may back with huge
-      // pages (first-touch page faults were a fifth of a publish's cost).
+      // Small streams stay small; a long one gets 2 MiB blocks.
       const size_t next = blocks_.empty() ? kFirstBlockBytes
                                           : std::min(kLargeBlockBytes, 2 * blocks_.back().capacity);
       const size_t capacity = std::max(next, size);
-      blocks_.push_back(Block{AllocateBlock(capacity), 0, capacity, 0});
+      if (capacity == kLargeBlockBytes && !spares_.empty()) {
+        blocks_.push_back(Block{std::move(spares_.back()), 0, capacity, 0});
+        spares_.pop_back();
+      } else {
+        blocks_.push_back(Block{AllocateBlock(capacity), 0, capacity, 0});
+      }
     }
     Block& block = blocks_.back();
     char* out = block.data.get() + block.size;
@@ -266,12 +268,19 @@ class EncodedLog {
     return out;
   }
 
-  // Frees what holds only events below `first_retained` (the block being filled is reused).
+  // Releases what holds only events below `first_retained` (the block being filled is reused).
+  // Large blocks are kept for the blocks the stream fills next: a stream trimmed at its bound
+  // grows back to it while publishing goes on, and memory handed back to the kernel comes back
+  // as page faults and zeroed pages. So a stream's blocks stay at its high-water mark, which the
+  // retention bounds limit.
   void Release(uint64_t first_retained) {
     while (!blocks_.empty() && blocks_.front().last_seq < first_retained) {
       if (blocks_.size() == 1) {
         blocks_.front().size = 0;
         break;
+      }
+      if (blocks_.front().capacity == kLargeBlockBytes) {
+        spares_.push_back(std::move(blocks_.front().data));
       }
       blocks_.pop_front();
     }
@@ -286,17 +295,8 @@ class EncodedLog {
   using BlockData = std::unique_ptr<char, FreeBlock>;
 
   static BlockData AllocateBlock(size_t capacity) {
-    if (capacity < kLargeBlockBytes) {
-      char* data = static_cast<char*>(std::malloc(capacity));
-      if (data == nullptr) throw std::bad_alloc();  // as new would
-      return BlockData(data);
-    }
-    capacity = (capacity + kLargeBlockBytes - 1) / kLargeBlockBytes * kLargeBlockBytes;
-    char* data = static_cast<char*>(std::aligned_alloc(kLargeBlockBytes, capacity));
-    if (data == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    madvise(data, capacity, MADV_HUGEPAGE);  // advice only: an error changes nothing
-#endif
+    char* data = static_cast<char*>(std::malloc(capacity));
+    if (data == nullptr) throw std::bad_alloc();  // as new would
     return BlockData(data);
   }
 
@@ -307,6 +307,7 @@ class EncodedLog {
     uint64_t last_seq;  // of the last event appended
   };
   std::deque<Block> blocks_;
+  std::vector<BlockData> spares_;  // released large blocks
 };
 
 // A stored event. A Delivery owns its Event (the contract's value type), and copying a protobuf
