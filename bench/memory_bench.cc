@@ -147,6 +147,8 @@ void BM_Baseline_MutexDequeCv_PublisherConsumer(benchmark::State& state) {
       done = target;
     }
   }
+  // Both threads have left the loop (it ends on a barrier).
+  if (state.thread_index() == 0) baseline_queue.reset();
   if (state.thread_index() == 1) state.SetItemsProcessed(state.iterations() * kBatch);
 }
 BENCHMARK(BM_Baseline_MutexDequeCv_PublisherConsumer)->Arg(64)->Threads(2)->UseRealTime();
@@ -191,6 +193,8 @@ void RunMemoryPublisherConsumer(benchmark::State& state, absl::Duration ack_wait
       done = target;
     }
   }
+  // Both threads have left the loop; the stream goes before the real clock it listens to.
+  if (state.thread_index() == 0) memory_pair.reset();
   if (state.thread_index() == 1) state.SetItemsProcessed(state.iterations() * kBatch);
 }
 
