@@ -55,7 +55,7 @@ struct ServiceConfig {
   std::vector<std::string> call_deny;
   bool call_deny_private = false;
   // EXECUTOR_JQ_WORKERS: most jq worker processes for `set` tasks (1..1024, default
-  // EXECUTOR_CONCURRENCY). EXECUTOR_JQ_WORKER: the eventbus-jq-worker binary (default: found
+  // the executor's worker threads: a `set` runs on one). EXECUTOR_JQ_WORKER: the eventbus-jq-worker binary (default: found
   // next to the service, in ../libexec or the build tree). EXECUTOR_JQ_MEMORY_LIMIT_MIB: each
   // worker's address-space limit (0 = none, else 64..1048576; default 512).
   int jq_workers = 0;

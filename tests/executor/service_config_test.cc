@@ -72,9 +72,10 @@ TEST(ServiceConfigTest, ReadsEverySetting) {
 }
 
 TEST(ServiceConfigTest, JqWorkerSettings) {
-  auto defaults = ParseServiceConfig({{"EXECUTOR_CONCURRENCY", "6"}}, kTypes);
+  auto defaults =
+      ParseServiceConfig({{"EXECUTOR_CONCURRENCY", "6"}, {"EXECUTOR_WORKERS", "6"}}, kTypes);
   ASSERT_TRUE(defaults.ok()) << defaults.status();
-  EXPECT_EQ(defaults->jq_workers, 6);  // one per task that can run at once
+  EXPECT_EQ(defaults->jq_workers, 6);  // one per worker thread a `set` can run on
   EXPECT_EQ(defaults->jq_memory_limit_mib, 512);
   EXPECT_EQ(defaults->jq_worker_path, "");
   auto set = ParseServiceConfig({{"EXECUTOR_JQ_WORKERS", "2"},

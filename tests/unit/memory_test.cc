@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "eventbus/clock.h"
 #include "eventbus/memory/memory_event_stream.h"
 #include "eventbus/registry.h"
@@ -179,6 +181,98 @@ TEST(MemoryBackend, NewGroupCanStartAtTheEnd) {
   auto got = FetchNow(*sub);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].event.type(), "new");
+}
+
+// The backend keeps its own encoding of each event for redeliveries and later groups (the first
+// delivery gets the published object itself); every field must survive it.
+TEST(MemoryBackend, StoredFormCarriesEveryField) {
+  Event event = MakeEvent("t", "/s", std::string("bin\0ary \xff\xfe", 11));
+  event.set_subject("subject");
+  event.set_data_content_type("application/octet-stream");
+  event.set_data_schema("https://example.com/schema");
+  event.set_key("key-\xc3\xa9");
+  (*event.mutable_headers())["traceparent"] = "00-abc-def-01";
+  (*event.mutable_headers())["empty"] = "";
+  ASSERT_TRUE(NormalizeForPublish(event, absl::FromUnixNanos(1'700'000'000'123'456'789)).ok());
+  // A field added to Event must be set here, so the comparisons below cover it.
+  const auto* descriptor = Event::descriptor();
+  const auto* reflection = Event::GetReflection();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const auto* field = descriptor->field(i);
+    const bool set = field->is_repeated() ? reflection->FieldSize(event, field) > 0
+                                          : reflection->HasField(event, field);
+    EXPECT_TRUE(set) << "set " << field->name() << " in this test (and in EventCodec)";
+  }
+
+  ManualClock clock;
+  auto stream = NewMemoryEventStream(&clock);
+  auto sub = *stream->Subscribe(Options("c"));
+  ASSERT_TRUE(stream->Publish("s", event).ok());
+  auto first = FetchNow(*sub);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(first[0].event, event))
+      << first[0].event.DebugString();
+  ASSERT_TRUE(sub->Nack(first[0], absl::ZeroDuration()).ok());
+  auto again = FetchNow(*sub);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(again[0].event, event))
+      << again[0].event.DebugString();
+  SubscribeOptions late = Options("c");
+  late.group = "late";
+  auto late_sub = *stream->Subscribe(late);
+  auto history = FetchNow(*late_sub);
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(history[0].event, event))
+      << history[0].event.DebugString();
+}
+
+// Acked leases leave stale elements in the lease index, which is compacted as they pile up:
+// the live leases (one of them extended) must survive that.
+TEST(MemoryBackend, LeasesSurviveIndexCompaction) {
+  ManualClock clock;
+  auto stream = NewMemoryEventStream(&clock);
+  auto sub = *stream->Subscribe(Options("c", absl::Seconds(30)));
+  auto other = *stream->Subscribe(Options("other", absl::Seconds(30)));
+  ASSERT_TRUE(stream->Publish("s", MakeEvent("held", "/s")).ok());
+  auto held = FetchNow(*sub);
+  ASSERT_EQ(held.size(), 1u);
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_TRUE(stream->Publish("s", MakeEvent("quick", "/s")).ok());
+    auto got = FetchNow(*sub, 1);
+    ASSERT_EQ(got.size(), 1u);
+    ASSERT_TRUE(sub->Ack(got[0]).ok());
+    if (i == 2500) {
+      clock.Advance(absl::Seconds(20));
+      ASSERT_TRUE(sub->Extend(held[0]).ok());
+    }
+  }
+  clock.Advance(absl::Seconds(15));  // past the first lease, not the extended one
+  EXPECT_TRUE(FetchNow(*other).empty());
+  clock.Advance(absl::Seconds(16));
+  auto redelivered = FetchNow(*other);
+  ASSERT_EQ(redelivered.size(), 1u);
+  EXPECT_EQ(redelivered[0].event.type(), "held");
+  EXPECT_EQ(redelivered[0].delivery_count, 2);
+}
+
+TEST(MemoryBackend, CloseReturnsOnlyWhatIsStillHeldInOrder) {
+  auto stream = NewMemoryEventStream();
+  auto a = *stream->Subscribe(Options("a"));
+  for (int i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(stream->Publish("s", MakeEvent(absl::StrCat("t", i), "/s")).ok());
+  }
+  auto got = FetchNow(*a);
+  ASSERT_EQ(got.size(), 5u);
+  ASSERT_TRUE(a->Ack(got[1]).ok());
+  ASSERT_TRUE(a->Ack(got[3]).ok());
+  ASSERT_TRUE(a->Close().ok());
+  auto b = *stream->Subscribe(Options("b"));
+  auto returned = FetchNow(*b);
+  ASSERT_EQ(returned.size(), 3u);
+  EXPECT_EQ(returned[0].event.type(), "t1");
+  EXPECT_EQ(returned[1].event.type(), "t3");
+  EXPECT_EQ(returned[2].event.type(), "t5");
+  for (const auto& delivery : returned) EXPECT_EQ(delivery.delivery_count, 2);
 }
 
 TEST(MemoryBackend, RejectsNonPositiveBatchSizes) {

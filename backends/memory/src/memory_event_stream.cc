@@ -1,19 +1,26 @@
 #include "eventbus/memory/memory_event_stream.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
 #include <cstdint>
-#include <tuple>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -28,7 +35,8 @@ constexpr absl::string_view kBackendName = "memory";
 // One event a group has delivered and not yet settled. Held by a consumer, or returned to the
 // group (nacked, consumer closed, lease expired) and waiting for `visible_at`.
 struct Pending {
-  std::string consumer;  // empty while returned to the group
+  bool live = false;      // false: a settled slot of the window (see PendingWindow)
+  uint32_t consumer = 0;  // the holder (Membership::consumer); 0 while returned to the group
   int delivery_count = 0;
   absl::Time first_delivery_time;
   absl::Time last_touch;               // delivery, Extend, reclaim: what Reclaim's idle measures
@@ -37,178 +45,525 @@ struct Pending {
   uint64_t generation = 0;             // Delivery::token: stale handles cannot settle
 };
 
-struct Group {
-  uint64_t next_seq = 1;  // the next never-delivered sequence number
-  std::map<uint64_t, Pending> pending;
-  // Returned entries, by (visible_at, seq): redelivered before new ones once visible.
-  std::set<std::pair<absl::Time, uint64_t>> returned;
-  // Held entries with a finite lease, by (lease_expiry, seq), so expiry costs nothing per fetch
-  // however much is in flight. Both sets are cleaned lazily: an element whose Pending no longer
-  // matches it (settled, extended, re-leased) is dropped when it reaches the front.
-  std::set<std::pair<absl::Time, uint64_t>> leases;
+// The group's pending entries by sequence number. A group delivers new sequence numbers in
+// increasing order, so they fit a window [base, base + slots) with O(1) lookup and no node per
+// delivery (a std::map allocated and rebalanced on every fetch and ack). Settled slots in the
+// middle stay until everything before them is settled: the window spans at most what the stream
+// retains anyway, since trimming never passes the oldest pending entry.
+class PendingWindow {
+ public:
+  bool empty() const { return live_ == 0; }
+  size_t size() const { return live_; }
+  // The oldest pending sequence number; only when !empty().
+  uint64_t first_seq() const { return base_; }
+
+  Pending* Find(uint64_t seq) {
+    if (seq < base_ || seq - base_ >= slots_.size()) return nullptr;
+    Pending& pending = slots_[seq - base_];
+    return pending.live ? &pending : nullptr;
+  }
+
+  // `seq` must be above every sequence number added before.
+  Pending& Add(uint64_t seq) {
+    if (live_ == 0) {
+      slots_.clear();
+      base_ = seq;
+    }
+    while (base_ + slots_.size() < seq) slots_.emplace_back();  // a gap: settled slots
+    Pending& pending = slots_.emplace_back();
+    pending.live = true;
+    ++live_;
+    return pending;
+  }
+
+  void Erase(uint64_t seq) {
+    Pending* pending = Find(seq);
+    if (pending == nullptr) return;
+    *pending = Pending{};
+    --live_;
+    while (!slots_.empty() && !slots_.front().live) {
+      slots_.pop_front();
+      ++base_;
+    }
+  }
+
+  // Calls f(seq, pending) for every pending entry, oldest first, until f returns false.
+  template <typename F>
+  void ForEach(F f) {
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i].live && !f(base_ + i, slots_[i])) return;
+    }
+  }
+
+ private:
+  uint64_t base_ = 0;
+  std::deque<Pending> slots_;
+  size_t live_ = 0;
 };
 
+// An element of a group's lease index. Stale once its Pending is settled, returned, extended
+// or re-leased (the Pending's lease_expiry no longer matches): dropped lazily.
+struct LeaseRef {
+  absl::Time expiry;
+  uint64_t seq;
+  // Orders the heap with the earliest expiry on top.
+  bool operator>(const LeaseRef& other) const {
+    return std::tie(expiry, seq) > std::tie(other.expiry, other.seq);
+  }
+};
+
+struct Group {
+  uint64_t next_seq = 1;  // the next never-delivered sequence number
+  PendingWindow pending;
+  // Returned entries, by (visible_at, seq): redelivered before new ones once visible.
+  std::set<std::pair<absl::Time, uint64_t>> returned;
+  // Held entries with a finite lease, a min-heap on expiry, so expiry costs nothing per fetch
+  // however much is in flight. Both indexes are cleaned lazily: an element whose Pending no
+  // longer matches it (settled, extended, re-leased) is dropped when it reaches the front; the
+  // heap is also compacted when stale elements outnumber live ones, so acked leases do not pile
+  // up for a whole ack_wait.
+  std::vector<LeaseRef> leases;
+  // Consumer names to the small ids Pending::consumer holds (1, 2, ...).
+  absl::flat_hash_map<std::string, uint32_t> consumer_ids;
+};
+
+// The backend's own encoding of a stored event: each field's bytes behind a fixed-width length,
+// no tags and no UTF-8 validation (it is read back only by this process, into the same message
+// type). Protobuf's serializer cost as much as copying the message, which is what the stored
+// form exists to avoid. Adding a field to Event without adding it here fails memory_test
+// (StoredFormCarriesEveryField).
+class EventCodec {
+ public:
+  static size_t EncodedSize(const Event& event) {
+    size_t size = kStringFields * sizeof(uint32_t) + 1 + sizeof(int64_t) + sizeof(int32_t) +
+                  sizeof(uint32_t);
+    ForEachString(event, [&](const std::string& value) { size += value.size(); });
+    for (const auto& [key, value] : event.headers()) {
+      size += 2 * sizeof(uint32_t) + key.size() + value.size();
+    }
+    return size;
+  }
+
+  // Writes exactly EncodedSize(event) bytes.
+  static void Encode(const Event& event, char* out) {
+    ForEachString(event, [&](const std::string& value) { out = PutString(value, out); });
+    *out++ = event.has_time() ? 1 : 0;
+    out = Put<int64_t>(event.time().seconds(), out);
+    out = Put<int32_t>(event.time().nanos(), out);
+    out = Put<uint32_t>(static_cast<uint32_t>(event.headers().size()), out);
+    for (const auto& [key, value] : event.headers()) {
+      out = PutString(key, out);
+      out = PutString(value, out);
+    }
+  }
+
+  // False only for bytes Encode did not write.
+  static bool Decode(absl::string_view in, Event& event) {
+    Reader reader{in};
+    absl::string_view field[kStringFields];
+    for (absl::string_view& value : field) {
+      if (!reader.String(value)) return false;
+    }
+    event.set_id(std::string(field[0]));
+    event.set_source(std::string(field[1]));
+    event.set_spec_version(std::string(field[2]));
+    event.set_type(std::string(field[3]));
+    event.set_subject(std::string(field[4]));
+    event.set_data_content_type(std::string(field[5]));
+    event.set_data_schema(std::string(field[6]));
+    event.set_key(std::string(field[7]));
+    event.set_data(std::string(field[8]));
+    char has_time = 0;
+    int64_t seconds = 0;
+    int32_t nanos = 0;
+    uint32_t headers = 0;
+    if (!reader.Get(has_time) || !reader.Get(seconds) || !reader.Get(nanos) ||
+        !reader.Get(headers)) {
+      return false;
+    }
+    if (has_time != 0) {
+      event.mutable_time()->set_seconds(seconds);
+      event.mutable_time()->set_nanos(nanos);
+    }
+    for (uint32_t i = 0; i < headers; ++i) {
+      absl::string_view key, value;
+      if (!reader.String(key) || !reader.String(value)) return false;
+      (*event.mutable_headers())[std::string(key)] = std::string(value);
+    }
+    return reader.in.empty();
+  }
+
+ private:
+  static constexpr int kStringFields = 9;
+
+  // Every string and bytes field, in the order Decode reads them.
+  template <typename F>
+  static void ForEachString(const Event& event, F f) {
+    f(event.id());
+    f(event.source());
+    f(event.spec_version());
+    f(event.type());
+    f(event.subject());
+    f(event.data_content_type());
+    f(event.data_schema());
+    f(event.key());
+    f(event.data());
+  }
+
+  template <typename T>
+  static char* Put(T value, char* out) {
+    std::memcpy(out, &value, sizeof(T));
+    return out + sizeof(T);
+  }
+  static char* PutString(const std::string& value, char* out) {
+    out = Put<uint32_t>(static_cast<uint32_t>(value.size()), out);
+    std::memcpy(out, value.data(), value.size());
+    return out + value.size();
+  }
+
+  struct Reader {
+    absl::string_view in;
+    template <typename T>
+    bool Get(T& value) {
+      if (in.size() < sizeof(T)) return false;
+      std::memcpy(&value, in.data(), sizeof(T));
+      in.remove_prefix(sizeof(T));
+      return true;
+    }
+    bool String(absl::string_view& value) {
+      uint32_t size = 0;
+      if (!Get(size) || in.size() < size) return false;
+      value = in.substr(0, size);
+      in.remove_prefix(size);
+      return true;
+    }
+  };
+};
+
+// The encoded events of one stream, appended into large blocks and freed a block at a time
+// once the stream's head has been trimmed past them. Retained events are long-lived and
+// published ones are freed soon after delivery; with one small allocation per retained event
+// the two interleave in the heap, and malloc spent more time splitting and coalescing chunks
+// than the backend spent on everything else.
+class EncodedLog {
+ public:
+  // Room for `size` bytes of event `seq`, valid until Release passes `seq`.
+  char* Allocate(uint64_t seq, size_t size) {
+    if (blocks_.empty() || blocks_.back().capacity - blocks_.back().size < size) {
+      // Small streams stay small; a long one gets 2 MiB blocks.
+      const size_t next = blocks_.empty() ? kFirstBlockBytes
+                                          : std::min(kLargeBlockBytes, 2 * blocks_.back().capacity);
+      const size_t capacity = std::max(next, size);
+      if (capacity == kLargeBlockBytes && !spares_.empty()) {
+        blocks_.push_back(Block{std::move(spares_.back()), 0, capacity, 0});
+        spares_.pop_back();
+      } else {
+        blocks_.push_back(Block{AllocateBlock(capacity), 0, capacity, 0});
+      }
+    }
+    Block& block = blocks_.back();
+    char* out = block.data.get() + block.size;
+    block.size += size;
+    block.last_seq = seq;
+    return out;
+  }
+
+  // Releases what holds only events below `first_retained` (the block being filled is reused).
+  // Large blocks are kept for the blocks the stream fills next: a stream trimmed at its bound
+  // grows back to it while publishing goes on, and memory handed back to the kernel comes back
+  // as page faults and zeroed pages. So a stream's blocks stay at its high-water mark, which the
+  // retention bounds limit.
+  void Release(uint64_t first_retained) {
+    while (!blocks_.empty() && blocks_.front().last_seq < first_retained) {
+      if (blocks_.size() == 1) {
+        blocks_.front().size = 0;
+        break;
+      }
+      if (blocks_.front().capacity == kLargeBlockBytes) {
+        spares_.push_back(std::move(blocks_.front().data));
+      }
+      blocks_.pop_front();
+    }
+  }
+
+ private:
+  static constexpr size_t kFirstBlockBytes = size_t{64} << 10;
+  static constexpr size_t kLargeBlockBytes = size_t{2} << 20;
+  struct FreeBlock {
+    void operator()(char* data) const { std::free(data); }
+  };
+  using BlockData = std::unique_ptr<char, FreeBlock>;
+
+  static BlockData AllocateBlock(size_t capacity) {
+    char* data = static_cast<char*>(std::malloc(capacity));
+    if (data == nullptr) throw std::bad_alloc();  // as new would
+    return BlockData(data);
+  }
+
+  struct Block {
+    BlockData data;
+    size_t size;
+    size_t capacity;
+    uint64_t last_seq;  // of the last event appended
+  };
+  std::deque<Block> blocks_;
+  std::vector<BlockData> spares_;  // released large blocks
+};
+
+// A stored event. A Delivery owns its Event (the contract's value type), and copying a protobuf
+// message costs one allocation per set field, which made the copy into each delivery most of a
+// fetch. So the event is kept twice: its encoded form in the stream's EncodedLog, which every
+// redelivery and every further group decodes; and `fresh`, the published object itself, moved
+// into the first delivery with no copy at all (the common case: one group, delivered once).
 struct Entry {
   uint64_t seq;
-  Event event;
-  size_t bytes;
+  absl::string_view encoded;     // EventCodec form, in the stream's EncodedLog
+  std::unique_ptr<Event> fresh;  // null once delivered
+  size_t bytes;                  // what the retention bound counts: encoded.size()
+};
+
+// An event on its way into a stream, sized outside the lock. Not owned: AppendLocked swaps its
+// contents into a stored object.
+struct Incoming {
+  Event* event;
+  size_t encoded_size;  // also what the retention bound counts
 };
 
 struct Stream {
   std::deque<Entry> entries;  // contiguous sequence numbers from entries.front().seq
+  EncodedLog encoded;         // the entries' encoded events
   uint64_t next_seq = 1;
   size_t bytes = 0;
   std::map<std::string, Group, std::less<>> groups;
+  // Fetches of this stream wait here; only a change to this stream wakes them.
+  std::condition_variable changed;
+  int waiting = 0;            // waiters not yet notified
+  uint64_t notify_epoch = 0;  // bumped by each notification
 
-  const Entry* Find(uint64_t seq) const {
+  Entry* Find(uint64_t seq) {
     if (entries.empty() || seq < entries.front().seq || seq >= next_seq) return nullptr;
     return &entries[seq - entries.front().seq];
   }
   uint64_t first_seq() const { return entries.empty() ? next_seq : entries.front().seq; }
 };
 
+// What a subscription resolved once at Subscribe: no name lookups per operation. Streams and
+// groups are never erased, and both containers keep their elements in place.
+struct Membership {
+  Stream* stream = nullptr;
+  Group* group = nullptr;
+  uint32_t consumer = 0;
+};
+
+// Deliveries made under the lock. First deliveries are complete (the fresh event swapped in);
+// redeliveries carry a copy of the encoded form, decoded after the lock is released.
+struct Batch {
+  std::vector<Delivery> deliveries;
+  std::vector<std::pair<size_t, std::string>> to_decode;  // index in deliveries, encoded event
+
+  int size() const { return static_cast<int>(deliveries.size()); }
+
+  std::vector<Delivery> Finish() && {
+    for (auto& [index, encoded] : to_decode) {
+      // Cannot fail: AppendLocked encoded these bytes.
+      const bool decoded = EventCodec::Decode(encoded, deliveries[index].event);
+      assert(decoded);
+      (void)decoded;
+    }
+    return std::move(deliveries);
+  }
+};
+
 // Everything lives behind one mutex: an operation that spans two streams (DeadLetter writes the
-// dead-letter stream and settles the original) is then atomic for free.
+// dead-letter stream and settles the original) is then atomic for free. Work that needs no
+// shared state (sizing a published event, decoding redeliveries, freeing) happens outside it.
 class State {
  public:
   State(Clock* clock, MemoryOptions options)
       : clock_(clock), options_(options),
         advance_listener_(clock_->OnAdvance([this] {
           std::unique_lock lock(mu_);
-          changed_.notify_all();
+          for (auto& [name, stream] : streams_) NotifyLocked(stream, /*always=*/true);
         })) {}
 
   Clock* clock() const { return clock_; }
 
-  absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event event) {
+  // By reference, here and in Prepare: each by-value hop of a message costs a construction, a
+  // swap and a destruction, as much as the rest of a publish.
+  absl::StatusOr<PublishReceipt> Append(absl::string_view stream_name, Event& event) {
+    const Incoming incoming = Prepare(event);
     std::unique_lock lock(mu_);
-    return AppendLocked(stream_name, std::move(event));
+    return AppendLocked(stream_name, incoming);
   }
 
-  absl::Status EnsureGroup(const SubscribeOptions& options) {
+  Membership Join(const SubscribeOptions& options) {
     std::unique_lock lock(mu_);
     Stream& stream = streams_[options.stream];
     auto [it, created] = stream.groups.try_emplace(options.group);
-    if (created) it->second.next_seq = options.start_from_oldest ? stream.first_seq() : stream.next_seq;
-    return absl::OkStatus();
+    Group& group = it->second;
+    if (created) group.next_seq = options.start_from_oldest ? stream.first_seq() : stream.next_seq;
+    auto [id, added] = group.consumer_ids.try_emplace(
+        options.consumer, static_cast<uint32_t>(group.consumer_ids.size() + 1));
+    return Membership{&stream, &group, id->second};
   }
 
-  std::vector<Delivery> Fetch(const SubscribeOptions& options, int max_events,
-                              absl::Duration wait, const std::atomic<bool>* closed) {
-    std::vector<Delivery> out;
-    // Waiting for arrivals is real time (other threads publish); visibility of delayed events is
-    // the stream clock's time, and a ManualClock advance wakes us through the listener.
-    const absl::Time real_deadline = absl::Now() + wait;
-    std::unique_lock lock(mu_);
-    while (true) {
-      if (*closed) return out;
-      const absl::Time now = clock_->Now();
-      Stream& stream = streams_[options.stream];
-      Group& group = stream.groups[options.group];
-      ExpireLeasesLocked(group, now);
-      TakeReturnedLocked(options, stream, group, now, max_events, out);
-      TakeNewLocked(options, stream, group, now, max_events, out);
-      if (!out.empty()) return out;
-      const absl::Time real_now = absl::Now();
-      if (real_now >= real_deadline) return out;
-      absl::Duration timeout = real_deadline - real_now;
-      if (absl::Time due = NextDueLocked(group); due != absl::InfiniteFuture()) {
-        timeout = std::min(timeout, std::max(due - now, absl::Milliseconds(1)));
+  std::vector<Delivery> Fetch(const SubscribeOptions& options, const Membership& m,
+                              int max_events, absl::Duration wait,
+                              const std::atomic<bool>* closed) {
+    Batch batch;
+    {
+      // Waiting for arrivals is real time (other threads publish); visibility of delayed events
+      // is the stream clock's time, and a ManualClock advance wakes us through the listener.
+      absl::Time real_deadline = absl::InfinitePast();
+      std::unique_lock lock(mu_);
+      Stream& stream = *m.stream;
+      Group& group = *m.group;
+      while (true) {
+        if (*closed) return {};
+        const absl::Time now = clock_->Now();
+        ExpireLeasesLocked(stream, group, now);
+        const uint64_t bound = group.returned.size() + (stream.next_seq - group.next_seq);
+        batch.deliveries.reserve(std::min<uint64_t>(bound, max_events));
+        TakeReturnedLocked(options, m, now, max_events, batch);
+        TakeNewLocked(options, m, now, max_events, batch);
+        if (batch.size() > 0) break;
+        const absl::Time real_now = absl::Now();
+        if (real_deadline == absl::InfinitePast()) real_deadline = real_now + wait;
+        if (real_now >= real_deadline) return {};
+        absl::Duration timeout = real_deadline - real_now;
+        if (absl::Time due = NextDueLocked(group); due != absl::InfiniteFuture()) {
+          timeout = std::min(timeout, std::max(due - now, absl::Milliseconds(1)));
+        }
+        WaitLocked(stream, lock, timeout);
       }
-      changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout));
     }
+    return std::move(batch).Finish();
   }
 
-  absl::Status Ack(const SubscribeOptions& options, const Delivery& delivery) {
+  absl::Status Ack(const SubscribeOptions& options, const Membership& m,
+                   const Delivery& delivery) {
     std::unique_lock lock(mu_);
-    EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
-    auto [stream, group, it] = held;
-    (void)stream;
-    group->pending.erase(it);
+    EVENTBUS_ASSIGN_OR_RETURN(uint64_t seq, FindHeldLocked(options, m, delivery));
+    m.group->pending.Erase(seq);
     return absl::OkStatus();
   }
 
-  absl::Status Nack(const SubscribeOptions& options, const Delivery& delivery,
-                    absl::Duration delay) {
+  absl::Status Nack(const SubscribeOptions& options, const Membership& m,
+                    const Delivery& delivery, absl::Duration delay) {
     std::unique_lock lock(mu_);
-    EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
-    auto [stream, group, it] = held;
-    (void)stream;
-    ReturnLocked(*group, it, clock_->Now() + std::max(delay, absl::ZeroDuration()));
+    EVENTBUS_ASSIGN_OR_RETURN(uint64_t seq, FindHeldLocked(options, m, delivery));
+    ReturnLocked(*m.stream, *m.group, seq, *m.group->pending.Find(seq),
+                 clock_->Now() + std::max(delay, absl::ZeroDuration()));
     return absl::OkStatus();
   }
 
-  absl::Status Extend(const SubscribeOptions& options, const Delivery& delivery) {
+  absl::Status Extend(const SubscribeOptions& options, const Membership& m,
+                      const Delivery& delivery) {
     std::unique_lock lock(mu_);
-    EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
-    Pending& pending = std::get<2>(held)->second;
+    EVENTBUS_ASSIGN_OR_RETURN(uint64_t seq, FindHeldLocked(options, m, delivery));
+    Pending& pending = *m.group->pending.Find(seq);
     pending.last_touch = clock_->Now();
     if (options.ack_wait > absl::ZeroDuration()) {
       pending.lease_expiry = pending.last_touch + options.ack_wait;
-      std::get<1>(held)->leases.emplace(pending.lease_expiry, std::get<2>(held)->first);
+      AddLeaseLocked(*m.group, pending.lease_expiry, seq);
     }
     return absl::OkStatus();
   }
 
-  std::vector<Delivery> Reclaim(const SubscribeOptions& options, absl::Duration min_idle,
-                                int max_events) {
-    std::vector<Delivery> out;
-    std::unique_lock lock(mu_);
-    const absl::Time now = clock_->Now();
-    Stream& stream = streams_[options.stream];
-    Group& group = stream.groups[options.group];
-    for (auto& [seq, pending] : group.pending) {
-      if (static_cast<int>(out.size()) >= max_events) break;
-      if (pending.consumer.empty() || now - pending.last_touch < min_idle) continue;
-      const Entry* entry = stream.Find(seq);
-      if (entry == nullptr) continue;
-      out.push_back(LeaseLocked(options, group, seq, *entry, pending, now));
+  std::vector<Delivery> Reclaim(const SubscribeOptions& options, const Membership& m,
+                                absl::Duration min_idle, int max_events) {
+    Batch batch;
+    {
+      std::unique_lock lock(mu_);
+      const absl::Time now = clock_->Now();
+      m.group->pending.ForEach([&](uint64_t seq, Pending& pending) {
+        if (batch.size() >= max_events) return false;
+        if (pending.consumer == 0 || now - pending.last_touch < min_idle) return true;
+        Entry* entry = m.stream->Find(seq);
+        if (entry != nullptr) LeaseLocked(options, m, seq, *entry, pending, now, batch);
+        return true;
+      });
     }
-    return out;
+    return std::move(batch).Finish();
   }
 
-  absl::Status DeadLetter(const SubscribeOptions& options, const Delivery& delivery,
-                          absl::string_view reason) {
+  absl::Status DeadLetter(const SubscribeOptions& options, const Membership& m,
+                          const Delivery& delivery, absl::string_view reason) {
     std::unique_lock lock(mu_);
-    EVENTBUS_ASSIGN_OR_RETURN(auto held, FindHeldLocked(options, delivery));
-    auto [stream, group, it] = held;
+    EVENTBUS_ASSIGN_OR_RETURN(uint64_t seq, FindHeldLocked(options, m, delivery));
     // A full dead-letter stream fails here, before anything changed: the original stays held.
+    Event dead_letter = MakeDeadLetter(delivery, options.group, reason);
     EVENTBUS_RETURN_IF_ERROR(
-        AppendLocked(DeadLetterStreamName(options), MakeDeadLetter(delivery, options.group, reason))
-            .status());
-    (void)stream;
-    group->pending.erase(it);
+        AppendLocked(DeadLetterStreamName(options), Prepare(dead_letter)).status());
+    m.group->pending.Erase(seq);
     return absl::OkStatus();
   }
 
   // Returns everything `consumer` holds to its group, visible at once.
-  void Release(const SubscribeOptions& options) {
+  void Release(const Membership& m) {
     std::unique_lock lock(mu_);
-    Stream& stream = streams_[options.stream];
-    Group& group = stream.groups[options.group];
     const absl::Time now = clock_->Now();
-    for (auto it = group.pending.begin(); it != group.pending.end(); ++it) {
-      if (it->second.consumer == options.consumer) ReturnLocked(group, it, now);
-    }
+    m.group->pending.ForEach([&](uint64_t seq, Pending& pending) {
+      if (pending.consumer == m.consumer) ReturnLocked(*m.stream, *m.group, seq, pending, now);
+      return true;
+    });
   }
 
-  void Wake() {
+  void Wake(const Membership& m) {
     std::unique_lock lock(mu_);
-    changed_.notify_all();
+    NotifyLocked(*m.stream, /*always=*/true);
   }
 
  private:
-  using Held = std::tuple<Stream*, Group*, std::map<uint64_t, Pending>::iterator>;
-
+  // Our ids are the decimal sequence number (see LeaseLocked); anything else is 0, which no
+  // entry has.
   static uint64_t delivery_seq(const Delivery& delivery) {
+    const std::string& id = delivery.id;
+    if (id.empty() || id.size() > 19) return 0;  // 19 digits cannot overflow
     uint64_t seq = 0;
-    if (!absl::SimpleAtoi(delivery.id, &seq)) return 0;
+    for (char c : id) {
+      if (c < '0' || c > '9') return 0;
+      seq = seq * 10 + static_cast<uint64_t>(c - '0');
+    }
     return seq;
   }
 
-  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name, Event event) {
-    Stream& stream = streams_[std::string(stream_name)];
-    const size_t bytes = EventSizeBytes(event);
+  // Only when someone waits: a publish nobody waits for costs no futex call, and a burst of
+  // publishes while the consumer is still waking costs one.
+  void NotifyLocked(Stream& stream, bool always = false) {
+    if (stream.waiting == 0 && !always) return;
+    stream.waiting = 0;
+    ++stream.notify_epoch;
+    stream.changed.notify_all();
+  }
+
+  void WaitLocked(Stream& stream, std::unique_lock<std::mutex>& lock, absl::Duration timeout) {
+    const uint64_t epoch = stream.notify_epoch;
+    ++stream.waiting;
+    stream.changed.wait_for(lock, absl::ToChronoNanoseconds(timeout));
+    if (stream.notify_epoch == epoch) --stream.waiting;  // timed out: nobody counted us off
+  }
+
+  // The retention bound counts the encoded size, which is what the stream really keeps (within
+  // a few dozen bytes of EventSizeBytes, whose ByteSizeLong pass cost a tenth of a publish).
+  static Incoming Prepare(Event& event) {
+    return Incoming{&event, EventCodec::EncodedSize(event)};
+  }
+
+  // An empty Event to hold a published one until its first delivery: one emptied by an earlier
+  // first delivery when there is one, since allocating, constructing and destroying a message
+  // per publish cost as much as the backend's bookkeeping.
+  std::unique_ptr<Event> TakeShellLocked() {
+    if (shells_.empty()) return std::make_unique<Event>();
+    std::unique_ptr<Event> shell = std::move(shells_.back());
+    shells_.pop_back();
+    return shell;
+  }
+
+  absl::StatusOr<PublishReceipt> AppendLocked(absl::string_view stream_name,
+                                              const Incoming& incoming) {
+    Stream& stream = streams_[stream_name];
+    const size_t bytes = incoming.encoded_size;
     auto full = [&] {
       return stream.entries.size() + 1 > options_.max_stream_events ||
              stream.bytes + bytes > options_.max_stream_bytes;
@@ -221,98 +576,129 @@ class State {
           ", max.stream.bytes=", options_.max_stream_bytes, "); consumers must ack to make room"));
     }
     const uint64_t seq = stream.next_seq++;
-    stream.entries.push_back(Entry{seq, std::move(event), bytes});
+    stream.encoded.Release(stream.first_seq());
+    char* encoded = stream.encoded.Allocate(seq, incoming.encoded_size);
+    EventCodec::Encode(*incoming.event, encoded);
+    std::unique_ptr<Event> fresh = TakeShellLocked();
+    fresh->Swap(incoming.event);
+    stream.entries.push_back(
+        Entry{seq, absl::string_view(encoded, incoming.encoded_size), std::move(fresh), bytes});
     stream.bytes += bytes;
-    changed_.notify_all();
+    NotifyLocked(stream);
     return PublishReceipt{std::string(stream_name), absl::StrCat(seq)};
   }
 
-  absl::StatusOr<Held> FindHeldLocked(const SubscribeOptions& options, const Delivery& delivery) {
-    auto stream = streams_.find(options.stream);
-    if (stream == streams_.end()) return absl::NotFoundError("unknown stream");
-    auto group = stream->second.groups.find(options.group);
-    if (group == stream->second.groups.end()) return absl::NotFoundError("unknown group");
-    auto it = group->second.pending.find(delivery_seq(delivery));
-    if (it == group->second.pending.end() || it->second.consumer != options.consumer ||
-        it->second.generation != delivery.token) {
+  // The sequence number of `delivery` when this consumer still holds it.
+  absl::StatusOr<uint64_t> FindHeldLocked(const SubscribeOptions& options, const Membership& m,
+                                          const Delivery& delivery) {
+    const uint64_t seq = delivery_seq(delivery);
+    const Pending* pending = m.group->pending.Find(seq);
+    if (pending == nullptr || pending->consumer != m.consumer ||
+        pending->generation != delivery.token) {
       return absl::FailedPreconditionError(absl::StrCat(
           "delivery ", delivery.id, " of ", options.stream, " is no longer held by consumer ",
           options.consumer, " (settled, reclaimed by another consumer, or its lease expired)"));
     }
-    return Held{&stream->second, &group->second, it};
+    return seq;
   }
 
-  Delivery LeaseLocked(const SubscribeOptions& options, Group& group, uint64_t seq,
-                       const Entry& entry, Pending& pending, absl::Time now) {
-    pending.consumer = options.consumer;
+  void AddLeaseLocked(Group& group, absl::Time expiry, uint64_t seq) {
+    // Compaction: every live element has its own pending entry, so after it the heap holds at
+    // most pending.size() elements and the next one is pending.size() + 1024 pushes away.
+    if (group.leases.size() > 2 * group.pending.size() + 1024) {
+      std::erase_if(group.leases, [&](const LeaseRef& lease) { return IsStale(group, lease); });
+      std::make_heap(group.leases.begin(), group.leases.end(), std::greater<>());
+    }
+    group.leases.push_back(LeaseRef{expiry, seq});
+    std::push_heap(group.leases.begin(), group.leases.end(), std::greater<>());
+  }
+
+  static bool IsStale(Group& group, const LeaseRef& lease) {
+    const Pending* pending = group.pending.Find(lease.seq);
+    return pending == nullptr || pending->consumer == 0 || pending->lease_expiry != lease.expiry;
+  }
+
+  void LeaseLocked(const SubscribeOptions& options, const Membership& m, uint64_t seq,
+                   Entry& entry, Pending& pending, absl::Time now, Batch& out) {
+    pending.consumer = m.consumer;
     pending.delivery_count++;
     if (pending.delivery_count == 1) pending.first_delivery_time = now;
     pending.last_touch = now;
     pending.lease_expiry = absl::InfiniteFuture();
     if (options.ack_wait > absl::ZeroDuration()) {
       pending.lease_expiry = now + options.ack_wait;
-      group.leases.emplace(pending.lease_expiry, seq);
+      AddLeaseLocked(*m.group, pending.lease_expiry, seq);
     }
     pending.generation = next_generation_++;
-    Delivery delivery;
-    delivery.event = entry.event;
+
+    Delivery& delivery = out.deliveries.emplace_back();
+    if (entry.fresh != nullptr) {
+      delivery.event.Swap(entry.fresh.get());
+      // The emptied object holds a later published event.
+      if (shells_.size() < kMaxShells) shells_.push_back(std::move(entry.fresh));
+      entry.fresh.reset();
+    } else {
+      out.to_decode.emplace_back(out.deliveries.size() - 1,
+                                 std::string(entry.encoded.data(), entry.encoded.size()));
+    }
     delivery.stream = options.stream;
     delivery.id = absl::StrCat(seq);
     delivery.delivery_count = pending.delivery_count;
     delivery.first_delivery_time = pending.first_delivery_time;
     delivery.token = pending.generation;
-    return delivery;
   }
 
-  void ReturnLocked(Group& group, std::map<uint64_t, Pending>::iterator it, absl::Time visible_at) {
-    it->second.consumer.clear();
-    it->second.visible_at = visible_at;
-    it->second.lease_expiry = absl::InfiniteFuture();
-    it->second.generation = next_generation_++;
-    group.returned.emplace(visible_at, it->first);
-    changed_.notify_all();
+  void ReturnLocked(Stream& stream, Group& group, uint64_t seq, Pending& pending,
+                    absl::Time visible_at) {
+    pending.consumer = 0;
+    pending.visible_at = visible_at;
+    pending.lease_expiry = absl::InfiniteFuture();
+    pending.generation = next_generation_++;
+    group.returned.emplace(visible_at, seq);
+    NotifyLocked(stream);
   }
 
-  void ExpireLeasesLocked(Group& group, absl::Time now) {
-    while (!group.leases.empty() && group.leases.begin()->first <= now) {
-      auto [expiry, seq] = *group.leases.begin();
-      group.leases.erase(group.leases.begin());
-      auto it = group.pending.find(seq);
-      if (it != group.pending.end() && !it->second.consumer.empty() &&
-          it->second.lease_expiry == expiry) {
-        ReturnLocked(group, it, now);
+  void ExpireLeasesLocked(Stream& stream, Group& group, absl::Time now) {
+    while (!group.leases.empty() && group.leases.front().expiry <= now) {
+      std::pop_heap(group.leases.begin(), group.leases.end(), std::greater<>());
+      const LeaseRef lease = group.leases.back();
+      group.leases.pop_back();
+      if (!IsStale(group, lease)) {
+        ReturnLocked(stream, group, lease.seq, *group.pending.Find(lease.seq), now);
       }
     }
   }
 
-  void TakeReturnedLocked(const SubscribeOptions& options, Stream& stream, Group& group,
-                          absl::Time now, int max_events, std::vector<Delivery>& out) {
-    while (!group.returned.empty() && static_cast<int>(out.size()) < max_events) {
+  void TakeReturnedLocked(const SubscribeOptions& options, const Membership& m, absl::Time now,
+                          int max_events, Batch& out) {
+    Group& group = *m.group;
+    while (!group.returned.empty() && out.size() < max_events) {
       auto [visible_at, seq] = *group.returned.begin();
       if (visible_at > now) break;
       group.returned.erase(group.returned.begin());
-      auto it = group.pending.find(seq);
+      Pending* pending = group.pending.Find(seq);
       // Stale: settled or re-leased (reclaimed) since it was returned.
-      if (it == group.pending.end() || !it->second.consumer.empty() ||
-          it->second.visible_at != visible_at) {
+      if (pending == nullptr || pending->consumer != 0 || pending->visible_at != visible_at) {
         continue;
       }
-      const Entry* entry = stream.Find(seq);
+      Entry* entry = m.stream->Find(seq);
       if (entry == nullptr) {
-        group.pending.erase(it);
+        group.pending.Erase(seq);
         continue;
       }
-      out.push_back(LeaseLocked(options, group, seq, *entry, it->second, now));
+      LeaseLocked(options, m, seq, *entry, *pending, now, out);
     }
   }
 
-  void TakeNewLocked(const SubscribeOptions& options, Stream& stream, Group& group, absl::Time now,
-                     int max_events, std::vector<Delivery>& out) {
+  void TakeNewLocked(const SubscribeOptions& options, const Membership& m, absl::Time now,
+                     int max_events, Batch& out) {
+    Stream& stream = *m.stream;
+    Group& group = *m.group;
     group.next_seq = std::max(group.next_seq, stream.first_seq());
-    while (group.next_seq < stream.next_seq && static_cast<int>(out.size()) < max_events) {
+    while (group.next_seq < stream.next_seq && out.size() < max_events) {
       const uint64_t seq = group.next_seq++;
-      Pending& pending = group.pending[seq];
-      out.push_back(LeaseLocked(options, group, seq, *stream.Find(seq), pending, now));
+      Pending& pending = group.pending.Add(seq);
+      LeaseLocked(options, m, seq, *stream.Find(seq), pending, now, out);
     }
   }
 
@@ -321,7 +707,7 @@ class State {
   absl::Time NextDueLocked(const Group& group) const {
     absl::Time due = absl::InfiniteFuture();
     if (!group.returned.empty()) due = group.returned.begin()->first;
-    if (!group.leases.empty()) due = std::min(due, group.leases.begin()->first);
+    if (!group.leases.empty()) due = std::min(due, group.leases.front().expiry);
     return due;
   }
 
@@ -345,7 +731,7 @@ class State {
     uint64_t low = stream.next_seq;
     for (const auto& [name, group] : stream.groups) {
       low = std::min(low, group.next_seq);
-      if (!group.pending.empty()) low = std::min(low, group.pending.begin()->first);
+      if (!group.pending.empty()) low = std::min(low, group.pending.first_seq());
     }
     while (!stream.entries.empty() && stream.entries.front().seq < low) {
       stream.bytes -= stream.entries.front().bytes;
@@ -357,11 +743,12 @@ class State {
   const MemoryOptions options_;
   // std::mutex, not absl::Mutex: Debian's Abseil is not built for ThreadSanitizer, which then
   // cannot see absl::Mutex's synchronisation and reports false races.
-  std::mutex mu_;  // guards everything below
-  std::condition_variable changed_;
+  std::mutex mu_;  // guards everything below, and every Stream and Group reached from it
   // Node-based: Stream references stay valid while another stream is created.
   absl::node_hash_map<std::string, Stream> streams_;
   uint64_t next_generation_ = 1;
+  static constexpr size_t kMaxShells = 4096;
+  std::vector<std::unique_ptr<Event>> shells_;  // empty Events, see TakeShellLocked
   // Last: unregistered first on destruction, so the callback never sees a dying State.
   std::unique_ptr<ClockListener> advance_listener_;
 };
@@ -369,39 +756,40 @@ class State {
 class MemorySubscription final : public Subscription {
  public:
   MemorySubscription(std::shared_ptr<State> state, SubscribeOptions options)
-      : state_(std::move(state)), options_(std::move(options)) {}
+      : state_(std::move(state)), options_(std::move(options)),
+        membership_(state_->Join(options_)) {}
   ~MemorySubscription() override { Close().IgnoreError(); }
 
   absl::StatusOr<std::vector<Delivery>> Fetch(int max_events, absl::Duration wait) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
     if (max_events <= 0) return absl::InvalidArgumentError("max_events must be positive");
-    return state_->Fetch(options_, max_events, wait, &closed_);
+    return state_->Fetch(options_, membership_, max_events, wait, &closed_);
   }
   absl::Status Ack(const Delivery& delivery) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
-    return state_->Ack(options_, delivery);
+    return state_->Ack(options_, membership_, delivery);
   }
   absl::Status Nack(const Delivery& delivery, absl::Duration delay) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
-    return state_->Nack(options_, delivery, delay);
+    return state_->Nack(options_, membership_, delivery, delay);
   }
   absl::Status Extend(const Delivery& delivery) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
-    return state_->Extend(options_, delivery);
+    return state_->Extend(options_, membership_, delivery);
   }
   absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration min_idle, int max_events) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
     if (max_events <= 0) return absl::InvalidArgumentError("max_events must be positive");
-    return state_->Reclaim(options_, min_idle, max_events);
+    return state_->Reclaim(options_, membership_, min_idle, max_events);
   }
   absl::Status DeadLetter(const Delivery& delivery, absl::string_view reason) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
-    return state_->DeadLetter(options_, delivery, reason);
+    return state_->DeadLetter(options_, membership_, delivery, reason);
   }
   absl::Status Close() override {
     if (closed_.exchange(true)) return absl::OkStatus();
-    state_->Release(options_);
-    state_->Wake();  // a Fetch blocked on this subscription returns
+    state_->Release(membership_);
+    state_->Wake(membership_);  // a Fetch blocked on this subscription returns
     return absl::OkStatus();
   }
 
@@ -413,6 +801,7 @@ class MemorySubscription final : public Subscription {
 
   std::shared_ptr<State> state_;
   const SubscribeOptions options_;
+  const Membership membership_;
   std::atomic<bool> closed_{false};
 };
 
@@ -437,7 +826,6 @@ class MemoryEventStream final : public EventStream {
   absl::Status Flush(absl::Duration) override { return absl::OkStatus(); }
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(const SubscribeOptions& options) override {
     EVENTBUS_RETURN_IF_ERROR(ValidateSubscribeOptions(options));
-    EVENTBUS_RETURN_IF_ERROR(state_->EnsureGroup(options));
     return std::unique_ptr<Subscription>(new MemorySubscription(state_, options));
   }
   absl::Status Ping(absl::Duration) override { return absl::OkStatus(); }
@@ -445,7 +833,7 @@ class MemoryEventStream final : public EventStream {
 
  protected:
   absl::Status DoPublish(absl::string_view stream, Event event, PublishCallback done) override {
-    absl::StatusOr<PublishReceipt> receipt = state_->Append(stream, std::move(event));
+    absl::StatusOr<PublishReceipt> receipt = state_->Append(stream, event);
     if (!receipt.ok()) return receipt.status();
     done(std::move(receipt));
     return absl::OkStatus();

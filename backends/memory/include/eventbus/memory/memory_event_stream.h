@@ -13,11 +13,12 @@
 namespace eventbus::memory {
 
 struct MemoryOptions {
-  // Retained events per stream. At either bound, events settled by every group of the stream
-  // are dropped to make room (a group created later no longer sees them); when nothing can be
-  // dropped, Publish fails with ResourceExhausted naming the bound. A stream with no group at
-  // all drops its oldest events, just enough to make room, and never fails for being full
-  // (only an event larger than max_stream_bytes on its own is refused).
+  // Retained events per stream, and their bytes (each event counted at the size of its stored
+  // form: its fields' bytes plus a few bytes per field). At either bound, events settled by
+  // every group of the stream are dropped to make room (a group created later no longer sees
+  // them); when nothing can be dropped, Publish fails with ResourceExhausted naming the bound.
+  // A stream with no group at all drops its oldest events, just enough to make room, and never
+  // fails for being full (only an event larger than max_stream_bytes on its own is refused).
   size_t max_stream_events = 1'000'000;
   size_t max_stream_bytes = size_t{256} << 20;
 };
