@@ -98,7 +98,9 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
 
 int EffectiveMaxInFlight(const ExecutorOptions& options) {
   if (options.max_in_flight > 0) return options.max_in_flight;
-  return std::max(2 * options.concurrency, options.concurrency + options.fetch_batch);
+  // Generous: most of what it bounds is settling (done, result on its way), and a broker
+  // round trip of ~10 ms (Kafka's produce) caps throughput at max_in_flight / 10 ms.
+  return std::max(256, 4 * (options.concurrency + options.fetch_batch));
 }
 
 int EffectiveWorkers(const ExecutorOptions& options) {
@@ -132,7 +134,9 @@ class Executor::Impl {
         deps_(std::move(deps)),
         clock_(stream->clock()),
         max_in_flight_(EffectiveMaxInFlight(options_)),
-        refill_batch_(std::max(1, std::min(options_.fetch_batch, max_in_flight_) / 2)) {
+        prefetch_limit_(options_.concurrency + options_.fetch_batch),
+        refill_batch_(std::max(
+            1, std::min({options_.fetch_batch, max_in_flight_, prefetch_limit_}) / 2)) {
     if (options_.consumer_name.empty()) options_.consumer_name = DefaultConsumerName();
     if (deps_.random == nullptr) {
       owned_random_ = NewDefaultRandomSource();
@@ -340,11 +344,11 @@ class Executor::Impl {
         // Refill in batches: wait a moment for several slots to free, then take what is free.
         fetcher_waiting_ = true;
         fetch_cv_.wait_for(lock, kRefillLinger,
-                           [this] { return stopping_ || max_in_flight_ - held_ >= refill_batch_; });
-        fetch_cv_.wait(lock, [this] { return stopping_ || held_ < max_in_flight_; });
+                           [this] { return stopping_ || FreeSlotsLocked() >= refill_batch_; });
+        fetch_cv_.wait(lock, [this] { return stopping_ || FreeSlotsLocked() > 0; });
         fetcher_waiting_ = false;
         if (stopping_) return;
-        free_slots = max_in_flight_ - held_;
+        free_slots = FreeSlotsLocked();
       }
       std::vector<Delivery> deliveries;
       if (options_.reclaim_enabled && (reclaim_again || clock_->Now() >= next_reclaim)) {
@@ -440,6 +444,7 @@ class Executor::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     --running_;
     WakeWorkerLocked();
+    WakeFetcherLocked();
     if (running_ == 0) drain_cv_.notify_all();
   }
 
@@ -580,6 +585,7 @@ class Executor::Impl {
     if (task.context != nullptr) task.context->Cancel();
     if (task.synchronous) ++stuck_workers_;
     WakeWorkerLocked();
+    WakeFetcherLocked();
     if (running_ == 0) drain_cv_.notify_all();
   }
 
@@ -593,6 +599,7 @@ class Executor::Impl {
         --running_;
         running_tasks_.erase(task->id);
         WakeWorkerLocked();
+        WakeFetcherLocked();
         if (running_ == 0) drain_cv_.notify_all();
       } else if (task->synchronous) {
         --stuck_workers_;
@@ -850,9 +857,25 @@ class Executor::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     --held_;
     deps_.metrics->InFlightChanged(held_);
-    if (fetcher_waiting_ && max_in_flight_ - held_ >= refill_batch_) fetch_cv_.notify_one();
-    else if (fetcher_waiting_ && held_ == max_in_flight_ - 1) fetch_cv_.notify_one();
+    WakeFetcherLocked();
     if (held_ == 0) drain_cv_.notify_all();
+  }
+
+  // How many more the fetcher may take: deliveries held stay within max_in_flight, and work
+  // not yet done (waiting or running) within concurrency + fetch_batch, so a consumer of slow
+  // tasks does not hoard what other consumers could run, while settled-but-unacknowledged
+  // deliveries (result on its way) do not hold back the next fetch.
+  int FreeSlotsLocked() const {
+    const int unfinished = static_cast<int>(queue_.size()) + running_;
+    return std::min(max_in_flight_ - held_, prefetch_limit_ - unfinished);
+  }
+
+  // Wakes a waiting fetcher when a batch worth of slots has freed, or the first one (it takes
+  // fewer after kRefillLinger): not on every release.
+  void WakeFetcherLocked() {
+    if (!fetcher_waiting_) return;
+    const int free = FreeSlotsLocked();
+    if (free == refill_batch_ || free == 1) fetch_cv_.notify_one();
   }
 
   // ---- supervisor: timeouts, heartbeats, publish timeouts -------------------------------
@@ -939,6 +962,7 @@ class Executor::Impl {
   ExecutorDependencies deps_;
   Clock* const clock_;
   const int max_in_flight_;
+  const int prefetch_limit_;
   const int refill_batch_;
   std::unique_ptr<RandomSource> owned_random_;
   ExecutorMetrics noop_metrics_;

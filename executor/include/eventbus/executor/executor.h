@@ -32,9 +32,10 @@ struct ExecutorOptions {
   // together.
   int concurrency = 4;
   // Deliveries held at once (EXECUTOR_MAX_IN_FLIGHT): waiting to run, running, or settling
-  // (result being published, ack on its way). The fetcher refills up to this many, so the
-  // broker round trips of settling tasks overlap with running the next ones.
-  // 0 = 2 x concurrency, and at least concurrency + fetch_batch.
+  // (result being published, ack on its way), so the broker round trips of settling tasks
+  // overlap with running the next ones. Of these, at most concurrency + fetch_batch are
+  // waiting or running: a consumer of slow tasks does not hoard work other consumers could run.
+  // 0 = 4 x (concurrency + fetch_batch), at least 256.
   int max_in_flight = 0;
   // Threads that run synchronous handlers (EXECUTOR_WORKERS). Asynchronous handlers (call)
   // hold none while they wait. 0 = the number of cores (at least 2), at most concurrency:
