@@ -34,15 +34,13 @@ absl::Time EventTime(const Event& event) {
 }
 
 void SetEventTime(Event& event, absl::Time time) {
-  const int64_t nanos = absl::ToUnixNanos(time);
-  int64_t seconds = nanos / 1'000'000'000;
-  int64_t rest = nanos % 1'000'000'000;
-  if (rest < 0) {
-    rest += 1'000'000'000;
-    --seconds;
-  }
+  // Seconds (floored) and the nanoseconds past them, not one int64 of nanoseconds: that would
+  // saturate outside 1677..2262, silently moving a time in year 9999 to 2262.
+  const int64_t seconds = absl::ToUnixSeconds(time);
+  absl::Duration rest = time - absl::FromUnixSeconds(seconds);
+  if (rest < absl::ZeroDuration() || rest >= absl::Seconds(1)) rest = absl::ZeroDuration();  // infinite
   event.mutable_time()->set_seconds(seconds);
-  event.mutable_time()->set_nanos(static_cast<int32_t>(rest));
+  event.mutable_time()->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(rest)));
 }
 
 absl::Status NormalizeForPublish(Event& event, absl::Time now) {

@@ -101,6 +101,10 @@ absl::StatusOr<absl::Duration> ParseIsoDuration(absl::string_view text) {
     any_component = true;
   }
   if (!any_component) return Bad(text, "no components");
+  // To the nanosecond, the resolution FormatIsoDuration writes: fractions scaled in double
+  // ("PT530.2H") leave sub-nanosecond remainders that would not survive a round trip (and
+  // "PT0.0000000002S" would be a positive duration that formats as "PT0S").
+  total = absl::Nanoseconds(absl::ToInt64Nanoseconds(total + absl::Nanoseconds(1) / 2));
   if (total > absl::Hours(100 * 365 * 24)) return Bad(text, "longer than 100 years");
   return total;
 }

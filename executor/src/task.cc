@@ -1,5 +1,7 @@
 #include "eventbus/executor/task.h"
 
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -67,6 +69,17 @@ std::string FormatRfc3339(absl::Time t) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E*SZ", t, absl::UTCTimeZone());
 }
 
+// Null when `text` is not JSON; sets `too_deep` when it nests deeper than `max_depth`.
+json ParseJsonWithDepthLimit(absl::string_view text, int max_depth, bool& too_deep) {
+  too_deep = false;
+  json::parser_callback_t check_depth = [&too_deep, max_depth](int depth, json::parse_event_t,
+                                                               json&) {
+    if (depth > max_depth) too_deep = true;
+    return true;
+  };
+  return json::parse(text.begin(), text.end(), check_depth, /*allow_exceptions=*/false);
+}
+
 }  // namespace
 
 RetryPolicy RetryOverride::ApplyTo(RetryPolicy policy) const {
@@ -85,12 +98,7 @@ const nlohmann::json& TaskRequest::Input() const {
 
 absl::StatusOr<nlohmann::json> ParseUntrustedJson(absl::string_view text) {
   bool too_deep = false;
-  json::parser_callback_t check_depth = [&too_deep](int depth, json::parse_event_t,
-                                                    json&) {
-    if (depth > kMaxJsonDepth) too_deep = true;
-    return true;
-  };
-  json document = json::parse(text.begin(), text.end(), check_depth, /*allow_exceptions=*/false);
+  json document = ParseJsonWithDepthLimit(text, kMaxJsonDepth, too_deep);
   if (document.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat("not valid JSON (", text.size(), " bytes)"));
   }
@@ -228,9 +236,16 @@ std::string TaskResultToJson(const TaskResult& result) {
 }
 
 absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text) {
-  json document = json::parse(json_text.begin(), json_text.end(), nullptr, false);
+  // Results come from the wire too: copying and serializing JSON recurse once per level. The
+  // output a handler built from a kMaxJsonDepth-deep body nests a few levels deeper, hence 2x.
+  bool too_deep = false;
+  json document = ParseJsonWithDepthLimit(json_text, 2 * kMaxJsonDepth, too_deep);
   if (document.is_discarded() || !document.is_object()) {
     return absl::InvalidArgumentError("task result is not a JSON object");
+  }
+  if (too_deep) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task result JSON is nested deeper than ", 2 * kMaxJsonDepth, " levels"));
   }
   TaskResult result;
   try {
@@ -247,8 +262,18 @@ absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text) {
     if (!document.at("output").is_null()) {
       result.output = std::make_shared<const json>(document.at("output"));
     }
-    result.attempts = document.at("attempts").get<int>();
+    // get<int>() of 1e300 is undefined behaviour, and an infinite duration would be written
+    // back as "duration_ms": null, which no reader accepts.
+    const json& attempts = document.at("attempts");
+    if (!attempts.is_number_integer() || attempts.get<int64_t>() < 0 ||
+        attempts.get<int64_t>() > std::numeric_limits<int>::max()) {
+      return absl::InvalidArgumentError("task result: \"attempts\" must be a non-negative int");
+    }
+    result.attempts = attempts.get<int>();
     result.duration = absl::Microseconds(document.at("duration_ms").get<double>() * 1000);
+    if (result.duration == absl::InfiniteDuration() || result.duration == -absl::InfiniteDuration()) {
+      return absl::InvalidArgumentError("task result: \"duration_ms\" is out of range");
+    }
     result.request_event_id = document.value("request_event_id", "");
     std::string completed_at = document.value("completed_at", "");
     std::string error;

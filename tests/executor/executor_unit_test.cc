@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
 #include "eventbus/executor/handler.h"
@@ -58,6 +59,17 @@ TEST(IsoDurationTest, FormatsCanonicallyAndRoundTrips) {
                            absl::Microseconds(1500001)}) {
     EXPECT_EQ(*ParseIsoDuration(FormatIsoDuration(d)), d) << FormatIsoDuration(d);
   }
+}
+
+// Found by tests/fuzz (iso_duration): fractions scaled in double left sub-nanosecond
+// remainders, so "PT530.2H" formatted as "P22DT2H12M0S" and "PT0.0000000002S" was a positive
+// timeout that a republished request ("PT0S") no longer passed.
+TEST(IsoDurationTest, ParsesToWholeNanosecondsSoFormatRoundTrips) {
+  EXPECT_EQ(*ParseIsoDuration("PT530.2H"), absl::Seconds(530 * 3600 + 720));
+  EXPECT_EQ(FormatIsoDuration(*ParseIsoDuration("PT530.2H")), "P22DT2H12M");
+  EXPECT_EQ(*ParseIsoDuration("PT0.0000000002S"), absl::ZeroDuration());
+  EXPECT_EQ(*ParseIsoDuration("PT0.0000000006S"), absl::Nanoseconds(1));
+  EXPECT_EQ(*ParseIsoDuration("PT0.123456789S"), absl::Nanoseconds(123456789));
 }
 
 TEST(RetryPolicyTest, BackoffGrowsExponentiallyUpToTheCap) {
@@ -217,6 +229,34 @@ TEST(TaskResultTest, InvalidUtf8InOutputIsReplacedNotThrown) {
   auto parsed = ParseTaskResult(TaskResultToJson(result));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_THAT((*parsed->output)["body"].get<std::string>(), HasSubstr(" ok"));
+}
+
+// Found by tests/fuzz (task_json): "attempts": 1e300 was converted to int (undefined
+// behaviour), and "duration_ms": 1e300 became an infinite duration written back as null.
+TEST(TaskResultTest, RejectsAttemptsAndDurationsOutOfRange) {
+  auto with = [](absl::string_view attempts, absl::string_view duration_ms) {
+    return ParseTaskResult(absl::StrCat(R"({"id":"t","type":"x","status":"succeeded",)",
+                                        R"("output":null,"error":null,"attempts":)", attempts,
+                                        R"(,"duration_ms":)", duration_ms, "}"));
+  };
+  ASSERT_TRUE(with("2", "1.5").ok()) << with("2", "1.5").status();
+  EXPECT_THAT(with("1e300", "1").status().message(), HasSubstr("attempts"));
+  EXPECT_THAT(with("4294967296", "1").status().message(), HasSubstr("attempts"));
+  EXPECT_THAT(with("-1", "1").status().message(), HasSubstr("attempts"));
+  EXPECT_THAT(with("1", "1e300").status().message(), HasSubstr("duration_ms"));
+  EXPECT_THAT(with("1", "-1e300").status().message(), HasSubstr("duration_ms"));
+}
+
+// Found with the tests/fuzz task_json target on a hand-made input (longer than libFuzzer's
+// default -max_len): a result with an "output" nested 500,000 levels deep overflowed the stack.
+TEST(TaskResultTest, RejectsOutputNestedTooDeep) {
+  auto with_depth = [](int depth) {
+    return ParseTaskResult(absl::StrCat(
+        R"({"id":"t","type":"x","status":"succeeded","attempts":1,"duration_ms":1,)",
+        R"("error":null,"output":)", std::string(depth, '['), std::string(depth, ']'), "}"));
+  };
+  EXPECT_TRUE(with_depth(kMaxJsonDepth + 10).ok());
+  EXPECT_THAT(with_depth(500'000).status().message(), HasSubstr("nested deeper"));
 }
 
 class NamedHandler final : public TaskHandler {

@@ -149,6 +149,9 @@ TEST(WireFormatTest, MalformedRecordsGiveAReason) {
       {"ce_specversion", {}, "ce_specversion"},
       {"", {"ce_specversion", "0.3"}, "0.3"},
       {"", {"ce_time", "yesterday"}, "ce_time"},
+      // Found by tests/fuzz (kafka_wire): absl::ParseTime's own spellings of infinity.
+      {"", {"ce_time", "infinite-future"}, "ce_time"},
+      {"", {"ce_time", "infinite-past"}, "ce_time"},
       {"", {"ce_", "x"}, "no attribute"},
       {"", {"ce_ce_x", "x"}, "reserved"},
       {"", {"ce_eventbus-attempt", "1"}, "reserved"},

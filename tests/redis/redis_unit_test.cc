@@ -307,5 +307,10 @@ TEST(Wire, RenderRawEntryIsLosslessAndReadable) {
   EXPECT_EQ(rendered, "type a b\ndata \\000\\n\\377\n");
 }
 
+// Found by tests/fuzz (redis_wire): a space in a field name read as the name/value separator.
+TEST(Wire, RenderRawEntryEscapesSpacesInNames) {
+  EXPECT_EQ(wire::RenderRawEntry({{"h:a b1", "c d"}}), "h:a\\040b1 c d\n");
+}
+
 }  // namespace
 }  // namespace eventbus::redis

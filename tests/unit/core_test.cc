@@ -53,6 +53,18 @@ TEST(EventTime, HandlesTimesBeforeTheEpoch) {
   EXPECT_EQ(EventTime(Event()), absl::InfinitePast());
 }
 
+// Found by tests/fuzz (redis_wire): a time in year 9999 became 2262-04-11T23:47:16.854775807Z.
+TEST(EventTime, KeepsTimesBeyondTheNanosecondRange) {
+  for (const absl::Time t : {absl::FromUnixSeconds(253402300799) + absl::Nanoseconds(5),
+                             absl::FromUnixSeconds(-62135596800) + absl::Nanoseconds(999999999)}) {
+    Event event;
+    SetEventTime(event, t);
+    EXPECT_EQ(EventTime(event), t) << t;
+    EXPECT_GE(event.time().nanos(), 0);
+    EXPECT_LT(event.time().nanos(), 1'000'000'000);
+  }
+}
+
 TEST(NewEventId, IsUnique) {
   std::set<std::string> ids;
   for (int i = 0; i < 1000; ++i) ids.insert(NewEventId());

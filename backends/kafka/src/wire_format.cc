@@ -144,7 +144,9 @@ absl::StatusOr<DecodedRecord> DecodeEvent(const KafkaRecord& record) {
   if (time_text.has_value()) {
     absl::Time time;
     std::string error;
-    if (!absl::ParseTime(absl::RFC3339_full, *time_text, &time, &error)) {
+    // absl::ParseTime also accepts "infinite-future" and "infinite-past", which RFC 3339 does not.
+    if (!absl::ParseTime(absl::RFC3339_full, *time_text, &time, &error) ||
+        time == absl::InfiniteFuture() || time == absl::InfinitePast()) {
       return Malformed(absl::StrCat("ce_time \"", absl::CEscape(*time_text),
                                     "\" is not an RFC 3339 time: ", error));
     }

@@ -6,6 +6,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 
 namespace eventbus::redis::wire {
 namespace {
@@ -183,7 +184,10 @@ absl::StatusOr<Event> Decode(const Fields& fields) {
 std::string RenderRawEntry(const Fields& fields) {
   std::string out;
   for (const auto& [name, value] : fields) {
-    absl::StrAppend(&out, absl::CEscape(name), " ", absl::CEscape(value), "\n");
+    // A space in the name would read as the separator: octal-escape it (\x would swallow
+    // the hex digits that follow).
+    absl::StrAppend(&out, absl::StrReplaceAll(absl::CEscape(name), {{" ", "\\040"}}), " ",
+                    absl::CEscape(value), "\n");
   }
   return out;
 }
