@@ -15,8 +15,8 @@ PACKAGES=(
   libjq-dev libcpp-httplib-dev libssl-dev libboost-dev
   # the system CA store that HTTPS `call` tasks verify against; `openssl` makes the test CA
   ca-certificates openssl
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev
+  # tests and benchmarks; clang + its runtime for the libFuzzer targets (tests/fuzz)
+  libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   # servers and foreign clients the tests use
   redis-server redis-tools kcat openjdk-17-jre-headless maven python3 curl
   # bench/run.py's chart (bench/plot.py)

@@ -75,6 +75,14 @@ if ! $quick; then
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     run_ctest --test-dir build-tsan \
       -R '^(memory_unit|memory_conformance|executor_run_loop|executor_service_http_server)$' || status=1
+
+  echo "== fuzz: every decoder of bytes from the wire, libFuzzer + ASan/UBSan (clang), bounded"
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DEVENTBUS_FUZZ=ON -DEVENTBUS_SANITIZER=address -DEVENTBUS_BUILD_BENCHMARKS=OFF \
+    -DEVENTBUS_FUZZ_SECONDS=15 >/dev/null
+  cmake --build build-fuzz -j "$jobs" --target fuzz_redis_wire fuzz_kafka_wire fuzz_task_json \
+    fuzz_iso_duration fuzz_http_task_body
+  run_ctest --test-dir build-fuzz -L fuzz || status=1
 fi
 
 echo
