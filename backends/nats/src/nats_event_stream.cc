@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -79,7 +80,8 @@ class NatsSubscription final : public Subscription {
       : stream_(stream),
         options_(std::move(options)),
         dead_letter_stream_(DeadLetterStreamName(options_)),
-        sub_(std::move(sub)) {}
+        sub_(std::move(sub)),
+        settler_([this] { SettleLoop(); }) {}
   ~NatsSubscription() override { Close().IgnoreError(); }
 
   absl::StatusOr<std::vector<Delivery>> Fetch(int max_events, absl::Duration wait) override {
@@ -94,9 +96,19 @@ class NatsSubscription final : public Subscription {
     return FetchUpTo(max_events, absl::Milliseconds(50));
   }
   absl::Status DeadLetter(const Delivery& delivery, absl::string_view reason) override;
+  // Ack / Nak go out at once (fire-and-forget into the connection's buffer); one flush per
+  // batch (PING/PONG: the server has read everything before it) completes all their callbacks.
+  void AckAsync(const Delivery& delivery, SettleCallback done) override {
+    SettleAsync(delivery, /*ack=*/true, absl::ZeroDuration(), std::move(done));
+  }
+  void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) override {
+    SettleAsync(delivery, /*ack=*/false, delay, std::move(done));
+  }
   absl::Status Close() override;
 
  private:
+  void SettleAsync(const Delivery& delivery, bool ack, absl::Duration delay, SettleCallback done);
+  void SettleLoop();
   absl::StatusOr<std::vector<Delivery>> FetchUpTo(int max_events, absl::Duration wait);
   // Takes the message held for `delivery` out of held_ (FailedPrecondition when none).
   absl::StatusOr<MsgPtr> Take(const Delivery& delivery, absl::string_view op);
@@ -114,6 +126,12 @@ class NatsSubscription final : public Subscription {
   absl::Mutex held_mu_;  // Ack & co. from any thread
   absl::flat_hash_map<uint64_t, MsgPtr> held_ ABSL_GUARDED_BY(held_mu_);
   uint64_t next_token_ ABSL_GUARDED_BY(held_mu_) = 1;
+
+  // Callbacks of async settles whose Ack/Nak was sent, waiting for the next flush.
+  absl::Mutex settle_mu_;
+  std::vector<SettleCallback> settle_queue_ ABSL_GUARDED_BY(settle_mu_);
+  bool settle_stop_ ABSL_GUARDED_BY(settle_mu_) = false;
+  std::thread settler_;  // last member: started once the rest is constructed
 };
 
 class NatsEventStream final : public EventStream {
@@ -630,8 +648,67 @@ absl::Status NatsSubscription::DeadLetter(const Delivery& delivery, absl::string
   return s;
 }
 
+void NatsSubscription::SettleAsync(const Delivery& delivery, bool ack, absl::Duration delay,
+                                   SettleCallback done) {
+  absl::StatusOr<MsgPtr> msg = Take(delivery, ack ? "AckAsync" : "NackAsync");
+  if (!msg.ok()) {
+    done(msg.status());
+    return;
+  }
+  natsStatus ns = ack ? natsMsg_Ack(msg->get(), nullptr)
+                  : delay > absl::ZeroDuration()
+                      ? natsMsg_NakWithDelay(msg->get(), Millis(delay), nullptr)
+                      : natsMsg_Nak(msg->get(), nullptr);
+  if (ns != NATS_OK) {
+    absl::Status status = ToStatus(ns, absl::StrCat("nats ", ack ? "ack" : "nak", " of ",
+                                                    delivery.stream, "/", delivery.id));
+    PutBack(delivery.token, std::move(msg).value());
+    done(std::move(status));
+    return;
+  }
+  {
+    absl::MutexLock lock(&settle_mu_);
+    if (!settle_stop_) {
+      settle_queue_.push_back(std::move(done));
+      return;
+    }
+  }
+  // Closed meanwhile, after the settler's last batch: confirm this one here.
+  done(ToStatus(natsConnection_FlushTimeout(stream_->connection(), stream_->request_timeout_ms()),
+                "nats flush of settles"));
+}
+
+void NatsSubscription::SettleLoop() {
+  for (;;) {
+    std::vector<SettleCallback> batch;
+    {
+      absl::MutexLock lock(&settle_mu_);
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(settle_mu_) {
+        return settle_stop_ || !settle_queue_.empty();
+      };
+      settle_mu_.Await(absl::Condition(&ready));
+      if (settle_queue_.empty()) return;  // stopping, nothing left
+      batch.swap(settle_queue_);
+    }
+    absl::Status status = ToStatus(
+        natsConnection_FlushTimeout(stream_->connection(), stream_->request_timeout_ms()),
+        "nats flush of settles");
+    // The Ack/Nak may or may not have reached the server: transient either way.
+    if (!status.ok() && !absl::IsFailedPrecondition(status)) {
+      status = absl::UnavailableError(status.message());
+    }
+    for (SettleCallback& done : batch) done(status);
+  }
+}
+
 absl::Status NatsSubscription::Close() {
   if (closed_.exchange(true)) return absl::OkStatus();
+  {
+    // Settles queued before Close still complete: the settler drains the queue, then exits.
+    absl::MutexLock lock(&settle_mu_);
+    settle_stop_ = true;
+  }
+  if (settler_.joinable()) settler_.join();
   absl::MutexLock fetch_lock(&fetch_mu_);
   absl::flat_hash_map<uint64_t, MsgPtr> held;
   {

@@ -9,6 +9,7 @@
 // - Fetch: natsSubscription_Fetch on a pull subscription bound to the group's durable consumer
 //   (explicit ack, AckWait = SubscribeOptions::ack_wait or the configured default).
 // - Ack: AckSync; Nack: Nak / NakWithDelay (kept by the server); Extend: InProgress.
+//   AckAsync/NackAsync send at once and complete per batch after one connection flush.
 // - Reclaim: the server redelivers what stays unacknowledged past AckWait by itself; Reclaim
 //   is a non-blocking fetch that returns whatever the server hands out now.
 // - DeadLetter: publish to the dead-letter stream, wait for its PubAck, then Term the original.
