@@ -30,6 +30,8 @@ namespace eventbus::nats {
 namespace {
 
 constexpr absl::string_view kBackendName = "nats";
+// JSConsumerAlreadyExistsErr of newer servers (not in nats.c 3.4's jsErrCode enum).
+constexpr int kConsumerAlreadyExistsErr = 10148;
 // Room left in the server's max_payload for the headers of an event.
 constexpr size_t kHeaderAllowance = 64 * 1024;
 
@@ -299,7 +301,8 @@ class NatsEventStream final : public EventStream {
                    absl::StrCat(where, ": create"), code);
       info.reset(ci);
       // Another subscriber may have created it a moment ago: bind to it.
-      if (!added.ok() && !absl::IsFailedPrecondition(added) && code != 10148 && code != 10013) {
+      if (!added.ok() && !absl::IsFailedPrecondition(added) && code != JSConsumerNameExistErr &&
+          code != kConsumerAlreadyExistsErr) {
         return added;
       }
     } else if (!found.ok()) {

@@ -14,6 +14,8 @@
 //   is a non-blocking fetch that returns whatever the server hands out now.
 // - DeadLetter: publish to the dead-letter stream, wait for its PubAck, then Term the original.
 // - The connection reconnects by itself (nats.c), forever.
+// Thread-safety as EventStream / Subscription document; subscriptions use their stream's
+// connection, so close or destroy them before the stream.
 
 #include <cstddef>
 #include <cstdint>
