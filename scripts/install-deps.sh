@@ -9,7 +9,7 @@ PACKAGES=(
   # core
   libabsl-dev libprotobuf-dev protobuf-compiler
   # backends
-  libhiredis-dev librdkafka-dev
+  libhiredis-dev librdkafka-dev libnats-dev
   # executor and service
   libcurl4-openssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
   libjq-dev libcpp-httplib-dev libssl-dev libboost-dev
@@ -18,7 +18,7 @@ PACKAGES=(
   # tests and benchmarks; clang + its runtime for the libFuzzer targets (tests/fuzz)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   # servers and foreign clients the tests use
-  redis-server redis-tools kcat openjdk-17-jre-headless maven python3 curl
+  redis-server redis-tools nats-server kcat openjdk-17-jre-headless maven python3 curl
   # bench/run.py's chart (bench/plot.py)
   python3-matplotlib
 )

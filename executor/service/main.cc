@@ -21,6 +21,9 @@
 #ifdef EVENTBUS_SERVICE_WITH_KAFKA
 #include "eventbus/kafka/kafka_event_stream.h"
 #endif
+#ifdef EVENTBUS_SERVICE_WITH_NATS
+#include "eventbus/nats/nats_event_stream.h"
+#endif
 
 namespace {
 
@@ -45,6 +48,9 @@ absl::Status RegisterBackends() {
 #endif
 #ifdef EVENTBUS_SERVICE_WITH_KAFKA
   if (status.ok()) status = eventbus::kafka::RegisterKafkaBackend();
+#endif
+#ifdef EVENTBUS_SERVICE_WITH_NATS
+  if (status.ok()) status = eventbus::nats::RegisterNatsBackend();
 #endif
   return status;
 }

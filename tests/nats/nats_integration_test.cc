@@ -1,0 +1,313 @@
+// The NATS backend against real nats-server processes this binary starts: a server crash and
+// restart mid-stream (file storage), duplicate publishes of one event id, malformed messages
+// and events written by a foreign client following docs/wire-format.md (raw nats.c calls).
+#include <nats/nats.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "eventbus/clock.h"
+#include "eventbus/harness/nats_server.h"
+#include "eventbus/nats/nats_event_stream.h"
+#include "eventbus/registry.h"
+#include "gtest/gtest.h"
+#include "nats_handles.h"
+
+namespace eventbus::nats {
+namespace {
+
+using harness::NatsServer;
+
+std::unique_ptr<NatsServer> StartServer() {
+  auto server = NatsServer::Start();
+  // A server that cannot start is a failure, never a skip.
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? std::move(server).value() : nullptr;
+}
+
+std::unique_ptr<EventStream> Connect(const NatsServer& server) {
+  NatsOptions options;
+  options.url = server.url();
+  auto stream = NewNatsEventStream(options);
+  EXPECT_TRUE(stream.ok()) << stream.status();
+  return stream.ok() ? std::move(stream).value() : nullptr;
+}
+
+std::unique_ptr<Subscription> Join(EventStream& stream, const std::string& name,
+                                   const std::string& group) {
+  SubscribeOptions options;
+  options.stream = name;
+  options.group = group;
+  options.consumer = "c1";
+  auto sub = stream.Subscribe(options);
+  EXPECT_TRUE(sub.ok()) << sub.status();
+  return sub.ok() ? std::move(sub).value() : nullptr;
+}
+
+// Fetches (retrying transient errors, as a consumer loop does) until `count` arrived or
+// `patience` passed; acks each.
+std::vector<Delivery> CollectAndAck(Subscription& sub, size_t count,
+                                    absl::Duration patience = absl::Seconds(15)) {
+  std::vector<Delivery> got;
+  const absl::Time deadline = absl::Now() + patience;
+  while (got.size() < count && absl::Now() < deadline) {
+    auto batch = sub.Fetch(static_cast<int>(count - got.size()), absl::Milliseconds(500));
+    if (!batch.ok()) {
+      EXPECT_TRUE(absl::IsUnavailable(batch.status()) || absl::IsDeadlineExceeded(batch.status()))
+          << batch.status();
+      absl::SleepFor(absl::Milliseconds(50));
+      continue;
+    }
+    for (auto& d : *batch) {
+      absl::Status acked = sub.Ack(d);
+      EXPECT_TRUE(acked.ok()) << acked;
+      got.push_back(std::move(d));
+    }
+  }
+  return got;
+}
+
+// A raw nats.c connection: what a client that knows nothing of eventbus would use.
+ConnectionPtr RawConnection(const NatsServer& server) {
+  natsConnection* nc = nullptr;
+  EXPECT_EQ(natsConnection_ConnectTo(&nc, server.url().c_str()), NATS_OK);
+  return ConnectionPtr(nc);
+}
+
+void RawPublish(natsConnection* nc, const std::string& subject,
+                const std::vector<std::pair<std::string, std::string>>& headers,
+                const std::string& data) {
+  natsMsg* raw = nullptr;
+  ASSERT_EQ(natsMsg_Create(&raw, subject.c_str(), nullptr, data.data(),
+                           static_cast<int>(data.size())),
+            NATS_OK);
+  MsgPtr msg(raw);
+  for (const auto& [name, value] : headers) {
+    ASSERT_EQ(natsMsgHeader_Set(msg.get(), name.c_str(), value.c_str()), NATS_OK);
+  }
+  ASSERT_EQ(natsConnection_PublishMsg(nc, msg.get()), NATS_OK);
+  ASSERT_EQ(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+}
+
+TEST(NatsIntegration, ServerKilledAndRestartedMidStreamLosesNothing) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  const std::string name = "it.restart";
+  auto sub = Join(*stream, name, "workers");
+  ASSERT_NE(sub, nullptr);
+  std::set<std::string> published;
+  for (int i = 0; i < 40; ++i) {
+    Event event = MakeEvent("io.eventbus.test", "/it", absl::StrCat("before-", i));
+    published.insert(event.id());
+    ASSERT_TRUE(stream->Publish(name, event).ok());
+  }
+  ASSERT_TRUE(stream->Flush(absl::Seconds(10)).ok());
+  auto before = CollectAndAck(*sub, 10);
+  ASSERT_EQ(before.size(), 10u);
+
+  server->Kill();
+  ASSERT_TRUE(server->Restart().ok()) << server->LogTail();
+
+  // The same stream object and subscription carry on: nats.c reconnects by itself.
+  for (int i = 0; i < 40; ++i) {
+    Event event = MakeEvent("io.eventbus.test", "/it", absl::StrCat("after-", i));
+    published.insert(event.id());
+    absl::StatusOr<PublishReceipt> receipt = absl::UnavailableError("not yet");
+    for (int attempt = 0; attempt < 50 && !receipt.ok(); ++attempt) {
+      // A retry of the same event id is stored once (Nats-Msg-Id), so retrying is safe.
+      receipt = stream->PublishAndWait(name, event, absl::Seconds(2));
+    }
+    ASSERT_TRUE(receipt.ok()) << receipt.status();
+  }
+  auto after = CollectAndAck(*sub, 70, absl::Seconds(30));
+  std::set<std::string> seen;
+  for (const auto& d : before) seen.insert(d.event.id());
+  for (const auto& d : after) seen.insert(d.event.id());
+  EXPECT_EQ(seen, published) << "lost " << published.size() - seen.size() << " events";
+  auto extra = sub->Fetch(10, absl::Milliseconds(500));
+  ASSERT_TRUE(extra.ok()) << extra.status();
+  EXPECT_TRUE(extra->empty()) << "acked events came back after the restart";
+}
+
+TEST(NatsIntegration, DuplicatePublishOfTheSameEventIdIsStoredOnce) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  const std::string name = "it.dedupe";
+  Event event = MakeEvent("io.eventbus.test", "/it", "once");
+  auto first = stream->PublishAndWait(name, event);
+  auto second = stream->PublishAndWait(name, event);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  // The server answers the duplicate with the original's sequence.
+  EXPECT_EQ(first->id, second->id);
+  Event other = MakeEvent("io.eventbus.test", "/it", "another id");
+  auto third = stream->PublishAndWait(name, other);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_NE(third->id, first->id);
+  auto sub = Join(*stream, name, "g");
+  ASSERT_NE(sub, nullptr);
+  auto got = CollectAndAck(*sub, 2);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].event.id(), event.id());
+  EXPECT_EQ(got[1].event.id(), other.id());
+  auto more = sub->Fetch(10, absl::Milliseconds(500));
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_TRUE(more->empty()) << "the duplicate was stored";
+}
+
+TEST(NatsIntegration, MalformedMessageGoesToTheDlqAndTheConsumerGoesOn) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  const std::string name = "it.malformed";
+  auto sub = Join(*stream, name, "workers");  // creates the JetStream stream
+  ASSERT_NE(sub, nullptr);
+  auto raw = RawConnection(*server);
+  RawPublish(raw.get(), name, {{"ce-type", "t"}, {"X-Other", "1"}}, "no id, no source");
+  Event valid = MakeEvent("io.eventbus.test", "/it", "valid");
+  ASSERT_TRUE(stream->PublishAndWait(name, valid).ok());
+
+  auto got = CollectAndAck(*sub, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].event.id(), valid.id()) << "the malformed message was handed out";
+
+  auto dlq = Join(*stream, absl::StrCat(name, ".dlq"), "readers");
+  ASSERT_NE(dlq, nullptr);
+  auto dead = CollectAndAck(*dlq, 1);
+  ASSERT_EQ(dead.size(), 1u);
+  const auto& headers = dead[0].event.headers();
+  EXPECT_EQ(dead[0].event.type(), "io.eventbus.malformed");
+  ASSERT_TRUE(headers.contains(std::string(kDlqReasonHeader)));
+  EXPECT_TRUE(absl::StrContains(headers.at(std::string(kDlqReasonHeader)), "ce-specversion"))
+      << headers.at(std::string(kDlqReasonHeader));
+  EXPECT_EQ(headers.at(std::string(kDlqOriginStreamHeader)), name);
+  EXPECT_EQ(headers.at(std::string(kDlqOriginGroupHeader)), "workers");
+  EXPECT_TRUE(absl::StrContains(dead[0].event.data(), "no id, no source"));
+  // Terminated: the malformed message is not redelivered.
+  auto again = sub->Fetch(10, absl::Milliseconds(500));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->empty());
+}
+
+TEST(NatsIntegration, EventWrittenByAForeignClientIsConsumed) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  const std::string name = "it.foreign";
+  auto sub = Join(*stream, name, "workers");
+  ASSERT_NE(sub, nullptr);
+  auto raw = RawConnection(*server);
+  // Exactly the headers docs/wire-format.md lists, as the nats CLI would send them.
+  RawPublish(raw.get(), name,
+             {{"ce-specversion", "1.0"},
+              {"ce-id", "foreign-1"},
+              {"ce-source", "/python"},
+              {"ce-type", "com.example.order"},
+              {"ce-subject", "order/7"},
+              {"ce-time", "2024-05-01T14:00:00.25+02:00"},
+              {"Content-Type", "application/json"},
+              {"ce-dataschema", "https://example.com/order.json"},
+              {"ce-partitionkey", "customer-3"},
+              {"ce-traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+              {"ce-empty", "\"\""}},
+             R"({"order":7})");
+  auto got = CollectAndAck(*sub, 1);
+  ASSERT_EQ(got.size(), 1u);
+  const Event& e = got[0].event;
+  EXPECT_EQ(e.id(), "foreign-1");
+  EXPECT_EQ(e.source(), "/python");
+  EXPECT_EQ(e.type(), "com.example.order");
+  EXPECT_EQ(e.spec_version(), "1.0");
+  EXPECT_EQ(e.subject(), "order/7");
+  EXPECT_EQ(EventTime(e), absl::FromUnixMillis(1714564800250));
+  EXPECT_EQ(e.data_content_type(), "application/json");
+  EXPECT_EQ(e.data_schema(), "https://example.com/order.json");
+  EXPECT_EQ(e.key(), "customer-3");
+  EXPECT_EQ(e.data(), R"({"order":7})");
+  ASSERT_EQ(e.headers().size(), 2u);
+  EXPECT_EQ(e.headers().at("traceparent"),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  EXPECT_EQ(e.headers().at("empty"), "");
+  EXPECT_EQ(got[0].delivery_count, 1);
+  EXPECT_FALSE(got[0].id.empty());
+}
+
+TEST(NatsIntegration, RegisteredAsNatsAndConfiguredFromTheEnvironment) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  BackendRegistry registry;
+  ASSERT_TRUE(RegisterNatsBackend(registry).ok());
+  ASSERT_TRUE(RegisterNatsBackend(registry).ok()) << "must be idempotent";
+  Environment env = {{"EVENT_STREAM_TYPE", "nats"},
+                     {"NATS_URL", server->url()},
+                     {"NATS_OPTION_STORAGE", "memory"},
+                     {"NATS_OPTION_ACK_WAIT", "10s"}};
+  auto stream = registry.CreateFromEnvironment(env);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_EQ((*stream)->backend_name(), "nats");
+  EXPECT_FALSE((*stream)->capabilities().persistent) << "memory storage is not persistent";
+  EXPECT_TRUE((*stream)->Ping(absl::Seconds(5)).ok());
+  env["NATS_OPTION_STORAGE"] = "disk";
+  EXPECT_EQ(registry.CreateFromEnvironment(env).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(NatsConfig, ParsesOptionsAndRejectsUnknownOnes) {
+  BackendConfig config;
+  config.url = "nats://user:secret@127.0.0.1:4333";
+  config.options = {{"storage", "memory"},      {"replicas", "3"},
+                    {"max.age", "24h"},         {"max.bytes", "1048576"},
+                    {"duplicate.window", "5m"}, {"ack.wait", "45s"},
+                    {"max.deliver", "-1"},      {"creds.file", "/etc/nats/app.creds"}};
+  auto options = NatsOptionsFromConfig(config);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->url, config.url);
+  EXPECT_EQ(options->storage, StreamStorage::kMemory);
+  EXPECT_EQ(options->replicas, 3);
+  EXPECT_EQ(options->max_age, absl::Hours(24));
+  EXPECT_EQ(options->max_bytes, 1048576);
+  EXPECT_EQ(options->duplicate_window, absl::Minutes(5));
+  EXPECT_EQ(options->default_ack_wait, absl::Seconds(45));
+  EXPECT_EQ(options->creds_file, "/etc/nats/app.creds");
+
+  BackendConfig defaults;
+  auto d = NatsOptionsFromConfig(defaults);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->url, kDefaultNatsUrl);
+  EXPECT_EQ(d->storage, StreamStorage::kFile);
+  EXPECT_EQ(d->max_deliver, -1);
+
+  BackendConfig unknown;
+  unknown.options = {{"stroage", "file"}};
+  auto bad = NatsOptionsFromConfig(unknown);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "stroage"));
+
+  BackendConfig bad_url;
+  bad_url.url = "http://user:secret@host:4222";
+  auto url = NatsOptionsFromConfig(bad_url);
+  EXPECT_EQ(url.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(absl::StrContains(url.status().message(), "secret")) << "password leaked";
+}
+
+TEST(NatsConfig, JetStreamNamesAvoidForbiddenCharacters) {
+  EXPECT_EQ(JetStreamName("orders.v1"), "orders_v1");
+  EXPECT_EQ(JetStreamName("a*b>c/d"), "a=2Ab=3Ec=2Fd");
+  EXPECT_EQ(JetStreamName("task-requests_2"), "task-requests_2");
+  EXPECT_EQ(RedactedNatsUrl("nats://u:p@h:1"), "nats://***@h:1");
+  EXPECT_EQ(RedactedNatsUrl("nats://h:1"), "nats://h:1");
+}
+
+}  // namespace
+}  // namespace eventbus::nats
