@@ -34,6 +34,10 @@
 #include "eventbus/harness/redis_server.h"
 #include "eventbus/redis/redis_event_stream.h"
 #endif
+#ifdef EVENTBUS_E2E_WITH_NATS
+#include "eventbus/harness/nats_server.h"
+#include "eventbus/nats/nats_event_stream.h"
+#endif
 #ifdef EVENTBUS_E2E_WITH_KAFKA
 #include "eventbus/harness/kafka_broker.h"
 #include "eventbus/kafka/kafka_event_stream.h"
@@ -616,6 +620,21 @@ TEST(ServiceEndToEnd, RedisBackendPublishesAResultForEverySubmittedTask) {
                               **reader);
 }
 
+#endif  // EVENTBUS_E2E_WITH_REDIS
+
+#ifdef EVENTBUS_E2E_WITH_NATS
+TEST(ServiceEndToEnd, NatsBackendPublishesAResultForEverySubmittedTask) {
+  auto nats = harness::NatsServer::Start();
+  ASSERT_TRUE(nats.ok()) << nats.status();
+  ASSERT_TRUE(nats::RegisterNatsBackend().ok());
+  auto reader = BackendRegistry::Global().Create("nats", BackendConfig{.url = (*nats)->url()});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  RoundTripThroughRealBackend({"EVENT_STREAM_TYPE=nats", "NATS_URL=" + (*nats)->url()},
+                              **reader);
+}
+#endif  // EVENTBUS_E2E_WITH_NATS
+
+#ifdef EVENTBUS_E2E_WITH_REDIS
 TEST(ServiceEndToEnd, SigtermGivesRunningTasksBackToTheNextWorkerAndLosesNothing) {
   if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
   auto redis = harness::RedisServer::Start();
