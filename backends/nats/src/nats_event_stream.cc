@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -19,7 +21,6 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "eventbus/clock.h"
 #include "eventbus/status_macros.h"
@@ -76,6 +77,9 @@ std::string RenderRaw(natsMsg* msg) {
 
 class NatsEventStream;
 
+// std::mutex, not absl::Mutex: Debian's Abseil is not built for ThreadSanitizer, which then
+// cannot see absl::Mutex's synchronisation and reports false races (as in backends/memory).
+
 class NatsSubscription final : public Subscription {
  public:
   NatsSubscription(NatsEventStream* stream, SubscribeOptions options, SubscriptionPtr sub)
@@ -122,17 +126,18 @@ class NatsSubscription final : public Subscription {
   const std::string dead_letter_stream_;
   std::atomic<bool> closed_{false};
 
-  absl::Mutex fetch_mu_;  // Fetch/Reclaim; Close waits for a running fetch
-  SubscriptionPtr sub_ ABSL_GUARDED_BY(fetch_mu_);
+  std::mutex fetch_mu_;  // Fetch/Reclaim; Close waits for a running fetch
+  SubscriptionPtr sub_;  // guarded by fetch_mu_
 
-  absl::Mutex held_mu_;  // Ack & co. from any thread
-  absl::flat_hash_map<uint64_t, MsgPtr> held_ ABSL_GUARDED_BY(held_mu_);
-  uint64_t next_token_ ABSL_GUARDED_BY(held_mu_) = 1;
+  std::mutex held_mu_;  // Ack & co. from any thread
+  absl::flat_hash_map<uint64_t, MsgPtr> held_;  // guarded by held_mu_
+  uint64_t next_token_ = 1;  // guarded by held_mu_
 
   // Callbacks of async settles whose Ack/Nak was sent, waiting for the next flush.
-  absl::Mutex settle_mu_;
-  std::vector<SettleCallback> settle_queue_ ABSL_GUARDED_BY(settle_mu_);
-  bool settle_stop_ ABSL_GUARDED_BY(settle_mu_) = false;
+  std::mutex settle_mu_;
+  std::condition_variable settle_cv_;
+  std::vector<SettleCallback> settle_queue_;  // guarded by settle_mu_
+  bool settle_stop_ = false;  // guarded by settle_mu_
   std::thread settler_;  // last member: started once the rest is constructed
 };
 
@@ -145,7 +150,7 @@ class NatsEventStream final : public EventStream {
     // Publishes still unconfirmed fail now rather than never.
     bool any_pending;
     {
-      absl::MutexLock lock(&pending_mu_);
+      std::lock_guard lock(pending_mu_);
       any_pending = !pending_.empty();
     }
     // (nats.c 3.4 crashes in js_PublishAsyncGetPendingList when nothing was ever published.)
@@ -247,7 +252,7 @@ class NatsEventStream final : public EventStream {
     const absl::Time deadline = absl::Now() + timeout;
     uint64_t target;
     {
-      absl::MutexLock lock(&pending_mu_);
+      std::lock_guard lock(pending_mu_);
       target = next_seq_ - 1;
     }
     jsPubOptions po;
@@ -260,11 +265,11 @@ class NatsEventStream final : public EventStream {
     }
     // js_PublishAsyncComplete may return before the last AckHandler finished running; our own
     // book-keeping says when every callback queued before the call has been called.
-    absl::MutexLock lock(&pending_mu_);
-    auto done = [this, target]() ABSL_SHARED_LOCKS_REQUIRED(pending_mu_) {
+    std::unique_lock lock(pending_mu_);
+    auto done = [this, target] {
       return pending_seqs_.empty() || *pending_seqs_.begin() > target;
     };
-    if (!pending_mu_.AwaitWithDeadline(absl::Condition(&done), deadline)) {
+    if (!pending_cv_.wait_until(lock, absl::ToChronoTime(deadline), done)) {
       return absl::DeadlineExceededError(absl::StrCat(
           "nats: publishes still awaiting their PubAck after ", absl::FormatDuration(timeout)));
     }
@@ -354,7 +359,7 @@ class NatsEventStream final : public EventStream {
     EVENTBUS_ASSIGN_OR_RETURN(MsgPtr owned, BuildMsg(stream, event));
     natsMsg* msg = owned.get();
     {
-      absl::MutexLock lock(&pending_mu_);
+      std::lock_guard lock(pending_mu_);
       const uint64_t seq = next_seq_++;
       pending_.emplace(msg, Pending{seq, std::string(stream), std::move(done)});
       pending_seqs_.insert(seq);
@@ -370,11 +375,12 @@ class NatsEventStream final : public EventStream {
       absl::Status status = ToStatus(ns, absl::StrCat("nats publish to ", stream));
       if (ns == NATS_TIMEOUT) status = absl::ResourceExhaustedError(status.message());
       {
-        absl::MutexLock lock(&pending_mu_);
+        std::lock_guard lock(pending_mu_);
         auto it = pending_.find(msg);
         if (it != pending_.end()) {
           pending_seqs_.erase(it->second.seq);
           pending_.erase(it);
+          pending_cv_.notify_all();
         }
       }
       natsMsg_Destroy(handed);
@@ -405,7 +411,7 @@ class NatsEventStream final : public EventStream {
   // Creates the JetStream stream for `stream` or binds to an existing one, once per name.
   absl::Status EnsureStream(absl::string_view stream) {
     {
-      absl::MutexLock lock(&streams_mu_);
+      std::lock_guard lock(streams_mu_);
       if (ensured_.contains(stream)) return absl::OkStatus();
     }
     EVENTBUS_RETURN_IF_ERROR(CheckSubject(stream));
@@ -428,7 +434,7 @@ class NatsEventStream final : public EventStream {
               where, " exists but does not hold subject \"", subject,
               "\" (another eventbus stream name maps to the same JetStream name)"));
         }
-        absl::MutexLock lock(&streams_mu_);
+        std::lock_guard lock(streams_mu_);
         ensured_.insert(subject);
         return absl::OkStatus();
       }
@@ -450,7 +456,7 @@ class NatsEventStream final : public EventStream {
                                     absl::StrCat(where, ": create"), code);
       info.reset(si);
       if (added.ok()) {
-        absl::MutexLock lock(&streams_mu_);
+        std::lock_guard lock(streams_mu_);
         ensured_.insert(subject);
         return absl::OkStatus();
       }
@@ -479,7 +485,7 @@ class NatsEventStream final : public EventStream {
   void FinishPublish(natsMsg* msg, absl::StatusOr<PublishReceipt> result) {
     Pending pending;
     {
-      absl::MutexLock lock(&pending_mu_);
+      std::lock_guard lock(pending_mu_);
       auto it = pending_.find(msg);
       if (it == pending_.end()) return;
       pending = std::move(it->second);
@@ -487,8 +493,9 @@ class NatsEventStream final : public EventStream {
     }
     if (result.ok()) result->stream = pending.stream;
     pending.done(std::move(result));
-    absl::MutexLock lock(&pending_mu_);
+    std::lock_guard lock(pending_mu_);
     pending_seqs_.erase(pending.seq);
+    pending_cv_.notify_all();
   }
 
   const NatsOptions options_;
@@ -497,14 +504,15 @@ class NatsEventStream final : public EventStream {
   JsCtxPtr js_;
   size_t max_event_bytes_ = 1 << 20;
 
-  absl::Mutex streams_mu_;
-  absl::flat_hash_set<std::string> ensured_ ABSL_GUARDED_BY(streams_mu_);
+  std::mutex streams_mu_;
+  absl::flat_hash_set<std::string> ensured_;  // guarded by streams_mu_
 
-  absl::Mutex pending_mu_;
-  absl::flat_hash_map<natsMsg*, Pending> pending_ ABSL_GUARDED_BY(pending_mu_);
+  std::mutex pending_mu_;
+  std::condition_variable pending_cv_;
+  absl::flat_hash_map<natsMsg*, Pending> pending_;  // guarded by pending_mu_
   // Sequences whose callback has not returned yet (Flush waits on them).
-  std::set<uint64_t> pending_seqs_ ABSL_GUARDED_BY(pending_mu_);
-  uint64_t next_seq_ ABSL_GUARDED_BY(pending_mu_) = 1;
+  std::set<uint64_t> pending_seqs_;  // guarded by pending_mu_
+  uint64_t next_seq_ = 1;  // guarded by pending_mu_
 };
 
 absl::Status Closed() {
@@ -515,7 +523,7 @@ absl::StatusOr<std::vector<Delivery>> NatsSubscription::FetchUpTo(int max_events
                                                                   absl::Duration wait) {
   if (closed_) return Closed();
   if (max_events < 1) return absl::InvalidArgumentError("Fetch: max_events must be >= 1");
-  absl::MutexLock fetch_lock(&fetch_mu_);
+  std::lock_guard fetch_lock(fetch_mu_);
   if (closed_ || sub_ == nullptr) return Closed();
   natsMsgList list{};
   jsErrCode code = jsErrCode(0);
@@ -548,7 +556,7 @@ absl::StatusOr<std::vector<Delivery>> NatsSubscription::FetchUpTo(int max_events
     }
     absl::StatusOr<Event> event = wire::Decode(msg.get());
     {
-      absl::MutexLock lock(&held_mu_);
+      std::lock_guard lock(held_mu_);
       delivery.token = next_token_++;
     }
     if (!event.ok()) {
@@ -574,13 +582,13 @@ absl::StatusOr<std::vector<Delivery>> NatsSubscription::FetchUpTo(int max_events
 }
 
 void NatsSubscription::PutBack(uint64_t token, MsgPtr msg) {
-  absl::MutexLock lock(&held_mu_);
+  std::lock_guard lock(held_mu_);
   held_[token] = std::move(msg);
 }
 
 absl::StatusOr<MsgPtr> NatsSubscription::Take(const Delivery& delivery, absl::string_view op) {
   if (closed_) return Closed();
-  absl::MutexLock lock(&held_mu_);
+  std::lock_guard lock(held_mu_);
   auto it = held_.find(delivery.token);
   if (it == held_.end()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -621,7 +629,7 @@ absl::Status NatsSubscription::Nack(const Delivery& delivery, absl::Duration del
 
 absl::Status NatsSubscription::Extend(const Delivery& delivery) {
   if (closed_) return Closed();
-  absl::MutexLock lock(&held_mu_);
+  std::lock_guard lock(held_mu_);
   auto it = held_.find(delivery.token);
   if (it == held_.end()) {
     return absl::FailedPreconditionError(
@@ -670,9 +678,10 @@ void NatsSubscription::SettleAsync(const Delivery& delivery, bool ack, absl::Dur
     return;
   }
   {
-    absl::MutexLock lock(&settle_mu_);
+    std::lock_guard lock(settle_mu_);
     if (!settle_stop_) {
       settle_queue_.push_back(std::move(done));
+      settle_cv_.notify_one();
       return;
     }
   }
@@ -685,11 +694,8 @@ void NatsSubscription::SettleLoop() {
   for (;;) {
     std::vector<SettleCallback> batch;
     {
-      absl::MutexLock lock(&settle_mu_);
-      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(settle_mu_) {
-        return settle_stop_ || !settle_queue_.empty();
-      };
-      settle_mu_.Await(absl::Condition(&ready));
+      std::unique_lock lock(settle_mu_);
+      settle_cv_.wait(lock, [this] { return settle_stop_ || !settle_queue_.empty(); });
       if (settle_queue_.empty()) return;  // stopping, nothing left
       batch.swap(settle_queue_);
     }
@@ -708,14 +714,15 @@ absl::Status NatsSubscription::Close() {
   if (closed_.exchange(true)) return absl::OkStatus();
   {
     // Settles queued before Close still complete: the settler drains the queue, then exits.
-    absl::MutexLock lock(&settle_mu_);
+    std::lock_guard lock(settle_mu_);
     settle_stop_ = true;
+    settle_cv_.notify_one();
   }
   if (settler_.joinable()) settler_.join();
-  absl::MutexLock fetch_lock(&fetch_mu_);
+  std::lock_guard fetch_lock(fetch_mu_);
   absl::flat_hash_map<uint64_t, MsgPtr> held;
   {
-    absl::MutexLock lock(&held_mu_);
+    std::lock_guard lock(held_mu_);
     held.swap(held_);
   }
   // What this consumer still holds goes back to the group at once, not after AckWait.
