@@ -21,6 +21,8 @@ fi
 
 jobs=$(nproc)
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+# Paths under the checkout are hashed relative to it, so another clone hits the same cache.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"
 
 passed=0
 failed=0
