@@ -388,11 +388,13 @@ std::vector<std::string> JqWorkerPool::CandidatePaths(const JqWorkerPoolOptions&
   return paths;
 }
 
+// The sanitizers reserve terabytes of address space at start-up: under an RLIMIT_AS a worker
+// built with ASan or TSan cannot start at all.
 bool JqWorkerPool::MemoryLimitEnforced() {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   return false;
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
   return false;
 #else
   return true;
