@@ -279,7 +279,6 @@ class Executor::Impl {
     Delivery delivery;
     // Set by dispatch once the request parsed.
     std::shared_ptr<const TaskRequest> request;
-    TaskHandler* handler = nullptr;
     std::string type;  // the metrics label
     RetryPolicy retry;
     absl::Duration timeout;
@@ -525,7 +524,6 @@ class Executor::Impl {
       return;
     }
 
-    task->handler = handler;
     task->retry = policy->retry;
     task->timeout = policy->timeout;
     task->started = start;
