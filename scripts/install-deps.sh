@@ -13,12 +13,17 @@ PACKAGES=(
   # executor and service
   libcurl4-openssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
   libjq-dev libcpp-httplib-dev libssl-dev libboost-dev
+  # the PostgreSQL task store (libpq) and the `eventbus` CLI (CLI11)
+  libpq-dev libcli11-dev
   # the system CA store that HTTPS `call` tasks verify against; `openssl` makes the test CA
   ca-certificates openssl
   # tests and benchmarks; clang + its runtime for the libFuzzer targets (tests/fuzz)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   # servers and foreign clients the tests use
   redis-server redis-tools nats-server kcat openjdk-17-jre-headless maven python3 curl
+  postgresql
+  # the dashboard's browser test (ctest label `browser`): headless chromium and its driver
+  chromium chromium-driver
   # bench/run.py's chart (bench/plot.py)
   python3-matplotlib
 )
