@@ -320,4 +320,29 @@ absl::Status KafkaClient::Ping(absl::Duration timeout) {
   return absl::OkStatus();
 }
 
+KafkaRecord RecordOf(const rd_kafka_message_t* message) {
+  KafkaRecord record;
+  if (message->key != nullptr) {
+    record.key.emplace(static_cast<const char*>(message->key), message->key_len);
+  }
+  if (message->payload != nullptr) {
+    record.value.assign(static_cast<const char*>(message->payload), message->len);
+  }
+  rd_kafka_headers_t* headers = nullptr;
+  // The headers stay owned by the message.
+  if (rd_kafka_message_headers(message, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    const char* name = nullptr;
+    const void* value = nullptr;
+    size_t size = 0;
+    for (size_t i = 0;
+         rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
+         ++i) {
+      record.headers.emplace_back(
+          name, value != nullptr ? std::string(static_cast<const char*>(value), size)
+                                 : std::string());
+    }
+  }
+  return record;
+}
+
 }  // namespace eventbus::kafka

@@ -77,6 +77,9 @@ class KafkaClient {
   absl::flat_hash_set<std::string> topics_ ABSL_GUARDED_BY(topics_mu_);
 };
 
+// The record a consumed message carries (key, value, headers in wire order).
+KafkaRecord RecordOf(const rd_kafka_message_t* message);
+
 // "partition:offset", the Delivery/PublishReceipt id of a record.
 std::string RecordId(int32_t partition, int64_t offset);
 

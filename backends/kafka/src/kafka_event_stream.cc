@@ -9,6 +9,7 @@
 #include "eventbus/clock.h"
 #include "eventbus/status_macros.h"
 #include "kafka_client.h"
+#include "kafka_inspector.h"
 #include "kafka_subscription.h"
 #include "wire_format.h"
 
@@ -20,7 +21,8 @@ constexpr absl::string_view kOwnOptionPrefix = "eventbus.";
 
 class KafkaEventStream final : public EventStream {
  public:
-  explicit KafkaEventStream(std::shared_ptr<KafkaClient> client) : client_(std::move(client)) {}
+  explicit KafkaEventStream(std::shared_ptr<KafkaClient> client)
+      : client_(std::move(client)), inspector_(NewKafkaInspector(client_)) {}
 
   absl::string_view backend_name() const override { return kBackendName; }
 
@@ -38,8 +40,11 @@ class KafkaEventStream final : public EventStream {
     caps.reclaim_from_other_consumers = false;
     caps.atomic_dead_letter = false;
     caps.max_event_bytes = options.max_event_bytes;
+    caps.inspection = true;
     return caps;
   }
+
+  StreamInspector* inspector() override { return inspector_.get(); }
 
   absl::Status Flush(absl::Duration timeout) override { return client_->Flush(timeout); }
 
@@ -64,6 +69,7 @@ class KafkaEventStream final : public EventStream {
 
  private:
   const std::shared_ptr<KafkaClient> client_;
+  const std::unique_ptr<StreamInspector> inspector_;
 };
 
 absl::Status BadOption(absl::string_view key, absl::string_view value, absl::string_view want) {

@@ -29,31 +29,6 @@ absl::Status Closed() {
   return absl::FailedPreconditionError("the Kafka subscription is closed");
 }
 
-KafkaRecord ToRecord(const rd_kafka_message_t* message) {
-  KafkaRecord record;
-  if (message->key != nullptr) {
-    record.key.emplace(static_cast<const char*>(message->key), message->key_len);
-  }
-  if (message->payload != nullptr) {
-    record.value.assign(static_cast<const char*>(message->payload), message->len);
-  }
-  rd_kafka_headers_t* headers = nullptr;
-  // The headers stay owned by the message.
-  if (rd_kafka_message_headers(message, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-    const char* name = nullptr;
-    const void* value = nullptr;
-    size_t size = 0;
-    for (size_t i = 0;
-         rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
-         ++i) {
-      record.headers.emplace_back(
-          name, value != nullptr ? std::string(static_cast<const char*>(value), size)
-                                 : std::string());
-    }
-  }
-  return record;
-}
-
 // A record's share of max_buffered_bytes.
 size_t RecordBytes(const KafkaRecord& record) {
   size_t bytes = record.value.size() + (record.key.has_value() ? record.key->size() : 0);
@@ -460,7 +435,7 @@ bool KafkaSubscription::OverBoundLocked() const {
 std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscription::HandleMessage(
     Consumer& consumer, const rd_kafka_message_t* message) {
   const absl::Time now = clock_->Now();
-  KafkaRecord record = ToRecord(message);
+  KafkaRecord record = RecordOf(message);
   Pending pending;
   pending.partition = {consumer.topic, message->partition};
   pending.offset = message->offset;

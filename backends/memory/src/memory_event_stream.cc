@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "eventbus/clock.h"
 #include "eventbus/status_macros.h"
+#include "eventbus/stream_inspector.h"
 
 namespace eventbus::memory {
 namespace {
@@ -320,6 +321,9 @@ struct Entry {
   absl::string_view encoded;     // EventCodec form, in the stream's EncodedLog
   std::unique_ptr<Event> fresh;  // null once delivered
   size_t bytes;                  // what the retention bound counts: encoded.size()
+  // Removed by StreamInspector::Delete: kept in place (sequence numbers stay contiguous) but
+  // never delivered or read again.
+  bool deleted = false;
 };
 
 // An event on its way into a stream, sized outside the lock. Not owned: AppendLocked swaps its
@@ -334,6 +338,7 @@ struct Stream {
   EncodedLog encoded;         // the entries' encoded events
   uint64_t next_seq = 1;
   size_t bytes = 0;
+  size_t deleted = 0;  // entries still in `entries` with Entry::deleted
   std::map<std::string, Group, std::less<>> groups;
   // Fetches of this stream wait here; only a change to this stream wakes them.
   std::condition_variable changed;
@@ -480,7 +485,9 @@ class State {
         if (batch.size() >= max_events) return false;
         if (pending.consumer == 0 || now - pending.last_touch < min_idle) return true;
         Entry* entry = m.stream->Find(seq);
-        if (entry != nullptr) LeaseLocked(options, m, seq, *entry, pending, now, batch);
+        if (entry != nullptr && !entry->deleted) {
+          LeaseLocked(options, m, seq, *entry, pending, now, batch);
+        }
         return true;
       });
     }
@@ -512,6 +519,140 @@ class State {
   void Wake(const Membership& m) {
     std::unique_lock lock(mu_);
     NotifyLocked(*m.stream, /*always=*/true);
+  }
+
+  // StreamInspector, over the same state. Streams are created by first use (publish or
+  // subscribe), so a stream that was only named exists, empty.
+  std::vector<std::string> ListStreams() {
+    std::unique_lock lock(mu_);
+    std::vector<std::string> names;
+    names.reserve(streams_.size());
+    for (const auto& [name, stream] : streams_) names.push_back(name);
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  absl::StatusOr<StreamInfo> Describe(absl::string_view name) {
+    std::string oldest_encoded;
+    StreamInfo info;
+    std::vector<std::pair<size_t, std::string>> oldest_pending;  // group index, encoded event
+    {
+      std::unique_lock lock(mu_);
+      auto it = streams_.find(name);
+      if (it == streams_.end()) {
+        return absl::NotFoundError(absl::StrCat("memory stream ", name, " does not exist"));
+      }
+      Stream& stream = it->second;
+      info.name = std::string(name);
+      info.length = static_cast<int64_t>(stream.entries.size() - stream.deleted);
+      // Entries removed by Delete are rare (a DLQ purge): skip them only when there are some.
+      auto live = [&](uint64_t seq) { return stream.deleted == 0 || !stream.Find(seq)->deleted; };
+      for (uint64_t seq = stream.first_seq(); seq < stream.next_seq; ++seq) {
+        if (live(seq)) {
+          info.first_id = absl::StrCat(seq);
+          break;
+        }
+      }
+      for (uint64_t seq = stream.next_seq; seq > stream.first_seq(); --seq) {
+        if (live(seq - 1)) {
+          info.last_id = absl::StrCat(seq - 1);
+          break;
+        }
+      }
+      for (auto& [group_name, group] : stream.groups) {
+        ConsumerGroupInfo& out = info.groups.emplace_back();
+        out.name = group_name;
+        for (const auto& [consumer, id] : group.consumer_ids) out.consumers.push_back(consumer);
+        std::sort(out.consumers.begin(), out.consumers.end());
+        out.pending = static_cast<int64_t>(group.pending.size());
+        const uint64_t from = std::max(group.next_seq, stream.first_seq());
+        int64_t lag = static_cast<int64_t>(stream.next_seq - from);
+        if (stream.deleted > 0) {
+          for (uint64_t seq = from; seq < stream.next_seq; ++seq) lag -= !live(seq);
+        }
+        out.lag = lag;
+        if (!group.pending.empty()) {
+          const Entry* entry = stream.Find(group.pending.first_seq());
+          if (entry != nullptr) {
+            oldest_pending.emplace_back(info.groups.size() - 1,
+                                        std::string(entry->encoded.data(), entry->encoded.size()));
+          }
+        }
+      }
+    }
+    for (auto& [index, encoded] : oldest_pending) {
+      Event event;
+      if (EventCodec::Decode(encoded, event)) {
+        info.groups[index].oldest_pending_published_at = EventTime(event);
+      }
+    }
+    return info;
+  }
+
+  // Memory cursors are the sequence number of the last event read ("0": before the first).
+  absl::StatusOr<ReadPage> Read(absl::string_view name, absl::string_view after_id,
+                                int max_events) {
+    uint64_t after = 0;
+    if (!after_id.empty() && !absl::SimpleAtoi(after_id, &after)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", after_id, "\" is not a memory stream cursor (a sequence number)"));
+    }
+    std::vector<std::pair<uint64_t, std::string>> encoded;
+    {
+      std::unique_lock lock(mu_);
+      auto it = streams_.find(name);
+      if (it == streams_.end()) {
+        return absl::NotFoundError(absl::StrCat("memory stream ", name, " does not exist"));
+      }
+      Stream& stream = it->second;
+      for (uint64_t seq = std::max(after + 1, stream.first_seq());
+           seq < stream.next_seq && static_cast<int>(encoded.size()) < max_events; ++seq) {
+        const Entry* entry = stream.Find(seq);
+        if (entry->deleted) continue;
+        encoded.emplace_back(seq, std::string(entry->encoded.data(), entry->encoded.size()));
+      }
+    }
+    ReadPage page;
+    page.events.resize(encoded.size());
+    for (size_t i = 0; i < encoded.size(); ++i) {
+      page.events[i].id = absl::StrCat(encoded[i].first);
+      // Cannot fail: AppendLocked encoded these bytes.
+      const bool decoded = EventCodec::Decode(encoded[i].second, page.events[i].event);
+      assert(decoded);
+      (void)decoded;
+    }
+    page.next_cursor = encoded.empty() ? absl::StrCat(after) : page.events.back().id;
+    return page;
+  }
+
+  absl::StatusOr<std::string> EndCursor(absl::string_view name) {
+    std::unique_lock lock(mu_);
+    auto it = streams_.find(name);
+    if (it == streams_.end()) {
+      return absl::NotFoundError(absl::StrCat("memory stream ", name, " does not exist"));
+    }
+    return absl::StrCat(it->second.next_seq - 1);
+  }
+
+  absl::StatusOr<int64_t> Delete(absl::string_view name, absl::Span<const std::string> ids) {
+    std::unique_lock lock(mu_);
+    auto it = streams_.find(name);
+    if (it == streams_.end()) return 0;
+    Stream& stream = it->second;
+    int64_t removed = 0;
+    for (const std::string& id : ids) {
+      uint64_t seq = 0;
+      if (!absl::SimpleAtoi(id, &seq)) continue;
+      Entry* entry = stream.Find(seq);
+      if (entry == nullptr || entry->deleted) continue;
+      entry->deleted = true;
+      entry->fresh.reset();
+      ++stream.deleted;
+      ++removed;
+      // A pending delivery of it settles: nobody can act on a removed event.
+      for (auto& [group_name, group] : stream.groups) group.pending.Erase(seq);
+    }
+    return removed;
   }
 
  private:
@@ -682,7 +823,7 @@ class State {
         continue;
       }
       Entry* entry = m.stream->Find(seq);
-      if (entry == nullptr) {
+      if (entry == nullptr || entry->deleted) {
         group.pending.Erase(seq);
         continue;
       }
@@ -697,6 +838,7 @@ class State {
     group.next_seq = std::max(group.next_seq, stream.first_seq());
     while (group.next_seq < stream.next_seq && out.size() < max_events) {
       const uint64_t seq = group.next_seq++;
+      if (stream.deleted > 0 && stream.Find(seq)->deleted) continue;
       Pending& pending = group.pending.Add(seq);
       LeaseLocked(options, m, seq, *stream.Find(seq), pending, now, out);
     }
@@ -723,8 +865,7 @@ class State {
       while (!stream.entries.empty() &&
              (stream.entries.size() + 1 > options_.max_stream_events ||
               stream.bytes + incoming_bytes > options_.max_stream_bytes)) {
-        stream.bytes -= stream.entries.front().bytes;
-        stream.entries.pop_front();
+        PopFrontLocked(stream);
       }
       return;
     }
@@ -733,10 +874,13 @@ class State {
       low = std::min(low, group.next_seq);
       if (!group.pending.empty()) low = std::min(low, group.pending.first_seq());
     }
-    while (!stream.entries.empty() && stream.entries.front().seq < low) {
-      stream.bytes -= stream.entries.front().bytes;
-      stream.entries.pop_front();
-    }
+    while (!stream.entries.empty() && stream.entries.front().seq < low) PopFrontLocked(stream);
+  }
+
+  static void PopFrontLocked(Stream& stream) {
+    stream.bytes -= stream.entries.front().bytes;
+    if (stream.entries.front().deleted) --stream.deleted;
+    stream.entries.pop_front();
   }
 
   Clock* const clock_;
@@ -805,10 +949,37 @@ class MemorySubscription final : public Subscription {
   std::atomic<bool> closed_{false};
 };
 
+class MemoryInspector final : public StreamInspector {
+ public:
+  explicit MemoryInspector(State* state) : state_(state) {}
+
+  absl::StatusOr<std::vector<std::string>> ListStreams() override {
+    return state_->ListStreams();
+  }
+  absl::StatusOr<StreamInfo> Describe(absl::string_view stream) override {
+    return state_->Describe(stream);
+  }
+  absl::StatusOr<ReadPage> Read(absl::string_view stream, absl::string_view cursor,
+                                int max_events) override {
+    if (max_events <= 0) return absl::InvalidArgumentError("max_events must be positive");
+    return state_->Read(stream, cursor, max_events);
+  }
+  absl::StatusOr<std::string> EndCursor(absl::string_view stream) override {
+    return state_->EndCursor(stream);
+  }
+  absl::StatusOr<int64_t> Delete(absl::string_view stream,
+                                 absl::Span<const std::string> ids) override {
+    return state_->Delete(stream, ids);
+  }
+
+ private:
+  State* state_;
+};
+
 class MemoryEventStream final : public EventStream {
  public:
   MemoryEventStream(Clock* clock, MemoryOptions options)
-      : state_(std::make_shared<State>(clock, options)) {}
+      : state_(std::make_shared<State>(clock, options)), inspector_(state_.get()) {}
 
   absl::string_view backend_name() const override { return kBackendName; }
   Capabilities capabilities() const override {
@@ -821,8 +992,10 @@ class MemoryEventStream final : public EventStream {
     caps.reclaim_from_other_consumers = true;
     caps.atomic_dead_letter = true;
     caps.max_event_bytes = size_t{64} << 20;
+    caps.inspection = true;
     return caps;
   }
+  StreamInspector* inspector() override { return &inspector_; }
   absl::Status Flush(absl::Duration) override { return absl::OkStatus(); }
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(const SubscribeOptions& options) override {
     EVENTBUS_RETURN_IF_ERROR(ValidateSubscribeOptions(options));
@@ -841,6 +1014,7 @@ class MemoryEventStream final : public EventStream {
 
  private:
   std::shared_ptr<State> state_;
+  MemoryInspector inspector_;
 };
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "eventbus/clock.h"
 #include "eventbus/status_macros.h"
 #include "nats_handles.h"
+#include "nats_inspector.h"
 #include "wire.h"
 
 namespace eventbus::nats {
@@ -163,6 +164,7 @@ class NatsEventStream final : public EventStream {
       }
       natsMsgList_Destroy(&pending);
     }
+    inspector_.reset();
     js_.reset();
     conn_.reset();
   }
@@ -214,6 +216,7 @@ class NatsEventStream final : public EventStream {
     jsCtx* js = nullptr;
     EVENTBUS_RETURN_IF_ERROR(ToStatus(natsConnection_JetStream(&js, nc, &jo), where));
     js_.reset(js);
+    inspector_ = NewNatsInspector(js);
     // Fails fast (FailedPrecondition) when the server runs without JetStream.
     jsAccountInfo* info = nullptr;
     jsErrCode code = jsErrCode(0);
@@ -245,8 +248,11 @@ class NatsEventStream final : public EventStream {
     caps.reclaim_from_other_consumers = false;
     caps.atomic_dead_letter = false;
     caps.max_event_bytes = max_event_bytes_;
+    caps.inspection = true;
     return caps;
   }
+
+  StreamInspector* inspector() override { return inspector_.get(); }
 
   absl::Status Flush(absl::Duration timeout) override {
     const absl::Time deadline = absl::Now() + timeout;
@@ -502,6 +508,7 @@ class NatsEventStream final : public EventStream {
   Clock* const clock_;
   ConnectionPtr conn_;
   JsCtxPtr js_;
+  std::unique_ptr<StreamInspector> inspector_;  // uses js_
   size_t max_event_bytes_ = 1 << 20;
 
   std::mutex streams_mu_;

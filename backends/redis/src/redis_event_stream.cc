@@ -17,6 +17,7 @@
 #include "eventbus/clock.h"
 #include "eventbus/status_macros.h"
 #include "lua_scripts.h"
+#include "redis_inspector.h"
 #include "redis_subscription.h"
 #include "wire.h"
 
@@ -31,7 +32,8 @@ class RedisEventStream final : public EventStream {
       : options_(std::move(options)),
         clock_(clock),
         admin_conn_(RedisConnection::Settings::From(options_)),
-        writer_conn_(RedisConnection::Settings::From(options_)) {}
+        writer_conn_(RedisConnection::Settings::From(options_)),
+        inspector_(NewRedisInspector(options_)) {}
 
   ~RedisEventStream() override {
     {
@@ -61,8 +63,11 @@ class RedisEventStream final : public EventStream {
     caps.reclaim_from_other_consumers = true;
     caps.atomic_dead_letter = true;
     caps.max_event_bytes = options_.max_event_bytes;
+    caps.inspection = true;
     return caps;
   }
+
+  StreamInspector* inspector() override { return inspector_.get(); }
 
   absl::Status Flush(absl::Duration timeout) override {
     absl::MutexLock lock(&queue_mu_);
@@ -215,6 +220,7 @@ class RedisEventStream final : public EventStream {
   RedisConnection admin_conn_ ABSL_GUARDED_BY(admin_mu_);
 
   RedisConnection writer_conn_;  // writer thread only
+  std::unique_ptr<StreamInspector> inspector_;
   absl::Mutex queue_mu_;
   std::deque<PendingPublish> queue_ ABSL_GUARDED_BY(queue_mu_);
   uint64_t enqueued_ ABSL_GUARDED_BY(queue_mu_) = 0;

@@ -17,6 +17,7 @@
 namespace eventbus {
 
 class Clock;
+class StreamInspector;
 
 // What a backend guarantees. The conformance suite runs a case only when the backend declares
 // what the case needs (as Watermill's Features do); declare only what the backend really keeps.
@@ -40,6 +41,8 @@ struct Capabilities {
   bool atomic_dead_letter = false;
   // The largest event (EventSizeBytes) Publish accepts.
   size_t max_event_bytes = 1 << 20;
+  // inspector() is not null (stream_inspector.h).
+  bool inspection = false;
 };
 
 // Header (CloudEvents extension) names a dead letter carries besides the original event.
@@ -182,6 +185,10 @@ class EventStream {
 
   // The clock this stream measures delays, leases and idle times with.
   virtual Clock* clock() const = 0;
+
+  // Reads streams and groups for operator tools (stream_inspector.h); null when the backend
+  // does not implement it. Owned by the stream, valid as long as it is.
+  virtual StreamInspector* inspector() { return nullptr; }
 
  protected:
   // Called with a normalized envelope; `done` is never null.
