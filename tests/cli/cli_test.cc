@@ -1,0 +1,460 @@
+// The `eventbus` CLI's commands against each backend (memory in-process, Redis against a real
+// redis-server), and its exit codes. The commands run through RunCli exactly as the binary runs
+// them; only the stream (memory lives in-process) and the clock are handed in.
+
+#include <cstdio>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "cli.h"
+#include "eventbus/clock.h"
+#include "eventbus/event_stream.h"
+#include "eventbus/memory/memory_event_stream.h"
+#include "eventbus/stream_inspector.h"
+#ifdef EVENTBUS_CLI_TEST_WITH_REDIS
+#include "eventbus/harness/redis_server.h"
+#include "eventbus/redis/redis_event_stream.h"
+#endif
+#ifdef EVENTBUS_CLI_TEST_WITH_KAFKA
+#include "eventbus/harness/kafka_broker.h"
+#include "eventbus/kafka/kafka_event_stream.h"
+#endif
+
+namespace eventbus::cli {
+namespace {
+
+using nlohmann::json;
+
+struct CliRun {
+  int code = -1;
+  std::string out;
+  std::string err;
+
+  std::vector<json> JsonLines() const {
+    std::vector<json> lines;
+    for (absl::string_view line : absl::StrSplit(out, '\n', absl::SkipEmpty())) {
+      lines.push_back(json::parse(line));
+    }
+    return lines;
+  }
+};
+
+// One backend under test: a stream the test uses directly and the CLI uses too.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual EventStream* stream() = 0;
+};
+
+class MemoryBackend final : public Backend {
+ public:
+  explicit MemoryBackend(Clock* clock) : stream_(memory::NewMemoryEventStream(clock)) {}
+  EventStream* stream() override { return stream_.get(); }
+
+ private:
+  std::unique_ptr<EventStream> stream_;
+};
+
+#ifdef EVENTBUS_CLI_TEST_WITH_REDIS
+class RedisBackend final : public Backend {
+ public:
+  RedisBackend() {
+    auto server = harness::RedisServer::Start();
+    EXPECT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    absl::StatusOr<BackendConfig> unused;
+    BackendConfig config;
+    config.url = server_->url();
+    config.clock = Clock::Real();
+    auto options = redis::RedisOptionsFromConfig(config);
+    EXPECT_TRUE(options.ok()) << options.status();
+    auto stream = redis::NewRedisEventStream(*options);
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    stream_ = std::move(*stream);
+  }
+  EventStream* stream() override { return stream_.get(); }
+
+ private:
+  std::unique_ptr<harness::RedisServer> server_;
+  std::unique_ptr<EventStream> stream_;
+};
+#endif
+
+#ifdef EVENTBUS_CLI_TEST_WITH_KAFKA
+// One broker for every Kafka case (a start takes seconds); each case uses its own topics.
+class KafkaBackend final : public Backend {
+ public:
+  KafkaBackend() {
+    static harness::KafkaBroker* broker = [] {
+      auto started = harness::KafkaBroker::Start();
+      EXPECT_TRUE(started.ok()) << started.status();
+      return started.ok() ? started->release() : nullptr;
+    }();
+    EXPECT_NE(broker, nullptr);
+    if (broker == nullptr) return;
+    kafka::KafkaOptions options;
+    options.brokers = broker->bootstrap();
+    // One partition: a DLQ's oldest records are then a prefix Kafka can delete.
+    options.partitions = 1;
+    auto stream = kafka::NewKafkaEventStream(options);
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    if (stream.ok()) stream_ = std::move(*stream);
+  }
+  EventStream* stream() override { return stream_.get(); }
+
+ private:
+  std::unique_ptr<EventStream> stream_;
+};
+#endif
+
+class CliTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    static int counter = 0;
+    orders_ = absl::StrCat("orders-", ++counter, "-", absl::ToUnixMicros(absl::Now()));
+    dlq_ = absl::StrCat(orders_, ".dlq");
+    if (GetParam() == "memory") backend_ = std::make_unique<MemoryBackend>(&clock_);
+#ifdef EVENTBUS_CLI_TEST_WITH_REDIS
+    if (GetParam() == "redis") backend_ = std::make_unique<RedisBackend>();
+#endif
+#ifdef EVENTBUS_CLI_TEST_WITH_KAFKA
+    if (GetParam() == "kafka") backend_ = std::make_unique<KafkaBackend>();
+#endif
+    ASSERT_NE(backend_, nullptr);
+    ASSERT_NE(stream()->inspector(), nullptr);
+    ASSERT_TRUE(stream()->capabilities().inspection);
+  }
+
+  EventStream* stream() { return backend_->stream(); }
+
+  CliRun Cli(std::vector<std::string> args, const std::string& stdin_text = "") {
+    std::ostringstream out, err;
+    std::istringstream in(stdin_text);
+    CliContext context;
+    context.out = &out;
+    context.err = &err;
+    context.in = &in;
+    context.stream = stream();
+    context.clock = &clock_;
+    context.sleep = [this](absl::Duration d) {
+      slept_ += d;
+      clock_.Advance(d);
+    };
+    args.insert(args.begin(), "eventbus");
+    std::vector<const char*> argv;
+    for (const std::string& arg : args) argv.push_back(arg.c_str());
+    CliRun run;
+    run.code = RunCli(static_cast<int>(argv.size()), argv.data(), context);
+    run.out = out.str();
+    run.err = err.str();
+    return run;
+  }
+
+  std::unique_ptr<Subscription> Join(const std::string& name, const std::string& consumer,
+                                     const std::string& group = "workers") {
+    auto sub = stream()->Subscribe(
+        SubscribeOptions{.stream = name, .group = group, .consumer = consumer});
+    EXPECT_TRUE(sub.ok()) << sub.status();
+    return std::move(*sub);
+  }
+
+  std::vector<Delivery> FetchAll(Subscription& sub, int want) {
+    std::vector<Delivery> all;
+    for (int i = 0; i < 100 && static_cast<int>(all.size()) < want; ++i) {
+      auto batch = sub.Fetch(want - static_cast<int>(all.size()), absl::Milliseconds(200));
+      EXPECT_TRUE(batch.ok()) << batch.status();
+      if (!batch.ok()) break;
+      for (Delivery& d : *batch) all.push_back(std::move(d));
+    }
+    return all;
+  }
+
+  // Publishes five events through the CLI (NDJSON on stdin), and leaves them: one acked, two
+  // dead-lettered with different reasons, two pending at consumer c1.
+  std::vector<Delivery> Populate(const std::string& name) {
+    std::string ndjson;
+    for (int i = 0; i < 5; ++i) {
+      absl::StrAppend(&ndjson, json{{"id", absl::StrCat("ev-", i)},
+                                    {"type", i < 4 ? "order.created" : "order.cancelled"},
+                                    {"key", absl::StrCat("k", i)},
+                                    {"data", {{"n", i}}}}.dump(),
+                      "\n");
+    }
+    CliRun published = Cli({"publish", "--stream", name, "--ndjson", "--file", "-"}, ndjson);
+    EXPECT_EQ(published.code, 0) << published.err;
+    EXPECT_NE(published.out.find("published 5 of 5"), std::string::npos) << published.out;
+
+    auto sub = Join(name, "c1");
+    std::vector<Delivery> got = FetchAll(*sub, 5);
+    EXPECT_EQ(got.size(), 5u);
+    if (got.size() != 5) return {};
+    EXPECT_TRUE(sub->Ack(got[0]).ok());
+    EXPECT_TRUE(sub->DeadLetter(got[1], "transient: HTTP 500 from upstream").ok());
+    EXPECT_TRUE(sub->DeadLetter(got[2], "invalid: missing field \"type\"").ok());
+    held_ = std::move(sub);  // c1 stays a member holding ev-3 and ev-4
+    return got;
+  }
+
+  bool kafka() const { return GetParam() == "kafka"; }
+
+  // Kafka shows a group once it committed, and tells no pending count: poll until it shows.
+  json StatsOf(const std::string& name) {
+    json report;
+    for (int i = 0; i < 100; ++i) {
+      CliRun run = Cli({"stats", name, "--json"});
+      EXPECT_EQ(run.code, 0) << run.err;
+      report = json::parse(run.out);
+      if (!report["streams"][0]["groups"].empty()) break;
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+    return report;
+  }
+
+  std::string orders_;
+  std::string dlq_;
+  ManualClock clock_;
+  absl::Duration slept_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Subscription> held_;
+};
+
+TEST_P(CliTest, StatsShowsLengthPendingLagAndConsumers) {
+  Populate(orders_);
+  json report = StatsOf(orders_);
+  ASSERT_EQ(report["streams"].size(), 1u);
+  const json& orders = report["streams"][0];
+  EXPECT_EQ(orders["stream"], orders_);
+  EXPECT_EQ(orders["length"], 5);
+  ASSERT_EQ(orders["groups"].size(), 1u);
+  const json& group = orders["groups"][0];
+  EXPECT_EQ(group["group"], "workers");
+  EXPECT_EQ(group["consumers"], json::array({"c1"}));
+  if (kafka()) {
+    // In-flight deliveries are the consumer's; lag counts from the committed offset (ev-0).
+    EXPECT_EQ(group["pending"], -1);
+    EXPECT_GE(group["lag"].get<int>(), 0);
+    EXPECT_LE(group["lag"].get<int>(), 4);
+  } else {
+    EXPECT_EQ(group["pending"], 2);
+    EXPECT_EQ(group["lag"], 0);
+    EXPECT_TRUE(group.contains("oldest_pending_age_seconds"));
+  }
+
+  // Without arguments every stream is listed, the dead-letter stream among them.
+  CliRun all = Cli({"stats"});
+  ASSERT_EQ(all.code, 0) << all.err;
+  EXPECT_NE(all.out.find(dlq_), std::string::npos) << all.out;
+  EXPECT_NE(all.out.find("PENDING"), std::string::npos) << all.out;
+}
+
+TEST_P(CliTest, DlqListFiltersByReasonAndType) {
+  Populate(orders_);
+  CliRun all = Cli({"dlq", "list", "--dlq", dlq_, "--json"});
+  ASSERT_EQ(all.code, 0) << all.err;
+  std::vector<json> letters = all.JsonLines();
+  ASSERT_EQ(letters.size(), 2u) << all.out;
+  EXPECT_EQ(letters[0]["id"], "ev-1");
+  EXPECT_EQ(letters[0]["headers"]["dlqreason"], "transient: HTTP 500 from upstream");
+  EXPECT_EQ(letters[0]["headers"]["dlqoriginstream"], orders_);
+  EXPECT_EQ(letters[0]["data"]["n"], 1);
+
+  CliRun invalid = Cli({"dlq", "list", "--dlq", dlq_, "--reason", "INVALID", "--json"});
+  ASSERT_EQ(invalid.code, 0) << invalid.err;
+  ASSERT_EQ(invalid.JsonLines().size(), 1u);
+  EXPECT_EQ(invalid.JsonLines()[0]["id"], "ev-2");
+
+  CliRun none = Cli({"dlq", "list", "--dlq", dlq_, "--type", "order.cancelled", "--json"});
+  ASSERT_EQ(none.code, 0) << none.err;
+  EXPECT_TRUE(none.JsonLines().empty());
+
+  CliRun shown = Cli({"dlq", "show", "--dlq", dlq_, "ev-2"});
+  ASSERT_EQ(shown.code, 0) << shown.err;
+  EXPECT_EQ(json::parse(shown.out)["headers"]["dlqreason"], "invalid: missing field \"type\"");
+  CliRun missing = Cli({"dlq", "show", "--dlq", dlq_, "no-such-event"});
+  EXPECT_EQ(missing.code, kExitFailure);
+}
+
+TEST_P(CliTest, RedrivePutsDeadLettersBackWithTheirIdsAndHistory) {
+  Populate(orders_);
+  CliRun dry = Cli({"dlq", "redrive", "--dlq", dlq_, "--reason", "HTTP 500", "--dry-run"});
+  ASSERT_EQ(dry.code, 0) << dry.err;
+  EXPECT_NE(dry.out.find("would redrive"), std::string::npos) << dry.out;
+  EXPECT_EQ(Cli({"dlq", "list", "--dlq", dlq_, "--json"}).JsonLines().size(), 2u);
+
+  CliRun redrive = Cli({"dlq", "redrive", "--dlq", dlq_, "--reason", "HTTP 500"});
+  ASSERT_EQ(redrive.code, 0) << redrive.err << redrive.out;
+  EXPECT_NE(redrive.out.find("redrove 1, refused 0, failed 0"), std::string::npos)
+      << redrive.out;
+  // Gone from the DLQ, the other one stays.
+  std::vector<json> left = Cli({"dlq", "list", "--dlq", dlq_, "--json"}).JsonLines();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0]["id"], "ev-2");
+
+  // A consumer of the origin stream gets it again, as a fresh delivery of the same event.
+  auto sub = Join(orders_, "v1", "verify");
+  std::vector<Delivery> all = FetchAll(*sub, 6);
+  ASSERT_EQ(all.size(), 6u);
+  std::vector<Delivery> again;
+  for (Delivery& d : all) {
+    if (d.event.headers().count("dlqredrives")) again.push_back(d);
+  }
+  ASSERT_EQ(again.size(), 1u);
+  const Event& event = again[0].event;
+  EXPECT_EQ(event.id(), "ev-1");
+  EXPECT_EQ(again[0].delivery_count, 1);
+  EXPECT_EQ(event.headers().count("dlqreason"), 0u);
+  EXPECT_EQ(event.headers().at("dlqredrives"), "1");
+  json history = json::parse(event.headers().at("dlqhistory"));
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_EQ(history[0]["reason"], "transient: HTTP 500 from upstream");
+  EXPECT_EQ(history[0]["stream"], orders_);
+
+  // It fails again: at --max-redrives 1 it is refused (exit 1) and stays in the DLQ.
+  ASSERT_TRUE(sub->DeadLetter(again[0], "transient: HTTP 500 again").ok());
+  CliRun loop = Cli({"dlq", "redrive", "--dlq", dlq_, "--id", "ev-1", "--max-redrives",
+                  "1"});
+  EXPECT_EQ(loop.code, kExitFailure);
+  EXPECT_NE(loop.err.find("redriven 1 times already"), std::string::npos) << loop.err;
+  EXPECT_EQ(Cli({"dlq", "list", "--dlq", dlq_, "--id", "ev-1", "--json"})
+                .JsonLines()
+                .size(),
+            1u);
+}
+
+TEST_P(CliTest, PurgeRemovesWhatTheFilterSelects) {
+  Populate(orders_);
+  // The older of the two (Kafka deletes only a partition's oldest records).
+  CliRun dry = Cli({"dlq", "purge", "--dlq", dlq_, "--reason", "http 500", "--dry-run"});
+  ASSERT_EQ(dry.code, 0) << dry.err;
+  EXPECT_NE(dry.out.find("would purge 1"), std::string::npos) << dry.out;
+  EXPECT_EQ(Cli({"dlq", "list", "--dlq", dlq_, "--json"}).JsonLines().size(), 2u);
+  CliRun purge = Cli({"dlq", "purge", "--dlq", dlq_, "--reason", "http 500"});
+  ASSERT_EQ(purge.code, 0) << purge.err;
+  EXPECT_NE(purge.out.find("purged 1"), std::string::npos) << purge.out;
+  std::vector<json> left = Cli({"dlq", "list", "--dlq", dlq_, "--json"}).JsonLines();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0]["id"], "ev-2");
+}
+
+TEST_P(CliTest, TailReadsWithoutJoiningAGroup) {
+  Populate(orders_);
+  CliRun tail = Cli({"tail", orders_, "--from-oldest", "--no-follow", "--json"});
+  ASSERT_EQ(tail.code, 0) << tail.err;
+  std::vector<json> events = tail.JsonLines();
+  ASSERT_EQ(events.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(events[i]["id"], absl::StrCat("ev-", i));
+  EXPECT_EQ(events[4]["type"], "order.cancelled");
+
+  CliRun counted = Cli({"tail", orders_, "--from-oldest", "--count", "2"});
+  ASSERT_EQ(counted.code, 0) << counted.err;
+  EXPECT_EQ(std::count(counted.out.begin(), counted.out.end(), '\n'), 2) << counted.out;
+
+  // From the end: only what comes after.
+  CliRun from_end = Cli({"tail", orders_, "--no-follow"});
+  ASSERT_EQ(from_end.code, 0) << from_end.err;
+  EXPECT_EQ(from_end.out, "");
+
+  // Tailing joined no group: still only "workers".
+  json report = StatsOf(orders_);
+  EXPECT_EQ(report["streams"][0]["groups"].size(), 1u);
+}
+
+TEST_P(CliTest, PublishesATaskRequestTheExecutorAccepts) {
+  CliRun run = Cli({"publish", "--task", "set", "--id", "t-1", "--input", R"({"value": 3})"});
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(run.out, "t-1\n");
+  auto page = stream()->inspector()->Read("io.flunq.task.requested", "", 10);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->events.size(), 1u);
+  json request = json::parse(page->events[0].event.data());
+  EXPECT_EQ(request["id"], "t-1");
+  EXPECT_EQ(request["type"], "set");
+  EXPECT_EQ(request["input"]["value"], 3);
+
+  // Bad input publishes nothing and is a usage error.
+  CliRun bad = Cli({"publish", "--task", "set", "--input", "{not json"});
+  EXPECT_EQ(bad.code, kExitUsage);
+  CliRun no_type = Cli({"publish", "--stream", orders_, "--data", "x"});
+  EXPECT_EQ(no_type.code, kExitUsage);
+  EXPECT_NE(no_type.err.find("--type"), std::string::npos) << no_type.err;
+  CliRun bad_line = Cli({"publish", "--stream", orders_, "--ndjson", "--file", "-"},
+                     "{\"type\":\"a\"}\n[1]\n");
+  EXPECT_EQ(bad_line.code, kExitUsage);
+  EXPECT_NE(bad_line.err.find("line 2"), std::string::npos) << bad_line.err;
+  auto orders = stream()->inspector()->Read(orders_, "", 10);
+  EXPECT_TRUE(absl::IsNotFound(orders.status()) || orders->events.empty());
+}
+
+TEST_P(CliTest, UsageErrorsExitWithTwo) {
+  EXPECT_EQ(Cli({}).code, kExitUsage);
+  EXPECT_EQ(Cli({"frobnicate"}).code, kExitUsage);
+  EXPECT_EQ(Cli({"dlq"}).code, kExitUsage);
+  EXPECT_EQ(Cli({"dlq", "list", "--since", "yesterday-ish"}).code, kExitUsage);
+  EXPECT_EQ(Cli({"tail"}).code, kExitUsage);
+  EXPECT_EQ(Cli({"--help"}).code, kExitOk);
+}
+
+std::vector<std::string> Backends() {
+  std::vector<std::string> names = {"memory"};
+#ifdef EVENTBUS_CLI_TEST_WITH_REDIS
+  names.push_back("redis");
+#endif
+#ifdef EVENTBUS_CLI_TEST_WITH_KAFKA
+  names.push_back("kafka");
+#endif
+  return names;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, CliTest, ::testing::ValuesIn(Backends()),
+                         [](const auto& info) { return info.param; });
+
+// --rate paces a redrive on the CLI's clock: 4 events at 2/s take 1.5 s.
+TEST(CliRedriveRate, PacesOnTheClock) {
+  ManualClock clock;
+  auto stream = memory::NewMemoryEventStream(&clock);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(stream->PublishAndWait("jobs", MakeEvent("job", "test")).ok());
+  }
+  auto sub = stream->Subscribe(SubscribeOptions{.stream = "jobs", .group = "g", .consumer = "c"});
+  ASSERT_TRUE(sub.ok());
+  auto got = (*sub)->Fetch(4, absl::Milliseconds(100));
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->size(), 4u);
+  for (const Delivery& d : *got) ASSERT_TRUE((*sub)->DeadLetter(d, "boom").ok());
+
+  std::ostringstream out, err;
+  std::istringstream in;
+  absl::Duration slept;
+  CliContext context{.out = &out, .err = &err, .in = &in, .stream = stream.get(),
+                     .clock = &clock,
+                     .sleep = [&](absl::Duration d) { slept += d; clock.Advance(d); }};
+  const char* argv[] = {"eventbus", "dlq", "redrive", "--dlq", "jobs.dlq", "--rate", "2"};
+  ASSERT_EQ(RunCli(7, argv, context), kExitOk) << err.str();
+  EXPECT_EQ(slept, absl::Milliseconds(1500));
+  EXPECT_NE(out.str().find("redrove 4"), std::string::npos) << out.str();
+}
+
+// The binary itself: configuration errors exit 2 with the setting named.
+TEST(CliBinary, BadBackendIsAUsageError) {
+  const std::string command =
+      absl::StrCat("EVENT_STREAM_TYPE=no-such-backend ", EVENTBUS_CLI_BINARY, " stats 2>&1");
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[256];
+  while (fgets(buffer, sizeof buffer, pipe) != nullptr) output += buffer;
+  const int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), kExitUsage) << output;
+  EXPECT_NE(output.find("no-such-backend"), std::string::npos) << output;
+}
+
+}  // namespace
+}  // namespace eventbus::cli
