@@ -45,13 +45,21 @@ if ! command -v node >/dev/null; then
   missing+=(nodejs npm)
 fi
 read -r -a missing <<< "${missing[*]}"
-if ((${#missing[@]} == 0)); then
-  exit 0
+if ((${#missing[@]} > 0)); then
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The dashboard's browser test (tests/browser) drives Debian's chromium with playwright-core,
+# pinned, from npm; kept out of the tree under the cache.
+browser_modules="${EVENTBUS_BROWSER_MODULES:-$HOME/.cache/eventbus/browser}"
+if [[ ! -f "$browser_modules/node_modules/playwright-core/package.json" ]]; then
+  echo "install-deps: installing playwright-core into $browser_modules"
+  mkdir -p "$browser_modules"
+  npm install --prefix "$browser_modules" --no-save --no-audit --no-fund --loglevel=error \
+    playwright-core@1.64.1 >/dev/null
+fi

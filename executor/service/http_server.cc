@@ -7,6 +7,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <exception>
 #include <limits>
 #include <map>
@@ -17,8 +18,10 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 
 namespace eventbus::executor::service {
 
@@ -35,9 +38,32 @@ HttpResponse JsonError(int status, absl::string_view message) {
   return response;
 }
 
+std::string QueryParam(absl::string_view query, absl::string_view name) {
+  for (absl::string_view pair : absl::StrSplit(query, '&')) {
+    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(pair, absl::MaxSplits('=', 1));
+    if (kv.first != name) continue;
+    std::string value;
+    for (size_t i = 0; i < kv.second.size(); ++i) {
+      const char c = kv.second[i];
+      int hex = 0;
+      if (c == '%' && i + 2 < kv.second.size() &&
+          absl::SimpleHexAtoi(kv.second.substr(i + 1, 2), &hex)) {
+        value.push_back(static_cast<char>(hex));
+        i += 2;
+      } else {
+        value.push_back(c == '+' ? ' ' : c);
+      }
+    }
+    return value;
+  }
+  return "";
+}
+
 namespace {
 
 constexpr size_t kMaxHeaderBytes = 16 * 1024;
+// A streamed response whose client reads slower than this many chunks behind is closed.
+constexpr size_t kMaxQueuedChunks = 256;
 // After an error reply to a request whose body we did not read, the rest of the body is read
 // and dropped before closing: closing a socket with unread input sends a RST, which can make
 // the client lose the reply it has not read yet.
@@ -105,6 +131,8 @@ struct HttpServerState {
 
 namespace {
 
+class SessionStream;
+
 // One connection. Everything runs on its strand; other threads reach it only by posting.
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -131,8 +159,18 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The server stops: an idle connection closes now, a busy one after its reply.
   void Shutdown() {
-    if (reading_ || draining_) Close();
+    if (reading_ || draining_ || streaming_) Close();
   }
+
+  // A chunk of a streamed response's body (from SessionStream::Send).
+  void StreamChunk(std::string chunk) {
+    if (closed_ || !streaming_) return;
+    if (chunks_.size() >= kMaxQueuedChunks) return Close();  // the client does not keep up
+    chunks_.push_back(std::move(chunk));
+    if (!writing_chunk_) WriteNextChunk();
+  }
+
+  void Close();
 
   void Reply(uint64_t seq, HttpResponse response) {
     if (closed_ || !awaiting_ || seq != seq_) return;
@@ -163,7 +201,9 @@ class Session : public std::enable_shared_from_this<Session> {
     request_ = HttpRequest{};
     request_.method = std::string(header.method_string());
     const beast::string_view target = header.target();
-    request_.path = std::string(target.substr(0, target.find('?')));
+    const size_t question = target.find('?');
+    request_.path = std::string(target.substr(0, question));
+    if (question != beast::string_view::npos) request_.query = std::string(target.substr(question + 1));
     request_.content_type = std::string(header[http::field::content_type]);
     request_.authorization = std::string(header[http::field::authorization]);
     keep_alive_ = header.keep_alive();
@@ -283,7 +323,35 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
+  // The header of a streamed response, written by hand: no Content-Length, Connection: close,
+  // so the body is whatever follows until the connection closes.
+  void StartStream(HttpResponse response);
+
+  void WriteNextChunk() {
+    writing_chunk_ = true;
+    stream_.expires_after(Chrono(server_->options.io_timeout));
+    net::async_write(stream_, net::buffer(chunks_.front()),
+                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                       self->writing_chunk_ = false;
+                       if (ec) return self->Close();
+                       self->chunks_.pop_front();
+                       self->stream_.expires_never();
+                       if (!self->chunks_.empty()) self->WriteNextChunk();
+                     });
+  }
+
+  // While streaming, any input or error from the client ends it (a closed tab, a reset).
+  void WatchStreamClient() {
+    drain_buffer_ = std::make_unique<std::array<char, 16384>>();
+    stream_.socket().async_read_some(net::buffer(*drain_buffer_),
+                                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                                       if (ec) return self->Close();
+                                       self->WatchStreamClient();
+                                     });
+  }
+
   void Write(HttpResponse response, bool drain) {
+    if (response.on_open) return StartStream(std::move(response));
     const bool keep_alive = keep_alive_ && !drain && !server_->stopping;
     response_.emplace(static_cast<http::status>(response.status), 11);
     response_->set(http::field::content_type, response.content_type);
@@ -321,15 +389,6 @@ class Session : public std::enable_shared_from_this<Session> {
                             });
   }
 
-  void Close() {
-    if (closed_) return;
-    closed_ = true;
-    awaiting_ = false;
-    response_timer_.cancel();
-    beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    stream_.close();
-  }
 
   HttpServerState* const server_;
   beast::tcp_stream stream_;
@@ -349,7 +408,88 @@ class Session : public std::enable_shared_from_this<Session> {
   bool awaiting_ = false;  // the handler has the request
   bool draining_ = false;
   bool closed_ = false;
+  // Streamed responses.
+  bool streaming_ = false;
+  bool writing_chunk_ = false;
+  std::string stream_header_;
+  std::deque<std::string> chunks_;
+  std::shared_ptr<SessionStream> stream_handle_;
 };
+
+class SessionStream final : public HttpStream {
+ public:
+  SessionStream(std::weak_ptr<Session> session, std::shared_ptr<Gate> gate)
+      : session_(std::move(session)), gate_(std::move(gate)) {}
+
+  bool Send(std::string chunk) override {
+    if (!open_) return false;
+    std::lock_guard lock(gate_->mu);
+    std::shared_ptr<Session> session = session_.lock();
+    if (!gate_->open || session == nullptr) {
+      open_ = false;
+      return false;
+    }
+    net::post(session->executor(),
+              [session, chunk = std::move(chunk)]() mutable { session->StreamChunk(std::move(chunk)); });
+    return open_;
+  }
+
+  void End() override {
+    open_ = false;
+    std::lock_guard lock(gate_->mu);
+    std::shared_ptr<Session> session = session_.lock();
+    if (gate_->open && session != nullptr) net::post(session->executor(), [session] { session->Close(); });
+  }
+
+  bool open() const override { return open_; }
+  void MarkClosed() { open_ = false; }
+
+ private:
+  std::weak_ptr<Session> session_;
+  std::shared_ptr<Gate> gate_;
+  std::atomic<bool> open_{true};
+};
+
+void Session::Close() {
+  if (closed_) return;
+  closed_ = true;
+  awaiting_ = false;
+  streaming_ = false;
+  if (stream_handle_ != nullptr) stream_handle_->MarkClosed();
+  response_timer_.cancel();
+  beast::error_code ignored;
+  stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  stream_.close();
+}
+
+void Session::StartStream(HttpResponse response) {
+  stream_header_ = absl::StrCat("HTTP/1.1 ", response.status, " ",
+                                std::string(http::obsolete_reason(
+                                    static_cast<http::status>(response.status))),
+                                "\r\nContent-Type: ", response.content_type,
+                                "\r\nCache-Control: no-cache\r\nConnection: close\r\n");
+  for (const auto& [name, value] : response.headers) {
+    absl::StrAppend(&stream_header_, name, ": ", value, "\r\n");
+  }
+  absl::StrAppend(&stream_header_, "\r\n");
+  keep_alive_ = false;
+  streaming_ = true;
+  stream_handle_ = std::make_shared<SessionStream>(weak_from_this(), server_->gate);
+  auto on_open = std::move(response.on_open);
+  stream_.expires_after(Chrono(server_->options.io_timeout));
+  net::async_write(stream_, net::buffer(stream_header_),
+                   [self = shared_from_this(), on_open = std::move(on_open)](beast::error_code ec,
+                                                                             size_t) {
+                     if (ec) return self->Close();
+                     self->stream_.expires_never();
+                     self->WatchStreamClient();
+                     try {
+                       on_open(self->stream_handle_);
+                     } catch (const std::exception&) {
+                       self->Close();
+                     }
+                   });
+}
 
 }  // namespace
 

@@ -24,9 +24,23 @@ struct HttpServerState;  // http_server.cc
 struct HttpRequest {
   std::string method;  // "GET", "POST", ...
   std::string path;    // the target without its query string
+  std::string query;   // what follows '?' in the target, still percent-encoded
   std::string content_type;
   std::string authorization;
   std::string body;  // empty until the body is read (admission checks see only the header)
+};
+
+// The body of a streamed response (Server-Sent Events), written as it is produced.
+// Thread-safe; keep it only as long as open() is true.
+class HttpStream {
+ public:
+  virtual ~HttpStream() = default;
+  // Queues `chunk` for the client. False once the client is gone, the server stops, or the
+  // client reads too slowly (the connection is closed then): stop producing.
+  virtual bool Send(std::string chunk) = 0;
+  // Ends the response; the connection closes.
+  virtual void End() = 0;
+  virtual bool open() const = 0;
 };
 
 struct HttpResponse {
@@ -34,7 +48,14 @@ struct HttpResponse {
   std::string content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;  // extra headers
+  // Set for a streamed response: the status and headers go out without a Content-Length and
+  // with Connection: close, `body` is ignored, and `on_open` is called once (on a server
+  // thread: it must not block) with the stream that carries the body.
+  std::function<void(std::shared_ptr<HttpStream>)> on_open;
 };
+
+// The percent-decoded value of `name` in a query string ("a=1&b=x%20y"); empty when absent.
+std::string QueryParam(absl::string_view query, absl::string_view name);
 
 // A JSON response {"error": message}.
 HttpResponse JsonError(int status, absl::string_view message);

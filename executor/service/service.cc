@@ -165,7 +165,7 @@ absl::Status Service::Start() {
   }
   executor_ = std::make_unique<Executor>(
       stream_.get(), &handlers_, options,
-      ExecutorDependencies{.metrics = &metrics_,
+      ExecutorDependencies{.metrics = &dashboard_metrics_,
                            .random = nullptr,
                            .log = [this](const TaskLogRecord& record) { log_->WriteTask(record); }});
 
@@ -175,6 +175,19 @@ absl::Status Service::Start() {
   http_options.max_connections = config_.http_max_connections;
   http_options.response_timeout = kPublishTimeout;
   readiness_ = std::make_unique<ReadinessProbe>(stream_.get());
+  dashboard_ = std::make_unique<Dashboard>(
+      DashboardOptions{.instance = options.consumer_name.empty() ? "this executor"
+                                                                 : options.consumer_name,
+                       .backend = config_.stream_type,
+                       .request_stream = options.request_stream,
+                       .result_stream = options.result_stream,
+                       .dead_letter_stream = options.dead_letter_stream.empty()
+                                                 ? absl::StrCat(options.request_stream,
+                                                                kDlqStreamSuffix)
+                                                 : options.dead_letter_stream,
+                       .concurrency = options.concurrency},
+      stream_.get(), executor_.get(), &dashboard_metrics_,
+      [this] { return stream_->Ping(absl::Seconds(1)).ok(); });
   http_ = std::make_unique<HttpServer>(http_options);
   InstallRoutes();
   EVENTBUS_RETURN_IF_ERROR(http_->Start());
@@ -203,7 +216,8 @@ void Service::Stop() {
   if (stopped_) return;
   stopped_ = true;
   log_->Write(LogLevel::kInfo, "shutting down");
-  // New tasks are refused first; then the executor drains.
+  // Live dashboard streams end first, then new tasks are refused; then the executor drains.
+  if (dashboard_ != nullptr) dashboard_->Stop();
   if (http_ != nullptr) http_->Stop();
   readiness_.reset();
   if (executor_ != nullptr) executor_->Shutdown();
@@ -444,6 +458,7 @@ void Service::InstallRoutes() {
                [this](HttpRequest&& request, HttpResponder respond) {
                  HandleSubmit(std::move(request), std::move(respond));
                });
+  dashboard_->AddRoutes(*http_);
   http_->Route("POST", "/v1/tasks:batch",
                {.max_body_bytes = kMaxBatchBytes},
                [this](HttpRequest&& request, HttpResponder respond) {

@@ -17,6 +17,7 @@
 #include "eventbus/executor/handler.h"
 #include "eventbus/registry.h"
 #include "json_log.h"
+#include "dashboard.h"
 #include "prometheus_metrics.h"
 
 namespace eventbus::executor::service {
@@ -70,11 +71,13 @@ class Service {
   Environment env_;
   JsonLog* log_;
   PrometheusMetrics metrics_;
+  DashboardMetrics dashboard_metrics_{&metrics_};  // counts for the dashboard, then metrics_
   std::unique_ptr<EventStream> stream_;
   HandlerRegistry handlers_;
   std::unique_ptr<Executor> executor_;
   std::array<unsigned char, 32> token_digest_{};  // SHA-256 of EXECUTOR_API_TOKEN
   std::unique_ptr<ReadinessProbe> readiness_;
+  std::unique_ptr<Dashboard> dashboard_;
   std::unique_ptr<HttpServer> http_;
   int http_port_ = 0;
   bool stopped_ = false;

@@ -1,0 +1,301 @@
+// The dashboard: one snapshot a second over Server-Sent Events (/v1/dashboard/events), plus
+// the DLQ, task and schedule panels read on demand from the JSON API. No framework, no build
+// step: this file is embedded in eventbus-executor as is.
+"use strict";
+
+const state = {
+  token: sessionStorage.getItem("eventbus-token") || "",
+  throughput: [],  // tasks/s per snapshot
+  latency: [],     // [p50, p99] ms per snapshot
+  lastTotals: null,
+  lastTime: null,
+  dlqStream: "",
+};
+
+const $ = (id) => document.getElementById(id);
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  if (state.token) h["Authorization"] = "Bearer " + state.token;
+  return h;
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, { method, headers: headers(),
+                                       body: body === undefined ? undefined : JSON.stringify(body) });
+  if (response.status === 401) {
+    $("token-form").hidden = false;
+    throw new Error("the API needs a token");
+  }
+  const text = await response.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch (e) { json = null; }
+  if (!response.ok) throw new Error((json && json.error) || text || response.statusText);
+  return json;
+}
+
+function text(element, value) { element.textContent = value; }
+
+function cell(row, value, className) {
+  const td = document.createElement("td");
+  td.textContent = value === undefined || value === null ? "-" : String(value);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function age(seconds) {
+  if (seconds === undefined || seconds === null) return "-";
+  if (seconds < 90) return Math.round(seconds) + "s";
+  if (seconds < 5400) return Math.round(seconds / 60) + "m";
+  return Math.round(seconds / 3600) + "h";
+}
+
+// ---- the live snapshot ----
+
+function renderStreams(streams) {
+  const body = $("stream-table").tBodies[0];
+  body.replaceChildren();
+  for (const stream of streams || []) {
+    const groups = stream.groups.length ? stream.groups : [null];
+    for (const group of groups) {
+      const row = body.insertRow();
+      cell(row, stream.stream);
+      cell(row, stream.length);
+      cell(row, group ? group.group : "-");
+      cell(row, group ? group.consumers.length : "-");
+      cell(row, group ? (group.pending < 0 ? "?" : group.pending) : "-");
+      cell(row, group ? (group.lag < 0 ? "?" : group.lag) : "-");
+      cell(row, group ? age(group.oldest_pending_age_seconds) : "-");
+    }
+  }
+}
+
+function renderTaskStats(stats) {
+  const body = $("queue-table").tBodies[0];
+  if (!stats || !Array.isArray(stats.types)) return;
+  body.replaceChildren();
+  for (const t of stats.types) {
+    const row = body.insertRow();
+    row.dataset.type = t.type;
+    cell(row, t.type);
+    for (const s of ["scheduled", "queued", "running", "succeeded", "failed", "dead_lettered",
+                     "cancelled"]) {
+      cell(row, (t.counts && t.counts[s]) || 0, "count-" + s);
+    }
+    cell(row, age(t.oldest_queued_age_seconds));
+  }
+  if (!stats.types.length) {
+    const row = body.insertRow();
+    cell(row, "no tasks yet", "muted").colSpan = 9;
+  }
+}
+
+function renderSnapshot(snapshot) {
+  const instance = snapshot.instance || {};
+  text($("instance"), `${instance.name || "?"} · ${instance.backend || "?"} · ` +
+       (instance.ready ? "ready" : "NOT READY") +
+       (instance.stuck_workers ? ` · ${instance.stuck_workers} stuck workers` : ""));
+  const totals = snapshot.totals || {};
+  text($("total-succeeded"), totals.succeeded || 0);
+  text($("total-failed"), totals.failed || 0);
+  text($("total-dead-lettered"), totals.dead_lettered || 0);
+  text($("total-retried"), totals.retried || 0);
+  text($("in-flight"), instance.in_flight || 0);
+  text($("running"), instance.running || 0);
+  renderStreams(snapshot.streams);
+  renderTaskStats(snapshot.tasks);
+
+  const now = Date.parse(snapshot.time);
+  if (state.lastTotals && now > state.lastTime) {
+    const done = (totals.succeeded || 0) + (totals.failed || 0) -
+                 (state.lastTotals.succeeded || 0) - (state.lastTotals.failed || 0);
+    state.throughput.push(done / ((now - state.lastTime) / 1000));
+  }
+  state.lastTotals = totals;
+  state.lastTime = now;
+  const latency = snapshot.latency_ms || {};
+  state.latency.push([latency.p50 || 0, latency.p99 || 0]);
+  for (const series of [state.throughput, state.latency]) {
+    while (series.length > 120) series.shift();
+  }
+  drawChart($("throughput"), [state.throughput]);
+  drawChart($("latency"), [state.latency.map((p) => p[0]), state.latency.map((p) => p[1])]);
+}
+
+function drawChart(canvas, seriesList) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  let max = 1;
+  for (const s of seriesList) for (const v of s) max = Math.max(max, v);
+  ctx.fillStyle = "#6e6e73";
+  ctx.font = "11px system-ui";
+  ctx.fillText(max.toFixed(max < 10 ? 1 : 0), 4, 12);
+  const colors = ["#0a66c2", "#c62828"];
+  seriesList.forEach((series, i) => {
+    ctx.strokeStyle = colors[i % colors.length];
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    series.forEach((v, x) => {
+      const px = (x / 119) * (w - 8) + 4;
+      const py = h - 4 - (v / max) * (h - 20);
+      if (x === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+    });
+    ctx.stroke();
+  });
+}
+
+// Server-Sent Events through fetch, so the API token can travel in a header (EventSource
+// cannot set one). Reconnects after a second when the stream ends.
+async function follow() {
+  for (;;) {
+    try {
+      const response = await fetch("/v1/dashboard/events", { headers: headers() });
+      if (response.status === 401) {
+        $("token-form").hidden = false;
+        setLive(false);
+        return;
+      }
+      if (!response.ok || !response.body) throw new Error(response.statusText);
+      setLive(true);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const message = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = message.split("\n").filter((l) => l.startsWith("data:"))
+                              .map((l) => l.slice(5).trimStart()).join("\n");
+          if (data) renderSnapshot(JSON.parse(data));
+        }
+      }
+    } catch (e) {
+      console.warn("live updates:", e);
+    }
+    setLive(false);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+function setLive(on) {
+  const badge = $("live");
+  badge.className = "badge " + (on ? "on" : "off");
+  text(badge, on ? "live" : "offline");
+}
+
+// ---- dead letters ----
+
+function dlqQuery() {
+  const params = new URLSearchParams();
+  if (state.dlqStream) params.set("stream", state.dlqStream);
+  const reason = $("dlq-reason").value.trim();
+  if (reason) params.set("reason", reason);
+  return params;
+}
+
+async function loadDlq() {
+  try {
+    const result = await api("GET", "/v1/dlq?" + dlqQuery().toString());
+    state.dlqStream = result.stream;
+    if (!$("dlq-stream").value) $("dlq-stream").value = result.stream;
+    const body = $("dlq-table").tBodies[0];
+    body.replaceChildren();
+    for (const letter of result.dead_letters) {
+      const row = body.insertRow();
+      row.dataset.id = letter.event.id;
+      row.dataset.task = letter.event.subject || "";
+      cell(row, letter.event.subject || letter.event.id);
+      cell(row, letter.event.time);
+      cell(row, letter.event.type);
+      cell(row, letter.event.headers.dlqreason, "reason");
+      cell(row, letter.event.headers.dlqdeliverycount);
+      const button = document.createElement("button");
+      button.textContent = "Redrive";
+      button.className = "redrive";
+      button.addEventListener("click", () => redrive({ ids: [letter.stream_id] }));
+      row.insertCell().appendChild(button);
+    }
+    text($("dlq-count"), `(${result.dead_letters.length})`);
+  } catch (e) {
+    text($("dlq-message"), String(e.message || e));
+  }
+}
+
+async function redrive(selection) {
+  try {
+    const body = Object.assign({ stream: state.dlqStream }, selection);
+    const result = await api("POST", "/v1/dlq:redrive", body);
+    text($("dlq-message"), `redrove ${result.redriven}, refused ${result.refused.length}, ` +
+                           `failed ${result.failed}`);
+  } catch (e) {
+    text($("dlq-message"), String(e.message || e));
+  }
+  await loadDlq();
+}
+
+// ---- task detail and schedules ----
+
+async function showTask(id) {
+  try {
+    const task = await api("GET", "/v1/tasks/" + encodeURIComponent(id));
+    text($("task-detail"), JSON.stringify(task, null, 2));
+    $("task-detail").className = "";
+  } catch (e) {
+    text($("task-detail"), String(e.message || e));
+    $("task-detail").className = "muted";
+  }
+}
+
+async function loadSchedules() {
+  try {
+    const result = await api("GET", "/v1/schedules");
+    const body = $("schedule-table").tBodies[0];
+    body.replaceChildren();
+    for (const s of result.schedules || []) {
+      const row = body.insertRow();
+      cell(row, s.id);
+      cell(row, s.type);
+      cell(row, s.cron || s.interval);
+      cell(row, s.next_run_at);
+      cell(row, s.last_run_at);
+    }
+  } catch (e) {
+    // No task store, or the store offers no schedules: the panel says "none".
+  }
+}
+
+$("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.token = $("token").value;
+  sessionStorage.setItem("eventbus-token", state.token);
+  $("token-form").hidden = true;
+  follow();
+  loadDlq();
+  loadSchedules();
+});
+$("dlq-filter").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.dlqStream = $("dlq-stream").value.trim();
+  loadDlq();
+});
+$("redrive-filtered").addEventListener("click", () => {
+  const reason = $("dlq-reason").value.trim();
+  redrive(reason ? { reason } : { all: true });
+});
+$("task-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const id = $("task-id").value.trim();
+  if (id) showTask(id);
+});
+
+follow();
+loadDlq();
+loadSchedules();
+setInterval(loadDlq, 3000);
+setInterval(loadSchedules, 10000);

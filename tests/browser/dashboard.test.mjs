@@ -1,0 +1,175 @@
+// The dashboard in a real browser (ctest label `browser`): Debian's chromium, headless, driven
+// by playwright-core. Starts eventbus-executor (memory backend) and a local HTTP endpoint the
+// `call` tasks hit; checks that the page goes live, that its numbers move when tasks run, that
+// a dead letter appears with its reason, and that redriving it from the page makes it complete.
+//
+//   node dashboard.test.mjs --executor PATH [--screenshot PATH]
+// EVENTBUS_BROWSER_MODULES names the folder holding node_modules/playwright-core
+// (scripts/install-deps.sh installs it under ~/.cache/eventbus/browser).
+
+import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import { createRequire } from "node:module";
+import { once } from "node:events";
+import assert from "node:assert/strict";
+import os from "node:os";
+import path from "node:path";
+
+const args = process.argv.slice(2);
+const argValue = (name) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const executorPath = argValue("--executor");
+const screenshotPath = argValue("--screenshot");
+assert.ok(executorPath, "--executor PATH is required");
+const modules = process.env.EVENTBUS_BROWSER_MODULES ||
+                path.join(os.homedir(), ".cache/eventbus/browser");
+const require = createRequire(path.join(modules, "node_modules/"));
+const { chromium } = require("playwright-core");
+
+const log = (...m) => console.log("[browser-test]", ...m);
+
+// The endpoint `call` tasks hit: /ok answers 200; /flaky answers 503 until `healed`.
+let healed = false;
+const hits = { ok: 0, flaky: 0 };
+const endpoint = createServer((req, res) => {
+  const route = req.url.startsWith("/flaky") ? "flaky" : "ok";
+  hits[route]++;
+  req.resume();
+  if (route === "flaky" && !healed) {
+    res.writeHead(503, { "Content-Type": "text/plain" });
+    res.end("upstream down");
+    return;
+  }
+  res.writeHead(200, { "Content-Type": "application/json" });
+  res.end(JSON.stringify({ ok: true, route }));
+});
+endpoint.listen(0, "127.0.0.1");
+await once(endpoint, "listening");
+const endpointUrl = `http://127.0.0.1:${endpoint.address().port}`;
+
+// A free port for the executor: bind, read, release.
+const probe = createServer();
+probe.listen(0, "127.0.0.1");
+await once(probe, "listening");
+const port = probe.address().port;
+probe.close();
+await once(probe, "close");
+const base = `http://127.0.0.1:${port}`;
+
+const executor = spawn(executorPath, [], {
+  env: Object.assign({}, process.env, {
+    EVENT_STREAM_TYPE: "memory",
+    EXECUTOR_HTTP_ADDR: `127.0.0.1:${port}`,
+    LOG_LEVEL: "warn",
+    EXECUTOR_CONCURRENCY: "8",
+  }),
+  stdio: ["ignore", "inherit", "inherit"],
+});
+let browser;
+const cleanup = async () => {
+  if (browser) await browser.close().catch(() => {});
+  executor.kill("SIGTERM");
+  endpoint.close();
+};
+process.on("uncaughtException", async (e) => {
+  console.error(e);
+  await cleanup();
+  process.exit(1);
+});
+
+async function until(what, check, timeoutMs = 20000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${last})`);
+}
+
+async function submit(task) {
+  const response = await fetch(`${base}/v1/tasks`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(task),
+  });
+  const text = await response.text();
+  assert.equal(response.status, 202, text);
+  return JSON.parse(text).id;
+}
+
+try {
+  await until("the executor to answer", async () => (await fetch(`${base}/healthz`)).ok);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(`${base}/ui`);
+  assert.equal(await page.title(), "eventbus dashboard");
+  await page.waitForFunction(() => document.getElementById("live").textContent === "live",
+                             null, { timeout: 15000 });
+  log("page is live");
+  assert.match(await page.textContent("#instance"), /memory/);
+  assert.equal(await page.textContent("#total-succeeded"), "0");
+
+  // Live numbers move: 20 tasks that succeed.
+  for (let i = 0; i < 20; i++) {
+    await submit({ type: "call", input: { url: `${endpointUrl}/ok?i=${i}`, method: "GET" } });
+  }
+  await page.waitForFunction(
+      () => Number(document.getElementById("total-succeeded").textContent) >= 20, null,
+      { timeout: 20000 });
+  log("succeeded count reached 20 on the page");
+
+  // A dead letter appears with its reason: one attempt only, against a failing endpoint.
+  const flakyId = await submit({ type: "call", retry: { max_attempts: 1 },
+                                 input: { url: `${endpointUrl}/flaky`, method: "GET" } });
+  const row = page.locator(`#dlq-table tr[data-task="${flakyId}"]`);
+  await row.waitFor({ timeout: 20000 });
+  const reason = await row.locator("td.reason").textContent();
+  assert.match(reason, /503/, `dead-letter reason: ${reason}`);
+  log("dead letter shown with reason:", reason);
+  await until("dead-lettered count on the page",
+              async () => Number(await page.textContent("#total-dead-lettered")) >= 1);
+
+  // Some load for the screenshot, then redrive from the page once the endpoint is back.
+  for (let i = 0; i < 30; i++) {
+    await submit({ type: "call", input: { url: `${endpointUrl}/ok?load=${i}`, method: "GET" } });
+  }
+  await page.waitForTimeout(2500);
+  if (screenshotPath) {
+    await page.screenshot({ path: screenshotPath, fullPage: true });
+    log("screenshot:", screenshotPath);
+  }
+  healed = true;
+  const succeededBefore = Number(await page.textContent("#total-succeeded"));
+  await row.locator("button.redrive").click();
+  await page.waitForFunction((id) => !document.querySelector(`#dlq-table tr[data-task="${id}"]`),
+                             flakyId, { timeout: 20000 });
+  await until("the redriven task to complete", async () => {
+    const text = await page.textContent("#dlq-message");
+    return /redrove 1/.test(text) &&
+           Number(await page.textContent("#total-succeeded")) >= succeededBefore + 1;
+  });
+  assert.ok(hits.flaky >= 2, `the endpoint saw the retry (${hits.flaky} calls)`);
+  log("redriven from the page and completed");
+  assert.deepEqual(errors, [], "no errors in the page");
+  await cleanup();
+  log("PASS");
+  process.exit(0);
+} catch (e) {
+  console.error("[browser-test] FAIL:", e);
+  await cleanup();
+  process.exit(1);
+}
