@@ -51,8 +51,11 @@ class NatsInspector final : public StreamInspector {
     }
     jsConsumerInfoList* list = nullptr;
     jsErrCode code = jsErrCode(0);
-    EVENTBUS_RETURN_IF_ERROR(ToStatus(js_Consumers(&list, js_, name.c_str(), nullptr, &code),
-                                      absl::StrCat("consumers of ", name), code));
+    const natsStatus listed = js_Consumers(&list, js_, name.c_str(), nullptr, &code);
+    // nats.c 3.4 answers NATS_NOT_FOUND for a stream with no consumers yet.
+    if (listed != NATS_OK && listed != NATS_NOT_FOUND) {
+      return ToStatus(listed, absl::StrCat("consumers of ", name), code);
+    }
     for (int i = 0; list != nullptr && i < list->Count; ++i) {
       const jsConsumerInfo* ci = list->List[i];
       ConsumerGroupInfo& g = info.groups.emplace_back();

@@ -898,7 +898,13 @@ TEST_P(EventStreamConformance, InspectionReadsRetainedEventsInPagesWithoutJoinin
   }
   for (const Event& want : published) {
     ASSERT_EQ(by_id.count(want.id()), 1u) << want.id();
-    ExpectSameEvent(by_id[want.id()], want);
+    const Event& got = by_id[want.id()];
+    // `published` holds the events as handed to Publish, which stamps the time on its copy.
+    EXPECT_EQ(got.type(), want.type());
+    EXPECT_EQ(got.source(), want.source());
+    EXPECT_EQ(got.subject(), want.subject());
+    EXPECT_EQ(got.data(), want.data());
+    EXPECT_TRUE(got.has_time());
   }
   auto info = f.stream().inspector()->Describe(stream);
   ASSERT_TRUE(info.ok()) << info.status();
