@@ -77,6 +77,15 @@ class KafkaClient {
   absl::flat_hash_set<std::string> topics_ ABSL_GUARDED_BY(topics_mu_);
 };
 
+// A configuration with bootstrap.servers and `options.properties` applied over `defaults`;
+// InvalidArgument naming the property librdkafka rejects (the value shown only when the
+// property is known and its name is not a secret's, eventbus/redact.h). Connects nowhere.
+absl::StatusOr<ConfHandle> NewKafkaConf(
+    const KafkaOptions& options, const std::vector<std::pair<std::string, std::string>>& defaults);
+
+// NewKafkaConf(options, {}).status(): whether librdkafka accepts every property.
+absl::Status CheckKafkaProperties(const KafkaOptions& options);
+
 // "partition:offset", the Delivery/PublishReceipt id of a record.
 std::string RecordId(int32_t partition, int64_t offset);
 

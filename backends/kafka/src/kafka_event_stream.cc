@@ -4,9 +4,9 @@
 #include <utility>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "eventbus/clock.h"
+#include "eventbus/options.h"
 #include "eventbus/status_macros.h"
 #include "kafka_client.h"
 #include "kafka_subscription.h"
@@ -66,11 +66,6 @@ class KafkaEventStream final : public EventStream {
   const std::shared_ptr<KafkaClient> client_;
 };
 
-absl::Status BadOption(absl::string_view key, absl::string_view value, absl::string_view want) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("Kafka option ", key, "=\"", value, "\": expected ", want));
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EventStream>> NewKafkaEventStream(KafkaOptions options,
@@ -88,50 +83,45 @@ absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config)
   KafkaOptions options;
   if (!config.url.empty()) options.brokers = config.url;
   for (const auto& [key, value] : config.options) {
+    const std::string setting = BackendOptionSetting(kKafkaOptionEnvPrefix, key);
     if (!absl::StartsWith(key, kOwnOptionPrefix)) {
+      // librdkafka takes an empty string as "back to the default" for some properties; here
+      // an empty value is an error like everywhere else.
+      EVENTBUS_RETURN_IF_ERROR(RejectEmptySetting(setting, value));
       // KAFKA_OPTION_* names turn '_' into '.', which librdkafka's one underscored property
       // does not survive.
       options.properties[key == "log.level" ? "log_level" : key] = value;
       continue;
     }
-    int64_t number = 0;
-    const bool is_number = absl::SimpleAtoi(value, &number);
     if (key == "eventbus.partitions") {
-      if (!is_number || number < 1 || number > 100000) {
-        return BadOption(key, value, "a partition count >= 1");
-      }
-      options.partitions = static_cast<int>(number);
+      EVENTBUS_ASSIGN_OR_RETURN(options.partitions, ParseIntSetting(setting, value, 1, 100'000));
     } else if (key == "eventbus.replication.factor") {
-      if (!is_number || number == 0 || number < -1 || number > 1000) {
-        return BadOption(key, value, "a replication factor >= 1, or -1 for the broker default");
+      EVENTBUS_ASSIGN_OR_RETURN(options.replication_factor,
+                                ParseIntSetting(setting, value, -1, 1000));
+      if (options.replication_factor == 0) {
+        return InvalidSetting(setting, value, "a replication factor >= 1, or -1 for the broker default");
       }
-      options.replication_factor = static_cast<int>(number);
     } else if (key == "eventbus.retry.threshold.ms") {
-      if (!is_number || number < 0) return BadOption(key, value, "milliseconds >= 0");
-      options.retry_topic_threshold = absl::Milliseconds(number);
+      EVENTBUS_ASSIGN_OR_RETURN(int64_t ms, ParseIntSetting(setting, value, 0, int64_t{1} << 40));
+      options.retry_topic_threshold = absl::Milliseconds(ms);
     } else if (key == "eventbus.ack.wait.ms") {
-      if (!is_number || number < 0) return BadOption(key, value, "milliseconds >= 0");
-      options.default_ack_wait = absl::Milliseconds(number);
+      EVENTBUS_ASSIGN_OR_RETURN(int64_t ms, ParseIntSetting(setting, value, 0, int64_t{1} << 40));
+      options.default_ack_wait = absl::Milliseconds(ms);
     } else if (key == "eventbus.max.event.bytes") {
-      if (!is_number || number < 1) return BadOption(key, value, "a byte count >= 1");
-      options.max_event_bytes = static_cast<size_t>(number);
+      // The broker's own message.max.bytes is an int32.
+      EVENTBUS_ASSIGN_OR_RETURN(options.max_event_bytes,
+                                ParseSizeSetting(setting, value, 1, (uint64_t{1} << 31) - 1));
     } else if (key == "eventbus.max.buffered.events") {
-      if (!is_number || number < 1) return BadOption(key, value, "a count >= 1");
-      options.max_buffered_events = static_cast<size_t>(number);
+      EVENTBUS_ASSIGN_OR_RETURN(options.max_buffered_events,
+                                ParseIntSetting(setting, value, 1, int64_t{1} << 32));
     } else if (key == "eventbus.max.buffered.bytes") {
-      if (!is_number || number < 1) return BadOption(key, value, "a byte count >= 1");
-      options.max_buffered_bytes = static_cast<size_t>(number);
+      EVENTBUS_ASSIGN_OR_RETURN(options.max_buffered_bytes,
+                                ParseSizeSetting(setting, value, 1, uint64_t{1} << 40));
     } else if (key == "eventbus.ordered.per.key") {
-      if (value == "true" || value == "1") {
-        options.ordered_per_key = true;
-      } else if (value == "false" || value == "0") {
-        options.ordered_per_key = false;
-      } else {
-        return BadOption(key, value, "true or false");
-      }
+      EVENTBUS_ASSIGN_OR_RETURN(options.ordered_per_key, ParseBoolSetting(setting, value));
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
-          "unknown Kafka option ", key,
+          "unknown Kafka option ", setting,
           "; valid eventbus.* options: eventbus.partitions, eventbus.replication.factor, "
           "eventbus.retry.threshold.ms, eventbus.ack.wait.ms, eventbus.max.event.bytes, "
           "eventbus.max.buffered.events, eventbus.max.buffered.bytes, eventbus.ordered.per.key"));
@@ -147,11 +137,15 @@ absl::Status RegisterKafkaBackend(BackendRegistry& registry) {
       "Apache Kafka via librdkafka (consumer groups, out-of-order acks, retry and DLQ topics)";
   registration.url_env = "KAFKA_BROKERS";
   registration.default_url = "127.0.0.1:9092";
-  registration.option_env_prefix = "KAFKA_OPTION_";
+  registration.option_env_prefix = std::string(kKafkaOptionEnvPrefix);
   registration.factory =
       [](const BackendConfig& config) -> absl::StatusOr<std::unique_ptr<EventStream>> {
     EVENTBUS_ASSIGN_OR_RETURN(KafkaOptions options, KafkaOptionsFromConfig(config));
     return NewKafkaEventStream(std::move(options), config.clock);
+  };
+  registration.check_config = [](const BackendConfig& config) -> absl::Status {
+    EVENTBUS_ASSIGN_OR_RETURN(KafkaOptions options, KafkaOptionsFromConfig(config));
+    return CheckKafkaProperties(options);
   };
   const absl::Status status = registry.Register(std::move(registration));
   if (absl::IsAlreadyExists(status)) return absl::OkStatus();
