@@ -1,5 +1,6 @@
 #include "eventbus/options.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "absl/strings/ascii.h"
@@ -147,6 +148,58 @@ absl::StatusOr<std::vector<std::string>> ParseListSetting(absl::string_view sett
     out.emplace_back(entry);
   }
   return out;
+}
+
+OptionReader::OptionReader(absl::string_view backend, absl::string_view env_prefix,
+                           const std::map<std::string, std::string>& options)
+    : backend_(backend), env_prefix_(env_prefix), options_(options) {}
+
+const std::string* OptionReader::Find(absl::string_view key) {
+  if (std::find(known_.begin(), known_.end(), key) == known_.end()) known_.emplace_back(key);
+  auto it = options_.find(std::string(key));
+  return it == options_.end() ? nullptr : &it->second;
+}
+
+void OptionReader::Duration(absl::string_view key, absl::Duration min, absl::Duration max,
+                            absl::Duration* out) {
+  if (const std::string* value = Find(key)) {
+    Store(ParseDurationSetting(Setting(key), *value, min, max), out);
+  }
+}
+
+void OptionReader::Bool(absl::string_view key, bool* out) {
+  if (const std::string* value = Find(key)) Store(ParseBoolSetting(Setting(key), *value), out);
+}
+
+void OptionReader::String(absl::string_view key, std::string* out) {
+  const std::string* value = Find(key);
+  if (value == nullptr || !status_.ok()) return;
+  status_ = RejectEmptySetting(Setting(key), *value);
+  if (status_.ok()) *out = *value;
+}
+
+const std::string* OptionReader::Raw(absl::string_view key) { return Find(key); }
+
+void OptionReader::Require(absl::string_view key, bool ok, absl::string_view expected) {
+  auto it = options_.find(std::string(key));
+  if (ok || it == options_.end() || !status_.ok()) return;
+  status_ = InvalidSetting(Setting(key), it->second, expected);
+}
+
+std::string OptionReader::Setting(absl::string_view key) const {
+  return BackendOptionSetting(env_prefix_, key);
+}
+
+absl::Status OptionReader::Finish() const {
+  if (!status_.ok()) return status_;
+  for (const auto& [key, value] : options_) {
+    if (std::find(known_.begin(), known_.end(), key) == known_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown ", backend_, " option ",
+                                                     Setting(key), "; known: ",
+                                                     absl::StrJoin(known_, ", ")));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace eventbus

@@ -145,7 +145,8 @@ absl::Status CheckBackendConfig(absl::string_view type, const Environment& env,
                                 const BackendRegistry& registry) {
   EVENTBUS_ASSIGN_OR_RETURN(BackendConfig config, registry.ConfigFromEnvironment(type, env));
   if (absl::Status s = registry.CheckConfig(type, config); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("the ", type, " backend's configuration: ", s.message()));
+    return absl::Status(s.code(),
+                        absl::StrCat("the ", type, " backend's configuration: ", s.message()));
   }
   return absl::OkStatus();
 }

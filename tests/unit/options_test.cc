@@ -1,6 +1,7 @@
 // The typed configuration parser (eventbus/options.h) and secret redaction
 // (eventbus/redact.h) that every backend and the service use.
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -64,8 +65,12 @@ TEST(ParseSizeSetting, AcceptsBytesAndBinaryUnits) {
 }
 
 TEST(ParseBoolSetting, AcceptsTheUsualSpellings) {
-  for (const char* yes : {"true", "TRUE", "1", "yes", "on"}) EXPECT_TRUE(*ParseBoolSetting("B", yes));
-  for (const char* no : {"false", "False", "0", "no", "off"}) EXPECT_FALSE(*ParseBoolSetting("B", no));
+  for (const char* yes : {"true", "TRUE", "1", "yes", "on"}) {
+    EXPECT_TRUE(*ParseBoolSetting("B", yes));
+  }
+  for (const char* no : {"false", "False", "0", "no", "off"}) {
+    EXPECT_FALSE(*ParseBoolSetting("B", no));
+  }
   EXPECT_EQ(ErrorOf(ParseBoolSetting("B", "maybe"), "B"),
             "B=\"maybe\" is invalid: expected true or false (also 1/0, yes/no, on/off)");
 }
@@ -101,6 +106,51 @@ TEST(EverySettingParser, RefusesAnEmptyValueNamingTheSetting) {
 TEST(BackendOptionSetting, NamesTheKeyAndItsVariable) {
   EXPECT_EQ(BackendOptionSetting("REDIS_OPTION_", "fetch.slice"),
             "fetch.slice (REDIS_OPTION_FETCH_SLICE)");
+}
+
+TEST(OptionReader, ParsesDeclaredKeysKeepsDefaultsAndRefusesUnknownOnes) {
+  const std::map<std::string, std::string> options = {
+      {"batch", "64"}, {"slice", "250ms"}, {"limit", "2MiB"}, {"ordered", "yes"}, {"path", "/x"}};
+  OptionReader reader("fake", "FAKE_OPTION_", options);
+  int batch = 1;
+  absl::Duration slice, untouched = absl::Seconds(7);
+  size_t limit = 0;
+  bool ordered = false;
+  std::string path;
+  reader.Int("batch", 1, 100, &batch);
+  reader.Duration("slice", absl::Milliseconds(1), absl::Hours(1), &slice);
+  reader.Duration("absent", absl::Milliseconds(1), absl::Hours(1), &untouched);
+  reader.Size("limit", 1, uint64_t{1} << 30, &limit);
+  reader.Bool("ordered", &ordered);
+  reader.String("path", &path);
+  ASSERT_TRUE(reader.Finish().ok()) << reader.Finish();
+  EXPECT_EQ(batch, 64);
+  EXPECT_EQ(slice, absl::Milliseconds(250));
+  EXPECT_EQ(untouched, absl::Seconds(7));
+  EXPECT_EQ(limit, size_t{2} << 20);
+  EXPECT_TRUE(ordered);
+  EXPECT_EQ(path, "/x");
+
+  const std::map<std::string, std::string> typo = {{"batch", "64"}, {"slise", "1s"}};
+  OptionReader unknown("fake", "FAKE_OPTION_", typo);
+  unknown.Int("batch", 1, 100, &batch);
+  unknown.Duration("slice", absl::Milliseconds(1), absl::Hours(1), &slice);
+  EXPECT_EQ(unknown.Finish().message(),
+            "unknown fake option slise (FAKE_OPTION_SLISE); known: batch, slice");
+
+  // The first error wins, and names the key and its variable.
+  const std::map<std::string, std::string> bad = {{"batch", "0"}, {"path", ""}, {"zero", "0"}};
+  OptionReader first("fake", "FAKE_OPTION_", bad);
+  first.Int("batch", 1, 100, &batch);
+  first.String("path", &path);
+  EXPECT_EQ(first.Finish().message(),
+            "batch (FAKE_OPTION_BATCH)=\"0\" is invalid: expected an integer from 1 to 100");
+  OptionReader required("fake", "FAKE_OPTION_", bad);
+  int zero = 5;
+  required.Int("zero", -1, 10, &zero);
+  required.Require("zero", zero != 0, "-1 or at least 1");
+  EXPECT_EQ(required.Finish().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(required.Finish().message(), "expected -1 or at least 1"));
 }
 
 TEST(BackendRegistryConfig, AnEmptyUrlOrOptionVariableIsAnErrorNotTheDefault) {
@@ -161,7 +211,8 @@ TEST(RedactUrl, PasswordsWithSeparatorsOrAnEmptyUserNeverLeak) {
             "nats://u:***@h1:4222,nats://h2:4222");
   EXPECT_EQ(RedactUrl("redis://:p?ss#x@h:1"), "redis://:***@h:1");
   EXPECT_EQ(RedactUrl("redis://u:a:b@h"), "redis://u:***@h");
-  for (const std::string& secret : {"pa/ss", "p@ss", "s3cr3t", "pa,ss", "hunter2"}) {
+  for (const char* raw : {"pa/ss", "p@ss", "s3cr3t", "pa,ss", "hunter2"}) {
+    const std::string secret = raw;
     for (const std::string& url :
          {"redis://:" + secret + "@h:6379", "redis://user:" + secret + "@h:6379/0",
           "nats://" + secret + "@h:4222", "nats://h0:1,nats://u:" + secret + "@h:4222",

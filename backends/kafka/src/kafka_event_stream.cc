@@ -1,6 +1,8 @@
 #include "eventbus/kafka/kafka_event_stream.h"
 
+#include <map>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -82,51 +84,37 @@ absl::StatusOr<std::unique_ptr<EventStream>> NewKafkaEventStream(KafkaOptions op
 absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config) {
   KafkaOptions options;
   if (!config.url.empty()) options.brokers = config.url;
+  std::map<std::string, std::string> own;  // eventbus.*; the rest are librdkafka's
   for (const auto& [key, value] : config.options) {
-    const std::string setting = BackendOptionSetting(kKafkaOptionEnvPrefix, key);
-    if (!absl::StartsWith(key, kOwnOptionPrefix)) {
-      // librdkafka takes an empty string as "back to the default" for some properties; here
-      // an empty value is an error like everywhere else.
-      EVENTBUS_RETURN_IF_ERROR(RejectEmptySetting(setting, value));
-      // KAFKA_OPTION_* names turn '_' into '.', which librdkafka's one underscored property
-      // does not survive.
-      options.properties[key == "log.level" ? "log_level" : key] = value;
+    if (absl::StartsWith(key, kOwnOptionPrefix)) {
+      own.emplace(key, value);
       continue;
     }
-    if (key == "eventbus.partitions") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.partitions, ParseIntSetting(setting, value, 1, 100'000));
-    } else if (key == "eventbus.replication.factor") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.replication_factor,
-                                ParseIntSetting(setting, value, -1, 1000));
-      if (options.replication_factor == 0) {
-        return InvalidSetting(setting, value, "a replication factor >= 1, or -1 for the broker default");
-      }
-    } else if (key == "eventbus.retry.threshold.ms") {
-      EVENTBUS_ASSIGN_OR_RETURN(int64_t ms, ParseIntSetting(setting, value, 0, int64_t{1} << 40));
-      options.retry_topic_threshold = absl::Milliseconds(ms);
-    } else if (key == "eventbus.ack.wait.ms") {
-      EVENTBUS_ASSIGN_OR_RETURN(int64_t ms, ParseIntSetting(setting, value, 0, int64_t{1} << 40));
-      options.default_ack_wait = absl::Milliseconds(ms);
-    } else if (key == "eventbus.max.event.bytes") {
-      // The broker's own message.max.bytes is an int32.
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_event_bytes,
-                                ParseSizeSetting(setting, value, 1, (uint64_t{1} << 31) - 1));
-    } else if (key == "eventbus.max.buffered.events") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_buffered_events,
-                                ParseIntSetting(setting, value, 1, int64_t{1} << 32));
-    } else if (key == "eventbus.max.buffered.bytes") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_buffered_bytes,
-                                ParseSizeSetting(setting, value, 1, uint64_t{1} << 40));
-    } else if (key == "eventbus.ordered.per.key") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.ordered_per_key, ParseBoolSetting(setting, value));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown Kafka option ", setting,
-          "; valid eventbus.* options: eventbus.partitions, eventbus.replication.factor, "
-          "eventbus.retry.threshold.ms, eventbus.ack.wait.ms, eventbus.max.event.bytes, "
-          "eventbus.max.buffered.events, eventbus.max.buffered.bytes, eventbus.ordered.per.key"));
-    }
+    // librdkafka takes an empty string as "back to the default" for some properties; here
+    // an empty value is an error like everywhere else.
+    EVENTBUS_RETURN_IF_ERROR(
+        RejectEmptySetting(BackendOptionSetting(kKafkaOptionEnvPrefix, key), value));
+    // KAFKA_OPTION_* names turn '_' into '.', which librdkafka's one underscored property
+    // does not survive.
+    options.properties[key == "log.level" ? "log_level" : key] = value;
   }
+  OptionReader reader("Kafka", kKafkaOptionEnvPrefix, own);
+  reader.Int("eventbus.partitions", 1, 100'000, &options.partitions);
+  reader.Int("eventbus.replication.factor", -1, 1000, &options.replication_factor);
+  reader.Require("eventbus.replication.factor", options.replication_factor != 0,
+                 "a replication factor >= 1, or -1 for the broker default");
+  int64_t retry_threshold_ms = absl::ToInt64Milliseconds(options.retry_topic_threshold);
+  reader.Int("eventbus.retry.threshold.ms", 0, int64_t{1} << 40, &retry_threshold_ms);
+  options.retry_topic_threshold = absl::Milliseconds(retry_threshold_ms);
+  int64_t ack_wait_ms = absl::ToInt64Milliseconds(options.default_ack_wait);
+  reader.Int("eventbus.ack.wait.ms", 0, int64_t{1} << 40, &ack_wait_ms);
+  options.default_ack_wait = absl::Milliseconds(ack_wait_ms);
+  // The broker's own message.max.bytes is an int32.
+  reader.Size("eventbus.max.event.bytes", 1, (uint64_t{1} << 31) - 1, &options.max_event_bytes);
+  reader.Int("eventbus.max.buffered.events", 1, int64_t{1} << 32, &options.max_buffered_events);
+  reader.Size("eventbus.max.buffered.bytes", 1, uint64_t{1} << 40, &options.max_buffered_bytes);
+  reader.Bool("eventbus.ordered.per.key", &options.ordered_per_key);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
   return options;
 }
 

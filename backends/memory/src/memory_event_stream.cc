@@ -853,19 +853,10 @@ std::unique_ptr<EventStream> NewMemoryEventStream(Clock* clock, MemoryOptions op
 
 absl::StatusOr<MemoryOptions> MemoryOptionsFromConfig(const BackendConfig& config) {
   MemoryOptions options;
-  for (const auto& [key, value] : config.options) {
-    const std::string setting = BackendOptionSetting(kOptionEnvPrefix, key);
-    if (key == "max.stream.events") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_stream_events,
-                                ParseIntSetting(setting, value, 1, int64_t{1} << 40));
-    } else if (key == "max.stream.bytes") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_stream_bytes,
-                                ParseSizeSetting(setting, value, 1, uint64_t{1} << 40));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown memory backend option ", setting, "; valid: max.stream.events, max.stream.bytes"));
-    }
-  }
+  OptionReader reader(kBackendName, kOptionEnvPrefix, config.options);
+  reader.Int("max.stream.events", 1, int64_t{1} << 40, &options.max_stream_events);
+  reader.Size("max.stream.bytes", 1, uint64_t{1} << 40, &options.max_stream_bytes);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
   if (!config.url.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("the memory backend takes no URL, got \"", RedactUrl(config.url), "\""));

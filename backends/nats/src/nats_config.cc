@@ -59,80 +59,41 @@ absl::StatusOr<NatsOptions> NatsOptionsFromConfig(const BackendConfig& config) {
   NatsOptions options;
   if (!config.url.empty()) options.url = config.url;
   EVENTBUS_RETURN_IF_ERROR(CheckUrl(options.url));
-  for (const auto& [key, value] : config.options) {
-    const std::string setting = BackendOptionSetting(kNatsOptionEnvPrefix, key);
-    // Timeouts and windows: from 1 ms to a day.
-    auto duration = [&](absl::Duration& out) -> absl::Status {
-      EVENTBUS_ASSIGN_OR_RETURN(
-          out, ParseDurationSetting(setting, value, absl::Milliseconds(1), absl::Hours(24)));
-      return absl::OkStatus();
-    };
-    auto path = [&](std::string& out) -> absl::Status {
-      EVENTBUS_RETURN_IF_ERROR(RejectEmptySetting(setting, value, "a file path"));
-      out = value;
-      return absl::OkStatus();
-    };
-    if (key == "creds.file") {
-      EVENTBUS_RETURN_IF_ERROR(path(options.creds_file));
-    } else if (key == "tls.ca") {
-      EVENTBUS_RETURN_IF_ERROR(path(options.tls_ca_file));
-    } else if (key == "tls.cert") {
-      EVENTBUS_RETURN_IF_ERROR(path(options.tls_cert_file));
-    } else if (key == "tls.key") {
-      EVENTBUS_RETURN_IF_ERROR(path(options.tls_key_file));
-    } else if (key == "connect.timeout") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.connect_timeout));
-    } else if (key == "request.timeout") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.request_timeout));
-    } else if (key == "publish.timeout") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.publish_timeout));
-    } else if (key == "max.age") {
-      // 0 = unlimited; JetStream keeps at most years, so no upper bound of ours.
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_age,
-                                ParseDurationSetting(setting, value, absl::ZeroDuration(),
-                                                     absl::Hours(24 * 365 * 100)));
-    } else if (key == "duplicate.window") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.duplicate_window));
-    } else if (key == "ack.wait") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.default_ack_wait));
-    } else if (key == "storage") {
-      EVENTBUS_ASSIGN_OR_RETURN(
-          options.storage,
-          ParseEnumSetting<StreamStorage>(
-              setting, value, {{"file", StreamStorage::kFile}, {"memory", StreamStorage::kMemory}}));
-    } else if (key == "replicas") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.replicas, ParseIntSetting(setting, value, 1, 5));
-    } else if (key == "max.bytes") {
-      if (value == "-1") {
-        options.max_bytes = -1;
-      } else {
-        EVENTBUS_ASSIGN_OR_RETURN(options.max_bytes,
-                                  ParseSizeSetting(setting, value, 1, uint64_t{1} << 50));
-      }
-    } else if (key == "max.deliver") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_deliver,
-                                ParseIntSetting(setting, value, -1, int64_t{1} << 40));
-      if (options.max_deliver == 0) {
-        return InvalidSetting(setting, value, "-1 (unlimited) or an integer >= 1");
-      }
-    } else if (key == "max.ack.pending") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_ack_pending,
-                                ParseIntSetting(setting, value, 1, int64_t{1} << 32));
-    } else if (key == "publish.max.pending") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_pending_publishes,
-                                ParseIntSetting(setting, value, 1, int64_t{1} << 32));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown nats option ", setting,
-          "; known: creds.file, tls.ca, tls.cert, tls.key, connect.timeout, "
-          "request.timeout, publish.timeout, storage, replicas, max.age, max.bytes, "
-          "duplicate.window, ack.wait, max.deliver, max.ack.pending, publish.max.pending"));
-    }
+  OptionReader reader("nats", kNatsOptionEnvPrefix, config.options);
+  reader.String("creds.file", &options.creds_file);
+  reader.String("tls.ca", &options.tls_ca_file);
+  reader.String("tls.cert", &options.tls_cert_file);
+  reader.String("tls.key", &options.tls_key_file);
+  // Timeouts and windows: from 1 ms to a day.
+  using DurationOption = std::pair<absl::string_view, absl::Duration*>;
+  for (const auto& [key, target] : std::initializer_list<DurationOption>{
+           {"connect.timeout", &options.connect_timeout},
+           {"request.timeout", &options.request_timeout},
+           {"publish.timeout", &options.publish_timeout},
+           {"duplicate.window", &options.duplicate_window},
+           {"ack.wait", &options.default_ack_wait}}) {
+    reader.Duration(key, absl::Milliseconds(1), absl::Hours(24), target);
   }
+  // 0 = unlimited; JetStream keeps at most years, so no upper bound of ours.
+  reader.Duration("max.age", absl::ZeroDuration(), absl::Hours(24 * 365 * 100), &options.max_age);
+  reader.Enum<StreamStorage>("storage",
+                             {{"file", StreamStorage::kFile}, {"memory", StreamStorage::kMemory}},
+                             &options.storage);
+  reader.Int("replicas", 1, 5, &options.replicas);
+  if (const std::string* max_bytes = reader.Raw("max.bytes"); max_bytes && *max_bytes == "-1") {
+    options.max_bytes = -1;  // unlimited
+  } else {
+    reader.Size("max.bytes", 1, uint64_t{1} << 50, &options.max_bytes);
+  }
+  reader.Int("max.deliver", -1, int64_t{1} << 40, &options.max_deliver);
+  reader.Require("max.deliver", options.max_deliver != 0, "-1 (unlimited) or an integer >= 1");
+  reader.Int("max.ack.pending", 1, int64_t{1} << 32, &options.max_ack_pending);
+  reader.Int("publish.max.pending", 1, int64_t{1} << 32, &options.max_pending_publishes);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "nats options ", BackendOptionSetting(kNatsOptionEnvPrefix, "tls.cert"), " and ",
-        BackendOptionSetting(kNatsOptionEnvPrefix, "tls.key"), " must be given together"));
+    return absl::InvalidArgumentError(absl::StrCat("nats options ", reader.Setting("tls.cert"),
+                                                   " and ", reader.Setting("tls.key"),
+                                                   " must be given together"));
   }
   return options;
 }

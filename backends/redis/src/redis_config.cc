@@ -177,52 +177,29 @@ absl::StatusOr<RedisOptions> RedisOptionsFromConfig(const BackendConfig& config)
   RedisOptions options;
   EVENTBUS_ASSIGN_OR_RETURN(options.endpoint,
                             ParseRedisUrl(config.url.empty() ? kDefaultRedisUrl : config.url));
-  for (const auto& [key, value] : config.options) {
-    const std::string setting = BackendOptionSetting(kOptionEnvPrefix, key);
-    // Timeouts and intervals: from 1 ms (0 would spin or never wait) to an hour.
-    auto duration = [&](absl::Duration& out) -> absl::Status {
-      EVENTBUS_ASSIGN_OR_RETURN(
-          out, ParseDurationSetting(setting, value, absl::Milliseconds(1), absl::Hours(1)));
-      return absl::OkStatus();
-    };
-    if (key == "connect.timeout") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.connect_timeout));
-    } else if (key == "command.timeout") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.command_timeout));
-    } else if (key == "reconnect.backoff.initial") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.reconnect_backoff_initial));
-    } else if (key == "reconnect.backoff.max") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.reconnect_backoff_max));
-    } else if (key == "publish.retry.timeout") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.publish_retry_timeout));
-    } else if (key == "fetch.slice") {
-      EVENTBUS_RETURN_IF_ERROR(duration(options.fetch_slice));
-    } else if (key == "stream.maxlen") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_stream_length,
-                                ParseIntSetting(setting, value, 0, int64_t{1} << 48));
-    } else if (key == "publish.batch.size") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.publish_batch_size,
-                                ParseIntSetting(setting, value, 1, 100'000));
-    } else if (key == "publish.queue.limit") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_queued_publishes,
-                                ParseIntSetting(setting, value, 1, int64_t{1} << 32));
-    } else if (key == "max.event.bytes") {
-      // Redis' own limit on a bulk string is 512 MiB (proto-max-bulk-len).
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_event_bytes,
-                                ParseSizeSetting(setting, value, 1024, uint64_t{512} << 20));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown redis option ", setting,
-          "; known: connect.timeout, command.timeout, "
-          "reconnect.backoff.initial, reconnect.backoff.max, publish.retry.timeout, fetch.slice, "
-          "stream.maxlen, publish.batch.size, publish.queue.limit, max.event.bytes"));
-    }
+  OptionReader reader("redis", kOptionEnvPrefix, config.options);
+  // Timeouts and intervals: from 1 ms (0 would spin or never wait) to an hour.
+  using DurationOption = std::pair<absl::string_view, absl::Duration*>;
+  for (const auto& [key, target] : std::initializer_list<DurationOption>{
+           {"connect.timeout", &options.connect_timeout},
+           {"command.timeout", &options.command_timeout},
+           {"reconnect.backoff.initial", &options.reconnect_backoff_initial},
+           {"reconnect.backoff.max", &options.reconnect_backoff_max},
+           {"publish.retry.timeout", &options.publish_retry_timeout},
+           {"fetch.slice", &options.fetch_slice}}) {
+    reader.Duration(key, absl::Milliseconds(1), absl::Hours(1), target);
   }
+  reader.Int("stream.maxlen", 0, int64_t{1} << 48, &options.max_stream_length);
+  reader.Int("publish.batch.size", 1, 100'000, &options.publish_batch_size);
+  reader.Int("publish.queue.limit", 1, int64_t{1} << 32, &options.max_queued_publishes);
+  // Redis' own limit on a bulk string is 512 MiB (proto-max-bulk-len).
+  reader.Size("max.event.bytes", 1024, uint64_t{512} << 20, &options.max_event_bytes);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
   if (options.reconnect_backoff_initial > options.reconnect_backoff_max) {
     return absl::InvalidArgumentError(absl::StrCat(
-        BackendOptionSetting(kOptionEnvPrefix, "reconnect.backoff.initial"), " (",
+        reader.Setting("reconnect.backoff.initial"), " (",
         absl::FormatDuration(options.reconnect_backoff_initial), ") must not exceed ",
-        BackendOptionSetting(kOptionEnvPrefix, "reconnect.backoff.max"), " (",
+        reader.Setting("reconnect.backoff.max"), " (",
         absl::FormatDuration(options.reconnect_backoff_max), ")"));
   }
   return options;

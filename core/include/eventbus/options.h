@@ -13,6 +13,7 @@
 // Thread-safe (pure functions).
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -77,5 +78,77 @@ absl::StatusOr<T> ParseEnumSetting(absl::string_view setting, absl::string_view 
 // trailing comma) is refused: it is a typo or an unfilled template.
 absl::StatusOr<std::vector<std::string>> ParseListSetting(absl::string_view setting,
                                                           absl::string_view value);
+
+// Reads a backend's options (BackendConfig::options) so that each option is declared once,
+// by the call that parses it: a call parses its key when present and stores the value; Finish()
+// returns the first error, or InvalidArgument for a key no call asked for, listing the known
+// ones. Keys absent from `options` leave their targets (the defaults) alone.
+//
+//   OptionReader reader("redis", kRedisOptionEnvPrefix, config.options);
+//   reader.Duration("fetch.slice", absl::Milliseconds(1), absl::Hours(1), &options.fetch_slice);
+//   reader.Size("max.event.bytes", 1024, uint64_t{512} << 20, &options.max_event_bytes);
+//   EVENTBUS_RETURN_IF_ERROR(reader.Finish());
+//
+// Not thread-safe; `options` must outlive the reader.
+class OptionReader {
+ public:
+  OptionReader(absl::string_view backend, absl::string_view env_prefix,
+               const std::map<std::string, std::string>& options);
+
+  template <typename T>
+  void Int(absl::string_view key, int64_t min, int64_t max, T* out) {
+    if (const std::string* value = Find(key)) {
+      Store(ParseIntSetting(Setting(key), *value, min, max), out);
+    }
+  }
+  template <typename T>
+  void Size(absl::string_view key, uint64_t min, uint64_t max, T* out) {
+    if (const std::string* value = Find(key)) {
+      Store(ParseSizeSetting(Setting(key), *value, min, max), out);
+    }
+  }
+  void Duration(absl::string_view key, absl::Duration min, absl::Duration max, absl::Duration* out);
+  void Bool(absl::string_view key, bool* out);
+  template <typename T>
+  void Enum(absl::string_view key, const std::vector<std::pair<absl::string_view, T>>& choices,
+            T* out) {
+    if (const std::string* value = Find(key)) {
+      Store(ParseEnumSetting(Setting(key), *value, choices), out);
+    }
+  }
+  // Any non-empty text (a path, a name).
+  void String(absl::string_view key, std::string* out);
+
+  // The value of `key` when it is set (null otherwise), for options with a form of their own
+  // (e.g. "-1 or a size"); the key counts as known.
+  const std::string* Raw(absl::string_view key);
+  // When `key` is set and `ok` is false: the error "key=\"value\" is invalid: expected ...".
+  void Require(absl::string_view key, bool ok, absl::string_view expected);
+
+  // "fetch.slice (REDIS_OPTION_FETCH_SLICE)": BackendOptionSetting with this reader's prefix.
+  std::string Setting(absl::string_view key) const;
+
+  // The first error, else InvalidArgument for an option none of the calls above asked for.
+  absl::Status Finish() const;
+
+ private:
+  // The value of `key` or null; remembers `key` as known.
+  const std::string* Find(absl::string_view key);
+  template <typename T, typename Parsed>
+  void Store(absl::StatusOr<Parsed> parsed, T* out) {
+    if (!status_.ok()) return;
+    if (!parsed.ok()) {
+      status_ = parsed.status();
+      return;
+    }
+    *out = static_cast<T>(*parsed);
+  }
+
+  const std::string backend_;
+  const std::string env_prefix_;
+  const std::map<std::string, std::string>& options_;
+  std::vector<std::string> known_;
+  absl::Status status_;
+};
 
 }  // namespace eventbus
