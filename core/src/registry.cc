@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "eventbus/clock.h"
+#include "eventbus/options.h"
 #include "eventbus/status_macros.h"
 
 extern char** environ;
@@ -87,8 +88,11 @@ absl::StatusOr<BackendConfig> BackendRegistry::ConfigFromEnvironment(
   BackendConfig config;
   config.url = registration.default_url;
   if (!registration.url_env.empty()) {
-    auto it = env.find(registration.url_env);
-    if (it != env.end() && !it->second.empty()) config.url = it->second;
+    if (auto it = env.find(registration.url_env); it != env.end()) {
+      EVENTBUS_RETURN_IF_ERROR(
+          RejectEmptySetting(it->first, it->second, absl::StrCat("the ", name, " address")));
+      config.url = it->second;
+    }
   }
   if (!registration.option_env_prefix.empty()) {
     for (auto it = env.lower_bound(registration.option_env_prefix);
@@ -97,16 +101,35 @@ absl::StatusOr<BackendConfig> BackendRegistry::ConfigFromEnvironment(
           absl::string_view(it->first).substr(registration.option_env_prefix.size()));
       absl::StrReplaceAll({{"_", "."}}, &key);
       if (key.empty()) continue;
+      EVENTBUS_RETURN_IF_ERROR(RejectEmptySetting(it->first, it->second));
       config.options[key] = it->second;
     }
   }
   return config;
 }
 
+absl::Status BackendRegistry::CheckConfig(absl::string_view name,
+                                          const BackendConfig& config) const {
+  std::function<absl::Status(const BackendConfig&)> check;
+  bool found = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = backends_.find(name);
+    if (it != backends_.end()) {
+      found = true;
+      check = it->second.check_config;
+    }
+  }
+  if (!found) return UnknownBackendError(name, Names());
+  return check ? check(config) : absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<EventStream>> BackendRegistry::CreateFromEnvironment(
     const Environment& env, Clock* clock) const {
   std::string type(kDefaultEventStreamType);
-  if (auto it = env.find(kEventStreamTypeEnv); it != env.end() && !it->second.empty()) {
+  if (auto it = env.find(kEventStreamTypeEnv); it != env.end()) {
+    EVENTBUS_RETURN_IF_ERROR(RejectEmptySetting(
+        kEventStreamTypeEnv, it->second, absl::StrCat("one of ", absl::StrJoin(Names(), ", "))));
     type = it->second;
   }
   EVENTBUS_ASSIGN_OR_RETURN(BackendConfig config, ConfigFromEnvironment(type, env));

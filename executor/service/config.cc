@@ -5,86 +5,60 @@
 #include <algorithm>
 #include <utility>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "eventbus/executor/iso_duration.h"
 #ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
 #include "eventbus/executor/destination_policy.h"
 #endif
+#include "eventbus/options.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::executor::service {
 namespace {
 
-constexpr absl::string_view kDurationHelp = "a duration such as 500ms, 5s, 2m or PT5S";
-
-absl::Status BadValue(absl::string_view name, absl::string_view value, absl::string_view valid) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(name, "=\"", value, "\" is invalid: expected ", valid));
-}
-
-const std::string* Find(const Environment& env, absl::string_view name) {
+// The value of `name`, or null when it is unset. Set but empty is an error: it is usually a
+// template or a secret store that failed to fill the variable in, not a wish for the default.
+absl::StatusOr<const std::string*> Find(const Environment& env, absl::string_view name,
+                                        absl::string_view expected = "a value") {
   auto it = env.find(name);
-  if (it == env.end() || it->second.empty()) return nullptr;
+  if (it == env.end()) return nullptr;
+  EVENTBUS_RETURN_IF_ERROR(RejectEmptySetting(name, it->second, expected));
   return &it->second;
 }
 
+bool IsSet(const Environment& env, absl::string_view name) { return env.contains(name); }
+
 absl::Status ReadInt(const Environment& env, absl::string_view name, int min, int max, int* out) {
-  const std::string* value = Find(env, name);
-  if (value == nullptr) return absl::OkStatus();
-  int parsed = 0;
-  if (!absl::SimpleAtoi(*value, &parsed) || parsed < min || parsed > max) {
-    return BadValue(name, *value, absl::StrCat("an integer from ", min, " to ", max));
-  }
-  *out = parsed;
+  auto it = env.find(name);
+  if (it == env.end()) return absl::OkStatus();
+  EVENTBUS_ASSIGN_OR_RETURN(const int64_t value, ParseIntSetting(name, it->second, min, max));
+  *out = static_cast<int>(value);
   return absl::OkStatus();
 }
 
 absl::Status ReadDuration(const Environment& env, absl::string_view name, absl::Duration min,
                           absl::Duration max, absl::Duration* out) {
-  const std::string* value = Find(env, name);
-  if (value == nullptr) return absl::OkStatus();
-  absl::Duration parsed;
-  bool ok = false;
-  if (absl::StartsWith(*value, "P") || absl::StartsWith(*value, "p")) {
-    auto iso = ParseIsoDuration(*value);
-    ok = iso.ok();
-    if (ok) parsed = *iso;
-  } else {
-    ok = absl::ParseDuration(*value, &parsed) && parsed != absl::InfiniteDuration();
-  }
-  if (!ok || parsed < min || parsed > max) {
-    return BadValue(name, *value,
-                    absl::StrCat(kDurationHelp, ", from ", absl::FormatDuration(min), " to ",
-                                 absl::FormatDuration(max)));
-  }
-  *out = parsed;
+  auto it = env.find(name);
+  if (it == env.end()) return absl::OkStatus();
+  EVENTBUS_ASSIGN_OR_RETURN(*out, ParseDurationSetting(name, it->second, min, max));
   return absl::OkStatus();
 }
 
 absl::Status ReadBool(const Environment& env, absl::string_view name, bool* out) {
-  const std::string* value = Find(env, name);
-  if (value == nullptr) return absl::OkStatus();
-  const std::string lower = absl::AsciiStrToLower(*value);
-  if (lower == "true" || lower == "1" || lower == "yes" || lower == "on") {
-    *out = true;
-  } else if (lower == "false" || lower == "0" || lower == "no" || lower == "off") {
-    *out = false;
-  } else {
-    return BadValue(name, *value, "true or false (also 1/0, yes/no, on/off)");
-  }
+  auto it = env.find(name);
+  if (it == env.end()) return absl::OkStatus();
+  EVENTBUS_ASSIGN_OR_RETURN(*out, ParseBoolSetting(name, it->second));
   return absl::OkStatus();
 }
 
 absl::Status ReadName(const Environment& env, absl::string_view name, std::string* out) {
-  const std::string* value = Find(env, name);
+  constexpr absl::string_view kExpected = "a name of 1 to 200 bytes without whitespace";
+  EVENTBUS_ASSIGN_OR_RETURN(const std::string* value, Find(env, name, kExpected));
   if (value == nullptr) return absl::OkStatus();
   if (absl::Status s = ValidateName(name, *value); !s.ok()) {
-    return BadValue(name, *value, "a name of 1 to 200 bytes without whitespace");
+    return InvalidSetting(name, *value, kExpected);
   }
   *out = *value;
   return absl::OkStatus();
@@ -92,37 +66,36 @@ absl::Status ReadName(const Environment& env, absl::string_view name, std::strin
 
 absl::Status ReadHttpAddr(const Environment& env, ServiceConfig& config) {
   constexpr absl::string_view kName = "EXECUTOR_HTTP_ADDR";
-  const std::string* value = Find(env, kName);
+  constexpr absl::string_view kExpected =
+      "host:port, e.g. 0.0.0.0:8080 or 127.0.0.1:9000 (port 0-65535)";
+  EVENTBUS_ASSIGN_OR_RETURN(const std::string* value, Find(env, kName, kExpected));
   if (value == nullptr) return absl::OkStatus();
   const size_t colon = value->rfind(':');
-  int port = -1;
-  if (colon == std::string::npos || colon == 0 ||
-      !absl::SimpleAtoi(absl::string_view(*value).substr(colon + 1), &port) || port < 0 ||
-      port > 65535) {
-    return BadValue(kName, *value, "host:port, e.g. 0.0.0.0:8080 or 127.0.0.1:9000 (port 0-65535)");
-  }
+  if (colon == std::string::npos || colon == 0) return InvalidSetting(kName, *value, kExpected);
+  absl::StatusOr<int64_t> port =
+      ParseIntSetting(kName, absl::string_view(*value).substr(colon + 1), 0, 65535);
+  if (!port.ok()) return InvalidSetting(kName, *value, kExpected);
   std::string host = value->substr(0, colon);
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   config.http_host = host;
-  config.http_port = port;
+  config.http_port = static_cast<int>(*port);
   return absl::OkStatus();
 }
 
 absl::Status ReadLogLevel(const Environment& env, ServiceConfig& config) {
-  const std::string* value = Find(env, "LOG_LEVEL");
-  if (value == nullptr) return absl::OkStatus();
-  const std::string lower = absl::AsciiStrToLower(*value);
-  static constexpr std::pair<absl::string_view, LogLevel> kLevels[] = {
-      {"trace", LogLevel::kTrace}, {"debug", LogLevel::kDebug}, {"info", LogLevel::kInfo},
-      {"warn", LogLevel::kWarn},   {"warning", LogLevel::kWarn}, {"error", LogLevel::kError},
-      {"off", LogLevel::kOff}};
-  for (const auto& [name, level] : kLevels) {
-    if (lower == name) {
-      config.log_level = level;
-      return absl::OkStatus();
-    }
-  }
-  return BadValue("LOG_LEVEL", *value, "one of trace, debug, info, warn, error, off");
+  auto it = env.find("LOG_LEVEL");
+  if (it == env.end()) return absl::OkStatus();
+  EVENTBUS_ASSIGN_OR_RETURN(
+      config.log_level,
+      ParseEnumSetting<LogLevel>("LOG_LEVEL", it->second,
+                                 {{"trace", LogLevel::kTrace},
+                                  {"debug", LogLevel::kDebug},
+                                  {"info", LogLevel::kInfo},
+                                  {"warn", LogLevel::kWarn},
+                                  {"warning", LogLevel::kWarn},
+                                  {"error", LogLevel::kError},
+                                  {"off", LogLevel::kOff}}));
+  return absl::OkStatus();
 }
 
 // EXECUTOR_CALL_ALLOW / EXECUTOR_CALL_DENY / EXECUTOR_CALL_DENY_PRIVATE.
@@ -130,10 +103,11 @@ absl::Status ReadCallPolicy(const Environment& env, ServiceConfig& config) {
   EVENTBUS_RETURN_IF_ERROR(ReadBool(env, "EXECUTOR_CALL_DENY_PRIVATE", &config.call_deny_private));
   for (auto [name, list] : {std::pair{"EXECUTOR_CALL_ALLOW", &config.call_allow},
                             std::pair{"EXECUTOR_CALL_DENY", &config.call_deny}}) {
-    const std::string* value = Find(env, name);
-    if (value == nullptr) continue;
+    auto it = env.find(name);
+    if (it == env.end()) continue;
+    const std::string* value = &it->second;
 #ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
-    *list = SplitDestinationList(*value);
+    EVENTBUS_ASSIGN_OR_RETURN(*list, ParseListSetting(name, *value));
     DestinationPolicyOptions options;
     options.allow = *list;
     if (absl::Status s = DestinationPolicy::Create(options).status(); !s.ok()) {
@@ -167,6 +141,16 @@ std::vector<std::string> KnownSettings() {
   return names;
 }
 
+absl::Status CheckBackendConfig(absl::string_view type, const Environment& env,
+                                const BackendRegistry& registry) {
+  EVENTBUS_ASSIGN_OR_RETURN(BackendConfig config, registry.ConfigFromEnvironment(type, env));
+  if (absl::Status s = registry.CheckConfig(type, config); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("the ", type, " backend's configuration: ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::string_view LogLevelName(LogLevel level) {
   switch (level) {
     case LogLevel::kTrace: return "trace";
@@ -196,7 +180,10 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
   }
 
   ServiceConfig config;
-  if (const std::string* type = Find(env, kEventStreamTypeEnv)) {
+  EVENTBUS_ASSIGN_OR_RETURN(
+      const std::string* type,
+      Find(env, kEventStreamTypeEnv, absl::StrCat("one of ", absl::StrJoin(backend_types, ", "))));
+  if (type != nullptr) {
     if (std::find(backend_types.begin(), backend_types.end(), *type) == backend_types.end()) {
       return absl::InvalidArgumentError(absl::StrCat(kEventStreamTypeEnv, "=\"", *type,
                                                      "\" is not a registered backend; valid types: ",
@@ -236,13 +223,13 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
         absl::FormatDuration(ex.reclaim_min_idle),
         "), or running tasks would be reclaimed by other workers"));
   }
-  if (Find(env, "EXECUTOR_TASK_TIMEOUT") != nullptr) {
+  if (IsSet(env, "EXECUTOR_TASK_TIMEOUT")) {
     absl::Duration timeout;
     EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_TASK_TIMEOUT", absl::Milliseconds(1),
                                           ex.max_task_timeout, &timeout));
     config.task_timeout = timeout;
   }
-  if (Find(env, "EXECUTOR_MAX_ATTEMPTS") != nullptr) {
+  if (IsSet(env, "EXECUTOR_MAX_ATTEMPTS")) {
     int attempts = 0;
     EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_MAX_ATTEMPTS", 1, 1000, &attempts));
     config.max_attempts = attempts;
@@ -250,7 +237,12 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
   EVENTBUS_RETURN_IF_ERROR(ReadHttpAddr(env, config));
   EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_HTTP_MAX_CONNECTIONS", 1, 1'000'000,
                                    &config.http_max_connections));
-  if (const std::string* token = Find(env, "EXECUTOR_API_TOKEN")) {
+  EVENTBUS_ASSIGN_OR_RETURN(
+      const std::string* token,
+      Find(env, "EXECUTOR_API_TOKEN",
+           "a token (unset, the API runs without authentication: an empty value must not "
+           "turn it off by accident)"));
+  if (token != nullptr) {
     // Checked without echoing the value: it is a secret.
     const bool printable = std::all_of(token->begin(), token->end(), [](char c) {
       return c > ' ' && c < 0x7f;
@@ -269,27 +261,30 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
         "EXECUTOR_METRICS_REQUIRE_TOKEN=true needs EXECUTOR_API_TOKEN to be set");
   }
   EVENTBUS_RETURN_IF_ERROR(ReadLogLevel(env, config));
-  if (const std::string* ca = Find(env, "EXECUTOR_CA_FILE")) {
-    if (access(ca->c_str(), R_OK) != 0) {
-      return BadValue("EXECUTOR_CA_FILE", *ca, "a readable PEM file of CA certificates");
-    }
+  constexpr absl::string_view kCaExpected = "a readable PEM file of CA certificates";
+  EVENTBUS_ASSIGN_OR_RETURN(const std::string* ca, Find(env, "EXECUTOR_CA_FILE", kCaExpected));
+  if (ca != nullptr) {
+    if (access(ca->c_str(), R_OK) != 0) return InvalidSetting("EXECUTOR_CA_FILE", *ca, kCaExpected);
     config.ca_file = *ca;
   }
   EVENTBUS_RETURN_IF_ERROR(ReadCallPolicy(env, config));
   // A `set` runs on a worker thread, so more jq processes than workers would sit idle.
   config.jq_workers = EffectiveWorkers(ex);
   EVENTBUS_RETURN_IF_ERROR(ReadInt(env, "EXECUTOR_JQ_WORKERS", 1, 1024, &config.jq_workers));
-  if (const std::string* worker = Find(env, "EXECUTOR_JQ_WORKER")) {
+  constexpr absl::string_view kWorkerExpected = "the path of the eventbus-jq-worker binary";
+  EVENTBUS_ASSIGN_OR_RETURN(const std::string* worker,
+                            Find(env, "EXECUTOR_JQ_WORKER", kWorkerExpected));
+  if (worker != nullptr) {
     if (access(worker->c_str(), X_OK) != 0) {
-      return BadValue("EXECUTOR_JQ_WORKER", *worker, "the path of the eventbus-jq-worker binary");
+      return InvalidSetting("EXECUTOR_JQ_WORKER", *worker, kWorkerExpected);
     }
     config.jq_worker_path = *worker;
   }
   EVENTBUS_RETURN_IF_ERROR(
       ReadInt(env, "EXECUTOR_JQ_MEMORY_LIMIT_MIB", 0, 1 << 20, &config.jq_memory_limit_mib));
   if (config.jq_memory_limit_mib != 0 && config.jq_memory_limit_mib < 64) {
-    return BadValue("EXECUTOR_JQ_MEMORY_LIMIT_MIB", std::to_string(config.jq_memory_limit_mib),
-                    "0 (no limit) or 64..1048576");
+    return InvalidSetting("EXECUTOR_JQ_MEMORY_LIMIT_MIB", env.at("EXECUTOR_JQ_MEMORY_LIMIT_MIB"),
+                          "0 (no limit) or 64..1048576");
   }
   if (ex.result_stream == ex.request_stream) {
     return absl::InvalidArgumentError(

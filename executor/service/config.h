@@ -66,11 +66,19 @@ struct ServiceConfig {
 // Every variable ParseServiceConfig reads (besides the backends'), sorted.
 std::vector<std::string> KnownSettings();
 
-// Reads `env`. InvalidArgument naming the variable, the bad value and the valid ones, for any
-// malformed or out-of-range value, an unknown EVENT_STREAM_TYPE (listing `backend_types`), or
-// an unknown EXECUTOR_* variable (a typo would otherwise be ignored silently).
+// Reads `env` (values parsed by eventbus/options.h). InvalidArgument naming the variable, the
+// bad value and the valid ones, for any malformed, out-of-range or empty value (set but empty
+// never means the default), an unknown EVENT_STREAM_TYPE (listing `backend_types`), or an
+// unknown EXECUTOR_* variable (a typo would otherwise be ignored silently). The backend's own
+// variables are CheckBackendConfig's.
 absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
                                                  const std::vector<std::string>& backend_types);
+
+// The backend `type`'s own settings (its URL variable and *_OPTION_* variables) as
+// BackendRegistry::ConfigFromEnvironment reads them, checked by the backend without
+// connecting: InvalidArgument naming the setting for a bad, empty or unknown one.
+absl::Status CheckBackendConfig(absl::string_view type, const Environment& env,
+                                const BackendRegistry& registry);
 
 // "debug", "info", ...
 absl::string_view LogLevelName(LogLevel level);

@@ -6,9 +6,6 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
-
 namespace eventbus::executor::service {
 namespace {
 
@@ -75,28 +72,6 @@ void JsonLog::WriteTask(const TaskLogRecord& record) {
   if (!record.delivery_id.empty()) fields["delivery_id"] = record.delivery_id;
   if (!record.error.empty()) fields["error"] = record.error;
   Write(FromRecord(record.level), record.message, fields);
-}
-
-std::string RedactUrl(absl::string_view url) {
-  std::vector<std::string> parts;
-  for (absl::string_view part : absl::StrSplit(url, ',')) {
-    std::string out(part);
-    const size_t scheme = out.find("://");
-    const size_t authority = scheme == std::string::npos ? 0 : scheme + 3;
-    const size_t at = out.find('@', authority);
-    const size_t slash = out.find('/', authority);
-    if (at != std::string::npos && (slash == std::string::npos || at < slash)) {
-      const size_t colon = out.find(':', authority);
-      if (colon != std::string::npos && colon < at) {
-        out.replace(colon + 1, at - colon - 1, "***");
-      } else {
-        // A lone userinfo may itself be a token (redis://secret@host).
-        out.replace(authority, at - authority, "***");
-      }
-    }
-    parts.push_back(std::move(out));
-  }
-  return absl::StrJoin(parts, ",");
 }
 
 }  // namespace eventbus::executor::service

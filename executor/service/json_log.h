@@ -36,8 +36,4 @@ class JsonLog {
   std::shared_ptr<spdlog::logger> logger_;
 };
 
-// `url` with any password replaced by "***" ("redis://user:***@host:6379/0"); several
-// comma-separated URLs are each redacted. Never logs a secret, whatever the scheme.
-std::string RedactUrl(absl::string_view url);
-
 }  // namespace eventbus::executor::service

@@ -89,10 +89,18 @@ int main(int argc, char** argv) {
   }
   eventbus::Environment env = eventbus::ProcessEnvironment();
   if (demo && !env.contains("EXECUTOR_HTTP_ADDR")) env["EXECUTOR_HTTP_ADDR"] = "127.0.0.1:0";
-  auto config = service::ParseServiceConfig(env, eventbus::BackendRegistry::Global().Names());
-  if (!config.ok()) {
+  // Every configuration error, the service's or the backend's, exits 2 before anything
+  // connects; 1 is left for start-up failures of another kind (a backend not reachable, the
+  // HTTP port taken).
+  const eventbus::BackendRegistry& registry = eventbus::BackendRegistry::Global();
+  auto config = service::ParseServiceConfig(env, registry.Names());
+  absl::Status config_status = config.status();
+  if (config_status.ok()) {
+    config_status = service::CheckBackendConfig(config->stream_type, env, registry);
+  }
+  if (!config_status.ok()) {
     std::fprintf(stderr, "eventbus-executor: configuration error: %s\n",
-                 std::string(config.status().message()).c_str());
+                 std::string(config_status.message()).c_str());
     return 2;
   }
   JsonLog log(demo && !env.contains("LOG_LEVEL") ? LogLevel::kWarn : config->log_level);

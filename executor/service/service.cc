@@ -22,6 +22,7 @@
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
 #include "eventbus/executor/task.h"
+#include "eventbus/redact.h"
 #include "eventbus/status_macros.h"
 #include "http_server.h"
 

@@ -1,12 +1,14 @@
-// The service's configuration parsing and secret redaction.
+// The service's configuration parsing (values through eventbus/options.h, whose own tests
+// and RedactUrl's are in tests/unit/options_test.cc).
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "json_log.h"
 
 namespace eventbus::executor::service {
 namespace {
@@ -118,7 +120,7 @@ TEST(ServiceConfigTest, BadValuesNameTheSettingAndTheValidValues) {
   EXPECT_THAT(error({{"EXECUTOR_HTTP_ADDR", "8080"}}), HasSubstr("host:port"));
   EXPECT_THAT(error({{"EXECUTOR_HTTP_ADDR", "0.0.0.0:99999"}}), HasSubstr("EXECUTOR_HTTP_ADDR"));
   EXPECT_THAT(error({{"LOG_LEVEL", "loud"}}),
-              HasSubstr("one of trace, debug, info, warn, error, off"));
+              HasSubstr("one of trace, debug, info, warn, warning, error, off"));
   EXPECT_THAT(error({{"EXECUTOR_CONSUMER_GROUP", "two words"}}),
               HasSubstr("EXECUTOR_CONSUMER_GROUP"));
   EXPECT_THAT(error({{"EXECUTOR_CONCURENCY", "4"}}),
@@ -130,15 +132,56 @@ TEST(ServiceConfigTest, BadValuesNameTheSettingAndTheValidValues) {
   EXPECT_THAT(error({{"EXECUTOR_CA_FILE", "/nonexistent/ca.pem"}}), HasSubstr("EXECUTOR_CA_FILE"));
 }
 
-TEST(RedactUrlTest, PasswordsNeverAppear) {
-  EXPECT_EQ(RedactUrl("redis://user:s3cret@host:6379/0"), "redis://user:***@host:6379/0");
-  EXPECT_EQ(RedactUrl("redis://:s3cret@host:6379"), "redis://:***@host:6379");
-  EXPECT_EQ(RedactUrl("nats://token@host:4222"), "nats://***@host:4222");
-  EXPECT_EQ(RedactUrl("redis://host:6379"), "redis://host:6379");
-  EXPECT_EQ(RedactUrl("unix:///run/redis.sock"), "unix:///run/redis.sock");
-  EXPECT_EQ(RedactUrl("a:1,b:2"), "a:1,b:2");
-  EXPECT_EQ(RedactUrl("nats://u:p@h1:4222,nats://u:q@h2:4222"),
-            "nats://u:***@h1:4222,nats://u:***@h2:4222");
+// Set but empty is never the default (a secret store that failed to fill in
+// EXECUTOR_API_TOKEN must not turn authentication off).
+TEST(ServiceConfigTest, AnEmptyValueIsAnErrorNamingTheSetting) {
+  for (const std::string name :
+       {"EVENT_STREAM_TYPE", "EXECUTOR_API_TOKEN", "EXECUTOR_CONCURRENCY", "EXECUTOR_STREAM_BLOCK",
+        "EXECUTOR_RECLAIM_ENABLED", "EXECUTOR_CONSUMER_NAME", "EXECUTOR_HTTP_ADDR", "LOG_LEVEL",
+        "EXECUTOR_CALL_ALLOW", "EXECUTOR_CA_FILE", "EXECUTOR_TASK_TIMEOUT",
+        "EXECUTOR_MAX_ATTEMPTS"}) {
+    auto config = ParseServiceConfig({{name, ""}}, kTypes);
+    ASSERT_FALSE(config.ok()) << name;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(config.status().message(), HasSubstr(name + " is set but empty")) << name;
+  }
+  auto token = ParseServiceConfig({{"EXECUTOR_API_TOKEN", ""}}, kTypes);
+  EXPECT_THAT(token.status().message(), HasSubstr("without authentication"));
+}
+
+TEST(ServiceConfigTest, ListsAndDurationsUseTheCoreParser) {
+  auto config = ParseServiceConfig({{"EXECUTOR_CALL_DENY", " 10.0.0.0/8 , api.example.com"},
+                                    {"EXECUTOR_SHUTDOWN_DEADLINE", "PT1M"}},
+                                   kTypes);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->call_deny, (std::vector<std::string>{"10.0.0.0/8", "api.example.com"}));
+  EXPECT_EQ(config->executor.shutdown_deadline, absl::Minutes(1));
+  auto trailing = ParseServiceConfig({{"EXECUTOR_CALL_DENY", "10.0.0.0/8,"}}, kTypes);
+  EXPECT_THAT(trailing.status().message(), HasSubstr("EXECUTOR_CALL_DENY=\"10.0.0.0/8,\""));
+}
+
+TEST(CheckBackendConfigTest, NamesTheBackendAndItsSetting) {
+  BackendRegistry registry;
+  BackendRegistration fake;
+  fake.name = "fake";
+  fake.url_env = "FAKE_URL";
+  fake.option_env_prefix = "FAKE_OPTION_";
+  fake.factory = [](const BackendConfig&) -> absl::StatusOr<std::unique_ptr<EventStream>> {
+    return absl::UnavailableError("never called by CheckBackendConfig");
+  };
+  fake.check_config = [](const BackendConfig& config) -> absl::Status {
+    for (const auto& [key, value] : config.options) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown option ", key));
+    }
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE(registry.Register(fake).ok());
+  EXPECT_TRUE(CheckBackendConfig("fake", {{"FAKE_URL", "x"}}, registry).ok());
+  const absl::Status bad = CheckBackendConfig("fake", {{"FAKE_OPTION_COLOR", "red"}}, registry);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.message(), "the fake backend's configuration: unknown option color");
+  const absl::Status empty = CheckBackendConfig("fake", {{"FAKE_URL", ""}}, registry);
+  EXPECT_THAT(empty.message(), HasSubstr("FAKE_URL is set but empty"));
 }
 
 }  // namespace

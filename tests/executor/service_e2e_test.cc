@@ -513,20 +513,25 @@ TEST(ServiceEndToEnd, RunawaySetTasksTimeOutAndTheServiceKeepsWorking) {
   EXPECT_THAT(service->Log(), HasSubstr("\"msg\":\"eventbus-executor stopped\""));
 }
 
+// Runs the service binary with `assignments` (shell words such as "X=1" or "'Y=a b'") in its
+// environment until it exits; returns its exit code and stderr. For configurations that stop
+// start-up: one that does not is killed after 60 s (exit code 124, timeout(1)'s).
+std::pair<int, std::string> RunUntilExit(const std::string& dir, const std::string& assignments) {
+  const std::string err = dir + "/stderr.txt";
+  const std::string command = absl::StrCat("timeout 60 env ", assignments,
+                                           " EXECUTOR_HTTP_ADDR=127.0.0.1:0 ",
+                                           EVENTBUS_EXECUTOR_BINARY, " 2>", err);
+  const int status = std::system(command.c_str());
+  std::ifstream in(err);
+  std::stringstream text;
+  text << in.rdbuf();
+  return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, text.str());
+}
+
 TEST(ServiceEndToEnd, BadConfigurationStopsStartUpNamingTheSetting) {
   auto dir = harness::MakeTempDir("eventbus-executor-config");
   ASSERT_TRUE(dir.ok());
-  // Runs the binary with `assignment` in its environment; returns its exit code and stderr.
-  auto run = [&](const std::string& assignment) {
-    const std::string err = *dir + "/stderr.txt";
-    const std::string command = absl::StrCat("env ", assignment, " EXECUTOR_HTTP_ADDR=127.0.0.1:0 ",
-                                             EVENTBUS_EXECUTOR_BINARY, " 2>", err);
-    const int status = std::system(command.c_str());
-    std::ifstream in(err);
-    std::stringstream text;
-    text << in.rdbuf();
-    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, text.str());
-  };
+  auto run = [&](const std::string& assignment) { return RunUntilExit(*dir, assignment); };
   auto [bogus_code, bogus_err] = run("EVENT_STREAM_TYPE=bogus");
   EXPECT_EQ(bogus_code, 2);
   EXPECT_THAT(bogus_err, HasSubstr("EVENT_STREAM_TYPE=\"bogus\" is not a registered backend; "
@@ -544,6 +549,72 @@ TEST(ServiceEndToEnd, BadConfigurationStopsStartUpNamingTheSetting) {
   auto [level_code, level_err] = run("LOG_LEVEL=chatty");
   EXPECT_EQ(level_code, 2);
   EXPECT_THAT(level_err, HasSubstr("LOG_LEVEL"));
+  harness::RemoveTree(*dir);
+}
+
+// Issue 9: a bad backend option exited 1 (a start-up failure) instead of 2; an empty value
+// meant the default. Every configuration error exits 2 naming the setting, before connecting.
+TEST(ServiceEndToEnd, BackendConfigurationErrorsExit2NamingTheSetting) {
+  auto dir = harness::MakeTempDir("eventbus-executor-backend-config");
+  ASSERT_TRUE(dir.ok());
+  // The backends this binary was built with, from its --help.
+  const std::string help_file = *dir + "/help.txt";
+  ASSERT_EQ(std::system(absl::StrCat(EVENTBUS_EXECUTOR_BINARY, " --help >", help_file).c_str()), 0);
+  std::ifstream help_in(help_file);
+  std::stringstream help;
+  help << help_in.rdbuf();
+  auto built = [&](const std::string& backend) {
+    return absl::StrContains(help.str(), backend + ",") ||
+           absl::StrContains(help.str(), backend + ";");
+  };
+  struct Case {
+    std::string backend;
+    std::string assignments;
+    std::string expected;   // in stderr
+    std::string forbidden;  // never in stderr (a secret)
+  };
+  const std::vector<Case> cases = {
+      {"memory", "MEMORY_OPTION_MAX_STREAM_EVENTS=0", "MEMORY_OPTION_MAX_STREAM_EVENTS", ""},
+      {"memory", "MEMORY_OPTION_MAX_STREAM_BYTES=", "MEMORY_OPTION_MAX_STREAM_BYTES is set but empty", ""},
+      {"memory", "MEMORY_OPTION_COLOUR=red", "MEMORY_OPTION_COLOUR", ""},
+      {"memory", "EXECUTOR_API_TOKEN=", "EXECUTOR_API_TOKEN is set but empty", ""},
+      {"memory", "EVENT_STREAM_TYPE=", "EVENT_STREAM_TYPE is set but empty", ""},
+      {"redis", "EVENT_STREAM_TYPE=redis REDIS_OPTION_FETCH_SLICE=soon",
+       "REDIS_OPTION_FETCH_SLICE", ""},
+      {"redis", "EVENT_STREAM_TYPE=redis REDIS_URL=", "REDIS_URL is set but empty", ""},
+      {"redis", "EVENT_STREAM_TYPE=redis 'REDIS_URL=redis://:p@ss@127.0.0.1:bad'", "REDIS_URL",
+       "p@ss"},
+      {"kafka", "EVENT_STREAM_TYPE=kafka KAFKA_OPTION_EVENTBUS_PARTITIONS=0",
+       "KAFKA_OPTION_EVENTBUS_PARTITIONS", ""},
+      {"kafka", "EVENT_STREAM_TYPE=kafka KAFKA_OPTION_SECURITY_PROTOCOL=carrier-pigeon",
+       "KAFKA_OPTION_SECURITY_PROTOCOL", ""},
+      {"kafka", "EVENT_STREAM_TYPE=kafka KAFKA_OPTION_SASL_PASWORD=hunter2",
+       "KAFKA_OPTION_SASL_PASWORD", "hunter2"},
+      {"nats", "EVENT_STREAM_TYPE=nats NATS_OPTION_ACK_WAIT=soon", "NATS_OPTION_ACK_WAIT", ""},
+      {"nats", "EVENT_STREAM_TYPE=nats 'NATS_URL=nats://u:p@ss/w@:4222'", "NATS_URL", "ss/w"},
+  };
+  int ran = 0;
+  for (const Case& c : cases) {
+    if (!built(c.backend)) continue;
+    ++ran;
+    auto [code, err] = RunUntilExit(*dir, c.assignments);
+    EXPECT_EQ(code, 2) << c.assignments << ": " << err;
+    EXPECT_THAT(err, HasSubstr("configuration error")) << c.assignments;
+    EXPECT_THAT(err, HasSubstr(c.expected)) << c.assignments;
+    if (!c.forbidden.empty()) {
+      EXPECT_THAT(err, Not(HasSubstr(c.forbidden))) << c.assignments;
+    }
+  }
+  EXPECT_GE(ran, 5);
+  if (built("redis")) {
+    // A valid configuration whose server is unreachable is a start-up failure (1), and the
+    // password (with a '/', which the old redaction took for the path) is not in its message.
+    auto [code, err] =
+        RunUntilExit(*dir, "EVENT_STREAM_TYPE=redis 'REDIS_URL=redis://:pa/ss@127.0.0.1:1'");
+    EXPECT_EQ(code, 1) << err;
+    EXPECT_THAT(err, HasSubstr("start-up failed"));
+    EXPECT_THAT(err, Not(HasSubstr("pa/ss")));
+  }
   harness::RemoveTree(*dir);
 }
 

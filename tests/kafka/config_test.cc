@@ -4,6 +4,7 @@
 #include "absl/strings/match.h"
 #include "eventbus/kafka/kafka_event_stream.h"
 #include "gtest/gtest.h"
+#include "kafka_client.h"
 #include "rdkafka_handles.h"
 
 namespace eventbus::kafka {
@@ -77,6 +78,62 @@ TEST(KafkaOptionsTest, ARejectedSecretPropertyIsNamedButItsValueNeverShown) {
   auto stream = NewKafkaEventStream(plain);
   ASSERT_FALSE(stream.ok());
   EXPECT_TRUE(absl::StrContains(stream.status().message(), "carrier-pigeon")) << stream.status();
+}
+
+TEST(KafkaOptionsTest, OwnOptionsUseTheCoreParserAndEmptyValuesAreErrors) {
+  BackendConfig config;
+  config.options = {{"eventbus.max.event.bytes", "4MiB"},
+                    {"eventbus.max.buffered.bytes", "128MiB"},
+                    {"eventbus.ordered.per.key", "yes"}};
+  auto options = KafkaOptionsFromConfig(config);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->max_event_bytes, size_t{4} << 20);
+  EXPECT_EQ(options->max_buffered_bytes, size_t{128} << 20);
+  EXPECT_TRUE(options->ordered_per_key);
+  for (const std::string key : {"eventbus.partitions", "security.protocol", "sasl.password"}) {
+    config.options = {{key, ""}};
+    auto empty = KafkaOptionsFromConfig(config);
+    EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument) << key;
+    EXPECT_TRUE(absl::StrContains(empty.status().message(), "is set but empty")) << empty.status();
+    EXPECT_TRUE(absl::StrContains(empty.status().message(), key)) << empty.status();
+  }
+  config.options = {{"eventbus.replication.factor", "0"}};
+  EXPECT_TRUE(absl::StrContains(KafkaOptionsFromConfig(config).status().message(),
+                                "KAFKA_OPTION_EVENTBUS_REPLICATION_FACTOR"));
+}
+
+// A misspelt secret property is unknown to librdkafka, so no name rule can tell it is a
+// secret: the value of an unknown property is never shown.
+TEST(KafkaOptionsTest, AnUnknownPropertysValueIsNeverShown) {
+  for (const std::string name : {"sasl.pasword", "sasl.passwd", "ssl.keystore.passwrd"}) {
+    KafkaOptions options;
+    options.properties[name] = "hunter2";
+    const absl::Status status = CheckKafkaProperties(options);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_TRUE(absl::StrContains(status.message(), name)) << status;
+    EXPECT_FALSE(absl::StrContains(status.message(), "hunter2")) << status;
+  }
+}
+
+TEST(KafkaRegistrationTest, CheckConfigFindsBadPropertiesWithoutABroker) {
+  BackendRegistry registry;
+  ASSERT_TRUE(RegisterKafkaBackend(registry).ok());
+  for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"KAFKA_OPTION_EVENTBUS_PARTITIONS", "0"},
+           {"KAFKA_OPTION_SECURITY_PROTOCOL", "carrier-pigeon"},
+           {"KAFKA_OPTION_NO_SUCH_PROPERTY", "1"}}) {
+    auto config = registry.ConfigFromEnvironment("kafka", {{name, value}});
+    ASSERT_TRUE(config.ok()) << config.status();
+    const absl::Status status = registry.CheckConfig("kafka", *config);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_TRUE(absl::StrContains(status.message(), name)) << status;
+  }
+  auto good = registry.ConfigFromEnvironment("kafka", {{"KAFKA_OPTION_SECURITY_PROTOCOL", "ssl"}});
+  ASSERT_TRUE(good.ok());
+  EXPECT_TRUE(registry.CheckConfig("kafka", *good).ok());
+  auto empty_brokers = registry.ConfigFromEnvironment("kafka", {{"KAFKA_BROKERS", ""}});
+  EXPECT_TRUE(absl::StrContains(empty_brokers.status().message(), "KAFKA_BROKERS is set but empty"))
+      << empty_brokers.status();
 }
 
 TEST(KafkaOptionsTest, BufferBoundsDefaultToFullBatchesAndAreConfigurable) {

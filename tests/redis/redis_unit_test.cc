@@ -165,6 +165,42 @@ TEST(RegisterRedisBackend, MalformedUrlFailsBeforeConnecting) {
   EXPECT_FALSE(absl::StrContains(stream.status().message(), "hunter2")) << stream.status();
 }
 
+TEST(RegisterRedisBackend, BadOptionsAreFoundByCheckConfigWithoutAServer) {
+  BackendRegistry registry;
+  ASSERT_TRUE(RegisterRedisBackend(registry).ok());
+  for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"REDIS_OPTION_FETCH_SLICE", "soon"},
+           {"REDIS_OPTION_PUBLISH_BATCH_SIZE", "0"},
+           {"REDIS_OPTION_MAX_EVENT_BYTES", "16MB"},
+           {"REDIS_OPTION_COMMAND_TIMEOUT", ""},
+           {"REDIS_OPTION_NO_SUCH_THING", "1"}}) {
+    auto config = registry.ConfigFromEnvironment("redis", {{name, value}});
+    absl::Status status = config.ok() ? registry.CheckConfig("redis", *config) : config.status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << name << "=" << value;
+    EXPECT_TRUE(absl::StrContains(status.message(), name)) << status;
+  }
+  auto sized = RedisOptionsFromConfig(
+      BackendConfig{.options = {{"max.event.bytes", "4MiB"}, {"fetch.slice", "PT0.5S"}}});
+  ASSERT_TRUE(sized.ok()) << sized.status();
+  EXPECT_EQ(sized->max_event_bytes, size_t{4} << 20);
+  EXPECT_EQ(sized->fetch_slice, absl::Milliseconds(500));
+  auto empty_url = registry.ConfigFromEnvironment("redis", {{"REDIS_URL", ""}});
+  EXPECT_EQ(empty_url.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(empty_url.status().message(), "REDIS_URL is set but empty"))
+      << empty_url.status();
+}
+
+// Issue 9: a password with '@' or '/' (or no user) leaked through the URL error messages.
+TEST(RegisterRedisBackend, UrlErrorsNeverShowAPasswordWithSeparators) {
+  for (const std::string url : {"redis://:pa/ss@h:bad", "redis://:p@ss@host:99999",
+                                "redis://u:p@ss@host:6379/x", "rediss://:pa/ss@h"}) {
+    auto ep = ParseRedisUrl(url);
+    ASSERT_FALSE(ep.ok()) << url;
+    EXPECT_FALSE(absl::StrContains(ep.status().message(), "pa/ss")) << ep.status();
+    EXPECT_FALSE(absl::StrContains(ep.status().message(), "p@ss")) << ep.status();
+  }
+}
+
 // --- wire format ---
 
 wire::Fields FieldsOf(const Event& event) {

@@ -4,12 +4,13 @@
 #include <optional>
 #include <utility>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "eventbus/options.h"
+#include "eventbus/redact.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::kafka {
@@ -35,13 +36,6 @@ void OnDeliveryReport(rd_kafka_t*, const rd_kafka_message_t* message, void*) {
 // librdkafka scans for timed-out messages about once a second, and our report thread polls
 // every 100 ms: the report of a message that timed out comes a little after its timeout.
 constexpr absl::Duration kDeliveryReportMargin = absl::Seconds(5);
-
-// Whether a property's value must never appear in an error message.
-bool IsSecretProperty(absl::string_view name) {
-  const std::string lower = absl::AsciiStrToLower(name);
-  return absl::StrContains(lower, "password") || absl::StrContains(lower, "secret") ||
-         absl::StrContains(lower, "key");
-}
 
 int TimeoutMs(absl::Duration d) {
   if (d <= absl::ZeroDuration()) return 0;
@@ -119,29 +113,43 @@ KafkaClient::~KafkaClient() {
   }
 }
 
-absl::StatusOr<ConfHandle> KafkaClient::NewConf(
-    const std::vector<std::pair<std::string, std::string>>& defaults) const {
+absl::StatusOr<ConfHandle> NewKafkaConf(
+    const KafkaOptions& options,
+    const std::vector<std::pair<std::string, std::string>>& defaults) {
   ConfHandle conf(rd_kafka_conf_new());
   char errstr[512];
   auto set = [&](const std::string& name, const std::string& value) -> absl::Status {
-    if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), errstr, sizeof(errstr)) !=
-        RD_KAFKA_CONF_OK) {
-      if (IsSecretProperty(name)) {
-        // librdkafka's message may quote the value too.
-        std::string reason(errstr);
-        if (!value.empty()) absl::StrReplaceAll({{value, "[redacted]"}}, &reason);
-        return absl::InvalidArgumentError(
-            absl::StrCat("Kafka property ", name, "=[redacted] rejected: ", reason));
-      }
-      return absl::InvalidArgumentError(
-          absl::StrCat("Kafka property ", name, "=", value, " rejected: ", errstr));
+    const rd_kafka_conf_res_t result =
+        rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), errstr, sizeof(errstr));
+    if (result == RD_KAFKA_CONF_OK) return absl::OkStatus();
+    const std::string setting = name == "bootstrap.servers" && value == options.brokers
+                                    ? std::string("bootstrap.servers (KAFKA_BROKERS)")
+                                    : BackendOptionSetting(kKafkaOptionEnvPrefix, name);
+    // An unknown name may be a misspelt secret (sasl.pasword), so its value is never shown:
+    // the name is what is wrong. A known secret's value is hidden, also from librdkafka's
+    // message, which may quote it.
+    if (result == RD_KAFKA_CONF_UNKNOWN || IsSecretSettingName(name)) {
+      std::string reason(errstr);
+      if (!value.empty()) absl::StrReplaceAll({{value, "[redacted]"}}, &reason);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Kafka property ", setting, " rejected (value not shown): ", reason));
     }
-    return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("Kafka property ", setting, "=\"", value, "\" rejected: ", errstr));
   };
-  EVENTBUS_RETURN_IF_ERROR(set("bootstrap.servers", options_.brokers));
+  EVENTBUS_RETURN_IF_ERROR(set("bootstrap.servers", options.brokers));
   for (const auto& [name, value] : defaults) EVENTBUS_RETURN_IF_ERROR(set(name, value));
-  for (const auto& [name, value] : options_.properties) EVENTBUS_RETURN_IF_ERROR(set(name, value));
+  for (const auto& [name, value] : options.properties) EVENTBUS_RETURN_IF_ERROR(set(name, value));
   return conf;
+}
+
+absl::Status CheckKafkaProperties(const KafkaOptions& options) {
+  return NewKafkaConf(options, {}).status();
+}
+
+absl::StatusOr<ConfHandle> KafkaClient::NewConf(
+    const std::vector<std::pair<std::string, std::string>>& defaults) const {
+  return NewKafkaConf(options_, defaults);
 }
 
 absl::Status KafkaClient::Produce(const std::string& topic, const KafkaRecord& record,

@@ -80,6 +80,15 @@ class KafkaClient {
 // The record a consumed message carries (key, value, headers in wire order).
 KafkaRecord RecordOf(const rd_kafka_message_t* message);
 
+// A configuration with bootstrap.servers and `options.properties` applied over `defaults`;
+// InvalidArgument naming the property librdkafka rejects (the value shown only when the
+// property is known and its name is not a secret's, eventbus/redact.h). Connects nowhere.
+absl::StatusOr<ConfHandle> NewKafkaConf(
+    const KafkaOptions& options, const std::vector<std::pair<std::string, std::string>>& defaults);
+
+// NewKafkaConf(options, {}).status(): whether librdkafka accepts every property.
+absl::Status CheckKafkaProperties(const KafkaOptions& options);
+
 // "partition:offset", the Delivery/PublishReceipt id of a record.
 std::string RecordId(int32_t partition, int64_t offset);
 

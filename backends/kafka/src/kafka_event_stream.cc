@@ -1,12 +1,14 @@
 #include "eventbus/kafka/kafka_event_stream.h"
 
+#include <map>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "eventbus/clock.h"
+#include "eventbus/options.h"
 #include "eventbus/status_macros.h"
 #include "kafka_client.h"
 #include "kafka_inspector.h"
@@ -72,11 +74,6 @@ class KafkaEventStream final : public EventStream {
   const std::unique_ptr<StreamInspector> inspector_;
 };
 
-absl::Status BadOption(absl::string_view key, absl::string_view value, absl::string_view want) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("Kafka option ", key, "=\"", value, "\": expected ", want));
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EventStream>> NewKafkaEventStream(KafkaOptions options,
@@ -93,56 +90,37 @@ absl::StatusOr<std::unique_ptr<EventStream>> NewKafkaEventStream(KafkaOptions op
 absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config) {
   KafkaOptions options;
   if (!config.url.empty()) options.brokers = config.url;
+  std::map<std::string, std::string> own;  // eventbus.*; the rest are librdkafka's
   for (const auto& [key, value] : config.options) {
-    if (!absl::StartsWith(key, kOwnOptionPrefix)) {
-      // KAFKA_OPTION_* names turn '_' into '.', which librdkafka's one underscored property
-      // does not survive.
-      options.properties[key == "log.level" ? "log_level" : key] = value;
+    if (absl::StartsWith(key, kOwnOptionPrefix)) {
+      own.emplace(key, value);
       continue;
     }
-    int64_t number = 0;
-    const bool is_number = absl::SimpleAtoi(value, &number);
-    if (key == "eventbus.partitions") {
-      if (!is_number || number < 1 || number > 100000) {
-        return BadOption(key, value, "a partition count >= 1");
-      }
-      options.partitions = static_cast<int>(number);
-    } else if (key == "eventbus.replication.factor") {
-      if (!is_number || number == 0 || number < -1 || number > 1000) {
-        return BadOption(key, value, "a replication factor >= 1, or -1 for the broker default");
-      }
-      options.replication_factor = static_cast<int>(number);
-    } else if (key == "eventbus.retry.threshold.ms") {
-      if (!is_number || number < 0) return BadOption(key, value, "milliseconds >= 0");
-      options.retry_topic_threshold = absl::Milliseconds(number);
-    } else if (key == "eventbus.ack.wait.ms") {
-      if (!is_number || number < 0) return BadOption(key, value, "milliseconds >= 0");
-      options.default_ack_wait = absl::Milliseconds(number);
-    } else if (key == "eventbus.max.event.bytes") {
-      if (!is_number || number < 1) return BadOption(key, value, "a byte count >= 1");
-      options.max_event_bytes = static_cast<size_t>(number);
-    } else if (key == "eventbus.max.buffered.events") {
-      if (!is_number || number < 1) return BadOption(key, value, "a count >= 1");
-      options.max_buffered_events = static_cast<size_t>(number);
-    } else if (key == "eventbus.max.buffered.bytes") {
-      if (!is_number || number < 1) return BadOption(key, value, "a byte count >= 1");
-      options.max_buffered_bytes = static_cast<size_t>(number);
-    } else if (key == "eventbus.ordered.per.key") {
-      if (value == "true" || value == "1") {
-        options.ordered_per_key = true;
-      } else if (value == "false" || value == "0") {
-        options.ordered_per_key = false;
-      } else {
-        return BadOption(key, value, "true or false");
-      }
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown Kafka option ", key,
-          "; valid eventbus.* options: eventbus.partitions, eventbus.replication.factor, "
-          "eventbus.retry.threshold.ms, eventbus.ack.wait.ms, eventbus.max.event.bytes, "
-          "eventbus.max.buffered.events, eventbus.max.buffered.bytes, eventbus.ordered.per.key"));
-    }
+    // librdkafka takes an empty string as "back to the default" for some properties; here
+    // an empty value is an error like everywhere else.
+    EVENTBUS_RETURN_IF_ERROR(
+        RejectEmptySetting(BackendOptionSetting(kKafkaOptionEnvPrefix, key), value));
+    // KAFKA_OPTION_* names turn '_' into '.', which librdkafka's one underscored property
+    // does not survive.
+    options.properties[key == "log.level" ? "log_level" : key] = value;
   }
+  OptionReader reader("Kafka", kKafkaOptionEnvPrefix, own);
+  reader.Int("eventbus.partitions", 1, 100'000, &options.partitions);
+  reader.Int("eventbus.replication.factor", -1, 1000, &options.replication_factor);
+  reader.Require("eventbus.replication.factor", options.replication_factor != 0,
+                 "a replication factor >= 1, or -1 for the broker default");
+  int64_t retry_threshold_ms = absl::ToInt64Milliseconds(options.retry_topic_threshold);
+  reader.Int("eventbus.retry.threshold.ms", 0, int64_t{1} << 40, &retry_threshold_ms);
+  options.retry_topic_threshold = absl::Milliseconds(retry_threshold_ms);
+  int64_t ack_wait_ms = absl::ToInt64Milliseconds(options.default_ack_wait);
+  reader.Int("eventbus.ack.wait.ms", 0, int64_t{1} << 40, &ack_wait_ms);
+  options.default_ack_wait = absl::Milliseconds(ack_wait_ms);
+  // The broker's own message.max.bytes is an int32.
+  reader.Size("eventbus.max.event.bytes", 1, (uint64_t{1} << 31) - 1, &options.max_event_bytes);
+  reader.Int("eventbus.max.buffered.events", 1, int64_t{1} << 32, &options.max_buffered_events);
+  reader.Size("eventbus.max.buffered.bytes", 1, uint64_t{1} << 40, &options.max_buffered_bytes);
+  reader.Bool("eventbus.ordered.per.key", &options.ordered_per_key);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
   return options;
 }
 
@@ -153,11 +131,15 @@ absl::Status RegisterKafkaBackend(BackendRegistry& registry) {
       "Apache Kafka via librdkafka (consumer groups, out-of-order acks, retry and DLQ topics)";
   registration.url_env = "KAFKA_BROKERS";
   registration.default_url = "127.0.0.1:9092";
-  registration.option_env_prefix = "KAFKA_OPTION_";
+  registration.option_env_prefix = std::string(kKafkaOptionEnvPrefix);
   registration.factory =
       [](const BackendConfig& config) -> absl::StatusOr<std::unique_ptr<EventStream>> {
     EVENTBUS_ASSIGN_OR_RETURN(KafkaOptions options, KafkaOptionsFromConfig(config));
     return NewKafkaEventStream(std::move(options), config.clock);
+  };
+  registration.check_config = [](const BackendConfig& config) -> absl::Status {
+    EVENTBUS_ASSIGN_OR_RETURN(KafkaOptions options, KafkaOptionsFromConfig(config));
+    return CheckKafkaProperties(options);
   };
   const absl::Status status = registry.Register(std::move(registration));
   if (absl::IsAlreadyExists(status)) return absl::OkStatus();

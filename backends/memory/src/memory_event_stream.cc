@@ -22,9 +22,10 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "eventbus/clock.h"
+#include "eventbus/options.h"
+#include "eventbus/redact.h"
 #include "eventbus/status_macros.h"
 #include "eventbus/stream_inspector.h"
 
@@ -32,6 +33,7 @@ namespace eventbus::memory {
 namespace {
 
 constexpr absl::string_view kBackendName = "memory";
+constexpr absl::string_view kOptionEnvPrefix = "MEMORY_OPTION_";
 
 // One event a group has delivered and not yet settled. Held by a consumer, or returned to the
 // group (nacked, consumer closed, lease expired) and waiting for `visible_at`.
@@ -1025,25 +1027,13 @@ std::unique_ptr<EventStream> NewMemoryEventStream(Clock* clock, MemoryOptions op
 
 absl::StatusOr<MemoryOptions> MemoryOptionsFromConfig(const BackendConfig& config) {
   MemoryOptions options;
-  for (const auto& [key, value] : config.options) {
-    size_t* target = nullptr;
-    if (key == "max.stream.events") target = &options.max_stream_events;
-    if (key == "max.stream.bytes") target = &options.max_stream_bytes;
-    if (target == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown memory backend option '", key,
-          "' (MEMORY_OPTION_*); valid: max.stream.events, max.stream.bytes"));
-    }
-    uint64_t parsed = 0;
-    if (!absl::SimpleAtoi(value, &parsed) || parsed == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("memory backend option ", key, "=\"", value,
-                                                     "\" is not a positive integer"));
-    }
-    *target = parsed;
-  }
+  OptionReader reader(kBackendName, kOptionEnvPrefix, config.options);
+  reader.Int("max.stream.events", 1, int64_t{1} << 40, &options.max_stream_events);
+  reader.Size("max.stream.bytes", 1, uint64_t{1} << 40, &options.max_stream_bytes);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
   if (!config.url.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the memory backend takes no URL, got \"", config.url, "\""));
+        absl::StrCat("the memory backend takes no URL, got \"", RedactUrl(config.url), "\""));
   }
   return options;
 }
@@ -1055,11 +1045,14 @@ absl::Status RegisterMemoryBackend(BackendRegistry& registry) {
   BackendRegistration registration;
   registration.name = std::string(kBackendName);
   registration.description = "in-process streams (single process, not persistent)";
-  registration.option_env_prefix = "MEMORY_OPTION_";
+  registration.option_env_prefix = std::string(kOptionEnvPrefix);
   registration.factory =
       [](const BackendConfig& config) -> absl::StatusOr<std::unique_ptr<EventStream>> {
     EVENTBUS_ASSIGN_OR_RETURN(MemoryOptions options, MemoryOptionsFromConfig(config));
     return NewMemoryEventStream(config.clock, options);
+  };
+  registration.check_config = [](const BackendConfig& config) {
+    return MemoryOptionsFromConfig(config).status();
   };
   absl::Status status = registry.Register(std::move(registration));
   if (absl::IsAlreadyExists(status)) return absl::OkStatus();  // lost a race: same outcome

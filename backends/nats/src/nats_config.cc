@@ -9,31 +9,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "eventbus/nats/nats_event_stream.h"
+#include "eventbus/options.h"
+#include "eventbus/redact.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::nats {
 namespace {
-
-absl::StatusOr<absl::Duration> DurationOption(absl::string_view key, absl::string_view value,
-                                              bool zero_ok = false) {
-  absl::Duration d;
-  if (!absl::ParseDuration(value, &d) || d < absl::ZeroDuration() ||
-      (!zero_ok && d == absl::ZeroDuration()) || d == absl::InfiniteDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "nats option ", key, "=\"", value, "\" is not a ", zero_ok ? "non-negative" : "positive",
-        " duration such as 5s or 250ms"));
-  }
-  return d;
-}
-
-absl::StatusOr<int64_t> IntOption(absl::string_view key, absl::string_view value, int64_t min) {
-  int64_t n = 0;
-  if (!absl::SimpleAtoi(value, &n) || n < min) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("nats option ", key, "=\"", value, "\" is not an integer >= ", min));
-  }
-  return n;
-}
 
 // Checks each comma-separated server URL's scheme and host; nats.c parses the rest.
 absl::Status CheckUrl(absl::string_view url) {
@@ -42,7 +23,7 @@ absl::Status CheckUrl(absl::string_view url) {
     absl::string_view rest = one;
     if (!absl::ConsumePrefix(&rest, "nats://") && !absl::ConsumePrefix(&rest, "tls://")) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "NATS_URL entry \"", RedactedNatsUrl(one),
+          "NATS_URL entry \"", RedactUrl(one),
           "\" is malformed: the scheme must be nats:// or tls://; expected "
           "nats://[user:password@|token@]host[:port]"));
     }
@@ -50,21 +31,13 @@ absl::Status CheckUrl(absl::string_view url) {
     absl::string_view host = at == absl::string_view::npos ? rest : rest.substr(at + 1);
     if (host.empty() || host.front() == ':') {
       return absl::InvalidArgumentError(
-          absl::StrCat("NATS_URL entry \"", RedactedNatsUrl(one), "\" has no host"));
+          absl::StrCat("NATS_URL entry \"", RedactUrl(one), "\" has no host"));
     }
   }
   return absl::OkStatus();
 }
 
 }  // namespace
-
-std::string RedactedNatsUrl(absl::string_view url) {
-  const size_t scheme_end = url.find("://");
-  const size_t at = url.rfind('@');
-  if (at == absl::string_view::npos) return std::string(url);
-  if (scheme_end == absl::string_view::npos || at < scheme_end) return "(redacted)";
-  return absl::StrCat(url.substr(0, scheme_end + 3), "***@", url.substr(at + 1));
-}
 
 std::string JetStreamName(absl::string_view stream) {
   std::string out;
@@ -86,61 +59,41 @@ absl::StatusOr<NatsOptions> NatsOptionsFromConfig(const BackendConfig& config) {
   NatsOptions options;
   if (!config.url.empty()) options.url = config.url;
   EVENTBUS_RETURN_IF_ERROR(CheckUrl(options.url));
-  for (const auto& [key, value] : config.options) {
-    if (key == "creds.file") {
-      options.creds_file = value;
-    } else if (key == "tls.ca") {
-      options.tls_ca_file = value;
-    } else if (key == "tls.cert") {
-      options.tls_cert_file = value;
-    } else if (key == "tls.key") {
-      options.tls_key_file = value;
-    } else if (key == "connect.timeout") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.connect_timeout, DurationOption(key, value));
-    } else if (key == "request.timeout") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.request_timeout, DurationOption(key, value));
-    } else if (key == "publish.timeout") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.publish_timeout, DurationOption(key, value));
-    } else if (key == "max.age") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_age, DurationOption(key, value, /*zero_ok=*/true));
-    } else if (key == "duplicate.window") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.duplicate_window, DurationOption(key, value));
-    } else if (key == "ack.wait") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.default_ack_wait, DurationOption(key, value));
-    } else if (key == "storage") {
-      if (value == "file") {
-        options.storage = StreamStorage::kFile;
-      } else if (value == "memory") {
-        options.storage = StreamStorage::kMemory;
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("nats option storage=\"", value, "\" must be file or memory"));
-      }
-    } else if (key == "replicas") {
-      EVENTBUS_ASSIGN_OR_RETURN(int64_t n, IntOption(key, value, 1));
-      if (n > 5) return absl::InvalidArgumentError("nats option replicas must be 1..5");
-      options.replicas = static_cast<int>(n);
-    } else if (key == "max.bytes") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_bytes, IntOption(key, value, -1));
-    } else if (key == "max.deliver") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_deliver, IntOption(key, value, -1));
-      if (options.max_deliver == 0) {
-        return absl::InvalidArgumentError("nats option max.deliver must be -1 (unlimited) or >= 1");
-      }
-    } else if (key == "max.ack.pending") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_ack_pending, IntOption(key, value, 1));
-    } else if (key == "publish.max.pending") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_pending_publishes, IntOption(key, value, 1));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown nats option '", key,
-          "' (NATS_OPTION_*); known: creds.file, tls.ca, tls.cert, tls.key, connect.timeout, "
-          "request.timeout, publish.timeout, storage, replicas, max.age, max.bytes, "
-          "duplicate.window, ack.wait, max.deliver, max.ack.pending, publish.max.pending"));
-    }
+  OptionReader reader("nats", kNatsOptionEnvPrefix, config.options);
+  reader.String("creds.file", &options.creds_file);
+  reader.String("tls.ca", &options.tls_ca_file);
+  reader.String("tls.cert", &options.tls_cert_file);
+  reader.String("tls.key", &options.tls_key_file);
+  // Timeouts and windows: from 1 ms to a day.
+  using DurationOption = std::pair<absl::string_view, absl::Duration*>;
+  for (const auto& [key, target] : std::initializer_list<DurationOption>{
+           {"connect.timeout", &options.connect_timeout},
+           {"request.timeout", &options.request_timeout},
+           {"publish.timeout", &options.publish_timeout},
+           {"duplicate.window", &options.duplicate_window},
+           {"ack.wait", &options.default_ack_wait}}) {
+    reader.Duration(key, absl::Milliseconds(1), absl::Hours(24), target);
   }
+  // 0 = unlimited; JetStream keeps at most years, so no upper bound of ours.
+  reader.Duration("max.age", absl::ZeroDuration(), absl::Hours(24 * 365 * 100), &options.max_age);
+  reader.Enum<StreamStorage>("storage",
+                             {{"file", StreamStorage::kFile}, {"memory", StreamStorage::kMemory}},
+                             &options.storage);
+  reader.Int("replicas", 1, 5, &options.replicas);
+  if (const std::string* max_bytes = reader.Raw("max.bytes"); max_bytes && *max_bytes == "-1") {
+    options.max_bytes = -1;  // unlimited
+  } else {
+    reader.Size("max.bytes", 1, uint64_t{1} << 50, &options.max_bytes);
+  }
+  reader.Int("max.deliver", -1, int64_t{1} << 40, &options.max_deliver);
+  reader.Require("max.deliver", options.max_deliver != 0, "-1 (unlimited) or an integer >= 1");
+  reader.Int("max.ack.pending", 1, int64_t{1} << 32, &options.max_ack_pending);
+  reader.Int("publish.max.pending", 1, int64_t{1} << 32, &options.max_pending_publishes);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
-    return absl::InvalidArgumentError("nats options tls.cert and tls.key must be given together");
+    return absl::InvalidArgumentError(absl::StrCat("nats options ", reader.Setting("tls.cert"),
+                                                   " and ", reader.Setting("tls.key"),
+                                                   " must be given together"));
   }
   return options;
 }

@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "eventbus/clock.h"
+#include "eventbus/redact.h"
 #include "eventbus/status_macros.h"
 #include "nats_handles.h"
 #include "nats_inspector.h"
@@ -173,7 +174,7 @@ class NatsEventStream final : public EventStream {
     natsOptions* raw = nullptr;
     EVENTBUS_RETURN_IF_ERROR(ToStatus(natsOptions_Create(&raw), "nats options"));
     OptionsPtr opts(raw);
-    const std::string where = absl::StrCat("nats at ", RedactedNatsUrl(options_.url));
+    const std::string where = absl::StrCat("nats at ", RedactUrl(options_.url));
     EVENTBUS_RETURN_IF_ERROR(ToStatus(natsOptions_SetURL(opts.get(), options_.url.c_str()), where));
     natsOptions_SetTimeout(opts.get(), Millis(options_.connect_timeout));
     natsOptions_SetName(opts.get(), "eventbus");
@@ -335,7 +336,7 @@ class NatsEventStream final : public EventStream {
 
   absl::Status Ping(absl::Duration timeout) override {
     return ToStatus(natsConnection_FlushTimeout(conn_.get(), Millis(timeout)),
-                    absl::StrCat("nats at ", RedactedNatsUrl(options_.url), ": ping"));
+                    absl::StrCat("nats at ", RedactUrl(options_.url), ": ping"));
   }
 
   Clock* clock() const override { return clock_; }
@@ -764,10 +765,13 @@ absl::Status RegisterNatsBackend(BackendRegistry& registry) {
       "NATS JetStream (nats.c): durable pull consumers, server-side nack delay and redelivery";
   registration.url_env = "NATS_URL";
   registration.default_url = std::string(kDefaultNatsUrl);
-  registration.option_env_prefix = "NATS_OPTION_";
+  registration.option_env_prefix = std::string(kNatsOptionEnvPrefix);
   registration.factory = [](const BackendConfig& config) -> absl::StatusOr<std::unique_ptr<EventStream>> {
     EVENTBUS_ASSIGN_OR_RETURN(NatsOptions options, NatsOptionsFromConfig(config));
     return NewNatsEventStream(std::move(options), config.clock);
+  };
+  registration.check_config = [](const BackendConfig& config) {
+    return NatsOptionsFromConfig(config).status();
   };
   absl::Status status = registry.Register(std::move(registration));
   if (absl::IsAlreadyExists(status)) return absl::OkStatus();

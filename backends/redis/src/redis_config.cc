@@ -8,26 +8,19 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "eventbus/options.h"
+#include "eventbus/redact.h"
 #include "eventbus/redis/redis_event_stream.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::redis {
 namespace {
 
-// The URL with any credentials replaced, so errors can echo what the user wrote.
-std::string Redacted(absl::string_view url) {
-  const size_t scheme_end = url.find("://");
-  if (scheme_end == absl::string_view::npos) {
-    return url.find('@') == absl::string_view::npos ? std::string(url) : std::string("(redacted)");
-  }
-  const size_t at = url.rfind('@');
-  if (at == absl::string_view::npos || at < scheme_end) return std::string(url);
-  return absl::StrCat(url.substr(0, scheme_end + 3), "***@", url.substr(at + 1));
-}
+constexpr absl::string_view kOptionEnvPrefix = kRedisOptionEnvPrefix;
 
 absl::Status Malformed(absl::string_view url, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(
-      "REDIS_URL \"", Redacted(url), "\" is malformed: ", what,
+      "REDIS_URL \"", RedactUrl(url), "\" is malformed: ", what,
       "; expected redis://[[user]:password@]host[:port][/db] or "
       "unix://[[user]:password@]/path/to/socket[?db=N]"));
 }
@@ -102,24 +95,6 @@ absl::Status ParseQuery(absl::string_view url, absl::string_view query, RedisEnd
     }
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<absl::Duration> DurationOption(absl::string_view key, absl::string_view value) {
-  absl::Duration d;
-  if (!absl::ParseDuration(value, &d) || d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat("redis option ", key, "=\"", value,
-                                                   "\" is not a positive duration such as 5s or 250ms"));
-  }
-  return d;
-}
-
-absl::StatusOr<int64_t> IntOption(absl::string_view key, absl::string_view value, int64_t min) {
-  int64_t n = 0;
-  if (!absl::SimpleAtoi(value, &n) || n < min) {
-    return absl::InvalidArgumentError(absl::StrCat("redis option ", key, "=\"", value,
-                                                   "\" is not an integer >= ", min));
-  }
-  return n;
 }
 
 }  // namespace
@@ -202,37 +177,30 @@ absl::StatusOr<RedisOptions> RedisOptionsFromConfig(const BackendConfig& config)
   RedisOptions options;
   EVENTBUS_ASSIGN_OR_RETURN(options.endpoint,
                             ParseRedisUrl(config.url.empty() ? kDefaultRedisUrl : config.url));
-  for (const auto& [key, value] : config.options) {
-    if (key == "connect.timeout") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.connect_timeout, DurationOption(key, value));
-    } else if (key == "command.timeout") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.command_timeout, DurationOption(key, value));
-    } else if (key == "reconnect.backoff.initial") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.reconnect_backoff_initial, DurationOption(key, value));
-    } else if (key == "reconnect.backoff.max") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.reconnect_backoff_max, DurationOption(key, value));
-    } else if (key == "publish.retry.timeout") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.publish_retry_timeout, DurationOption(key, value));
-    } else if (key == "fetch.slice") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.fetch_slice, DurationOption(key, value));
-    } else if (key == "stream.maxlen") {
-      EVENTBUS_ASSIGN_OR_RETURN(options.max_stream_length, IntOption(key, value, 0));
-    } else if (key == "publish.batch.size") {
-      EVENTBUS_ASSIGN_OR_RETURN(int64_t n, IntOption(key, value, 1));
-      options.publish_batch_size = static_cast<int>(std::min<int64_t>(n, 100'000));
-    } else if (key == "publish.queue.limit") {
-      EVENTBUS_ASSIGN_OR_RETURN(int64_t n, IntOption(key, value, 1));
-      options.max_queued_publishes = static_cast<size_t>(n);
-    } else if (key == "max.event.bytes") {
-      EVENTBUS_ASSIGN_OR_RETURN(int64_t n, IntOption(key, value, 1024));
-      options.max_event_bytes = static_cast<size_t>(n);
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown redis option '", key,
-          "' (REDIS_OPTION_*); known: connect.timeout, command.timeout, "
-          "reconnect.backoff.initial, reconnect.backoff.max, publish.retry.timeout, fetch.slice, "
-          "stream.maxlen, publish.batch.size, publish.queue.limit, max.event.bytes"));
-    }
+  OptionReader reader("redis", kOptionEnvPrefix, config.options);
+  // Timeouts and intervals: from 1 ms (0 would spin or never wait) to an hour.
+  using DurationOption = std::pair<absl::string_view, absl::Duration*>;
+  for (const auto& [key, target] : std::initializer_list<DurationOption>{
+           {"connect.timeout", &options.connect_timeout},
+           {"command.timeout", &options.command_timeout},
+           {"reconnect.backoff.initial", &options.reconnect_backoff_initial},
+           {"reconnect.backoff.max", &options.reconnect_backoff_max},
+           {"publish.retry.timeout", &options.publish_retry_timeout},
+           {"fetch.slice", &options.fetch_slice}}) {
+    reader.Duration(key, absl::Milliseconds(1), absl::Hours(1), target);
+  }
+  reader.Int("stream.maxlen", 0, int64_t{1} << 48, &options.max_stream_length);
+  reader.Int("publish.batch.size", 1, 100'000, &options.publish_batch_size);
+  reader.Int("publish.queue.limit", 1, int64_t{1} << 32, &options.max_queued_publishes);
+  // Redis' own limit on a bulk string is 512 MiB (proto-max-bulk-len).
+  reader.Size("max.event.bytes", 1024, uint64_t{512} << 20, &options.max_event_bytes);
+  EVENTBUS_RETURN_IF_ERROR(reader.Finish());
+  if (options.reconnect_backoff_initial > options.reconnect_backoff_max) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        reader.Setting("reconnect.backoff.initial"), " (",
+        absl::FormatDuration(options.reconnect_backoff_initial), ") must not exceed ",
+        reader.Setting("reconnect.backoff.max"), " (",
+        absl::FormatDuration(options.reconnect_backoff_max), ")"));
   }
   return options;
 }

@@ -267,10 +267,13 @@ absl::Status RegisterRedisBackend(BackendRegistry& registry) {
   registration.description = "Redis Streams (hiredis): consumer groups, XAUTOCLAIM, Lua DLQ";
   registration.url_env = "REDIS_URL";
   registration.default_url = std::string(kDefaultRedisUrl);
-  registration.option_env_prefix = "REDIS_OPTION_";
+  registration.option_env_prefix = std::string(kRedisOptionEnvPrefix);
   registration.factory = [](const BackendConfig& config) -> absl::StatusOr<std::unique_ptr<EventStream>> {
     EVENTBUS_ASSIGN_OR_RETURN(RedisOptions options, RedisOptionsFromConfig(config));
     return NewRedisEventStream(std::move(options), config.clock);
+  };
+  registration.check_config = [](const BackendConfig& config) {
+    return RedisOptionsFromConfig(config).status();
   };
   absl::Status status = registry.Register(std::move(registration));
   if (absl::IsAlreadyExists(status)) return absl::OkStatus();

@@ -42,6 +42,10 @@ struct BackendRegistration {
   // lower-cased, '_' turned into '.' (KAFKA_OPTION_SECURITY_PROTOCOL -> security.protocol).
   std::string option_env_prefix;
   BackendFactory factory;
+  // Optional: parses and checks a configuration without connecting, and returns what the
+  // factory would refuse as InvalidArgument (a bad option, a malformed URL), so the service
+  // can stop with its configuration exit code before it tries to reach a server.
+  std::function<absl::Status(const BackendConfig&)> check_config;
 };
 
 // Thread-safe.
@@ -66,9 +70,15 @@ class BackendRegistry {
   absl::StatusOr<std::unique_ptr<EventStream>> CreateFromEnvironment(
       const Environment& env, Clock* clock = nullptr) const;
 
-  // The configuration CreateFromEnvironment would use for `name`.
+  // The configuration CreateFromEnvironment would use for `name`. A variable it reads (the
+  // url_env or an option) that is set but empty is InvalidArgument naming it: empty never
+  // silently means the default.
   absl::StatusOr<BackendConfig> ConfigFromEnvironment(absl::string_view name,
                                                       const Environment& env) const;
+
+  // The registration's check_config on `config` (OK when it has none); InvalidArgument naming
+  // the setting for a configuration the backend refuses; never connects.
+  absl::Status CheckConfig(absl::string_view name, const BackendConfig& config) const;
 
  private:
   mutable std::mutex mu_;

@@ -30,15 +30,21 @@
 
 namespace eventbus::kafka {
 
+// Environment variables with this prefix are options: KAFKA_OPTION_SECURITY_PROTOCOL is
+// security.protocol, KAFKA_OPTION_EVENTBUS_PARTITIONS is eventbus.partitions.
+inline constexpr absl::string_view kKafkaOptionEnvPrefix = "KAFKA_OPTION_";
+
 struct KafkaOptions {
   // bootstrap.servers: comma-separated host:port list.
   std::string brokers = "127.0.0.1:9092";
   // Any librdkafka property (https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md),
   // e.g. security.protocol, sasl.mechanisms, ssl.ca.location; applied to the producer and
   // every consumer. A property librdkafka rejects fails NewKafkaEventStream with
-  // InvalidArgument naming it (the value is shown unless the name contains "password",
-  // "secret" or "key" (sasl.password, ssl.key.password, sasl.oauthbearer.client.secret)). The consumer settings this backend's semantics rest on
-  // (group.id, enable.auto.offset.store) cannot be overridden.
+  // InvalidArgument naming it; its value is shown only when librdkafka knows the property
+  // and its name is not a secret's (eventbus::IsSecretSettingName: sasl.password,
+  // ssl.key.password, sasl.oauthbearer.client.secret, sasl.jaas.config, ...). The consumer
+  // settings this backend's semantics rest on (group.id, enable.auto.offset.store) cannot be
+  // overridden.
   std::map<std::string, std::string> properties;
   // Partitions of the topics this backend creates (stream, .retry, .dlq). Existing topics are
   // used as they are.
@@ -75,10 +81,12 @@ absl::StatusOr<std::unique_ptr<EventStream>> NewKafkaEventStream(KafkaOptions op
                                                                  Clock* clock = nullptr);
 
 // Options from a BackendConfig: url = brokers; option keys starting with "eventbus." are
-// ours (eventbus.partitions, eventbus.replication.factor, eventbus.retry.threshold.ms,
-// eventbus.ordered.per.key, eventbus.ack.wait.ms, eventbus.max.event.bytes,
-// eventbus.max.buffered.events, eventbus.max.buffered.bytes), every other key is a librdkafka property.
-// InvalidArgument naming the key for unknown eventbus.* keys or bad values.
+// ours (eventbus.partitions 1..100000, eventbus.replication.factor -1 or 1..1000,
+// eventbus.retry.threshold.ms and eventbus.ack.wait.ms integers >= 0,
+// eventbus.ordered.per.key a boolean, eventbus.max.event.bytes and eventbus.max.buffered.bytes
+// sizes such as "2MiB", eventbus.max.buffered.events an integer >= 1; eventbus/options.h),
+// every other key is a librdkafka property (checked by NewKafkaEventStream).
+// InvalidArgument naming the key for unknown eventbus.* keys, bad or empty values.
 absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config);
 
 // Registers "kafka": url from KAFKA_BROKERS (default 127.0.0.1:9092), options from

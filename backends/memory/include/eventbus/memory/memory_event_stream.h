@@ -27,7 +27,8 @@ struct MemoryOptions {
 std::unique_ptr<EventStream> NewMemoryEventStream(Clock* clock = nullptr,
                                                   MemoryOptions options = {});
 
-// The options from a BackendConfig (keys max.stream.events, max.stream.bytes);
+// The options from a BackendConfig (keys max.stream.events, an integer, and max.stream.bytes,
+// a size such as 268435456 or 256MiB; eventbus/options.h);
 // InvalidArgument naming the key for unknown keys or bad numbers.
 absl::StatusOr<MemoryOptions> MemoryOptionsFromConfig(const BackendConfig& config);
 

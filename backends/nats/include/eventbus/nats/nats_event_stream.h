@@ -32,6 +32,8 @@
 namespace eventbus::nats {
 
 inline constexpr absl::string_view kDefaultNatsUrl = "nats://127.0.0.1:4222";
+// Environment variables with this prefix are options: NATS_OPTION_ACK_WAIT is ack.wait.
+inline constexpr absl::string_view kNatsOptionEnvPrefix = "NATS_OPTION_";
 
 enum class StreamStorage { kFile, kMemory };
 
@@ -65,19 +67,19 @@ struct NatsOptions {
 };
 
 // Options from a BackendConfig: url (empty = kDefaultNatsUrl) and the keys creds.file, tls.ca,
-// tls.cert, tls.key (paths), connect.timeout, request.timeout, publish.timeout, max.age,
-// duplicate.window, ack.wait (durations such as "5s", "250ms"; max.age also "0" = unlimited),
-// storage (file|memory), replicas, max.bytes, max.deliver, max.ack.pending,
-// publish.max.pending (integers). InvalidArgument naming the key (or NATS_URL) otherwise.
+// tls.cert, tls.key (paths), connect.timeout, request.timeout, publish.timeout,
+// duplicate.window, ack.wait (durations from 1ms to 24h such as "5s", "250ms", "PT5S"),
+// max.age (a duration, "0" = unlimited), storage (file|memory), replicas (1..5), max.bytes
+// (-1 = unlimited, or a size such as "1GiB"), max.deliver (-1 = unlimited, or >= 1),
+// max.ack.pending, publish.max.pending (integers >= 1); parsed by eventbus/options.h.
+// InvalidArgument naming the key (or NATS_URL) otherwise; an empty value is an error.
+// Messages show NATS_URL with its credentials redacted (eventbus::RedactUrl).
 absl::StatusOr<NatsOptions> NatsOptionsFromConfig(const BackendConfig& config);
 
 // The JetStream stream name for an eventbus stream: '.' becomes '_', letters, digits, '-' and
 // '_' stay, every other byte becomes "=XX" (hex). Distinct names can map to the same JetStream
 // name ("a.b" and "a_b"); the second is refused with FailedPrecondition at first use.
 std::string JetStreamName(absl::string_view stream);
-
-// The URL with credentials replaced by "***", safe for messages and logs.
-std::string RedactedNatsUrl(absl::string_view url);
 
 // Connects once to fail fast: Unavailable when unreachable, PermissionDenied when the server
 // refuses the credentials, FailedPrecondition when JetStream is not enabled, InvalidArgument

@@ -26,6 +26,8 @@
 namespace eventbus::redis {
 
 inline constexpr absl::string_view kDefaultRedisUrl = "redis://127.0.0.1:6379";
+// Environment variables with this prefix are options: REDIS_OPTION_FETCH_SLICE is fetch.slice.
+inline constexpr absl::string_view kRedisOptionEnvPrefix = "REDIS_OPTION_";
 
 // Where the server is and how to log in; parsed from REDIS_URL.
 struct RedisEndpoint {
@@ -73,9 +75,11 @@ struct RedisOptions {
 
 // Options from a BackendConfig: url (empty = kDefaultRedisUrl) and the keys
 // connect.timeout, command.timeout, reconnect.backoff.initial, reconnect.backoff.max,
-// publish.retry.timeout, fetch.slice (durations such as "5s", "250ms"), stream.maxlen,
-// publish.batch.size, publish.queue.limit, max.event.bytes (integers).
-// InvalidArgument naming the key (or REDIS_URL) otherwise.
+// publish.retry.timeout, fetch.slice (durations from 1ms to 1h such as "5s", "250ms",
+// "PT5S"), stream.maxlen (0..2^48), publish.batch.size (1..100000), publish.queue.limit
+// (integers), max.event.bytes (a size from 1KiB to 512MiB such as "16MiB"); parsed by
+// eventbus/options.h. InvalidArgument naming the key (or REDIS_URL) otherwise, also when the
+// initial reconnect backoff exceeds the maximum.
 absl::StatusOr<RedisOptions> RedisOptionsFromConfig(const BackendConfig& config);
 
 // Connects (and AUTHs/SELECTs) once to fail fast on a bad address or refused credentials:

@@ -1,4 +1,4 @@
-#include "eventbus/executor/iso_duration.h"
+#include "eventbus/iso_duration.h"
 
 #include <cmath>
 #include <cstdint>
@@ -8,7 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace eventbus::executor {
+namespace eventbus {
 namespace {
 
 absl::Status Bad(absl::string_view text, absl::string_view why) {
@@ -135,4 +135,4 @@ std::string FormatIsoDuration(absl::Duration duration) {
   return out;
 }
 
-}  // namespace eventbus::executor
+}  // namespace eventbus
