@@ -38,7 +38,7 @@ struct KafkaOptions {
   // every consumer. A property librdkafka rejects fails NewKafkaEventStream with
   // InvalidArgument naming it (the value is shown unless the name contains "password",
   // "secret" or "key" (sasl.password, ssl.key.password, sasl.oauthbearer.client.secret)). The consumer settings this backend's semantics rest on
-  // (group.id, enable.auto.offset.store) cannot be overridden.
+  // (group.id, enable.auto.offset.store, enable.auto.commit) cannot be overridden.
   std::map<std::string, std::string> properties;
   // Partitions of the topics this backend creates (stream, .retry, .dlq). Existing topics are
   // used as they are.
