@@ -38,7 +38,8 @@ bool TakeValue(absl::string_view arg, absl::string_view name, std::string* value
 [[noreturn]] void Usage(absl::string_view bad) {
   std::fprintf(stderr,
                "unknown or malformed flag: %s\n"
-               "flags: --backend=memory|redis|kafka --redis_url=URL --kafka_brokers=HOST:PORT "
+               "flags: --backend=memory|redis|kafka|nats --redis_url=URL --kafka_brokers=HOST:PORT "
+               "--nats_url=URL "
                "--server_pid=PID --quick --scale=F --executor_concurrency=N "
                "plus the --benchmark_* flags\n",
                std::string(bad).c_str());
@@ -56,7 +57,8 @@ BenchFlags ParseFlags(int argc, char** argv) {
       flags.quick = true;
     } else if (TakeValue(arg, "backend", &flags.backend) ||
                TakeValue(arg, "redis_url", &flags.redis_url) ||
-               TakeValue(arg, "kafka_brokers", &flags.kafka_brokers)) {
+               TakeValue(arg, "kafka_brokers", &flags.kafka_brokers) ||
+               TakeValue(arg, "nats_url", &flags.nats_url)) {
     } else if (TakeValue(arg, "server_pid", &value)) {
       int pid = 0;
       if (!absl::SimpleAtoi(value, &pid)) Usage(arg);

@@ -19,16 +19,17 @@ namespace eventbus::bench {
 
 // Flags of our own, parsed after benchmark::Initialize removed its --benchmark_* flags.
 struct BenchFlags {
-  std::string backend = "memory";  // memory | redis | kafka (broker_bench)
+  std::string backend = "memory";  // memory | redis | kafka | nats (broker_bench)
   std::string redis_url;           // redis://127.0.0.1:<port>
   std::string kafka_brokers;       // 127.0.0.1:<port>
+  std::string nats_url;            // nats://127.0.0.1:<port>
   pid_t server_pid = 0;            // redis-server / Kafka JVM, for its CPU figure; 0 = unknown
   bool quick = false;              // smaller counts (the runner's --quick / --smoke)
   double scale = 1.0;              // multiplies every count (the runner's --smoke uses < 1)
   int executor_concurrency = 32;   // slots of the no-op executor rows
 };
 
-// Parses --backend=, --redis_url=, --kafka_brokers=, --server_pid=, --quick, --scale=,
+// Parses --backend=, --redis_url=, --kafka_brokers=, --nats_url=, --server_pid=, --quick, --scale=,
 // --executor_concurrency=. Exits with a message on an unknown flag.
 BenchFlags ParseFlags(int argc, char** argv);
 const BenchFlags& Flags();  // after ParseFlags

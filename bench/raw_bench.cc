@@ -8,9 +8,16 @@
 //          requests; XREADGROUP COUNT 100 + pipelined result XADDs + one XACK per batch)
 //   kafka: raw_publish (produce + flush), raw_e2e (a consumer group storing offsets and
 //          committing them asynchronously)
+//   nats:  raw_publish (JetStream async publish + wait for every PubAck), raw_e2e (pull
+//          consumers of one durable: Fetch 100, Ack each, one flush per batch), raw_executor
+//          (pre-loaded requests; Fetch 100 + async result publishes, acks once their PubAcks
+//          are in) -- built when the NATS backend is
 
 #include <hiredis/hiredis.h>
 #include <librdkafka/rdkafka.h>
+#ifdef RAW_BENCH_HAS_NATS
+#include <nats/nats.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -519,6 +526,296 @@ void BM_KafkaEndToEnd(benchmark::State& state, int64_t size, int consumers) {
   if (!stop) stop_all();
 }
 
+// ------------------------------------------------------------------------------------ nats.c
+#ifdef RAW_BENCH_HAS_NATS
+
+struct NatsConnDeleter {
+  void operator()(natsConnection* c) const { natsConnection_Destroy(c); }
+};
+struct JsDeleter {
+  void operator()(jsCtx* js) const { jsCtx_Destroy(js); }
+};
+struct NatsSubDeleter {
+  void operator()(natsSubscription* s) const { natsSubscription_Destroy(s); }
+};
+using NatsConnPtr = std::unique_ptr<natsConnection, NatsConnDeleter>;
+using JsPtr = std::unique_ptr<jsCtx, JsDeleter>;
+using NatsSubPtr = std::unique_ptr<natsSubscription, NatsSubDeleter>;
+
+std::string NatsError(absl::string_view what, natsStatus s) {
+  return absl::StrCat(what, ": ", natsStatus_GetText(s), " ", nats_GetLastError(nullptr));
+}
+
+// Failed PubAcks of one JetStream context (its async error handler counts them).
+std::atomic<int64_t> nats_publish_failures{0};
+void OnNatsPublishError(jsCtx*, jsPubAckErr*, void*) { ++nats_publish_failures; }
+
+struct NatsClient {
+  NatsConnPtr conn;
+  JsPtr js;
+};
+
+// One connection and JetStream context with the same async publish window as our backend.
+bool NatsConnect(NatsClient* client, std::string* error) {
+  natsConnection* nc = nullptr;
+  natsStatus s = natsConnection_ConnectTo(&nc, Flags().nats_url.c_str());
+  if (s != NATS_OK) {
+    *error = NatsError(absl::StrCat("connect ", Flags().nats_url), s);
+    return false;
+  }
+  client->conn.reset(nc);
+  jsOptions jo;
+  jsOptions_Init(&jo);
+  jo.Wait = 10'000;
+  jo.PublishAsync.MaxPending = 65'536;
+  jo.PublishAsync.ErrHandler = OnNatsPublishError;
+  jsCtx* js = nullptr;
+  if ((s = natsConnection_JetStream(&js, nc, &jo)) != NATS_OK) {
+    *error = NatsError("JetStream context", s);
+    return false;
+  }
+  client->js.reset(js);
+  return true;
+}
+
+// A file-storage stream holding the one subject `name` (as our backend creates them).
+bool NatsCreateStream(jsCtx* js, const std::string& name, std::string* error) {
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  cfg.Name = name.c_str();
+  const char* subjects[] = {name.c_str()};
+  cfg.Subjects = subjects;
+  cfg.SubjectsLen = 1;
+  cfg.Storage = js_FileStorage;
+  jsStreamInfo* si = nullptr;
+  jsErrCode code = jsErrCode(0);
+  natsStatus s = js_AddStream(&si, js, &cfg, nullptr, &code);
+  if (si != nullptr) jsStreamInfo_Destroy(si);
+  if (s != NATS_OK) {
+    *error = NatsError(absl::StrCat("add stream ", name), s);
+    return false;
+  }
+  return true;
+}
+
+// A durable pull consumer with explicit acks, delivering from the start.
+bool NatsCreateConsumer(jsCtx* js, const std::string& stream, std::string* error) {
+  jsConsumerConfig cc;
+  jsConsumerConfig_Init(&cc);
+  cc.Durable = "bench";
+  cc.AckPolicy = js_AckExplicit;
+  cc.DeliverPolicy = js_DeliverAll;
+  cc.MaxAckPending = 20'000;
+  jsConsumerInfo* ci = nullptr;
+  jsErrCode code = jsErrCode(0);
+  natsStatus s = js_AddConsumer(&ci, js, stream.c_str(), &cc, nullptr, &code);
+  if (ci != nullptr) jsConsumerInfo_Destroy(ci);
+  if (s != NATS_OK) {
+    *error = NatsError(absl::StrCat("add consumer on ", stream), s);
+    return false;
+  }
+  return true;
+}
+
+NatsSubPtr NatsPull(jsCtx* js, const std::string& stream, std::string* error) {
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = stream.c_str();
+  so.Consumer = "bench";
+  so.ManualAck = true;
+  natsSubscription* sub = nullptr;
+  jsErrCode code = jsErrCode(0);
+  natsStatus s = js_PullSubscribe(&sub, js, stream.c_str(), "bench", nullptr, &so, &code);
+  if (s != NATS_OK) *error = NatsError("pull subscribe", s);
+  return NatsSubPtr(sub);
+}
+
+// Async-publishes `n` messages (each with a "t" header of its publish time in ns, unless
+// `stamp` is false) and waits for every PubAck.
+bool NatsPublishAll(jsCtx* js, const std::string& subject, const std::string& payload, int64_t n,
+                    bool stamp, std::string* error) {
+  const int64_t failed_before = nats_publish_failures.load();
+  for (int64_t i = 0; i < n; ++i) {
+    natsMsg* msg = nullptr;
+    natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, payload.data(),
+                                  static_cast<int>(payload.size()));
+    if (s == NATS_OK && stamp) {
+      s = natsMsgHeader_Set(msg, "t", absl::StrCat(NowNanos()).c_str());
+    }
+    if (s == NATS_OK) s = js_PublishMsgAsync(js, &msg, nullptr);
+    if (msg != nullptr) natsMsg_Destroy(msg);  // left to us only when the publish failed
+    if (s != NATS_OK) {
+      *error = NatsError("async publish", s);
+      return false;
+    }
+  }
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  po.MaxWait = 120'000;
+  if (natsStatus s = js_PublishAsyncComplete(js, &po); s != NATS_OK) {
+    *error = NatsError("waiting for PubAcks", s);
+    return false;
+  }
+  if (const int64_t failed = nats_publish_failures.load() - failed_before; failed > 0) {
+    *error = absl::StrCat(failed, " publishes failed");
+    return false;
+  }
+  return true;
+}
+
+std::string NatsName(absl::string_view scenario) {
+  return absl::StrCat("raw_", scenario, "_", NowNanos());
+}
+
+void BM_NatsPublish(benchmark::State& state, int64_t size) {
+  const int64_t n = CountForSize(Count(200'000, 20'000), size, ByteBudget());
+  std::string error;
+  NatsClient client;
+  const std::string stream = NatsName("publish");
+  if (!NatsConnect(&client, &error) || !NatsCreateStream(client.js.get(), stream, &error)) {
+    return state.SkipWithError(error.c_str());
+  }
+  const std::string payload = Payload(size);
+  for (auto _ : state) {
+    CpuMeter cpu;
+    cpu.Start();
+    const absl::Time start = absl::Now();
+    if (!NatsPublishAll(client.js.get(), stream, payload, n, true, &error)) {
+      return state.SkipWithError(error.c_str());
+    }
+    const absl::Duration wall = absl::Now() - start;
+    cpu.Stop();
+    Report(state, wall, n, n * size, cpu);
+  }
+  js_DeleteStream(client.js.get(), stream.c_str(), nullptr, nullptr);
+}
+
+void BM_NatsEndToEnd(benchmark::State& state, int64_t size, int consumers) {
+  const int64_t n = CountForSize(Count(100'000, 10'000), size, ByteBudget());
+  std::string error;
+  NatsClient client;
+  const std::string stream = NatsName("e2e");
+  if (!NatsConnect(&client, &error) || !NatsCreateStream(client.js.get(), stream, &error) ||
+      !NatsCreateConsumer(client.js.get(), stream, &error)) {
+    return state.SkipWithError(error.c_str());
+  }
+  const std::string payload = Payload(size);
+  LatencyRecorder latency(static_cast<size_t>(n));
+  std::atomic<int64_t> acked{0};
+  std::atomic<int64_t> end_nanos{0};
+  std::mutex error_mu;
+  std::string consumer_error;
+  for (auto _ : state) {
+    CpuMeter cpu;
+    cpu.Start();
+    const absl::Time start = absl::Now();
+    std::vector<std::thread> threads;
+    for (int i = 0; i < consumers; ++i) {
+      threads.emplace_back([&] {
+        std::string err;
+        NatsSubPtr sub = NatsPull(client.js.get(), stream, &err);
+        while (sub && err.empty() && acked.load() < n) {
+          natsMsgList list{};
+          jsErrCode code = jsErrCode(0);
+          natsStatus s = natsSubscription_Fetch(&list, sub.get(), 100, 100, &code);
+          if (s == NATS_TIMEOUT) continue;
+          if (s != NATS_OK) {
+            err = NatsError("fetch", s);
+            break;
+          }
+          for (int k = 0; k < list.Count; ++k) {
+            const char* t = nullptr;
+            int64_t nanos = 0;
+            if (natsMsgHeader_Get(list.Msgs[k], "t", &t) == NATS_OK &&
+                absl::SimpleAtoi(t, &nanos)) {
+              latency.Add(SinceNanos(nanos));
+            }
+            natsMsg_Ack(list.Msgs[k], nullptr);
+          }
+          // One round trip confirms the batch's acks reached the server.
+          if ((s = natsConnection_FlushTimeout(client.conn.get(), 10'000)) != NATS_OK) {
+            err = NatsError("flush of acks", s);
+          }
+          const int64_t got = list.Count;
+          natsMsgList_Destroy(&list);
+          const int64_t before = acked.fetch_add(got);
+          if (before < n && before + got >= n) end_nanos = NowNanos();
+        }
+        if (!err.empty()) {
+          std::lock_guard lock(error_mu);
+          consumer_error = err;
+          acked = n;  // stop the others
+        }
+      });
+    }
+    const bool published = NatsPublishAll(client.js.get(), stream, payload, n, true, &error);
+    if (!published) acked = n;
+    for (auto& t : threads) t.join();
+    const absl::Duration wall = absl::FromUnixNanos(end_nanos.load()) - start;
+    cpu.Stop();
+    if (!published) return state.SkipWithError(error.c_str());
+    if (!consumer_error.empty()) return state.SkipWithError(consumer_error.c_str());
+    Report(state, wall, n, n * size, cpu, &latency);
+  }
+  js_DeleteStream(client.js.get(), stream.c_str(), nullptr, nullptr);
+}
+
+// The executor's work without the executor: fetch a batch of requests, async-publish one
+// result per request, and ack the batch once its PubAcks are in (ack after the result is
+// durable, as the executor does).
+void BM_NatsExecutorLoop(benchmark::State& state) {
+  const int64_t n = Count(100'000, 5'000);
+  std::string error;
+  NatsClient client;
+  const std::string requests = NatsName("requests");
+  const std::string results = NatsName("results");
+  if (!NatsConnect(&client, &error) || !NatsCreateStream(client.js.get(), requests, &error) ||
+      !NatsCreateStream(client.js.get(), results, &error) ||
+      !NatsCreateConsumer(client.js.get(), requests, &error)) {
+    return state.SkipWithError(error.c_str());
+  }
+  const std::string request = absl::StrCat(R"({"id":"t1","type":"inject","input":{"data":{"payload":")",
+                                           Payload(64), R"("}}})");
+  if (!NatsPublishAll(client.js.get(), requests, request, n, false, &error)) {
+    return state.SkipWithError(error.c_str());
+  }
+  const std::string result = R"({"task_id":"t1","type":"inject","status":"succeeded","output":{}})";
+  NatsSubPtr sub = NatsPull(client.js.get(), requests, &error);
+  if (!sub) return state.SkipWithError(error.c_str());
+  for (auto _ : state) {
+    CpuMeter cpu;
+    cpu.Start();
+    absl::Time start = absl::InfinitePast();
+    int64_t done = 0;
+    while (done < n) {
+      natsMsgList list{};
+      jsErrCode code = jsErrCode(0);
+      natsStatus s = natsSubscription_Fetch(&list, sub.get(), 100, 1000, &code);
+      if (s == NATS_TIMEOUT) continue;
+      if (s != NATS_OK) return state.SkipWithError(NatsError("fetch", s).c_str());
+      if (start == absl::InfinitePast()) start = absl::Now();
+      if (!NatsPublishAll(client.js.get(), results, result, list.Count, false, &error)) {
+        natsMsgList_Destroy(&list);
+        return state.SkipWithError(error.c_str());
+      }
+      for (int k = 0; k < list.Count; ++k) natsMsg_Ack(list.Msgs[k], nullptr);
+      done += list.Count;
+      natsMsgList_Destroy(&list);
+    }
+    if (natsStatus s = natsConnection_FlushTimeout(client.conn.get(), 10'000); s != NATS_OK) {
+      return state.SkipWithError(NatsError("flush of acks", s).c_str());
+    }
+    const absl::Duration wall = absl::Now() - start;
+    cpu.Stop();
+    Report(state, wall, n, 0, cpu);
+  }
+  sub.reset();
+  js_DeleteStream(client.js.get(), requests.c_str(), nullptr, nullptr);
+  js_DeleteStream(client.js.get(), results.c_str(), nullptr, nullptr);
+}
+
+#endif  // RAW_BENCH_HAS_NATS
+
 void RegisterAll() {
   const BenchFlags& flags = Flags();
   std::vector<int64_t> sizes = {64, 1024, 16384};
@@ -527,8 +824,23 @@ void RegisterAll() {
     b->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
   };
   const bool redis = flags.backend == "redis";
+#ifdef RAW_BENCH_HAS_NATS
+  if (flags.backend == "nats") {
+    for (int64_t size : sizes) {
+      configure(benchmark::RegisterBenchmark(absl::StrCat("raw_publish/", size).c_str(),
+                                             BM_NatsPublish, size));
+      for (int consumers : {1, 4}) {
+        configure(benchmark::RegisterBenchmark(
+            absl::StrCat("raw_e2e/", size, "/c", consumers).c_str(), BM_NatsEndToEnd, size,
+            consumers));
+      }
+    }
+    configure(benchmark::RegisterBenchmark("raw_executor_noop/64", BM_NatsExecutorLoop));
+    return;
+  }
+#endif
   if (!redis && flags.backend != "kafka") {
-    std::fprintf(stderr, "raw_bench: --backend must be redis or kafka\n");
+    std::fprintf(stderr, "raw_bench: --backend must be redis, kafka or nats (when built)\n");
     std::exit(2);
   }
   for (int64_t size : sizes) {

@@ -3,8 +3,9 @@
 mutex+deque baseline, kcat) and the peers (BullMQ, Watermill) on the same real servers, and
 writes <out-dir>/latest.json, latest.md and latest.png.
 
-It builds nothing of ours: pass the CMake build dir (default build/). It starts redis-server
-and the Kafka broker (scripts/kafka-broker.sh) on free loopback ports and stops them. The
+It builds nothing of ours: pass the CMake build dir (default build/). It starts redis-server,
+the Kafka broker (scripts/kafka-broker.sh) and nats-server -js on free loopback ports and stops
+them. The
 peers' dependencies are installed on first use (npm install in bench/peers/bullmq, go build
 of bench/peers/watermill into <build-dir>/bench/peers); a peer that cannot be installed or
 fails is named in the output with the reason.
@@ -31,7 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(ROOT, "bench", "peers")
-BACKENDS = ("memory", "redis", "kafka")
+BACKENDS = ("memory", "redis", "kafka", "nats")
 
 
 def log(*parts):
@@ -158,6 +159,53 @@ class KafkaBroker:
                     os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NatsServer:
+    """nats-server with JetStream (file storage in a temp dir), as the backend's tests run it."""
+
+    def __init__(self, attempts=3):
+        self.dir = tempfile.mkdtemp(prefix="eventbus-bench-nats.")
+        for _ in range(attempts):
+            if self._start():
+                return
+        self.stop()
+        raise RuntimeError(f"nats-server did not start (log: {self.dir}/log)")
+
+    def _start(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd",
+             os.path.join(self.dir, "store"), "-l", os.path.join(self.dir, "log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    if s.recv(4096).startswith(b"INFO"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
+        return False
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -366,7 +414,7 @@ def judge(row, extra):
         checks.append((">= 0.9x raw", ratio(ours, row["raw"]) >= 0.9 if row["ratio_raw"] else None))
     if s in ("e2e_c1", "e2e_c4") and b != "memory":
         checks.append((">= 0.8x raw", row["ratio_raw"] >= 0.8 if row["ratio_raw"] else None))
-    if s == "e2e_c1" and b != "memory" and row["size"] == 64:
+    if s == "e2e_c1" and b in ("redis", "kafka") and row["size"] == 64:
         checks.append((">= 3x Watermill", row["ratio_peer"] >= 3 if row["ratio_peer"] else None))
     if s == "e2e_memory_bench":
         checks.append((">= 0.5x mutex+deque", row["ratio_raw"] >= 0.5 if row["ratio_raw"] else None))
@@ -482,7 +530,7 @@ class Matrix:
                 continue
             log(f"{backend}: {name}")
             run, error = run_gbench(binary, args, name, self.timeout)
-            row["raw_name"] = "hiredis" if backend == "redis" else "librdkafka"
+            row["raw_name"] = {"redis": "hiredis", "kafka": "librdkafka", "nats": "nats.c"}[backend]
             if error:
                 row["status"] = "failed"
                 row["notes"].append(f"raw failed: {error}")
@@ -542,6 +590,8 @@ class Matrix:
                 self.run_redis()
             elif backend == "kafka":
                 self.run_kafka()
+            elif backend == "nats":
+                self.run_nats()
         self.setup["total_s"] = round(time.time() - started, 1)
 
     def run_redis(self):
@@ -604,6 +654,23 @@ class Matrix:
             began = time.time()
             kafka.stop()
             self.setup["kafka_stop_s"] = round(time.time() - began, 1)
+
+    def run_nats(self):
+        try:
+            nats = NatsServer()
+        except (OSError, RuntimeError) as e:
+            row = new_row("nats", "all", 0)
+            row["status"], row["notes"] = "failed", [f"nats-server: {e}"]
+            self.rows.append(row)
+            return
+        try:
+            # Every benchmark uses streams of its own (unique names): no flush between rows.
+            flags = [f"--nats_url={nats.url}", f"--server_pid={nats.pid}"]
+            rows = self.ours("nats", flags)
+            self.raw("nats", rows, flags)
+            self.finish(rows, {})
+        finally:
+            nats.stop()
 
     def watermill_rows(self, backend, address, rows, before):
         publish, consume = rows.get(("publish", 64)), rows.get(("e2e_c1", 64))
@@ -741,7 +808,8 @@ def main():
     if args.check:
         expected = {"memory": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "e2e_memory_bench"},
                     "redis": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k"},
-                    "kafka": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k"}}
+                    "kafka": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k"},
+                    "nats": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k"}}
         for backend in args.backends:
             have = {r["scenario"] for r in matrix.rows if r["backend"] == backend}
             missing = expected[backend] - have

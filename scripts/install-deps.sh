@@ -19,8 +19,8 @@ PACKAGES=(
   ca-certificates openssl
   # tests and benchmarks; clang + its runtime for the libFuzzer targets (tests/fuzz)
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
-  # servers and foreign clients the tests use
-  redis-server redis-tools nats-server kcat openjdk-17-jre-headless maven python3 curl
+  # servers and foreign clients the tests use (python3-venv: the nats-py venv below)
+  redis-server redis-tools nats-server kcat openjdk-17-jre-headless maven python3 python3-venv curl
   postgresql
   # the dashboard's browser test (ctest label `browser`): headless chromium and its driver
   chromium chromium-driver
@@ -62,4 +62,14 @@ if [[ ! -f "$browser_modules/node_modules/playwright-core/package.json" ]]; then
   mkdir -p "$browser_modules"
   npm install --prefix "$browser_modules" --no-save --no-audit --no-fund --loglevel=error \
     playwright-core@1.64.1 >/dev/null
+fi
+
+# The foreign NATS client of tests/nats (nats-py, pure Python, from PyPI: Debian has none) in a
+# venv of its own; EVENTBUS_PY_VENV overrides where (the test reads the same variable).
+PY_VENV="${EVENTBUS_PY_VENV:-${HOME}/.cache/eventbus/venv}"
+NATS_PY_VERSION=2.16.0
+if ! "$PY_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('nats-py') != '$NATS_PY_VERSION')" 2>/dev/null; then
+  echo "install-deps: nats-py $NATS_PY_VERSION into $PY_VENV"
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install -q --disable-pip-version-check "nats-py==$NATS_PY_VERSION"
 fi

@@ -336,29 +336,46 @@ class Executor::Impl {
   void FetchLoop() {
     absl::Time next_reclaim = clock_->Now();  // orphans of a crashed predecessor: look at once
     bool reclaim_again = false;
+    // Orphans are reclaimed into the in-flight room (max_in_flight), not only into free run
+    // slots, and run ahead of fresh requests: a survivor saturated with work still takes over
+    // all of a dead consumer's deliveries within reclaim_min_idle + reclaim_interval.
+    auto reclaim_due = [&] {
+      return options_.reclaim_enabled && (reclaim_again || clock_->Now() >= next_reclaim);
+    };
     while (true) {
       int free_slots = 0;
+      int reclaim_room = 0;
       {
         std::unique_lock<std::mutex> lock(mu_);
         // Refill in batches: wait a moment for several slots to free, then take what is free.
         fetcher_waiting_ = true;
         fetch_cv_.wait_for(lock, kRefillLinger,
                            [this] { return stopping_ || FreeSlotsLocked() >= refill_batch_; });
-        fetch_cv_.wait(lock, [this] { return stopping_ || FreeSlotsLocked() > 0; });
+        auto ready = [&] {
+          return stopping_ || FreeSlotsLocked() > 0 || (reclaim_due() && max_in_flight_ > held_);
+        };
+        while (!ready()) {
+          WaitUntil(lock, fetch_cv_,
+                    options_.reclaim_enabled && !reclaim_due() ? next_reclaim : absl::InfiniteFuture(),
+                    ready);
+        }
         fetcher_waiting_ = false;
         if (stopping_) return;
         free_slots = FreeSlotsLocked();
+        reclaim_room = max_in_flight_ - held_;
       }
       std::vector<Delivery> deliveries;
-      if (options_.reclaim_enabled && (reclaim_again || clock_->Now() >= next_reclaim)) {
+      bool reclaimed_some = false;
+      if (reclaim_due() && reclaim_room > 0) {
         if (!reclaim_again) next_reclaim = clock_->Now() + options_.reclaim_interval;
-        auto reclaimed = subscription_->Reclaim(options_.reclaim_min_idle, free_slots);
+        auto reclaimed = subscription_->Reclaim(options_.reclaim_min_idle, reclaim_room);
         reclaim_again = false;
         if (reclaimed.ok()) {
           deliveries = std::move(*reclaimed);
-          // A full batch means there may be more orphans: take them as slots free, not one
+          reclaimed_some = !deliveries.empty();
+          // A full batch means there may be more orphans: take them as room frees, not one
           // batch per reclaim interval.
-          reclaim_again = static_cast<int>(deliveries.size()) == free_slots;
+          reclaim_again = static_cast<int>(deliveries.size()) == reclaim_room;
           if (!deliveries.empty()) {
             Log(TaskLogRecord::Level::kInfo,
                 absl::StrCat("reclaimed ", deliveries.size(), " orphaned deliveries"), {});
@@ -369,6 +386,7 @@ class Executor::Impl {
         }
       }
       if (deliveries.empty()) {
+        if (free_slots <= 0) continue;  // woken for a reclaim only
         auto fetched =
             subscription_->Fetch(std::min(free_slots, options_.fetch_batch), options_.fetch_block);
         if (!fetched.ok()) {
@@ -389,24 +407,26 @@ class Executor::Impl {
           deps_.metrics->FetchLag(std::max(absl::ZeroDuration(), now - published));
         }
       }
-      if (!Admit(deliveries)) {
+      if (!Admit(deliveries, /*ahead=*/reclaimed_some)) {
         for (const Delivery& delivery : deliveries) GiveBackNow(delivery, "fetched during shutdown");
         return;
       }
     }
   }
 
-  // Queues fetched deliveries for the workers; false when shutting down (nothing queued).
-  bool Admit(std::vector<Delivery>& deliveries) {
+  // Queues fetched deliveries for the workers (`ahead`: before the queued ones, in order);
+  // false when shutting down (nothing queued).
+  bool Admit(std::vector<Delivery>& deliveries, bool ahead = false) {
     int wake = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return false;
+      auto at = ahead ? queue_.begin() : queue_.end();
       for (Delivery& delivery : deliveries) {
         auto task = std::make_shared<InFlight>();
         task->id = next_task_id_++;
         task->delivery = std::move(delivery);
-        queue_.push_back(std::move(task));
+        at = std::next(queue_.insert(at, std::move(task)));
       }
       held_ += static_cast<int>(deliveries.size());
       deps_.metrics->InFlightChanged(held_);

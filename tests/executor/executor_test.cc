@@ -598,6 +598,54 @@ TEST_F(ExecutorTest, ReclaimTakesOverDeliveriesOfADeadConsumer) {
   EXPECT_GE(log_.Count(Op::kReclaim), 1);
 }
 
+TEST_F(ExecutorTest, ASaturatedSurvivorTakesOverEveryOrphanWithinMinIdlePlusInterval) {
+  options_.reclaim_enabled = true;
+  options_.reclaim_min_idle = absl::Minutes(1);
+  options_.reclaim_interval = absl::Seconds(10);
+  options_.concurrency = 2;
+  options_.workers = 2;  // the handlers block: one thread each
+  options_.fetch_batch = 2;
+  options_.max_in_flight = 16;
+  std::vector<std::string> started;
+  testing::Monitor started_monitor;
+  AddHandler("block", [&](TaskContext& context, int) {
+    started_monitor.Update([&] { started.push_back(context.request().id); });
+    gate_.Pass(context);
+    return TaskOutcome::Succeeded(nullptr);
+  });
+  constexpr int kOrphans = 5;
+  for (int i = 0; i < kOrphans; ++i) Submit(Task(absl::StrCat("orphan-", i), "block"));
+  // A worker of the group takes them all and dies without settling any.
+  auto dead = memory_->Subscribe({.stream = std::string(kDefaultRequestStream),
+                                  .group = options_.consumer_group,
+                                  .consumer = "dead-worker"});
+  ASSERT_TRUE(dead.ok());
+  auto taken = (*dead)->Fetch(kOrphans, absl::Seconds(5));
+  ASSERT_TRUE(taken.ok());
+  ASSERT_EQ(taken->size(), static_cast<size_t>(kOrphans));
+  // The survivor starts at 59 s (its first reclaim finds the orphans not idle long enough)
+  // and saturates itself with fresh work.
+  clock_.Advance(absl::Seconds(59));
+  for (int i = 0; i < 10; ++i) Submit(Task(absl::StrCat("fresh-", i), "block"));
+  Start();
+  // Saturated: both run slots busy and the prefetch queue full (concurrency + fetch_batch).
+  ASSERT_TRUE(metrics_.AwaitInFlight(4));
+  ASSERT_TRUE(started_monitor.Await([&] { return started.size() == 2u; }));
+  // Orphans idle 70 s = min idle + interval, the survivor's own work 11 s: a reclaim is due.
+  clock_.Advance(absl::Seconds(11));
+  // Every orphan is taken over although no run slot freed.
+  EXPECT_TRUE(metrics_.AwaitInFlight(4 + kOrphans)) << "in flight " << executor_->in_flight();
+  // And they run before the fresh requests that were queued ahead of them.
+  gate_.Release(kOrphans);
+  ASSERT_TRUE(started_monitor.Await([&] { return started.size() == 2u + kOrphans; }));
+  std::vector<std::string> next;
+  started_monitor.Update([&] { next.assign(started.begin() + 2, started.end()); });
+  for (const std::string& id : next) EXPECT_TRUE(absl::StartsWith(id, "orphan-")) << id;
+  gate_.OpenAll();
+  auto results = AwaitResults(10 + kOrphans);
+  EXPECT_EQ(results.size(), 10u + kOrphans);
+}
+
 TEST_F(ExecutorTest, LongHandlersAreExtendedOnEveryHeartbeat) {
   options_.heartbeat_interval = absl::Seconds(10);
   ScriptedHandler* slow = AddHandler(

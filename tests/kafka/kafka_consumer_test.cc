@@ -1,6 +1,14 @@
 // The Kafka consumer's production properties against a real broker: full Fetch batches from a
 // backlog, a fair share of the stream's partitions per group member, delivery counts that
-// survive a consumer going away, and a retry topic read from its beginning.
+// survive a consumer going away (closed, or killed: the counts travel in the commit metadata),
+// and a retry topic read from its beginning.
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
 
 #include <algorithm>
 #include <map>
@@ -163,9 +171,9 @@ TEST(KafkaConsumerTest, TwoConsumersShareTheStreamsPartitionsFairly) { ExpectFai
 
 TEST(KafkaConsumerTest, ThreeConsumersShareTheStreamsPartitionsFairly) { ExpectFairShares(3); }
 
-// Fetches from `sub` until one delivery comes (or 30 s pass).
-std::optional<Delivery> FetchOne(Subscription& sub) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+// Fetches from `sub` until one delivery comes (or `patience` passes).
+std::optional<Delivery> FetchOne(Subscription& sub, absl::Duration patience = absl::Seconds(30)) {
+  const absl::Time deadline = absl::Now() + patience;
   while (absl::Now() < deadline) {
     auto batch = sub.Fetch(1, absl::Milliseconds(500));
     EXPECT_TRUE(batch.ok()) << batch.status();
@@ -206,6 +214,101 @@ TEST(KafkaConsumerTest, TheDeliveryCountSurvivesConsumersThatCloseWithoutSettlin
   auto more = survivor->Fetch(5, absl::Seconds(2));
   ASSERT_TRUE(more.ok());
   EXPECT_TRUE(more->empty()) << "a given-back delivery came twice";
+}
+
+// The offset `group` committed for `topic`/`partition` and its metadata, read with librdkafka
+// as any tool reading the group's offsets would (an OffsetFetch; it does not join the group).
+std::pair<int64_t, std::string> Committed(const std::string& group, const std::string& topic,
+                                          int partition) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers",
+                    KafkaBrokerEnvironment::broker().bootstrap().c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "group.id", group.c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "log_level", "3", err, sizeof(err));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+  EXPECT_NE(rk, nullptr) << err;
+  if (rk == nullptr) return {-1, ""};
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(list, topic.c_str(), partition);
+  std::pair<int64_t, std::string> out{-1, ""};
+  if (rd_kafka_committed(rk, list, 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    const rd_kafka_topic_partition_t& p = list->elems[0];
+    out.first = p.offset;
+    if (p.metadata != nullptr) out.second.assign(static_cast<const char*>(p.metadata), p.metadata_size);
+  }
+  rd_kafka_topic_partition_list_destroy(list);
+  rd_kafka_destroy(rk);
+  return out;
+}
+
+TEST(KafkaConsumerTest, TheDeliveryCountSurvivesAConsumerKilledWithoutClose) {
+  auto stream = MustStream();
+  ASSERT_NE(stream, nullptr);
+  const std::string topic = UniqueTopic("crash");
+  const std::string group = "g";
+  PublishNumbered(*stream, topic, 1);
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  const std::string brokers = KafkaBrokerEnvironment::broker().bootstrap();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    ::close(out[0]);
+    ::close(out[1]);
+    ::execl(EVENTBUS_KAFKA_CRASH_CONSUMER, EVENTBUS_KAFKA_CRASH_CONSUMER, brokers.c_str(),
+            topic.c_str(), group.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  auto kill_child = [pid, fd = out[0]] {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    ::close(fd);
+  };
+  // "delivered <partition>:<offset> <count>" once the child holds the record.
+  std::string line;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (line.find('\n') == std::string::npos && absl::Now() < deadline) {
+    pollfd pfd{out[0], POLLIN, 0};
+    if (::poll(&pfd, 1, 500) <= 0) continue;
+    char buffer[256];
+    const ssize_t n = ::read(out[0], buffer, sizeof(buffer));
+    if (n <= 0) break;
+    line.append(buffer, static_cast<size_t>(n));
+  }
+  char id[64] = {0};
+  int count = 0;
+  if (std::sscanf(line.c_str(), "delivered %63s %d", id, &count) != 2) {
+    kill_child();
+    FAIL() << "the crashing consumer said: " << line;
+  }
+  EXPECT_EQ(count, 1);
+  const std::string delivery_id = id;
+  const int partition = std::stoi(delivery_id.substr(0, delivery_id.find(':')));
+  const int64_t offset = std::stoll(delivery_id.substr(delivery_id.find(':') + 1));
+  // Within the commit interval the group's commit carries the count of the held offset.
+  const std::string expected = absl::StrCat("eventbus-dc1:", offset, "=1");
+  std::pair<int64_t, std::string> committed;
+  const absl::Time commit_deadline = absl::Now() + absl::Seconds(15);
+  while (absl::Now() < commit_deadline) {
+    committed = Committed(group, topic, partition);
+    if (committed.second == expected) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  kill_child();  // SIGKILL: no Close, no give-back to the retry topic, no last commit
+  EXPECT_EQ(committed.first, offset) << "the commit point stays at the held offset";
+  ASSERT_EQ(committed.second, expected);
+
+  // The next member gets the partition once the dead one's session times out (10 s).
+  auto next = MustSubscribe(*stream, topic, group, "next");
+  ASSERT_NE(next, nullptr);
+  std::optional<Delivery> again = FetchOne(*next, absl::Seconds(60));
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->id, delivery_id);
+  EXPECT_EQ(again->delivery_count, 2) << "the crashed delivery counts";
+  ASSERT_TRUE(next->Ack(*again).ok());
 }
 
 TEST(KafkaConsumerTest, ARetryRecordWrittenBeforeTheGroupJoinedIsDeliveredFromTheNewest) {

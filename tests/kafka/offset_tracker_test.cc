@@ -74,4 +74,34 @@ TEST(OffsetTrackerTest, ManyInterleavedCompletionsEndAtOnePastTheLast) {
 }
 
 }  // namespace
+TEST(DeliveryCountMetadataTest, RoundTripsTheCountsOfHeldOffsets) {
+  const std::map<int64_t, int> counts = {{7, 1}, {9, 3}, {12, 2}};
+  const std::string metadata = EncodeDeliveryCounts(counts, 7);
+  EXPECT_EQ(metadata, "eventbus-dc1:7=1,9=3,12=2");
+  EXPECT_EQ(DecodeDeliveryCounts(metadata, 7), counts);
+  // Offsets below the commit point are done: neither written nor read back.
+  EXPECT_EQ(EncodeDeliveryCounts(counts, 8), "eventbus-dc1:9=3,12=2");
+  EXPECT_EQ(DecodeDeliveryCounts(metadata, 9), (std::map<int64_t, int>{{9, 3}, {12, 2}}));
+  EXPECT_EQ(EncodeDeliveryCounts({}, 0), "");
+}
+
+TEST(DeliveryCountMetadataTest, StaysUnderTheBrokersBoundKeepingTheHighestCounts) {
+  std::map<int64_t, int> counts;
+  for (int64_t offset = 1000; offset < 3000; ++offset) counts[offset] = 1;
+  counts[2500] = 7;  // the poison record
+  const std::string metadata = EncodeDeliveryCounts(counts, 1000);
+  EXPECT_LE(metadata.size(), kMaxCommitMetadataBytes);
+  const std::map<int64_t, int> back = DecodeDeliveryCounts(metadata, 1000);
+  EXPECT_EQ(back.at(2500), 7);
+  EXPECT_TRUE(back.contains(1000));
+  EXPECT_FALSE(back.contains(2999));
+}
+
+TEST(DeliveryCountMetadataTest, ForeignOrMalformedMetadataIsIgnoredEntryByEntry) {
+  EXPECT_TRUE(DecodeDeliveryCounts("", 0).empty());
+  EXPECT_TRUE(DecodeDeliveryCounts("some other client's note", 0).empty());
+  EXPECT_EQ(DecodeDeliveryCounts("eventbus-dc1:5=2,x=1,6=-1,7=,=3,8=99999999999,9=4", 0),
+            (std::map<int64_t, int>{{5, 2}, {9, 4}}));
+}
+
 }  // namespace eventbus::kafka

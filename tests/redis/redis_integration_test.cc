@@ -526,6 +526,52 @@ TEST(RedisIntegration, ADelayedNackSurvivesItsConsumerAndReclaimDoesNotTakeItEar
   EXPECT_TRUE(second->Ack(redelivered[0]).ok());
 }
 
+// XAUTOCLAIM looks at a bounded slice of the pending list per call; a Reclaim that started
+// at 0-0 every time saw only the parked entries at its head and never the orphan behind them.
+TEST(RedisIntegration, ReclaimReachesAnOrphanBehindHundredsOfParkedEntries) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  const std::string name = "reclaim.cursor";
+  auto parker = Join(*stream, name, "g", "parker");
+  auto dead = Join(*stream, name, "g", "dead");  // never settles, never closes before the end
+  auto survivor = Join(*stream, name, "g", "survivor");
+  ASSERT_NE(parker, nullptr);
+  ASSERT_NE(dead, nullptr);
+  ASSERT_NE(survivor, nullptr);
+  constexpr int kParked = 300;
+  for (int i = 0; i < kParked; ++i) {
+    ASSERT_TRUE(stream->Publish(name, MakeEvent("t", "/s", absl::StrCat("parked-", i)), nullptr).ok());
+  }
+  ASSERT_TRUE(stream->Flush(absl::Seconds(10)).ok());
+  auto parked = FetchUntil(*parker, kParked, absl::Seconds(10));
+  ASSERT_EQ(parked.size(), static_cast<size_t>(kParked));
+  // Nacked with a long delay: parked in the pending list ahead of the orphan.
+  for (const Delivery& d : parked) ASSERT_TRUE(parker->Nack(d, absl::Hours(1)).ok());
+  ASSERT_TRUE(stream->PublishAndWait(name, MakeEvent("t", "/s", "orphan")).ok());
+  auto orphan = FetchUntil(*dead, 1, absl::Seconds(5));
+  ASSERT_EQ(orphan.size(), 1u);
+
+  // One free slot per call, as a saturated survivor has: every call must move the scan on.
+  std::vector<Delivery> reclaimed;
+  int calls = 0;
+  for (; calls < 2 * kParked / 16 && reclaimed.empty(); ++calls) {
+    auto got = survivor->Reclaim(absl::ZeroDuration(), 1);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (auto& d : *got) reclaimed.push_back(std::move(d));
+  }
+  ASSERT_EQ(reclaimed.size(), 1u) << "orphan not reclaimed in " << calls << " calls";
+  EXPECT_EQ(reclaimed[0].id, orphan[0].id);
+  EXPECT_EQ(reclaimed[0].event.data(), "orphan");
+  EXPECT_EQ(reclaimed[0].delivery_count, 2);
+  EXPECT_TRUE(survivor->Ack(reclaimed[0]).ok());
+  // The parked entries stayed parked (their delay holds against Reclaim) and the scan wraps.
+  auto more = survivor->Reclaim(absl::ZeroDuration(), 10);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_TRUE(more->empty());
+}
+
 TEST(RedisIntegration, AGroupLostByTheServerIsCreatedAgain) {
   auto server = StartServer();
   ASSERT_NE(server, nullptr);

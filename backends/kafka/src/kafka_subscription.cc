@@ -1,6 +1,8 @@
 #include "kafka_subscription.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -22,6 +24,9 @@ constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
 // injected clock may be a ManualClock, whose advances also wake it at once.
 constexpr absl::Duration kFetchTick = absl::Milliseconds(20);
 constexpr absl::Duration kDeadLetterRetryInterval = absl::Seconds(1);
+// How often a poller commits what changed (offsets, delivery counts): a crash loses at most
+// the delivery counts of the last interval (and redelivers what was done in it).
+constexpr absl::Duration kCommitInterval = absl::Milliseconds(200);
 // Longer than a group join normally takes (session.timeout.ms is 10 s).
 constexpr absl::Duration kFirstAssignmentWait = absl::Seconds(15);
 
@@ -82,8 +87,6 @@ absl::Status KafkaSubscription::StartConsumer(int topic) {
       ConfHandle conf,
       client_->NewConf({{"client.id", options_.consumer},
                         {"partition.assignment.strategy", "cooperative-sticky"},
-                        {"enable.auto.commit", "true"},
-                        {"auto.commit.interval.ms", "1000"},
                         {"auto.offset.reset", earliest ? "earliest" : "latest"},
                         {"enable.partition.eof", "false"},
                         {"fetch.wait.max.ms", "100"},
@@ -96,7 +99,10 @@ absl::Status KafkaSubscription::StartConsumer(int topic) {
   char errstr[512];
   // Applied after the user's properties: the semantics above rest on them.
   for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
-           {"group.id", group}, {"enable.auto.offset.store", "false"}}) {
+           {"group.id", group}, {"enable.auto.offset.store", "false"},
+           // Our own commits carry the delivery counts in their metadata; librdkafka's
+           // auto-commit (2.0) would overwrite it with empty metadata.
+           {"enable.auto.commit", "false"}}) {
     if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), errstr, sizeof(errstr)) !=
         RD_KAFKA_CONF_OK) {
       return absl::InvalidArgumentError(absl::StrCat("Kafka property ", name, ": ", errstr));
@@ -111,6 +117,19 @@ absl::Status KafkaSubscription::StartConsumer(int topic) {
   conf.release();
   consumer.handle.reset(rk);
   rd_kafka_poll_set_consumer(rk);
+  EVENTBUS_ASSIGN_OR_RETURN(ConfHandle reader_conf,
+                            client_->NewConf({{"client.id", options_.consumer},
+                                              {"enable.auto.commit", "false"}}));
+  if (rd_kafka_conf_set(reader_conf.get(), "group.id", group.c_str(), errstr, sizeof(errstr)) !=
+      RD_KAFKA_CONF_OK) {
+    return absl::InvalidArgumentError(absl::StrCat("Kafka property group.id: ", errstr));
+  }
+  rd_kafka_t* reader = rd_kafka_new(RD_KAFKA_CONSUMER, reader_conf.get(), errstr, sizeof(errstr));
+  if (reader == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("creating the Kafka offsets reader: ", errstr));
+  }
+  reader_conf.release();
+  consumer.offsets_reader.reset(reader);
   PartitionListHandle topics(rd_kafka_topic_partition_list_new(1));
   rd_kafka_topic_partition_list_add(topics.get(), TopicOf({topic, 0}).c_str(),
                                     RD_KAFKA_PARTITION_UA);
@@ -152,15 +171,18 @@ void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
     keys.emplace_back(consumer.topic, partitions->elems[i].partition);
   }
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    // Before the partitions are assigned (so before any of their records arrives).
+    std::vector<std::map<int64_t, int>> counts = CommittedCounts(consumer, partitions);
     {
       absl::MutexLock lock(&mu_);
       consumer.assigned_once = true;
-      for (const PartitionKey& key : keys) {
-        PartitionState& state = partitions_[key];
+      for (size_t i = 0; i < keys.size(); ++i) {
+        PartitionState& state = partitions_[keys[i]];
         held_events_ -= state.held_events;
         held_bytes_ -= state.held_bytes;
         state = PartitionState{};
         state.epoch = next_epoch_++;
+        state.delivered = std::move(counts[i]);
       }
     }
     absl::Status status =
@@ -312,17 +334,75 @@ void KafkaSubscription::GiveBackDeliveries(const std::vector<PartitionKey>& keys
   }
 }
 
-PartitionListHandle KafkaSubscription::CommittableLocked(const std::vector<PartitionKey>& keys) {
+PartitionListHandle KafkaSubscription::CommittableLocked(const std::vector<PartitionKey>& keys,
+                                                         bool changed_only) {
   PartitionListHandle list(rd_kafka_topic_partition_list_new(static_cast<int>(keys.size())));
   for (const PartitionKey& key : keys) {
     auto it = partitions_.find(key);
     if (it == partitions_.end()) continue;
-    const std::optional<int64_t> offset = it->second.tracker.Committable();
+    PartitionState& state = it->second;
+    const std::optional<int64_t> offset = state.tracker.Committable();
     if (!offset.has_value()) continue;
-    rd_kafka_topic_partition_list_add(list.get(), TopicOf(key).c_str(), key.second)->offset =
-        *offset;
+    std::string metadata = EncodeDeliveryCounts(state.delivered, *offset);
+    if (changed_only && *offset == state.committed_offset &&
+        metadata == state.committed_metadata) {
+      continue;
+    }
+    rd_kafka_topic_partition_t* p =
+        rd_kafka_topic_partition_list_add(list.get(), TopicOf(key).c_str(), key.second);
+    p->offset = *offset;
+    if (!metadata.empty()) {
+      // Freed by rd_kafka_topic_partition_list_destroy.
+      p->metadata = malloc(metadata.size());
+      std::memcpy(p->metadata, metadata.data(), metadata.size());
+      p->metadata_size = metadata.size();
+    }
+    state.committed_offset = *offset;
+    state.committed_metadata = std::move(metadata);
   }
   return list;
+}
+
+std::vector<std::map<int64_t, int>> KafkaSubscription::CommittedCounts(
+    Consumer& consumer, const rd_kafka_topic_partition_list_t* partitions) {
+  std::vector<std::map<int64_t, int>> counts(static_cast<size_t>(partitions->cnt));
+  // On a copy: the assignment itself starts from the committed offsets as usual.
+  PartitionListHandle committed(rd_kafka_topic_partition_list_copy(partitions));
+  const int timeout_ms =
+      static_cast<int>(absl::ToInt64Milliseconds(client_->options().operation_timeout));
+  const rd_kafka_resp_err_t err =
+      rd_kafka_committed(consumer.offsets_reader.get(), committed.get(), timeout_ms);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    // Not fatal: the counts of what a crashed predecessor held restart (as before).
+    std::fprintf(stderr, "eventbus kafka: %s\n",
+                 ToStatus(err, "reading committed delivery counts").ToString().c_str());
+    return counts;
+  }
+  for (int i = 0; i < committed->cnt; ++i) {
+    const rd_kafka_topic_partition_t& p = committed->elems[i];
+    if (p.err != RD_KAFKA_RESP_ERR_NO_ERROR || p.metadata == nullptr || p.offset < 0) continue;
+    counts[static_cast<size_t>(i)] = DecodeDeliveryCounts(
+        std::string(static_cast<const char*>(p.metadata), p.metadata_size), p.offset);
+  }
+  return counts;
+}
+
+void KafkaSubscription::CommitChanged(Consumer& consumer) {
+  const absl::Time now = absl::Now();
+  if (now < consumer.next_commit) return;
+  consumer.next_commit = now + kCommitInterval;
+  PartitionListHandle commit;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<PartitionKey> keys;
+    for (const auto& [key, state] : partitions_) {
+      if (key.first == consumer.topic && !state.revoking) keys.push_back(key);
+    }
+    commit = CommittableLocked(keys, /*changed_only=*/true);
+  }
+  // Asynchronous, from the poller (the thread that also serves revokes, so this commit goes
+  // out before a revoke's final synchronous one); a failed commit is repeated by the next.
+  if (commit->cnt > 0) rd_kafka_commit(consumer.handle.get(), commit.get(), /*async=*/1);
 }
 
 void KafkaSubscription::DropPartitionLocked(const PartitionKey& key) {
@@ -365,6 +445,7 @@ void KafkaSubscription::PollLoop(Consumer& consumer) {
   while (!stop_.load(std::memory_order_acquire)) {
     AdjustPause(consumer);
     RetryFailedDeadLetters();
+    CommitChanged(consumer);
     // Records are taken from librdkafka's queue in batches and handed to Fetch under one lock
     // and one wake-up: a waiting Fetch woken per record would return one record at a time.
     std::vector<std::pair<absl::Time, Pending>> batch;
@@ -462,6 +543,15 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
   Delivery& delivery = pending.delivery;
   delivery.stream = options_.stream;
   absl::Time due = absl::InfinitePast();
+  int delivered_before = 0;  // from the committed metadata: a predecessor crashed holding it
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = partitions_.find(pending.partition);
+    if (it != partitions_.end()) {
+      auto count = it->second.delivered.find(pending.offset);
+      if (count != it->second.delivered.end()) delivered_before = count->second;
+    }
+  }
   if (consumer.topic == kStreamTopic) {
     delivery.id = RecordId(message->partition, message->offset);
     delivery.delivery_count = 1;
@@ -491,6 +581,7 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
     delivery.first_delivery_time = first.has_value() ? absl::FromUnixMillis(*first) : now;
     due = absl::FromUnixMillis(*due_ms);
   }
+  delivery.delivery_count = std::max(delivery.delivery_count, delivered_before + 1);
   delivery.event = std::move(decoded->event);
   return std::make_pair(due, std::move(pending));
 }
@@ -574,6 +665,7 @@ bool KafkaSubscription::CompleteLocked(const Pending& pending) {
   auto it = partitions_.find(pending.partition);
   if (it == partitions_.end() || it->second.epoch != pending.epoch) return false;
   PartitionState& state = it->second;
+  state.delivered.erase(pending.offset);
   if (state.tracker.MarkDone(pending.offset)) {
     state.held_events -= 1;
     state.held_bytes -= pending.bytes;
@@ -623,6 +715,9 @@ Delivery KafkaSubscription::LeaseLocked(Pending pending, absl::Time now) {
   const uint64_t token = next_token_++;
   pending.delivery.token = token;
   pending.delivered = true;
+  if (auto it = partitions_.find(pending.partition); it != partitions_.end()) {
+    it->second.delivered[pending.offset] = pending.delivery.delivery_count;
+  }
   Delivery delivery = pending.delivery;
   leases_.emplace(token, Lease{std::move(pending), now});
   return delivery;
@@ -891,6 +986,7 @@ absl::Status KafkaSubscription::Close() {
         ToStatus(rd_kafka_consumer_close(consumer.handle.get()), "closing");
     if (status.ok()) status = closed;
     consumer.handle.reset();
+    consumer.offsets_reader.reset();
   }
   absl::MutexLock lock(&mu_);
   ready_.clear();

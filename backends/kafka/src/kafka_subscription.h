@@ -55,12 +55,17 @@ class KafkaSubscription final : public Subscription {
     KafkaSubscription* owner = nullptr;
     int topic = kStreamTopic;
     KafkaHandle handle;
+    // Same group, never subscribed: reads the committed offsets and their metadata at
+    // assignment. The member itself cannot: its OffsetFetch inside the rebalance callback timed
+    // out (15 s) while the group was rebalancing (librdkafka 2.0), stalling the handover.
+    KafkaHandle offsets_reader;
     std::thread poller;
     // Set by the first assignment (possibly empty). librdkafka 2.0 asserts when a
     // cooperative-sticky consumer is destroyed between JoinGroup and its first SyncGroup
     // (confluentinc/librdkafka#4312, fixed in 2.3.0), so Close waits for it.
     bool assigned_once = false;  // guarded by owner->mu_
     bool paused = false;         // poller thread only
+    absl::Time next_commit = absl::InfinitePast();  // poller thread only
   };
 
   struct PartitionState {
@@ -72,6 +77,13 @@ class KafkaSubscription final : public Subscription {
     // Being given back (revoke): Fetch hands out none of its records any more, since their
     // counts would not be handed over.
     bool revoking = false;
+    // Deliveries so far of each offset handed out and not done, plus the counts read from the
+    // committed metadata at assignment for offsets not received again yet: committed with
+    // every offset commit (EncodeDeliveryCounts), so they survive a crash of this consumer.
+    std::map<int64_t, int> delivered;
+    // What the last commit of this partition carried: a commit is due when either changed.
+    int64_t committed_offset = -1;
+    std::string committed_metadata;
   };
   // A record received and not yet done, wherever it currently waits.
   struct Pending {
@@ -136,8 +148,16 @@ class KafkaSubscription final : public Subscription {
   Delivery LeaseLocked(Pending pending, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Lease> TakeLeaseLocked(const Delivery& delivery)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  PartitionListHandle CommittableLocked(const std::vector<PartitionKey>& keys)
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The commit point and delivery-count metadata of `keys` (only those that changed since
+  // their last commit when `changed_only`); records them as committed.
+  PartitionListHandle CommittableLocked(const std::vector<PartitionKey>& keys,
+                                        bool changed_only = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads the committed delivery counts of newly assigned partitions (a blocking OffsetFetch).
+  std::vector<std::map<int64_t, int>> CommittedCounts(
+      Consumer& consumer, const rd_kafka_topic_partition_list_t* partitions);
+  // The poller's periodic asynchronous commit of its consumer's partitions.
+  void CommitChanged(Consumer& consumer) ABSL_LOCKS_EXCLUDED(mu_);
   void DropPartitionLocked(const PartitionKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Produces the dead letter for a record that is not a valid event, asynchronously: the
   // record is marked done when the delivery report is OK, and retried by the poller otherwise.

@@ -4,9 +4,12 @@
 // group can only commit "everything below N is done". The committable offset is therefore the
 // lowest offset still in flight, or one past the highest offset seen when nothing is.
 
+#include <cstddef>
 #include <cstdint>
+#include <map>
 #include <set>
 #include <optional>
+#include <string>
 
 namespace eventbus::kafka {
 
@@ -35,5 +38,22 @@ class OffsetTracker {
   std::set<int64_t> pending_;
   int64_t highest_seen_ = -1;
 };
+
+// The delivery counts of a partition's delivered-but-uncommitted offsets travel in the
+// metadata of its offset commit (as Parallel Consumer keeps its per-partition state there), so
+// a consumer that crashed or timed out without handing its deliveries back still leaves their
+// counts to the next owner: "eventbus-dc1:" then "<offset>=<count>" entries joined by ',',
+// count = deliveries so far (docs/wire-format.md, Kafka). offset.metadata.max.bytes is 4096 by
+// default: kMaxCommitMetadataBytes keeps under it, dropping the entries with the lowest counts
+// first (a crash-looping poison record is the one with the highest).
+inline constexpr size_t kMaxCommitMetadataBytes = 3900;
+inline constexpr const char kDeliveryCountsPrefix[] = "eventbus-dc1:";
+
+// Empty when `counts` is empty (nothing to carry). Entries below `committed` are left out.
+std::string EncodeDeliveryCounts(const std::map<int64_t, int>& counts, int64_t committed,
+                                 size_t max_bytes = kMaxCommitMetadataBytes);
+// The counts of offsets >= `committed` in `metadata`; empty for metadata not ours (another
+// client's commit) or malformed entries (skipped one by one: nothing from the wire may crash).
+std::map<int64_t, int> DecodeDeliveryCounts(const std::string& metadata, int64_t committed);
 
 }  // namespace eventbus::kafka

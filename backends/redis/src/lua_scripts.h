@@ -79,18 +79,25 @@ return out
 )lua"};
 
 // XAUTOCLAIM for the calling consumer. ARGV[3] = min idle (ms), ARGV[4] = max,
-// ARGV[5] = now (ms, stream clock), ARGV[6] = parking consumer.
+// ARGV[5] = now (ms, stream clock), ARGV[6] = parking consumer, ARGV[7] = the cursor where the
+// previous call stopped ('0-0' = from the start).
+// - The scan goes on from ARGV[7] and wraps around to '0-0' once: restarting at '0-0' on every
+//   call would look at the same head of the pending list each time (XAUTOCLAIM examines at most
+//   10 x COUNT entries per call), so an orphan behind a few hundred parked or still active
+//   entries would never be reached.
 // - Entries waiting in the delayed set and not yet due are handed back to the parking
 //   consumer with their delivery counter restored (XAUTOCLAIM cannot skip them, and a nack
 //   delay must hold even against Reclaim).
 // - Entries deleted by trimming (XAUTOCLAIM's third element, Redis 7) are acknowledged so
 //   they are not met again.
-// Returns {id, {field, value, ...}, delivery count} per claimed entry.
+// Returns {next cursor, {{id, {field, value, ...}, delivery count} per claimed entry}}.
 inline constexpr LuaScript kReclaim = {"reclaim", R"lua(
 local max = tonumber(ARGV[4])
 local now = tonumber(ARGV[5])
 local out = {}
-local cursor = '0-0'
+local start = ARGV[7]
+local cursor = start
+local wrapped = start == '0-0'
 for round = 1, 16 do
   local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', max - #out)
   cursor = r[1]
@@ -113,9 +120,13 @@ for round = 1, 16 do
     redis.call('XACK', KEYS[1], ARGV[1], id)
     redis.call('ZREM', KEYS[2], id)
   end
-  if cursor == '0-0' or #out >= max then break end
+  if #out >= max then break end
+  if cursor == '0-0' then
+    if wrapped then break end
+    wrapped = true
+  end
 end
-return out
+return {cursor, out}
 )lua"};
 
 }  // namespace eventbus::redis::scripts

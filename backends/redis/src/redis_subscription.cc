@@ -189,9 +189,15 @@ class RedisSubscription final : public Subscription {
         read_conn_.Eval(scripts::kReclaim, {sub_.stream, delayed_key_},
                         {sub_.group, sub_.consumer, Millis(std::max(min_idle, absl::ZeroDuration())),
                          absl::StrCat(max_events), Millis(clock_->Now()),
-                         std::string(scripts::kParkingConsumer)});
+                         std::string(scripts::kParkingConsumer), reclaim_cursor_});
     if (!reclaimed.ok()) return GroupLostToUnavailable(reclaimed.status());
-    EVENTBUS_ASSIGN_OR_RETURN(std::vector<RawEntry> raw, ParseScriptEntries(reclaimed->get()));
+    const redisReply* reply = reclaimed->get();
+    if (!IsArray(reply) || reply->elements != 2 || !IsString(reply->element[0])) {
+      return absl::InternalError("redis reclaim script returned no {cursor, entries} pair");
+    }
+    // The next call goes on where this one stopped (the script wraps around to 0-0).
+    reclaim_cursor_.assign(reply->element[0]->str, reply->element[0]->len);
+    EVENTBUS_ASSIGN_OR_RETURN(std::vector<RawEntry> raw, ParseScriptEntries(reply->element[1]));
     std::vector<Delivery> out;
     ToDeliveriesLocked(std::move(raw), /*first_delivery_now=*/false, out);
     return out;
@@ -621,6 +627,8 @@ class RedisSubscription final : public Subscription {
   bool recover_ ABSL_GUARDED_BY(fetch_mu_) = true;
   // The last entry id the current recovery pass has looked at (empty = from the start).
   std::string recover_after_ ABSL_GUARDED_BY(fetch_mu_);
+  // Where the next Reclaim's XAUTOCLAIM scan starts (kept across calls, see kReclaim).
+  std::string reclaim_cursor_ ABSL_GUARDED_BY(fetch_mu_) = "0-0";
 
   // Ack, Nack, Extend, DeadLetter: any thread.
   absl::Mutex cmd_mu_ ABSL_ACQUIRED_AFTER(fetch_mu_);

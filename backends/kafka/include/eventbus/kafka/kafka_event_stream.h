@@ -43,8 +43,8 @@ struct KafkaOptions {
   // InvalidArgument naming it; its value is shown only when librdkafka knows the property
   // and its name is not a secret's (eventbus::IsSecretSettingName: sasl.password,
   // ssl.key.password, sasl.oauthbearer.client.secret, sasl.jaas.config, ...). The consumer
-  // settings this backend's semantics rest on (group.id, enable.auto.offset.store) cannot be
-  // overridden.
+  // settings this backend's semantics rest on (group.id, enable.auto.offset.store,
+  // enable.auto.commit) cannot be overridden.
   std::map<std::string, std::string> properties;
   // Partitions of the topics this backend creates (stream, .retry, .dlq). Existing topics are
   // used as they are.
