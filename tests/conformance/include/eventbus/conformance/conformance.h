@@ -9,7 +9,8 @@
 // so are cases that need a hook the backend did not give (crash, restart_server, ...).
 //
 // Running the suite writes a JSON report per backend, <dir>/<name>.json, with dir from
-// $EVENTBUS_CONFORMANCE_REPORT_DIR (default: the working directory); see report.h.
+// $EVENTBUS_CONFORMANCE_REPORT_DIR (default: the working directory): cases passed, failed and
+// skipped (with the reason), timings, the declared capabilities and the hooks given.
 
 #include <functional>
 #include <memory>
