@@ -142,6 +142,8 @@ class FaultInjectingEventStream final : public EventStream {
  public:
   FaultInjectingEventStream(EventStream* inner, FaultInjector* faults)
       : inner_(inner), faults_(faults) {}
+  FaultInjectingEventStream(std::unique_ptr<EventStream> owned, FaultInjector* faults)
+      : owned_(std::move(owned)), inner_(owned_.get()), faults_(faults) {}
 
   absl::string_view backend_name() const override { return inner_->backend_name(); }
   Capabilities capabilities() const override { return inner_->capabilities(); }
@@ -165,6 +167,7 @@ class FaultInjectingEventStream final : public EventStream {
   }
 
  private:
+  const std::unique_ptr<EventStream> owned_;  // null when not owned
   EventStream* const inner_;
   FaultInjector* const faults_;
 };
@@ -173,6 +176,11 @@ class FaultInjectingEventStream final : public EventStream {
 
 std::unique_ptr<EventStream> NewFaultInjectingEventStream(EventStream* inner, FaultInjector* faults) {
   return std::make_unique<FaultInjectingEventStream>(inner, faults);
+}
+
+std::unique_ptr<EventStream> NewFaultInjectingEventStream(std::unique_ptr<EventStream> inner,
+                                                          FaultInjector* faults) {
+  return std::make_unique<FaultInjectingEventStream>(std::move(inner), faults);
 }
 
 }  // namespace eventbus::memory

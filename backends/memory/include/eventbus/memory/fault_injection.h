@@ -75,5 +75,8 @@ class FaultInjector {
 // `inner` and `faults` are not owned and must outlive the stream and its subscriptions.
 // backend_name, capabilities and clock are the inner stream's.
 std::unique_ptr<EventStream> NewFaultInjectingEventStream(EventStream* inner, FaultInjector* faults);
+// The same, owning `inner` (for a BackendRegistry factory).
+std::unique_ptr<EventStream> NewFaultInjectingEventStream(std::unique_ptr<EventStream> inner,
+                                                          FaultInjector* faults);
 
 }  // namespace eventbus::memory
