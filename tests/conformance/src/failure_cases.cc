@@ -190,7 +190,7 @@ TEST_P(EventStreamConformance, AfterAServerRestartAckedEventsStayAckedAndUnacked
   const std::string stream = UniqueName("restart");
   auto sub = f.Subscribe(stream, "g", "c1");
   ASSERT_NE(sub, nullptr);
-  auto before = f.PublishNumbered(stream, 10);
+  f.PublishNumbered(stream, 10);
   auto got = f.Collect(*sub, 10);
   ASSERT_EQ(got.size(), 10u);
   const std::vector<Delivery> acked(got.begin(), got.begin() + 5);
@@ -239,7 +239,7 @@ TEST_P(EventStreamConformance, AfterTheConnectionDropsNothingIsLostAndDuplicates
   const std::string stream = UniqueName("cut");
   auto sub = f.Subscribe(stream, "g", "c1");
   ASSERT_NE(sub, nullptr);
-  auto before = f.PublishNumbered(stream, 10);
+  f.PublishNumbered(stream, 10);
   auto got = f.Collect(*sub, 10);
   ASSERT_EQ(got.size(), 10u);
   const std::vector<Delivery> acked(got.begin(), got.begin() + 5);
