@@ -54,6 +54,8 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$jobs"
 echo "== tests: unit, conformance, integration, fault"
 run_ctest --test-dir build --timeout 900 -j "$jobs" || status=1
+# The README's backends x cases table, from the JSON reports the conformance tests just wrote.
+python3 scripts/conformance_table.py build/conformance-report README.md || status=1
 
 if ! $quick; then
   # The benchmarks stay out of the sanitizer builds. Kafka is in the ASan build: its unit,

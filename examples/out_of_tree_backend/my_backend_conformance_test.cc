@@ -8,4 +8,7 @@ EVENTBUS_INSTANTIATE_CONFORMANCE(MyBackend, eventbus::conformance::BackendUnderT
     .make_stream = []() -> absl::StatusOr<std::unique_ptr<eventbus::EventStream>> {
       return eventbus::memory::NewMemoryEventStream();
     },
-    .nack_delay = absl::Milliseconds(400), .reclaim_idle = absl::Milliseconds(100)});
+    .nack_delay = absl::Milliseconds(400), .reclaim_idle = absl::Milliseconds(100),
+    // Optional failure hooks (crash, restart_server, cut_connection, make_bounded_stream):
+    // cases needing one you do not give are skipped and name it.
+    .crash = eventbus::conformance::AbandonSubscription});

@@ -1,5 +1,6 @@
 // The shared conformance suite against a real Kafka broker.
 
+#include "absl/strings/str_cat.h"
 #include "eventbus/conformance/conformance.h"
 #include "kafka_test_env.h"
 
@@ -8,6 +9,24 @@ namespace {
 
 [[maybe_unused]] ::testing::Environment* const kEnvironment =
     ::testing::AddGlobalTestEnvironment(new KafkaBrokerEnvironment);
+
+absl::Status RestartBroker() {
+  harness::KafkaBroker& broker = KafkaBrokerEnvironment::broker();
+  broker.Kill();
+  absl::Status restarted = broker.Restart(absl::Seconds(60));
+  if (!restarted.ok()) {
+    return absl::Status(restarted.code(),
+                        absl::StrCat(restarted.message(), "\n", broker.LogTail()));
+  }
+  return restarted;
+}
+
+// librdkafka's producer queue holds 50 messages: Publish fails with ResourceExhausted beyond.
+KafkaOptions BoundedOptions() {
+  KafkaOptions options = TestOptions();
+  options.properties["queue.buffering.max.messages"] = "50";
+  return options;
+}
 
 EVENTBUS_INSTANTIATE_CONFORMANCE(
     Kafka, conformance::BackendUnderTest{
@@ -20,6 +39,13 @@ EVENTBUS_INSTANTIATE_CONFORMANCE(
                .nack_delay = absl::Seconds(2),
                .reclaim_idle = absl::Milliseconds(500),
                .events_per_publisher = 250,
+               // Local nack timers, checked at every poll.
+               .nack_tolerance = absl::Seconds(1),
+               // A broker restart costs ~10 s: only this instance gives the hook. No crash
+               // hook (an abandoned consumer keeps heartbeating from librdkafka's thread) and no
+               // cut_connection (clients connect to the advertised listener, past any proxy).
+               .restart_server = RestartBroker,
+               .make_bounded_stream = [] { return NewTestStream(BoundedOptions()); },
            });
 
 // The per-key ordering mode (at most one event per key in flight) must pass the same suite,

@@ -21,6 +21,16 @@ eventbus::conformance::BackendUnderTest MemoryOnManualClock() {
   backend.nack_delay = absl::Minutes(10);
   backend.reclaim_idle = absl::Minutes(1);
   backend.events_per_publisher = 5000;
+  // Virtual time makes long delays free: the tolerance case checks both.
+  backend.nack_tolerance = absl::ZeroDuration();
+  backend.long_nack_delay = absl::Hours(6);
+  // A consumer that dies in process is one that stops calling: keep it, never use it again.
+  backend.crash = eventbus::conformance::AbandonSubscription;
+  backend.make_bounded_stream = []() -> absl::StatusOr<std::unique_ptr<eventbus::EventStream>> {
+    eventbus::memory::MemoryOptions options;
+    options.max_stream_events = 200;
+    return eventbus::memory::NewMemoryEventStream(clock, options);
+  };
   return backend;
 }
 

@@ -1,18 +1,23 @@
 // The conformance suite against a real nats-server (JetStream, file storage) that this binary
-// starts on a free loopback port and stops at the end.
+// starts on a free loopback port and stops at the end. Clients connect through a loopback
+// proxy, so the cut_connection hook can reset their connections while the server runs.
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 
+#include "absl/strings/str_cat.h"
+
 #include "eventbus/clock.h"
 #include "eventbus/conformance/conformance.h"
 #include "eventbus/harness/nats_server.h"
+#include "eventbus/harness/tcp_proxy.h"
 #include "eventbus/nats/nats_event_stream.h"
 #include "gtest/gtest.h"
 
 namespace {
 
 eventbus::harness::NatsServer* server = nullptr;
+eventbus::harness::TcpProxy* proxy = nullptr;
 
 class NatsServerEnvironment : public testing::Environment {
  public:
@@ -24,8 +29,16 @@ class NatsServerEnvironment : public testing::Environment {
       std::abort();
     }
     server = started->release();
+    auto proxied = eventbus::harness::TcpProxy::Start(server->port());
+    if (!proxied.ok()) {
+      std::fprintf(stderr, "cannot start the proxy: %s\n", proxied.status().ToString().c_str());
+      std::abort();
+    }
+    proxy = proxied->release();
   }
   void TearDown() override {
+    delete proxy;
+    proxy = nullptr;
     delete server;
     server = nullptr;
   }
@@ -34,20 +47,39 @@ class NatsServerEnvironment : public testing::Environment {
 [[maybe_unused]] testing::Environment* const environment =
     testing::AddGlobalTestEnvironment(new NatsServerEnvironment);
 
+absl::StatusOr<std::unique_ptr<eventbus::EventStream>> NewStream(
+    eventbus::nats::NatsOptions options) {
+  options.url = absl::StrCat("nats://127.0.0.1:", proxy->port());
+  // A publish written into a connection that was just cut waits for a PubAck that never
+  // comes: fail it (Unavailable, the caller retries) sooner than the 30 s default.
+  options.publish_timeout = absl::Seconds(5);
+  return eventbus::nats::NewNatsEventStream(options, eventbus::Clock::Real());
+}
+
 eventbus::conformance::BackendUnderTest NatsOnRealServer() {
   eventbus::conformance::BackendUnderTest backend;
   backend.name = "nats";
-  backend.make_stream = []() -> absl::StatusOr<std::unique_ptr<eventbus::EventStream>> {
-    eventbus::nats::NatsOptions options;
-    options.url = server->url();
-    return eventbus::nats::NewNatsEventStream(options, eventbus::Clock::Real());
-  };
+  backend.make_stream = [] { return NewStream(eventbus::nats::NatsOptions{}); };
+  // No make_bounded_stream: a full publish window (max_pending_publishes) blocks until PubAcks
+  // drain, which a local server always does, so it never pushes back with ResourceExhausted.
   // Real time on a real server: the defaults' slack (2 s fetches, 0.5 s idle, 2 s delay).
   backend.fetch_wait = absl::Seconds(2);
   backend.quiet_wait = absl::Milliseconds(500);
   backend.nack_delay = absl::Seconds(2);
   backend.reclaim_idle = absl::Milliseconds(500);
   backend.events_per_publisher = 500;
+  backend.nack_tolerance = absl::Seconds(1);
+  // No crash hook: JetStream redelivers a dead consumer's messages only after AckWait.
+  backend.restart_server = [] {
+    server->Kill();
+    absl::Status restarted = server->Restart();
+    if (!restarted.ok()) return absl::Status(restarted.code(), absl::StrCat(restarted.message(), "\n", server->LogTail()));
+    return restarted;
+  };
+  backend.cut_connection = [] {
+    proxy->CutConnections();
+    return absl::OkStatus();
+  };
   return backend;
 }
 

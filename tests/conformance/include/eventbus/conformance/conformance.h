@@ -5,7 +5,12 @@
 //   EVENTBUS_INSTANTIATE_CONFORMANCE(Redis, eventbus::conformance::BackendUnderTest{
 //       .name = "redis", .make_stream = [] { return MakeRedisStreamForTest(); }});
 //
-// Cases a backend's Capabilities do not cover are skipped, and say which capability is missing.
+// Cases a backend's Capabilities do not cover are skipped, and say which capability is missing;
+// so are cases that need a hook the backend did not give (crash, restart_server, ...).
+//
+// Running the suite writes a JSON report per backend, <dir>/<name>.json, with dir from
+// $EVENTBUS_CONFORMANCE_REPORT_DIR (default: the working directory): cases passed, failed and
+// skipped (with the reason), timings, the declared capabilities and the hooks given.
 
 #include <functional>
 #include <memory>
@@ -36,7 +41,34 @@ struct BackendUnderTest {
   absl::Duration reclaim_idle = absl::Milliseconds(500);
   // Size of the concurrency case (events per publisher; 4 publishers, 4 consumers).
   int events_per_publisher = 500;
+
+  // How late a delayed nack may come back: redelivered within [delay, delay + nack_tolerance]
+  // (on a virtual clock: once the delay has passed, at the next fetch).
+  absl::Duration nack_tolerance = absl::Seconds(2);
+  // A second, long delay for backends that keep long delays another way (Kafka's retry
+  // topic); zero = the tolerance case checks nack_delay only.
+  absl::Duration long_nack_delay = absl::ZeroDuration();
+
+  // Optional failure hooks. A case that needs a hook not given here is skipped and names it.
+  //
+  // crash: the consumer behind the subscription dies as a crashed process would: no Close, no
+  // further settle (in-process backends: AbandonSubscription below; out-of-process ones: kill
+  // the process that holds it). The suite never touches the subscription again.
+  std::function<void(std::unique_ptr<Subscription>)> crash;
+  // restart_server: the server dies (SIGKILL) and starts again on the same address with its
+  // data; returns once it serves. Clients must resume by themselves.
+  std::function<absl::Status()> restart_server;
+  // cut_connection: every client connection to the server is reset (the server keeps
+  // running); clients may connect again at once. harness::TcpProxy does it for loopback servers.
+  std::function<absl::Status()> cut_connection;
+  // make_bounded_stream: like make_stream, but its publish queue (or retention) holds at most a
+  // few hundred unconsumed events, so the back-pressure case can fill it.
+  std::function<absl::StatusOr<std::unique_ptr<EventStream>>()> make_bounded_stream;
 };
+
+// A crash hook for in-process backends: keeps the subscription alive and unused until the
+// process ends, which is what a consumer that died without Close looks like to its group.
+void AbandonSubscription(std::unique_ptr<Subscription> subscription);
 
 class EventStreamConformance : public testing::TestWithParam<BackendUnderTest> {};
 
