@@ -73,6 +73,7 @@ class RecordingStream final : public EventStream {
     if (max_event_bytes_ > 0) caps.max_event_bytes = max_event_bytes_;
     return caps;
   }
+  StreamInspector* inspector() override { return inner_->inspector(); }
   absl::Status Flush(absl::Duration timeout) override { return inner_->Flush(timeout); }
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
       const SubscribeOptions& options) override {

@@ -147,6 +147,7 @@ class FaultInjectingEventStream final : public EventStream {
 
   absl::string_view backend_name() const override { return inner_->backend_name(); }
   Capabilities capabilities() const override { return inner_->capabilities(); }
+  StreamInspector* inspector() override { return inner_->inspector(); }
   absl::Status Flush(absl::Duration timeout) override { return inner_->Flush(timeout); }
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(const SubscribeOptions& options) override {
     EVENTBUS_RETURN_IF_ERROR(faults_->Check(Op::kSubscribe, ""));

@@ -165,6 +165,7 @@ class BrokenStream final : public EventStream {
     caps.persistent = true;  // every instance shares one memory state
     return caps;
   }
+  StreamInspector* inspector() override { return inner_->inspector(); }
   absl::Status Flush(absl::Duration timeout) override { return inner_->Flush(timeout); }
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(const SubscribeOptions& options) override {
     auto inner = inner_->Subscribe(options);
