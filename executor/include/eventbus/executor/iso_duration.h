@@ -7,6 +7,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 // Accepts weeks, days, hours, minutes and seconds (the last unit may carry a fraction). Years
@@ -19,3 +21,5 @@ absl::StatusOr<absl::Duration> ParseIsoDuration(absl::string_view text);
 std::string FormatIsoDuration(absl::Duration duration);
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -28,6 +28,8 @@
 #include "eventbus/event_stream.h"
 #include "eventbus/registry.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::kafka {
 
 struct KafkaOptions {
@@ -86,3 +88,5 @@ absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config)
 absl::Status RegisterKafkaBackend(BackendRegistry& registry = BackendRegistry::Global());
 
 }  // namespace eventbus::kafka
+
+#pragma GCC visibility pop
