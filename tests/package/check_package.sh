@@ -86,9 +86,10 @@ check_pkg_config() {
 case "$mode" in
   installed)
     step "cmake --install $build_dir (static)"
-    # The install must only read the build tree (install_manifest.txt is CMake's own record).
-    snapshot() { find "$build_dir" -path "$build_dir/package-shared" -prune -o \
-                   ! -name 'install_manifest*.txt' -printf '%p %s %T@\n' | sort; }
+    # The install must only read the build tree's files (install_manifest.txt is CMake's own
+    # record of it; Testing/ is ctest's, written while this test runs).
+    snapshot() { find "$build_dir" \( -path "$build_dir/package-shared" -o -path "$build_dir/Testing" \) \
+                   -prune -o -type f ! -name 'install_manifest*.txt' -printf '%p %s %T@\n' | sort; }
     snapshot >"$work/before"
     cmake --install "$build_dir" --prefix "$work/staging" >/dev/null
     snapshot >"$work/after"
