@@ -196,7 +196,32 @@ function(_eventbus_derive_requires name)
   set_property(GLOBAL PROPERTY EVENTBUS_COMPONENT_${name}_REQUIRES "${requires}")
 endfunction()
 
+# Every eventbus_* library of the product must belong to a component, or the package silently
+# lacks it (e.g. a new folder that kept an old install(TARGETS ... EXPORT) line). Test, bench
+# and service-internal libraries are not part of the package.
+function(_eventbus_check_all_libraries_are_components dir)
+  get_property(targets DIRECTORY "${dir}" PROPERTY BUILDSYSTEM_TARGETS)
+  foreach(target IN LISTS targets)
+    get_target_property(type ${target} TYPE)
+    get_property(owner GLOBAL PROPERTY EVENTBUS_COMPONENT_OF_${target})
+    if(target MATCHES "^eventbus_" AND type MATCHES "_LIBRARY$" AND NOT type STREQUAL "INTERFACE_LIBRARY"
+       AND NOT owner)
+      file(RELATIVE_PATH where "${PROJECT_SOURCE_DIR}" "${dir}")
+      if(where MATCHES "^tests/conformance(/|$)" OR NOT where MATCHES "^(tests|bench|executor/service)(/|$)")
+        message(FATAL_ERROR "library ${target} (${where}/CMakeLists.txt) is in no package component: "
+                            "declare it there with eventbus_component(<name> TARGETS ${target}) "
+                            "(cmake/EventbusComponents.cmake)")
+      endif()
+    endif()
+  endforeach()
+  get_property(subdirs DIRECTORY "${dir}" PROPERTY SUBDIRECTORIES)
+  foreach(subdir IN LISTS subdirs)
+    _eventbus_check_all_libraries_are_components("${subdir}")
+  endforeach()
+endfunction()
+
 function(eventbus_write_package)
+  _eventbus_check_all_libraries_are_components("${PROJECT_SOURCE_DIR}")
   get_property(components GLOBAL PROPERTY EVENTBUS_COMPONENTS)
   foreach(name IN LISTS components)
     _eventbus_derive_requires(${name})
