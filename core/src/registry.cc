@@ -63,6 +63,15 @@ std::vector<std::string> BackendRegistry::Names() const {
   return names;
 }
 
+std::vector<BackendRegistry::Type> BackendRegistry::Types() const {
+  std::lock_guard lock(mu_);
+  std::vector<Type> types;
+  for (const auto& [name, r] : backends_) {
+    types.push_back(Type{r.name, r.description, r.url_env, r.default_url, r.option_env_prefix});
+  }
+  return types;
+}
+
 absl::StatusOr<std::unique_ptr<EventStream>> BackendRegistry::Create(absl::string_view name,
                                                                      BackendConfig config) const {
   BackendFactory factory;

@@ -6,6 +6,10 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "eventbus/log.h"
+
 namespace eventbus::executor::service {
 namespace {
 
@@ -43,7 +47,28 @@ JsonLog::JsonLog(LogLevel level)
   logger_->flush_on(spdlog::level::trace);
 }
 
-JsonLog::~JsonLog() = default;
+JsonLog::~JsonLog() {
+  if (library_sink_) eventbus::SetLogSink(nullptr);
+}
+
+void JsonLog::InstallAsLibrarySink() {
+  const spdlog::level::level_enum level = logger_->level();
+  if (level == spdlog::level::off) return;
+  const eventbus::LogLevel min = level <= spdlog::level::debug ? eventbus::LogLevel::kDebug
+                                 : level == spdlog::level::info ? eventbus::LogLevel::kInfo
+                                 : level == spdlog::level::warn ? eventbus::LogLevel::kWarning
+                                                                : eventbus::LogLevel::kError;
+  eventbus::SetLogSink(
+      [this](const eventbus::LogRecord& record) {
+        const LogLevel level = record.level == eventbus::LogLevel::kDebug     ? LogLevel::kDebug
+                               : record.level == eventbus::LogLevel::kInfo    ? LogLevel::kInfo
+                               : record.level == eventbus::LogLevel::kWarning ? LogLevel::kWarn
+                                                                              : LogLevel::kError;
+        Write(level, record.message, {{"component", std::string(record.component)}});
+      },
+      min);
+  library_sink_ = true;
+}
 
 bool JsonLog::Enabled(LogLevel level) const { return logger_->should_log(ToSpdlog(level)); }
 

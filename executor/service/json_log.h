@@ -32,8 +32,14 @@ class JsonLog {
   // Renders the executor's per-task records (task_id, type, attempt, delivery_id, error).
   void WriteTask(const TaskLogRecord& record);
 
+  // Makes this the eventbus library's log sink (eventbus/log.h: the backends' and their client
+  // libraries' diagnostics), at this log's level, with a "component" field. Undone by the
+  // destructor.
+  void InstallAsLibrarySink();
+
  private:
   std::shared_ptr<spdlog::logger> logger_;
+  bool library_sink_ = false;
 };
 
 }  // namespace eventbus::executor::service

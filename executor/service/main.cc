@@ -11,19 +11,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "config.h"
-#include "eventbus/memory/memory_event_stream.h"
+#include "eventbus/builtin_backends.h"
 #include "eventbus/registry.h"
 #include "json_log.h"
 #include "service.h"
-#ifdef EVENTBUS_SERVICE_WITH_REDIS
-#include "eventbus/redis/redis_event_stream.h"
-#endif
-#ifdef EVENTBUS_SERVICE_WITH_KAFKA
-#include "eventbus/kafka/kafka_event_stream.h"
-#endif
-#ifdef EVENTBUS_SERVICE_WITH_NATS
-#include "eventbus/nats/nats_event_stream.h"
-#endif
 
 namespace {
 
@@ -41,19 +32,8 @@ constexpr char kUsage[] =
     "           every type through POST /v1/tasks, print their results and the dead letter,\n"
     "           and exit (0 when everything came out as expected).\n";
 
-absl::Status RegisterBackends() {
-  absl::Status status = eventbus::memory::RegisterMemoryBackend();
-#ifdef EVENTBUS_SERVICE_WITH_REDIS
-  if (status.ok()) status = eventbus::redis::RegisterRedisBackend();
-#endif
-#ifdef EVENTBUS_SERVICE_WITH_KAFKA
-  if (status.ok()) status = eventbus::kafka::RegisterKafkaBackend();
-#endif
-#ifdef EVENTBUS_SERVICE_WITH_NATS
-  if (status.ok()) status = eventbus::nats::RegisterNatsBackend();
-#endif
-  return status;
-}
+// Every backend this package was built with (memory always; redis, kafka, nats when built).
+absl::Status RegisterBackends() { return eventbus::RegisterBuiltinBackends(); }
 
 }  // namespace
 
@@ -104,6 +84,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   JsonLog log(demo && !env.contains("LOG_LEVEL") ? LogLevel::kWarn : config->log_level);
+  log.InstallAsLibrarySink();
   service::Service svc(*config, env, &log);
   if (absl::Status s = svc.Start(); !s.ok()) {
     log.Write(LogLevel::kError, "start-up failed", {{"error", s.ToString()}});

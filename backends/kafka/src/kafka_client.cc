@@ -11,10 +11,22 @@
 #include "absl/time/clock.h"
 #include "eventbus/options.h"
 #include "eventbus/redact.h"
+#include "eventbus/log.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::kafka {
 namespace {
+
+// librdkafka's own diagnostics (syslog levels) go to the eventbus log sink instead of stderr.
+void OnLibrdkafkaLog(const rd_kafka_t* rk, int level, const char* facility, const char* message) {
+  const LogLevel ours = level <= 3 ? LogLevel::kError
+                        : level == 4 ? LogLevel::kWarning
+                        : level <= 6 ? LogLevel::kInfo
+                                     : LogLevel::kDebug;
+  if (!LogEnabled(ours)) return;
+  Log(ours, "librdkafka",
+      absl::StrCat(rk != nullptr ? rd_kafka_name(rk) : "", " ", facility, ": ", message));
+}
 
 // Carried through librdkafka as the message opaque; owned by the message until its delivery
 // report.
@@ -117,6 +129,7 @@ absl::StatusOr<ConfHandle> NewKafkaConf(
     const KafkaOptions& options,
     const std::vector<std::pair<std::string, std::string>>& defaults) {
   ConfHandle conf(rd_kafka_conf_new());
+  rd_kafka_conf_set_log_cb(conf.get(), &OnLibrdkafkaLog);
   char errstr[512];
   auto set = [&](const std::string& name, const std::string& value) -> absl::Status {
     const rd_kafka_conf_res_t result =
@@ -251,14 +264,26 @@ absl::Status KafkaClient::EnsureTopic(const std::string& topic) {
   const rd_kafka_CreateTopics_result_t* result = rd_kafka_event_CreateTopics_result(event.get());
   size_t count = 0;
   const rd_kafka_topic_result_t** results = rd_kafka_CreateTopics_result_topics(result, &count);
+  bool created = false;  // not when another client created it meanwhile
   for (size_t i = 0; i < count; ++i) {
     const rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[i]);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) created = true;
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
       const char* message = rd_kafka_topic_result_error_string(results[i]);
       return absl::Status(ToStatus(err, context).code(),
                           absl::StrCat(context, ": ", rd_kafka_err2name(err), " (",
                                        message != nullptr ? message : "", ")"));
     }
+  }
+  // Creating topics is a deployment decision: say so, so that nobody learns about the
+  // partition count only when a consumer idles.
+  if (created) {
+    Log(LogLevel::kWarning, "kafka",
+      absl::StrCat("created topic ", topic, " with ", options_.partitions, " partitions, replication factor ",
+                   options_.replication_factor < 0 ? std::string("(broker default)")
+                                                   : absl::StrCat(options_.replication_factor),
+                   ": a group uses at most that many consumers; create topics beforehand to "
+                   "choose (eventbus.partitions, eventbus.replication.factor; docs/provisioning.md)"));
   }
   EVENTBUS_RETURN_IF_ERROR(WaitForTopicMetadata(topic, deadline));
   absl::MutexLock lock(&topics_mu_);

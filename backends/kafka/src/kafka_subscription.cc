@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "eventbus/log.h"
 #include "eventbus/status_macros.h"
 
 namespace eventbus::kafka {
@@ -29,6 +30,8 @@ constexpr absl::Duration kDeadLetterRetryInterval = absl::Seconds(1);
 constexpr absl::Duration kCommitInterval = absl::Milliseconds(200);
 // Longer than a group join normally takes (session.timeout.ms is 10 s).
 constexpr absl::Duration kFirstAssignmentWait = absl::Seconds(15);
+
+void Warn(absl::string_view message) { Log(LogLevel::kWarning, "kafka", message); }
 
 absl::Status Closed() {
   return absl::FailedPreconditionError("the Kafka subscription is closed");
@@ -173,6 +176,12 @@ void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     // Before the partitions are assigned (so before any of their records arrives).
     std::vector<std::map<int64_t, int>> counts = CommittedCounts(consumer, partitions);
+    // A group new to a partition starts at its end: pin that end now, so whatever is
+    // published after WaitReady returns is delivered (librdkafka would resolve "latest" only
+    // once fetching starts, after records published meanwhile).
+    if (consumer.topic == kStreamTopic && !options_.start_from_oldest) {
+      ResolveLatestOffsets(rk, partitions);
+    }
     {
       absl::MutexLock lock(&mu_);
       consumer.assigned_once = true;
@@ -189,9 +198,10 @@ void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
         cooperative ? ToStatus(ErrorHandle(rd_kafka_incremental_assign(rk, partitions)).get(),
                                "incremental assign")
                     : ToStatus(rd_kafka_assign(rk, partitions), "assign");
-    if (!status.ok()) std::fprintf(stderr, "eventbus kafka: %s\n", status.ToString().c_str());
+    if (!status.ok()) Warn(status.ToString());
     // A partition added while the others are paused for the buffer bound waits with them.
     if (consumer.paused) rd_kafka_pause_partitions(rk, partitions);
+    if (consumer.topic == kStreamTopic) WarnIfIdle(rk);
     return;
   }
   // Revoked or lost. While we still own the partitions (not after a loss: another member may
@@ -211,8 +221,7 @@ void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
     const rd_kafka_resp_err_t commit_err = rd_kafka_commit(rk, commit.get(), /*async=*/0);
     if (commit_err != RD_KAFKA_RESP_ERR_NO_ERROR && commit_err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
       // Not fatal: the new owner redelivers from the last committed offset (duplicates).
-      std::fprintf(stderr, "eventbus kafka: %s\n",
-                   ToStatus(commit_err, "commit on revoke").ToString().c_str());
+      Warn(ToStatus(commit_err, "commit on revoke").ToString());
     }
   }
   if (cooperative) {
@@ -220,6 +229,64 @@ void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
   } else {
     rd_kafka_assign(rk, nullptr);
   }
+}
+
+void KafkaSubscription::ResolveLatestOffsets(rd_kafka_t* rk,
+                                             rd_kafka_topic_partition_list_t* partitions) {
+  const int timeout_ms =
+      static_cast<int>(absl::ToInt64Milliseconds(client_->options().operation_timeout));
+  // Partitions the group has committed to keep their committed offset.
+  const rd_kafka_resp_err_t err = rd_kafka_committed(rk, partitions, timeout_ms);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    Warn(absl::StrCat("group ", options_.group, ": reading committed offsets: ",
+                      rd_kafka_err2str(err), "; starting where librdkafka resolves \"latest\""));
+    for (int i = 0; i < partitions->cnt; ++i) partitions->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    return;
+  }
+  for (int i = 0; i < partitions->cnt; ++i) {
+    rd_kafka_topic_partition_t& p = partitions->elems[i];
+    if (p.offset >= 0) continue;
+    int64_t low = 0;
+    int64_t high = 0;
+    const rd_kafka_resp_err_t werr =
+        rd_kafka_query_watermark_offsets(rk, p.topic, p.partition, &low, &high, timeout_ms);
+    if (werr == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      p.offset = high;
+    } else {
+      p.offset = RD_KAFKA_OFFSET_INVALID;
+      Warn(absl::StrCat("topic ", p.topic, " partition ", p.partition, ": end offset: ",
+                        rd_kafka_err2str(werr), "; starting where librdkafka resolves \"latest\""));
+    }
+  }
+}
+
+void KafkaSubscription::WarnIfIdle(rd_kafka_t* rk) {
+  rd_kafka_topic_partition_list_t* raw = nullptr;
+  if (rd_kafka_assignment(rk, &raw) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  PartitionListHandle assignment(raw);
+  if (assignment->cnt > 0) return;
+  Warn(absl::StrCat("consumer ", options_.consumer, " of group ", options_.group,
+                    " was assigned no partition of topic ", options_.stream,
+                    ": the group has more consumers than the topic has partitions, so this one "
+                    "idles until a member leaves (create the topic with more partitions: "
+                    "eventbus.partitions, docs/provisioning.md)"));
+}
+
+absl::Status KafkaSubscription::DoWaitReady(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto settled = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return closed_ ||
+           (consumers_[kStreamTopic].assigned_once && consumers_[kRetryTopic].assigned_once);
+  };
+  const bool done = mu_.AwaitWithTimeout(absl::Condition(&settled), timeout);
+  if (closed_) return Closed();
+  if (!done) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "Kafka consumer ", options_.consumer, " of group ", options_.group,
+        " has no partition assignment for topic ", options_.stream, " after ",
+        absl::FormatDuration(timeout), " (broker unreachable, or the group still rebalancing)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<KafkaRecord> KafkaSubscription::RetryRecord(const Delivery& delivery, int attempts,
@@ -327,10 +394,9 @@ void KafkaSubscription::GiveBackDeliveries(const std::vector<PartitionKey>& keys
     }
   }
   if (failed > 0) {
-    std::fprintf(stderr,
-                 "eventbus kafka: %zu of %zu deliveries given back without their count (retry "
-                 "topic %s not written)\n",
-                 failed, back.size(), retry_topic_.c_str());
+    Warn(absl::StrCat(failed, " of ", back.size(),
+                      " deliveries given back without their count (retry topic ", retry_topic_,
+                      " not written)"));
   }
 }
 
@@ -456,8 +522,8 @@ void KafkaSubscription::PollLoop(Consumer& consumer) {
         // Transport and broker errors are retried by librdkafka itself; they are reported here
         // for information only.
         if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-          std::fprintf(stderr, "eventbus kafka: consumer %s: %s\n", options_.consumer.c_str(),
-                       rd_kafka_message_errstr(message.get()));
+          Warn(absl::StrCat("consumer ", options_.consumer, ": ",
+                            rd_kafka_message_errstr(message.get())));
         }
       } else if (auto handled = HandleMessage(consumer, message.get()); handled.has_value()) {
         batch.push_back(std::move(*handled));
@@ -630,9 +696,9 @@ void KafkaSubscription::OnMalformedDeadLettered(MalformedRecord malformed, absl:
     CompleteLocked(malformed.where);
   } else if (CurrentLocked(malformed.where)) {
     // Retried by a poller; a revoked record is dead-lettered by its new owner instead.
-    std::fprintf(stderr, "eventbus kafka: dead letter of %s %d:%lld: %s; retrying\n",
-                 TopicOf(malformed.where.partition).c_str(), malformed.where.partition.second,
-                 static_cast<long long>(malformed.where.offset), status.ToString().c_str());
+    Warn(absl::StrCat("dead letter of ", TopicOf(malformed.where.partition), " ",
+                      malformed.where.partition.second, ":", malformed.where.offset, ": ",
+                      status.ToString(), "; retrying"));
     failed_dead_letters_.push_back(std::move(malformed));
   }
   changed_.SignalAll();
@@ -825,8 +891,8 @@ absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration de
     ReleaseKeyLocked(lease.pending);
   } else if (CurrentLocked(lease.pending)) {
     // The retry topic is unreachable: keep the delay locally rather than lose the nack.
-    std::fprintf(stderr, "eventbus kafka: retry topic %s: %s; delaying locally\n",
-                 retry_topic_.c_str(), produced.ToString().c_str());
+    Warn(absl::StrCat("retry topic ", retry_topic_, ": ", produced.ToString(),
+                      "; delaying locally"));
     delayed_.emplace(now + delay, std::move(lease.pending));
   }
   changed_.SignalAll();

@@ -44,7 +44,14 @@ class KafkaSubscription final : public Subscription {
   absl::Status DeadLetter(const Delivery& delivery, absl::string_view reason) override;
   absl::Status Close() override;
 
+ protected:
+  absl::Status DoWaitReady(absl::Duration timeout) override;
+
  private:
+  // Assignment helpers, on the poller thread in the rebalance callback.
+  void ResolveLatestOffsets(rd_kafka_t* rk, rd_kafka_topic_partition_list_t* partitions);
+  void WarnIfIdle(rd_kafka_t* rk);
+
   static constexpr int kStreamTopic = 0;
   static constexpr int kRetryTopic = 1;
   // (kStreamTopic or kRetryTopic; partition).

@@ -24,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "eventbus/clock.h"
 #include "eventbus/redact.h"
+#include "eventbus/log.h"
 #include "eventbus/status_macros.h"
 #include "nats_handles.h"
 #include "nats_inspector.h"
@@ -54,7 +55,23 @@ absl::Status CheckSubject(absl::string_view stream) {
 }
 
 // nats.c reports asynchronous errors (slow consumer, ...) here; its default prints to stderr.
-void QuietErrorHandler(natsConnection*, natsSubscription*, natsStatus, void*) {}
+// They go to the eventbus log sink instead, as do connection state changes.
+void LogErrorHandler(natsConnection*, natsSubscription* sub, natsStatus status, void*) {
+  const char* subject = sub != nullptr ? natsSubscription_GetSubject(sub) : nullptr;
+  Log(LogLevel::kWarning, "nats.c",
+      absl::StrCat("asynchronous error", subject != nullptr ? absl::StrCat(" on ", subject) : "",
+                   ": ", natsStatus_GetText(status)));
+}
+
+void LogDisconnected(natsConnection*, void*) {
+  Log(LogLevel::kWarning, "nats", "disconnected from the server; reconnecting");
+}
+
+void LogReconnected(natsConnection* nc, void*) {
+  char url[256] = "";
+  natsConnection_GetConnectedUrl(nc, url, sizeof(url));
+  Log(LogLevel::kInfo, "nats", absl::StrCat("reconnected to ", RedactedNatsUrl(url)));
+}
 
 // The raw message as text, for a malformed message's dead letter.
 std::string RenderRaw(natsMsg* msg) {
@@ -178,7 +195,9 @@ class NatsEventStream final : public EventStream {
     EVENTBUS_RETURN_IF_ERROR(ToStatus(natsOptions_SetURL(opts.get(), options_.url.c_str()), where));
     natsOptions_SetTimeout(opts.get(), Millis(options_.connect_timeout));
     natsOptions_SetName(opts.get(), "eventbus");
-    natsOptions_SetErrorHandler(opts.get(), QuietErrorHandler, nullptr);
+    natsOptions_SetErrorHandler(opts.get(), LogErrorHandler, nullptr);
+    natsOptions_SetDisconnectedCB(opts.get(), LogDisconnected, nullptr);
+    natsOptions_SetReconnectedCB(opts.get(), LogReconnected, nullptr);
     // Never give up reconnecting: a restarted server must find its consumers again.
     natsOptions_SetMaxReconnect(opts.get(), -1);
     natsOptions_SetReconnectWait(opts.get(), 100);

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "eventbus/log.h"
 
 namespace eventbus::redis {
 namespace {
@@ -47,12 +48,25 @@ absl::Status RedisConnection::EnsureConnected() {
   if (now < next_attempt_) return last_connect_error_;
   absl::Status status = Connect();
   if (status.ok()) {
+    if (failed_attempts_ > 0 && generation_ > 0) {
+      Log(LogLevel::kInfo, "redis",
+          absl::StrCat(Describe(), ": reconnected after ", failed_attempts_, " failed attempts"));
+    }
+    failed_attempts_ = 0;
     backoff_ = settings_.backoff_initial;
     next_attempt_ = absl::InfinitePast();
     ++generation_;
     return status;
   }
   context_.reset();
+  // A connection that worked before is being re-established in the background: say so once
+  // (the first connect's failure is returned to the caller instead), the retries at debug.
+  if (generation_ > 0) {
+    Log(failed_attempts_ == 0 ? LogLevel::kWarning : LogLevel::kDebug, "redis",
+        absl::StrCat(status.ToString(), "; reconnecting (next attempt in ",
+                     absl::FormatDuration(backoff_), ")"));
+  }
+  ++failed_attempts_;
   next_attempt_ = absl::Now() + backoff_;
   backoff_ = std::min(backoff_ * 2, settings_.backoff_max);
   last_connect_error_ = status;

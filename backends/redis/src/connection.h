@@ -87,6 +87,7 @@ class RedisConnection {
   ContextPtr context_;
   absl::Duration current_timeout_ = absl::ZeroDuration();
   uint64_t generation_ = 0;
+  int failed_attempts_ = 0;  // consecutive failed connects (for the log)
   absl::Duration backoff_;
   absl::Time next_attempt_ = absl::InfinitePast();
   absl::Status last_connect_error_;

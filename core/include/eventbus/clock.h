@@ -10,6 +10,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 // Keeps an advance listener registered; destroying it unregisters, and after the destructor
@@ -65,3 +67,5 @@ class ManualClock final : public Clock {
 };
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

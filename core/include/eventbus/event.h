@@ -8,6 +8,8 @@
 #include "absl/time/time.h"
 #include "eventbus/v1/event.pb.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 using Event = ::eventbus::v1::Event;
@@ -32,3 +34,5 @@ absl::Status NormalizeForPublish(Event& event, absl::Time now);
 size_t EventSizeBytes(const Event& event);
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

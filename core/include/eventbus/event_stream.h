@@ -14,6 +14,8 @@
 #include "absl/time/time.h"
 #include "eventbus/event.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 class Clock;
@@ -88,12 +90,30 @@ struct SubscribeOptions {
 // the synchronous methods of the same subscription (hop to a thread of your own for that).
 using SettleCallback = std::function<void(absl::Status)>;
 
+// How long Subscription::WaitReady waits unless told otherwise.
+inline constexpr absl::Duration kDefaultReadyTimeout = absl::Seconds(30);
+
 // A consumer's membership in a group. Destroying it closes it.
 // Thread-safety: Fetch and Reclaim from one thread at a time; Ack, Nack, DeadLetter, Extend and
 // the *Async methods from any thread, concurrently with Fetch.
 class Subscription {
  public:
   virtual ~Subscription() = default;
+
+  // Readiness: waits until this consumer receives what is published from now on, so a caller
+  // can publish (or report itself ready) knowing the subscription will see it, also when the
+  // group starts at the newest event (start_from_oldest = false). Per backend:
+  //   Kafka: the group has assigned this consumer its partitions (possibly none: then a
+  //          warning is logged, the group has more consumers than partitions) and their start
+  //          offsets are resolved;
+  //   Redis: the group exists (created by Subscribe); NATS: the durable consumer is bound
+  //          (by Subscribe); memory: at once.
+  // Measured in real time (a rebalance happens on the broker's clock). Thread-safe, may be
+  // called any number of times. Errors: DeadlineExceeded naming what was not ready within
+  // `timeout`; FailedPrecondition (closed) where the backend waits at all.
+  absl::Status WaitReady(absl::Duration timeout = kDefaultReadyTimeout) {
+    return DoWaitReady(timeout);
+  }
 
   // Blocks until at least one event is available or `wait` has passed; returns up to
   // `max_events` (possibly none). Events that arrive on the wire malformed (not a valid
@@ -144,6 +164,11 @@ class Subscription {
   // another consumer (at once, or by Reclaim / ack_wait, depending on the backend) and never
   // lost. Idempotent; after it returns, every other method fails with FailedPrecondition.
   virtual absl::Status Close() = 0;
+
+ protected:
+  // WaitReady. The default returns OK at once: right for backends whose Subscribe returns
+  // only once the consumer is bound (memory, Redis, NATS).
+  virtual absl::Status DoWaitReady(absl::Duration timeout) { return absl::OkStatus(); }
 };
 
 // Result of a publish: the backend's id of the stored event.
@@ -209,3 +234,5 @@ absl::Status ValidateSubscribeOptions(const SubscribeOptions& options);
 Event MakeDeadLetter(const Delivery& delivery, absl::string_view group, absl::string_view reason);
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

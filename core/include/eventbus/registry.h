@@ -13,6 +13,8 @@
 #include "absl/status/statusor.h"
 #include "eventbus/event_stream.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 class Clock;
@@ -60,6 +62,17 @@ class BackendRegistry {
   // Sorted names of the registered backends.
   std::vector<std::string> Names() const;
 
+  // The registered backends, sorted by name: what EVENT_STREAM_TYPE may name, with the
+  // description and the variables each reads (for --help, diagnostics, discovery).
+  struct Type {
+    std::string name;
+    std::string description;
+    std::string url_env;
+    std::string default_url;
+    std::string option_env_prefix;
+  };
+  std::vector<Type> Types() const;
+
   // InvalidArgument naming the valid types when `name` is not registered; else the factory's
   // result. A null config.clock means the real clock.
   absl::StatusOr<std::unique_ptr<EventStream>> Create(absl::string_view name,
@@ -89,3 +102,5 @@ inline constexpr absl::string_view kEventStreamTypeEnv = "EVENT_STREAM_TYPE";
 inline constexpr absl::string_view kDefaultEventStreamType = "memory";
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

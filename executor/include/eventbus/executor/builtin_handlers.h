@@ -12,6 +12,8 @@
 #include "eventbus/clock.h"
 #include "eventbus/executor/handler.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 // `wait`: input {"duration": "<ISO 8601 duration>"}. Completes once the clock has passed the
@@ -58,3 +60,5 @@ absl::Status RegisterBuiltinHandlers(HandlerRegistry& registry,
                                      const BuiltinHandlerOptions& options = {});
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -10,6 +10,8 @@
 #include "eventbus/executor/handler.h"
 #include "eventbus/executor/http_client.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 struct CallHandlerOptions {
@@ -43,3 +45,5 @@ struct CallHandlerOptions {
 absl::StatusOr<std::unique_ptr<TaskHandler>> NewCallHandler(CallHandlerOptions options);
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

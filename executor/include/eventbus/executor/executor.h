@@ -18,6 +18,8 @@
 #include "eventbus/executor/retry_policy.h"
 #include "eventbus/executor/task.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 struct ExecutorOptions {
@@ -138,3 +140,5 @@ class Executor {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

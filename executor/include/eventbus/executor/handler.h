@@ -18,6 +18,8 @@
 #include "eventbus/executor/retry_policy.h"
 #include "eventbus/executor/task.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 // How a type's tasks are run when the request does not override it.
@@ -160,3 +162,5 @@ class HandlerRegistry {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

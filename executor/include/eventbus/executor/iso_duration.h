@@ -4,9 +4,13 @@
 
 #include "eventbus/iso_duration.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 using ::eventbus::FormatIsoDuration;
 using ::eventbus::ParseIsoDuration;
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

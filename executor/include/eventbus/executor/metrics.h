@@ -5,6 +5,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 // Outcomes of one delivery, the `outcome` label.
@@ -38,3 +40,5 @@ class ExecutorMetrics {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

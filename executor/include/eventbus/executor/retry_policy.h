@@ -6,6 +6,8 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 // Uniform numbers in [0, 1) for jitter. Injected so tests compute exact schedules.
@@ -45,3 +47,5 @@ struct RetryPolicy {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

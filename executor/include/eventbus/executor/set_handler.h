@@ -8,6 +8,8 @@
 #include "eventbus/executor/handler.h"
 #include "eventbus/executor/jq_worker_pool.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 // Input: {"data": <any JSON, default {}>, and exactly one of
@@ -31,3 +33,5 @@ absl::StatusOr<std::unique_ptr<TaskHandler>> NewSetHandler(const SetHandlerOptio
 std::unique_ptr<TaskHandler> NewSetHandler();
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -15,6 +15,8 @@
 #include "eventbus/event.h"
 #include "eventbus/executor/retry_policy.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 inline constexpr absl::string_view kDefaultRequestStream = "io.flunq.task.requested";
@@ -96,3 +98,5 @@ absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text);
 Event MakeTaskResultEvent(const TaskResult& result, absl::string_view source);
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -23,6 +23,8 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::taskstore {
 
 enum class TaskState {
@@ -253,3 +255,5 @@ absl::StatusOr<std::unique_ptr<TaskStore>> OpenTaskStore(absl::string_view kind,
                                                          absl::string_view url);
 
 }  // namespace eventbus::taskstore
+
+#pragma GCC visibility pop

@@ -28,6 +28,8 @@
 #include "eventbus/event_stream.h"
 #include "eventbus/registry.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::kafka {
 
 // Environment variables with this prefix are options: KAFKA_OPTION_SECURITY_PROTOCOL is
@@ -94,3 +96,5 @@ absl::StatusOr<KafkaOptions> KafkaOptionsFromConfig(const BackendConfig& config)
 absl::Status RegisterKafkaBackend(BackendRegistry& registry = BackendRegistry::Global());
 
 }  // namespace eventbus::kafka
+
+#pragma GCC visibility pop

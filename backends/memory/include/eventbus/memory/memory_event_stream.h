@@ -10,6 +10,8 @@
 #include "eventbus/event_stream.h"
 #include "eventbus/registry.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::memory {
 
 struct MemoryOptions {
@@ -36,3 +38,5 @@ absl::StatusOr<MemoryOptions> MemoryOptionsFromConfig(const BackendConfig& confi
 absl::Status RegisterMemoryBackend(BackendRegistry& registry = BackendRegistry::Global());
 
 }  // namespace eventbus::memory
+
+#pragma GCC visibility pop

@@ -29,6 +29,8 @@
 #include "eventbus/event_stream.h"
 #include "eventbus/registry.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::nats {
 
 inline constexpr absl::string_view kDefaultNatsUrl = "nats://127.0.0.1:4222";
@@ -92,3 +94,5 @@ absl::StatusOr<std::unique_ptr<EventStream>> NewNatsEventStream(NatsOptions opti
 absl::Status RegisterNatsBackend(BackendRegistry& registry = BackendRegistry::Global());
 
 }  // namespace eventbus::nats
+
+#pragma GCC visibility pop

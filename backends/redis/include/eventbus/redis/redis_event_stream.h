@@ -23,6 +23,8 @@
 #include "eventbus/event_stream.h"
 #include "eventbus/registry.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::redis {
 
 inline constexpr absl::string_view kDefaultRedisUrl = "redis://127.0.0.1:6379";
@@ -96,3 +98,5 @@ absl::StatusOr<std::unique_ptr<EventStream>> NewRedisEventStream(RedisOptions op
 absl::Status RegisterRedisBackend(BackendRegistry& registry = BackendRegistry::Global());
 
 }  // namespace eventbus::redis
+
+#pragma GCC visibility pop

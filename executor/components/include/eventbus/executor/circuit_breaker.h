@@ -36,6 +36,8 @@
 #include "absl/time/time.h"
 #include "eventbus/clock.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 enum class CircuitState { kClosed, kOpen, kHalfOpen };
@@ -171,3 +173,5 @@ class CircuitBreakerRegistry {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -34,6 +34,8 @@
 
 struct sockaddr;
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 struct DestinationPolicyOptions {
@@ -86,3 +88,5 @@ class DestinationPolicy {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -42,6 +42,8 @@
 #include "absl/time/time.h"
 #include "eventbus/executor/destination_policy.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 enum class HttpMethod { kGet, kPost, kPut, kPatch, kDelete };
@@ -181,3 +183,5 @@ class HttpClient {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

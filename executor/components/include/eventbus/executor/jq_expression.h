@@ -59,6 +59,8 @@
 #include "absl/time/time.h"
 #include "eventbus/executor/jq_worker_pool.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 struct JqOptions {
@@ -134,3 +136,5 @@ class JqExpressionCache {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -22,6 +22,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 struct JqWorkerPoolOptions {
@@ -89,3 +91,5 @@ class JqWorkerPool {
 };
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop

@@ -21,6 +21,8 @@
 #include "eventbus/event_stream.h"
 #include "gtest/gtest.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::conformance {
 
 struct BackendUnderTest {
@@ -77,14 +79,18 @@ std::string TestNameOf(const testing::TestParamInfo<BackendUnderTest>& info);
 // Referenced by the instantiation macro so the linker keeps the suite's test definitions even
 // when the suite comes from a static library (static registration is otherwise dropped).
 int LinkConformanceSuite();
+int LinkReadinessCases();  // the WaitReady cases (src/readiness_cases.cc)
 
 }  // namespace eventbus::conformance
 
 // Use at namespace scope (gtest pastes the suite name into identifiers, hence the using).
 #define EVENTBUS_INSTANTIATE_CONFORMANCE(prefix, ...)                       \
   [[maybe_unused]] static const int eventbus_conformance_anchor_##prefix = \
-      ::eventbus::conformance::LinkConformanceSuite();                     \
+      ::eventbus::conformance::LinkConformanceSuite() +                    \
+      ::eventbus::conformance::LinkReadinessCases();                       \
   using ::eventbus::conformance::EventStreamConformance;                   \
   INSTANTIATE_TEST_SUITE_P(prefix, EventStreamConformance,                 \
                            ::testing::Values(__VA_ARGS__),                 \
                            ::eventbus::conformance::TestNameOf)
+
+#pragma GCC visibility pop
