@@ -207,7 +207,7 @@ function(_eventbus_check_all_libraries_are_components dir)
     if(target MATCHES "^eventbus_" AND type MATCHES "_LIBRARY$" AND NOT type STREQUAL "INTERFACE_LIBRARY"
        AND NOT owner)
       file(RELATIVE_PATH where "${PROJECT_SOURCE_DIR}" "${dir}")
-      if(where MATCHES "^tests/conformance(/|$)" OR NOT where MATCHES "^(tests|bench|executor/service)(/|$)")
+      if(where MATCHES "^tests/conformance(/|$)" OR NOT where MATCHES "^(tests|bench|executor/service|cli)(/|$)")
         message(FATAL_ERROR "library ${target} (${where}/CMakeLists.txt) is in no package component: "
                             "declare it there with eventbus_component(<name> TARGETS ${target}) "
                             "(cmake/EventbusComponents.cmake)")

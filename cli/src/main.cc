@@ -10,39 +10,16 @@
 #include "absl/time/clock.h"
 #include "cli.h"
 #include "eventbus/clock.h"
-#include "eventbus/memory/memory_event_stream.h"
-#ifdef EVENTBUS_CLI_WITH_REDIS
-#include "eventbus/redis/redis_event_stream.h"
-#endif
-#ifdef EVENTBUS_CLI_WITH_KAFKA
-#include "eventbus/kafka/kafka_event_stream.h"
-#endif
-#ifdef EVENTBUS_CLI_WITH_NATS
-#include "eventbus/nats/nats_event_stream.h"
-#endif
+#include "eventbus/builtin_backends.h"
 
 namespace {
 
 std::atomic<bool> interrupted{false};
 
-absl::Status RegisterBackends() {
-  absl::Status status = eventbus::memory::RegisterMemoryBackend();
-#ifdef EVENTBUS_CLI_WITH_REDIS
-  if (status.ok()) status = eventbus::redis::RegisterRedisBackend();
-#endif
-#ifdef EVENTBUS_CLI_WITH_KAFKA
-  if (status.ok()) status = eventbus::kafka::RegisterKafkaBackend();
-#endif
-#ifdef EVENTBUS_CLI_WITH_NATS
-  if (status.ok()) status = eventbus::nats::RegisterNatsBackend();
-#endif
-  return status;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (absl::Status status = RegisterBackends(); !status.ok()) {
+  if (absl::Status status = eventbus::RegisterBuiltinBackends(); !status.ok()) {
     std::cerr << "eventbus: " << status.message() << "\n";
     return eventbus::cli::kExitFailure;
   }

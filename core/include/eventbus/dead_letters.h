@@ -13,6 +13,8 @@
 #include "eventbus/event_stream.h"
 #include "eventbus/stream_inspector.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 // Headers a redriven event carries: how often it was redriven, and the dead-letter records of
@@ -89,3 +91,5 @@ absl::StatusOr<RedriveReport> RedriveDeadLetters(EventStream& stream,
                                                  const RedriveOptions& options);
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

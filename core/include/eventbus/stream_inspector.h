@@ -15,6 +15,8 @@
 #include "absl/types/span.h"
 #include "eventbus/event.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 struct ConsumerGroupInfo {
@@ -85,3 +87,5 @@ class StreamInspector {
 };
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

@@ -8,6 +8,8 @@
 #include "absl/time/time.h"
 #include "eventbus/stream_inspector.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::executor {
 
 // {"id", "stream_id", "type", "source", "time", "subject"?, "key"?, "datacontenttype"?,
@@ -19,3 +21,5 @@ nlohmann::json StoredEventToJson(const StoredEvent& stored);
 nlohmann::json StreamInfoToJson(const StreamInfo& info, absl::Time now);
 
 }  // namespace eventbus::executor
+
+#pragma GCC visibility pop
