@@ -49,8 +49,8 @@ std::mutex prefixes_mu;
 std::map<const TaskStore*, std::string> prefixes;
 
 absl::StatusOr<std::unique_ptr<TaskStore>> OpenWithPrefix(const std::string& prefix,
-                                                          int pool_size = 4) {
-  auto endpoint = redis::ParseRedisUrl(server->url());
+                                                          int pool_size = 4, int db = 0) {
+  auto endpoint = redis::ParseRedisUrl(absl::StrCat(server->url(), "/", db));
   if (!endpoint.ok()) return endpoint.status();
   RedisTaskStoreOptions options;
   options.endpoint = *endpoint;
@@ -91,10 +91,10 @@ EVENTBUS_INSTANTIATE_TASK_STORE_CONFORMANCE(Redis, RedisStore());
 // A connection of its own, for INFO and KEYS.
 class Inspector {
  public:
-  Inspector() : connection_(Settings()) {}
-  static redis::RedisConnection::Settings Settings() {
+  explicit Inspector(int db = 0) : connection_(Settings(db)) {}
+  static redis::RedisConnection::Settings Settings(int db) {
     redis::RedisConnection::Settings settings;
-    settings.endpoint = *redis::ParseRedisUrl(server->url());
+    settings.endpoint = *redis::ParseRedisUrl(absl::StrCat(server->url(), "/", db));
     return settings;
   }
   std::string Text(const std::vector<std::string>& command) {
@@ -183,8 +183,12 @@ TEST(RedisTaskStore, UpdateManyAndGetManyAreOneRoundTripEach) {
 }
 
 TEST(RedisTaskStore, KeepsEveryKeyUnderItsPrefix) {
+  // A database of its own, emptied first: every key in it must be under the prefix.
+  constexpr int kDb = 7;
+  Inspector redis(kDb);
+  redis.Text({"FLUSHDB"});
   const std::string prefix = "only-here{x}:";
-  auto store = OpenWithPrefix(prefix);
+  auto store = OpenWithPrefix(prefix, 4, kDb);
   ASSERT_TRUE(store.ok()) << store.status();
   TaskStore& s = **store;
   ASSERT_TRUE(s.Migrate().ok());
@@ -205,15 +209,10 @@ TEST(RedisTaskStore, KeepsEveryKeyUnderItsPrefix) {
   ASSERT_TRUE(s.ClaimDueSchedules(kT0, absl::Seconds(5), 10, "me").ok());
   ASSERT_TRUE(s.Stats().ok());
 
-  Inspector redis;
   int mine = 0;
   for (const std::string& key : redis.Keys()) {
-    if (key.rfind(prefix, 0) == 0) {
-      ++mine;
-    } else {
-      EXPECT_TRUE(key.rfind("test", 0) == 0 || key.rfind("opened:", 0) == 0)
-          << "a key outside every prefix: " << key;
-    }
+    EXPECT_EQ(key.rfind(prefix, 0), 0u) << "a key outside the prefix: " << key;
+    ++mine;
   }
   EXPECT_GE(mine, 10) << "tasks, indexes, unique key, schedule";
 }

@@ -1,7 +1,7 @@
 #pragma once
 // The Redis task store (hiredis), on the same server as the Redis event stream or another.
 //
-// Layout under `key_prefix` (P), all documented in docs/tasks.md ("Task store on Redis"):
+// Layout under `key_prefix` (P), documented in docs/task-store.md ("Task store on Redis"):
 //   P task:<id>         hash: one field per TaskRecord field (times in unix microseconds)
 //   P unique:<key>      string: the id of the task that took the unique key last
 //   P all, P state:<s>, P type:<t>, P ts:<s>:<t>, P sched:<schedule id>
