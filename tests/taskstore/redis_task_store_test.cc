@@ -265,6 +265,26 @@ TEST(RedisTaskStore, MigrateRefusesAnotherSchemaVersion) {
   EXPECT_EQ(migrated.code(), absl::StatusCode::kFailedPrecondition) << migrated;
 }
 
+TEST(RedisTaskStore, JunkWrittenByOthersIsAnErrorNotACrash) {
+  const std::string prefix = FreshPrefix();
+  auto store = OpenWithPrefix(prefix);
+  ASSERT_TRUE(store.ok()) << store.status();
+  Inspector redis;
+  redis.Text({"HSET", prefix + "task:bad-state", "id", "bad-state", "state", "exploded"});
+  EXPECT_EQ((*store)->Get("bad-state").status().code(), absl::StatusCode::kInvalidArgument);
+  redis.Text({"HSET", prefix + "task:no-id", "state", "queued"});
+  EXPECT_FALSE((*store)->Get("no-id").ok());
+  redis.Text({"SET", prefix + "task:a-string", "x"});
+  EXPECT_FALSE((*store)->Get("a-string").ok());
+  // An index entry whose task is gone is skipped.
+  redis.Text({"ZADD", prefix + "all", "0", "09000000000000001|ghost"});
+  ASSERT_TRUE((*store)->Create(Queued("real"), kT0).ok());
+  auto page = (*store)->List(ListQuery{});
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->tasks.size(), 1u);
+  EXPECT_EQ(page->tasks[0].id, "real");
+}
+
 // Restarts the shared server (stores of later cases simply connect to it anew).
 TEST(RedisTaskStoreRestart, ScheduledTasksSurviveAServerRestart) {
   auto store = OpenWithPrefix(FreshPrefix());
