@@ -75,14 +75,14 @@ if ! $quick; then
     run_ctest --test-dir build-asan -j "$jobs" -L 'memory|redis|kafka|nats|unit|executor' \
       -E '^(kafka_integration|kafka_consumer|installed_package.*)$' || status=1
 
-  echo "== TSan: the concurrent core (memory backend, executor pipeline, HTTP server)"
+  echo "== TSan: the concurrent core (memory backend, executor pipeline, HTTP server, memory task store)"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEVENTBUS_SANITIZER=thread \
     -DEVENTBUS_WITH_REDIS=OFF -DEVENTBUS_WITH_KAFKA=OFF "${sanitizer_flags[@]}" >/dev/null
   cmake --build build-tsan -j "$jobs" --target memory_test memory_conformance_test executor_test \
-    executor_http_server_test
+    executor_http_server_test memory_task_store_test
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     run_ctest --test-dir build-tsan \
-      -R '^(memory_unit|memory_conformance|executor_run_loop|executor_service_http_server)$' || status=1
+      -R '^(memory_unit|memory_conformance|executor_run_loop|executor_service_http_server|taskstore_memory_conformance)$' || status=1
 
   echo "== fuzz: every decoder of bytes from the wire, libFuzzer + ASan/UBSan (clang), bounded"
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
