@@ -130,6 +130,7 @@ constexpr absl::string_view kTasksPrefix = "/v1/tasks/";
 // The last_error of a task whose request the API could not publish.
 constexpr absl::string_view kNotPublished = "request not published: ";
 constexpr absl::string_view kCancelSuffix = ":cancel";
+constexpr absl::string_view kRetrySuffix = ":retry";
 
 std::array<unsigned char, 32> Sha256(absl::string_view text) {
   std::array<unsigned char, 32> digest{};
@@ -654,17 +655,21 @@ void Service::InstallRoutes() {
                      [this](HttpRequest&& request, HttpResponder respond) {
                        absl::string_view rest =
                            absl::string_view(request.path).substr(kTasksPrefix.size());
-                       if (!absl::ConsumeSuffix(&rest, kCancelSuffix)) {
+                       const bool cancel = absl::ConsumeSuffix(&rest, kCancelSuffix);
+                       if (!cancel && !absl::ConsumeSuffix(&rest, kRetrySuffix)) {
                          return respond(JsonError(
                              404, absl::StrCat("no route POST ", request.path,
-                                               "; task actions: POST /v1/tasks/{id}:cancel")));
+                                               "; task actions: POST /v1/tasks/{id}:cancel, "
+                                               "POST /v1/tasks/{id}:retry")));
                        }
-                       if (auto refusal = RequireStore("POST /v1/tasks/{id}:cancel")) {
+                       if (auto refusal = RequireStore(cancel ? "POST /v1/tasks/{id}:cancel"
+                                                              : "POST /v1/tasks/{id}:retry")) {
                          return respond(std::move(*refusal));
                        }
                        auto id = DecodePathSegment(rest);
                        if (!id.ok()) return respond(JsonError(400, id.status().message()));
-                       HandleTaskCancel(*id, std::move(respond));
+                       if (cancel) return HandleTaskCancel(*id, std::move(respond));
+                       HandleTaskRetry(*id, std::move(respond));
                      });
   http_->Route("GET", "/v1/stats", {}, [this](HttpRequest&&, HttpResponder respond) {
     if (auto refusal = RequireStore("GET /v1/stats")) return respond(std::move(*refusal));
@@ -734,6 +739,68 @@ void Service::HandleTaskCancel(const std::string& id, HttpResponder respond) {
     return respond(Json(running ? 202 : 200, TaskJson(*written)));
   }
   respond(JsonError(503, absl::StrCat("task \"", id, "\" kept changing state; try again")));
+}
+
+void Service::HandleTaskRetry(const std::string& id, HttpResponder respond) {
+  auto record = store_->Get(id);
+  if (absl::IsNotFound(record.status())) {
+    return respond(JsonError(404, absl::StrCat("no task \"", id, "\"")));
+  }
+  if (!record.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", record.status().message())));
+  }
+  const std::string state(taskstore::TaskStateName(record->state));
+  if (record->state != taskstore::TaskState::kFailed &&
+      record->state != taskstore::TaskState::kDeadLettered) {
+    return respond(Json(409, {{"error", absl::StrCat("task \"", id, "\" is ", state,
+                                                     "; only failed and dead_lettered tasks "
+                                                     "can be retried")},
+                              {"id", id},
+                              {"state", state}}));
+  }
+  auto document = ParseUntrustedJson(record->request);
+  absl::StatusOr<TaskRequest> request =
+      document.ok() ? TaskRequestFromJson(*document) : absl::StatusOr<TaskRequest>(document.status());
+  if (!request.ok()) {
+    return respond(JsonError(409, absl::StrCat("task \"", id, "\": its stored request is "
+                                               "unusable: ", request.status().message())));
+  }
+  // A fresh attempt count; the history keeps the earlier attempts. The old dead letter stays
+  // where it is: replaying it later finds the task's new state and is settled by it.
+  const absl::Time now = stream_->clock()->Now();
+  taskstore::TaskUpdate update;
+  update.expected_version = record->version;
+  update.now = now;
+  update.state = taskstore::TaskState::kQueued;
+  update.attempts = 0;
+  update.finished_at = absl::InfinitePast();
+  update.expires_at = absl::InfiniteFuture();
+  update.result = "";
+  update.append_history =
+      json{{"retried_at", FormatRfc3339(now)}, {"from_state", state}, {"by", "api"}}.dump();
+  auto written = store_->Update(id, update);
+  if (absl::IsFailedPrecondition(written.status())) {
+    return respond(JsonError(409, absl::StrCat("task \"", id, "\" changed meanwhile; try again")));
+  }
+  if (!written.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", written.status().message())));
+  }
+  auto once = std::make_shared<std::atomic<bool>>(false);
+  auto finish = [this, once, respond, id, type = request->type,
+                 record = *written](absl::StatusOr<PublishReceipt> receipt) {
+    if (once->exchange(true)) return;
+    if (!receipt.ok()) {
+      MarkUnpublished(id, receipt.status());
+      return respond(ErrorResponse(receipt.status()));
+    }
+    metrics_.TaskSubmitted(type);
+    log_->Write(LogLevel::kInfo, "task retried by hand", {{"task_id", id}});
+    respond(Json(202, TaskJson(record)));
+  };
+  absl::Status published = stream_->Publish(
+      config_.executor.request_stream, MakeTaskRequestEvent(*request, "eventbus-executor/http"),
+      finish);
+  if (!published.ok()) finish(published);
 }
 
 void Service::HandleStats(HttpResponder respond) {

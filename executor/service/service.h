@@ -1,7 +1,8 @@
 #pragma once
 // The eventbus-executor service: one event stream, a task store (EXECUTOR_STORE), the executor,
 // and the HTTP endpoints (/healthz, /readyz, /metrics, POST /v1/tasks, POST /v1/tasks:batch,
-// GET /v1/tasks/{id}, POST /v1/tasks/{id}:cancel, GET /v1/stats; docs/tasks.md).
+// GET /v1/tasks/{id}, POST /v1/tasks/{id}:cancel, POST /v1/tasks/{id}:retry, GET /v1/stats;
+// docs/tasks.md).
 
 #include <array>
 #include <functional>
@@ -82,6 +83,7 @@ class Service {
   void MarkUnpublished(const std::string& id, const absl::Status& why);
   void HandleTaskGet(const std::string& id, std::function<void(HttpResponse)> respond);
   void HandleTaskCancel(const std::string& id, std::function<void(HttpResponse)> respond);
+  void HandleTaskRetry(const std::string& id, std::function<void(HttpResponse)> respond);
   void HandleStats(std::function<void(HttpResponse)> respond);
   // 400 naming EXECUTOR_STORE, for `feature`, when there is no store.
   std::optional<HttpResponse> RequireStore(absl::string_view feature) const;

@@ -712,6 +712,26 @@ void TaskApiLifecycle(const ExecutorProcess& service) {
   EXPECT_EQ(blocked, 409) << blocked_body;
   EXPECT_EQ(blocked_body["existing_id"], "life-window-1") << blocked_body;
 
+  // Retry by hand: a dead-lettered task runs again with a fresh attempt count.
+  if (HasCallAndSetHandlers()) {
+    auto [failing, failing_body] = service.Submit(
+        {{"id", "life-fail"}, {"type", "set"}, {"input", {{"expression", "error(\"boom\")"}}}});
+    ASSERT_EQ(failing, 202) << failing_body;
+    json dead = AwaitTaskState(service, "life-fail", "dead_lettered");
+    EXPECT_THAT(dead.value("last_error", ""), HasSubstr("boom")) << dead;
+    EXPECT_EQ(dead["attempts"], 1) << dead;
+    auto [retried, retried_body] = PostJson(service, "/v1/tasks/life-fail:retry");
+    ASSERT_EQ(retried, 202) << retried_body;
+    EXPECT_EQ(retried_body["state"], "queued") << retried_body;
+    EXPECT_EQ(retried_body["attempts"], 0) << retried_body;
+    json again = AwaitTaskState(service, "life-fail", "dead_lettered", /*min_attempts=*/1);
+    // history: the first failure, the retry, the second failure.
+    EXPECT_EQ(again["history"].size(), 3u) << again;
+    EXPECT_EQ(again["attempts"], 1) << again;
+  }
+  auto [not_failed, not_failed_body] = PostJson(service, "/v1/tasks/life-ok:retry");
+  EXPECT_EQ(not_failed, 409) << not_failed_body;
+
   // Unknown tasks and actions.
   EXPECT_EQ(GetJson(service, "/v1/tasks/no-such-task").first, 404);
   EXPECT_EQ(PostJson(service, "/v1/tasks/no-such-task:cancel").first, 404);
