@@ -133,7 +133,7 @@ struct ListQuery {
   std::optional<TaskState> state;
   std::string type;       // empty: every type
   std::string schedule_id;  // empty: any
-  int limit = 100;        // at most 1000
+  int limit = 100;        // 1..1000 (InvalidArgument otherwise, and for a malformed cursor)
   // Newest first (created_at, then id). Empty: from the newest; else the cursor of a page.
   std::string cursor;
 };
@@ -176,7 +176,7 @@ struct Schedule {
 // Thread-safe; every call may block on the store's I/O (a Redis or PostgreSQL round trip) and
 // none holds a lock across calls. Errors: Unavailable when the store cannot be reached, NotFound,
 // FailedPrecondition for a condition that did not hold (with the stored state in the message),
-// InvalidArgument for a malformed record.
+// InvalidArgument for a malformed record or a `limit` below 1.
 class TaskStore {
  public:
   virtual ~TaskStore() = default;
@@ -187,13 +187,15 @@ class TaskStore {
   // Creates the schema (idempotent; migrates an older one). Called once at start-up.
   virtual absl::Status Migrate() = 0;
 
-  // Creates `record` (its version is set by the store), atomically with the unique-key check.
-  // A taken id or unique key is not an error: the result says so and carries that task.
+  // Creates `record` (its version is set by the store; created_at and updated_at become `now`),
+  // atomically with the unique-key check. A taken id or unique key is not an error: the result
+  // says so and carries that task. InvalidArgument for an empty or over-long id or an empty type.
   virtual absl::StatusOr<CreateResult> Create(const TaskRecord& record, absl::Time now) = 0;
 
   // NotFound when there is no such task (or it was purged).
   virtual absl::StatusOr<TaskRecord> Get(absl::string_view id) = 0;
-  // The tasks of `ids` that exist, in no particular order: one round trip for a batch.
+  // The tasks of `ids` that exist (each once), in no particular order: one round trip for a
+  // batch.
   virtual absl::StatusOr<std::vector<TaskRecord>> GetMany(absl::Span<const std::string> ids) = 0;
 
   // Applies `update` when its conditions hold; returns the record as stored afterwards.
@@ -225,7 +227,7 @@ class TaskStore {
   // returns how many.
   virtual absl::StatusOr<int> PurgeExpired(absl::Time now, int limit) = 0;
 
-  // AlreadyExists when a schedule with this id exists.
+  // AlreadyExists when a schedule with this id exists. created_at becomes `now`.
   virtual absl::StatusOr<Schedule> CreateSchedule(const Schedule& schedule, absl::Time now) = 0;
   virtual absl::StatusOr<Schedule> GetSchedule(absl::string_view id) = 0;
   virtual absl::StatusOr<std::vector<Schedule>> ListSchedules() = 0;
