@@ -368,6 +368,17 @@ TEST(PostgresTaskStore, AWrongPasswordIsUnavailableAndNeverQuoted) {
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "eventbus:***@")) << refused.status();
 }
 
+TEST(PostgresTaskStore, OpenTaskStoreOpensItByName) {
+  absl::StatusOr<std::unique_ptr<TaskStore>> store = OpenTaskStore("postgres", FreshSchemaUrl());
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->kind(), "postgres");
+  ASSERT_TRUE((*store)->Migrate().ok());
+  EXPECT_EQ((*store)->Create(Task("by-name"), kT0)->kind, CreateResult::Kind::kCreated);
+  absl::StatusOr<std::unique_ptr<TaskStore>> bad = OpenTaskStore("postgres", "localhost:5432");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "EXECUTOR_STORE_URL")) << bad.status();
+}
+
 TEST(PostgresTaskStore, AnUnreachableServerIsUnavailable) {
   absl::StatusOr<int> port = harness::FreeLoopbackPort();
   ASSERT_TRUE(port.ok());
