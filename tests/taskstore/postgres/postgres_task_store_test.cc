@@ -379,6 +379,21 @@ TEST(PostgresTaskStore, OpenTaskStoreOpensItByName) {
   EXPECT_TRUE(absl::StrContains(bad.status().message(), "EXECUTOR_STORE_URL")) << bad.status();
 }
 
+TEST(PostgresTaskStore, TheUrlsOwnSettingsWinOverTheStoresDefaults) {
+  // Connections opened from now on (earlier tests' closed ones may linger a moment).
+  const std::string since = Sql("SELECT clock_timestamp()");
+  auto connections_named = [&since](const std::string& name) {
+    return Sql(absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE application_name = '",
+                            name, "' AND backend_start >= '", since, "'"));
+  };
+  std::unique_ptr<TaskStore> defaults = OpenOrDie(FreshSchemaUrl());
+  EXPECT_EQ(connections_named("eventbus-taskstore"), "1");
+  std::unique_ptr<TaskStore> named =
+      OpenOrDie(absl::StrCat(FreshSchemaUrl(), "&application_name=executor-7"));
+  EXPECT_EQ(connections_named("executor-7"), "1");
+  EXPECT_EQ(connections_named("eventbus-taskstore"), "1");
+}
+
 TEST(PostgresTaskStore, AnUnreachableServerIsUnavailable) {
   absl::StatusOr<int> port = harness::FreeLoopbackPort();
   ASSERT_TRUE(port.ok());
