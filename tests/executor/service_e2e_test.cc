@@ -38,6 +38,9 @@
 #include "eventbus/harness/nats_server.h"
 #include "eventbus/nats/nats_event_stream.h"
 #endif
+#ifdef EVENTBUS_E2E_WITH_POSTGRES
+#include "eventbus/harness/postgres_server.h"
+#endif
 #ifdef EVENTBUS_E2E_WITH_KAFKA
 #include "eventbus/harness/kafka_broker.h"
 #include "eventbus/kafka/kafka_event_stream.h"
@@ -749,6 +752,27 @@ void TaskApiLifecycle(const ExecutorProcess& service) {
   EXPECT_EQ(stats["total"]["succeeded"], 2) << stats;
 }
 
+// A `call` task succeeds once; its request published again straight to the stream (what a
+// crash before the ack, or a rebalance, redelivers) is settled with the stored result without
+// calling the remote side again.
+void SucceededTaskRunsOnceDespiteADuplicateDelivery(const ExecutorProcess& service,
+                                                     EventStream& stream,
+                                                     const testing::LocalHttpServer& remote) {
+  const json task = {{"id", "once-call"}, {"type", "call"}, {"input", {{"url", remote.Url("/ok")}}}};
+  auto [status, body] = service.Submit(task);
+  ASSERT_EQ(status, 202) << body;
+  AwaitTaskState(service, "once-call", "succeeded");
+  EXPECT_EQ(remote.ok_calls(), 1);
+  auto request = TaskRequestFromJson(task);
+  ASSERT_TRUE(request.ok()) << request.status();
+  ASSERT_TRUE(
+      stream.PublishAndWait(kDefaultRequestStream, MakeTaskRequestEvent(*request, "e2e")).ok());
+  ASSERT_TRUE(
+      service.AwaitMetric(R"(eventbus_executor_tasks_total{outcome="duplicate",type="call"})", 1));
+  EXPECT_EQ(remote.ok_calls(), 1);  // the handler did not run again
+  EXPECT_EQ(GetJson(service, "/v1/tasks/once-call").second["attempts"], 1);
+}
+
 TEST(ServiceEndToEnd, TaskApiOnTheMemoryStore) {
   auto service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory"});
   ASSERT_NE(service, nullptr);
@@ -805,20 +829,7 @@ TEST(ServiceEndToEnd, RedisStoreTracksTasksAndNeverRunsASucceededTaskTwice) {
   ASSERT_NE(service, nullptr);
   EXPECT_THAT(service->Log(), HasSubstr("task store ready"));
   TaskApiLifecycle(*service);
-
-  const json task = {{"id", "once-call"}, {"type", "call"}, {"input", {{"url", remote.Url("/ok")}}}};
-  auto [status, body] = service->Submit(task);
-  ASSERT_EQ(status, 202) << body;
-  json done = AwaitTaskState(*service, "once-call", "succeeded");
-  EXPECT_EQ(remote.ok_calls(), 1);
-  auto request = TaskRequestFromJson(task);
-  ASSERT_TRUE(request.ok()) << request.status();
-  ASSERT_TRUE(
-      (*reader)->PublishAndWait(kDefaultRequestStream, MakeTaskRequestEvent(*request, "e2e")).ok());
-  ASSERT_TRUE(
-      service->AwaitMetric(R"(eventbus_executor_tasks_total{outcome="duplicate",type="call"})", 1));
-  EXPECT_EQ(remote.ok_calls(), 1);  // the handler did not run again
-  EXPECT_EQ(GetJson(*service, "/v1/tasks/once-call").second["attempts"], 1);
+  SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
 
   // The store is Redis itself: a restarted service still knows the task.
   service->Stop();
@@ -913,6 +924,34 @@ TEST(ServiceEndToEnd, KafkaBackendPublishesAResultForEverySubmittedTask) {
   RoundTripThroughRealBackend(
       {"EVENT_STREAM_TYPE=kafka", "KAFKA_BROKERS=" + (*kafka)->bootstrap()}, **reader);
 }
+
+#ifdef EVENTBUS_E2E_WITH_POSTGRES
+// Production's pairing: Kafka carries the work, PostgreSQL keeps the tasks' state.
+TEST(ServiceEndToEnd, KafkaWithThePostgresStoreTracksTasksAndNeverRunsASucceededTaskTwice) {
+  if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
+  auto postgres = harness::PostgresServer::Start();
+  ASSERT_TRUE(postgres.ok()) << postgres.status();
+  auto kafka = harness::KafkaBroker::Start();
+  ASSERT_TRUE(kafka.ok()) << kafka.status();
+  ASSERT_TRUE(kafka::RegisterKafkaBackend().ok());
+  auto reader =
+      BackendRegistry::Global().Create("kafka", BackendConfig{.url = (*kafka)->bootstrap()});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  testing::LocalHttpServer remote;
+  const std::vector<std::string> env = {
+      "EVENT_STREAM_TYPE=kafka", "KAFKA_BROKERS=" + (*kafka)->bootstrap(),
+      "EXECUTOR_STORE=postgres", "EXECUTOR_STORE_URL=" + (*postgres)->url()};
+  auto service = ExecutorProcess::Start(env);
+  ASSERT_NE(service, nullptr);
+  TaskApiLifecycle(*service);
+  SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
+  // The records are in PostgreSQL: a restarted service still knows them.
+  service->Stop();
+  service = ExecutorProcess::Start(env);
+  ASSERT_NE(service, nullptr);
+  EXPECT_EQ(GetJson(*service, "/v1/tasks/once-call").second["state"], "succeeded");
+}
+#endif  // EVENTBUS_E2E_WITH_POSTGRES
 #endif
 
 }  // namespace
