@@ -627,6 +627,7 @@ void Service::InstallRoutes() {
   http_->Route("GET", "/metrics",
                {.admission = config_.metrics_require_token ? require_token : nullptr},
                [this](HttpRequest&&, HttpResponder respond) {
+                 RefreshStoreGauges();
                  respond(HttpResponse{.status = 200,
                                       .content_type = "text/plain; version=0.0.4",
                                       .body = metrics_.Serialize()});
@@ -801,6 +802,23 @@ void Service::HandleTaskRetry(const std::string& id, HttpResponder respond) {
       config_.executor.request_stream, MakeTaskRequestEvent(*request, "eventbus-executor/http"),
       finish);
   if (!published.ok()) finish(published);
+}
+
+void Service::RefreshStoreGauges() {
+  if (store_ == nullptr) return;
+  auto stats = store_->Stats();
+  if (!stats.ok()) return;  // the gauges keep their last values; /v1/stats says why
+  const absl::Time now = stream_->clock()->Now();
+  for (const taskstore::TypeStats& type : *stats) {
+    for (taskstore::TaskState state : taskstore::kAllTaskStates) {
+      metrics_.StoredTasks(type.type, taskstore::TaskStateName(state),
+                           type.counts[static_cast<int>(state)]);
+    }
+    metrics_.OldestQueuedAge(type.type, type.oldest_queued_created_at == absl::InfiniteFuture()
+                                            ? absl::ZeroDuration()
+                                            : std::max(absl::ZeroDuration(),
+                                                       now - type.oldest_queued_created_at));
+  }
 }
 
 void Service::HandleStats(HttpResponder respond) {

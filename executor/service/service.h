@@ -85,6 +85,8 @@ class Service {
   void HandleTaskCancel(const std::string& id, std::function<void(HttpResponse)> respond);
   void HandleTaskRetry(const std::string& id, std::function<void(HttpResponse)> respond);
   void HandleStats(std::function<void(HttpResponse)> respond);
+  // The store's per-type counts as Prometheus gauges (one Stats call per scrape).
+  void RefreshStoreGauges();
   // 400 naming EXECUTOR_STORE, for `feature`, when there is no store.
   std::optional<HttpResponse> RequireStore(absl::string_view feature) const;
   bool Authorized(absl::string_view authorization) const;

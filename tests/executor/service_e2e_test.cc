@@ -750,6 +750,10 @@ void TaskApiLifecycle(const ExecutorProcess& service) {
   EXPECT_EQ(by_type["wait"]["queued"].get<int>() + by_type["wait"]["running"].get<int>(), 1)
       << stats;
   EXPECT_EQ(stats["total"]["succeeded"], 2) << stats;
+  // The same figures as Prometheus gauges.
+  EXPECT_EQ(service.Metric(R"(eventbus_executor_tasks_stored{state="succeeded",type="inject"})"),
+            2);
+  EXPECT_EQ(service.Metric(R"(eventbus_executor_tasks_stored{state="cancelled",type="wait"})"), 1);
 }
 
 // A `call` task succeeds once; its request published again straight to the stream (what a
