@@ -63,7 +63,7 @@ if ! $quick; then
   # tests against the real broker run in the main build only.
   sanitizer_flags=(-DEVENTBUS_BUILD_BENCHMARKS=OFF -DEVENTBUS_WITH_EXECUTOR=ON)
 
-  echo "== ASan/UBSan: core, memory, redis, kafka, nats, executor (incl. its HTTP server and client)"
+  echo "== ASan/UBSan: core, memory, redis, kafka, nats, the PostgreSQL task store, executor (incl. its HTTP server and client)"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DEVENTBUS_SANITIZER=address \
     "${sanitizer_flags[@]}" >/dev/null
   cmake --build build-asan -j "$jobs"
@@ -72,7 +72,7 @@ if ! $quick; then
   # the main build; see the README's notes for contributors).
   GTEST_FILTER='-KafkaFaultTest.OrderingHoldsAKeyWhoseDeadLetterIsInFlightAcrossARevoke' \
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_ctest --test-dir build-asan -j "$jobs" -L 'memory|redis|kafka|nats|unit|executor' \
+    run_ctest --test-dir build-asan -j "$jobs" -L 'memory|redis|kafka|nats|postgres|unit|executor' \
       -E '^(kafka_integration|kafka_consumer|installed_package.*)$' || status=1
 
   echo "== TSan: the concurrent core (memory backend, executor pipeline, HTTP server, memory task store)"

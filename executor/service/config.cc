@@ -123,6 +123,49 @@ absl::Status ReadCallPolicy(const Environment& env, ServiceConfig& config) {
   return absl::OkStatus();
 }
 
+// EXECUTOR_STORE, EXECUTOR_STORE_URL and the store's retention and polling settings.
+absl::Status ReadStore(const Environment& env, ServiceConfig& config) {
+  if (config.stream_type == "memory") {
+    config.store = "memory";
+  } else if (config.stream_type == "redis") {
+    config.store = "redis";
+  }
+  if (const std::string* store = Find(env, "EXECUTOR_STORE")) {
+    const std::string lower = absl::AsciiStrToLower(*store);
+    if (lower != "memory" && lower != "redis" && lower != "postgres" && lower != "none") {
+      return BadValue("EXECUTOR_STORE", *store, "one of memory, redis, postgres, none");
+    }
+    config.store = lower;
+  }
+  if (const std::string* url = Find(env, "EXECUTOR_STORE_URL")) {
+    if (config.store == "none" || config.store == "memory") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EXECUTOR_STORE_URL is set, but EXECUTOR_STORE is ", config.store,
+          ", which takes no URL (set EXECUTOR_STORE=redis or postgres)"));
+    }
+    config.store_url = *url;
+  } else if (config.store == "postgres") {
+    return absl::InvalidArgumentError(
+        "EXECUTOR_STORE=postgres needs EXECUTOR_STORE_URL (postgresql://user@host:port/db)");
+  }
+  if (config.store == "redis" && config.store_url.empty() && config.stream_type != "redis") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EXECUTOR_STORE=redis needs EXECUTOR_STORE_URL (redis://host:port/db) when "
+        "EVENT_STREAM_TYPE is ", config.stream_type, " (with redis it defaults to REDIS_URL)"));
+  }
+  ExecutorOptions& ex = config.executor;
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_RETENTION_SUCCEEDED", absl::Seconds(1),
+                                        absl::Hours(24 * 3650), &ex.retention_succeeded));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_RETENTION_FAILED", absl::Seconds(1),
+                                        absl::Hours(24 * 3650), &ex.retention_failed));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_RETENTION_CANCELLED", absl::Seconds(1),
+                                        absl::Hours(24 * 3650), &ex.retention_cancelled));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_CANCEL_POLL_INTERVAL",
+                                        absl::Milliseconds(10), absl::Minutes(10),
+                                        &ex.cancel_poll_interval));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::vector<std::string> KnownSettings() {
@@ -136,7 +179,10 @@ std::vector<std::string> KnownSettings() {
       "EXECUTOR_MAX_IN_FLIGHT", "EXECUTOR_WORKERS",
       "EXECUTOR_RECLAIM_ENABLED", "EXECUTOR_RECLAIM_INTERVAL", "EXECUTOR_RECLAIM_MIN_IDLE",
       "EXECUTOR_REQUEST_STREAM", "EXECUTOR_RESULT_STREAM", "EXECUTOR_SHUTDOWN_DEADLINE",
-      "EXECUTOR_STREAM_BATCH", "EXECUTOR_STREAM_BLOCK", "EXECUTOR_TASK_TIMEOUT", "LOG_LEVEL"};
+      "EXECUTOR_STREAM_BATCH", "EXECUTOR_STREAM_BLOCK", "EXECUTOR_TASK_TIMEOUT", "LOG_LEVEL",
+      "EXECUTOR_STORE", "EXECUTOR_STORE_URL", "EXECUTOR_RETENTION_SUCCEEDED",
+      "EXECUTOR_RETENTION_FAILED", "EXECUTOR_RETENTION_CANCELLED",
+      "EXECUTOR_CANCEL_POLL_INTERVAL"};
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -286,6 +332,7 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
     return InvalidSetting("EXECUTOR_JQ_MEMORY_LIMIT_MIB", env.at("EXECUTOR_JQ_MEMORY_LIMIT_MIB"),
                           "0 (no limit) or 64..1048576");
   }
+  EVENTBUS_RETURN_IF_ERROR(ReadStore(env, config));
   if (ex.result_stream == ex.request_stream) {
     return absl::InvalidArgumentError(
         "EXECUTOR_RESULT_STREAM must differ from EXECUTOR_REQUEST_STREAM");

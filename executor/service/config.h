@@ -61,6 +61,15 @@ struct ServiceConfig {
   int jq_workers = 0;
   std::string jq_worker_path;
   int jq_memory_limit_mib = 512;
+  // EXECUTOR_STORE: the task store (memory, redis, postgres or none). Default: memory with the
+  // memory backend, redis (on the backend's server) with the redis backend, none otherwise.
+  // With none, the task API that needs a store (GET /v1/tasks/{id}, cancel, unique_key, stats)
+  // answers 400 naming EXECUTOR_STORE; submitting and running tasks work as without it.
+  std::string store = "none";
+  // EXECUTOR_STORE_URL: redis://host:port/db or postgresql://user@host:port/db. Default for
+  // redis: the backend's REDIS_URL. EXECUTOR_RETENTION_SUCCEEDED / _FAILED / _CANCELLED and
+  // EXECUTOR_CANCEL_POLL_INTERVAL land in `executor`.
+  std::string store_url;
 };
 
 // Every variable ParseServiceConfig reads (besides the backends'), sorted.

@@ -95,6 +95,8 @@ struct HttpServerState {
 
   const HttpServerOptions options;
   std::map<std::string, std::vector<RouteEntry>> routes;  // by path; fixed after Start
+  // By prefix, longest first; fixed after Start.
+  std::map<std::string, std::vector<RouteEntry>, std::greater<>> prefix_routes;
   std::vector<std::pair<std::string, HttpAdmission>> guards;  // fixed after Start
   std::shared_ptr<Gate> gate;
   std::atomic<bool> stopping{false};
@@ -114,9 +116,20 @@ struct HttpServerState {
   // The route for `path` and `method`; null, with the methods the path has in `allowed`.
   const RouteEntry* Find(const std::string& method, const std::string& path,
                     std::vector<std::string>* allowed) const {
-    auto it = routes.find(path);
-    if (it == routes.end()) return nullptr;
-    for (const RouteEntry& route : it->second) {
+    const std::vector<RouteEntry>* entries = nullptr;
+    if (auto it = routes.find(path); it != routes.end()) {
+      entries = &it->second;
+    } else {
+      // std::greater: a longer prefix sorts before the shorter ones it extends.
+      for (const auto& [prefix, prefixed] : prefix_routes) {
+        if (absl::StartsWith(path, prefix)) {
+          entries = &prefixed;
+          break;
+        }
+      }
+    }
+    if (entries == nullptr) return nullptr;
+    for (const RouteEntry& route : *entries) {
       if (route.method == method) return &route;
       allowed->push_back(route.method);
     }
@@ -576,6 +589,12 @@ HttpServer::HttpServer(HttpServerOptions options)
     : impl_(std::make_shared<HttpServerState>(std::move(options))) {}
 
 HttpServer::~HttpServer() { Stop(); }
+
+void HttpServer::RoutePrefix(std::string method, std::string prefix, HttpRouteOptions options,
+                             HttpHandler handler) {
+  impl_->prefix_routes[std::move(prefix)].push_back(
+      RouteEntry{std::move(method), std::move(options), std::move(handler)});
+}
 
 void HttpServer::Route(std::string method, std::string path, HttpRouteOptions options,
                        HttpHandler handler) {

@@ -100,6 +100,11 @@ class HttpServer {
   // with another method gets 405 (JSON, with Allow); an unknown path 404 (JSON).
   void Route(std::string method, std::string path, HttpRouteOptions options, HttpHandler handler);
 
+  // Registers `handler` for every path that starts with `prefix` and has no exact route (the
+  // longest prefix wins), e.g. "/v1/tasks/" for /v1/tasks/{id}. Before Start only.
+  void RoutePrefix(std::string method, std::string prefix, HttpRouteOptions options,
+                   HttpHandler handler);
+
   // Runs `admission` on every request whose path starts with `prefix` (routed or not), before
   // the route's own admission. Before Start only.
   void Guard(std::string prefix, HttpAdmission admission);

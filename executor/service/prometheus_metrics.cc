@@ -59,7 +59,17 @@ struct PrometheusMetrics::Families {
         circuit(prometheus::BuildCounter()
                     .Name("eventbus_executor_circuit_transitions_total")
                     .Help("Circuit breaker state changes of outbound HTTP hosts, by new state")
-                    .Register(r)) {}
+                    .Register(r)),
+        stored(prometheus::BuildGauge()
+                   .Name("eventbus_executor_tasks_stored")
+                   .Help("Tasks in the task store, by type and state (GET /v1/stats), as of "
+                         "this scrape")
+                   .Register(r)),
+        oldest_queued(prometheus::BuildGauge()
+                          .Name("eventbus_executor_oldest_queued_age_seconds")
+                          .Help("Age of the oldest queued task in the task store, by type (0 "
+                                "when none is queued)")
+                          .Register(r)) {}
 
   Family<Counter>& tasks;
   Family<Histogram>& duration;
@@ -71,7 +81,19 @@ struct PrometheusMetrics::Families {
   Family<Counter>& backend_errors;
   Family<Counter>& submitted;
   Family<Counter>& circuit;
+  Family<Gauge>& stored;
+  Family<Gauge>& oldest_queued;
 };
+
+void PrometheusMetrics::StoredTasks(absl::string_view type, absl::string_view state,
+                                    int64_t count) {
+  families_->stored.Add({{"type", std::string(type)}, {"state", std::string(state)}})
+      .Set(static_cast<double>(count));
+}
+
+void PrometheusMetrics::OldestQueuedAge(absl::string_view type, absl::Duration age) {
+  families_->oldest_queued.Add({{"type", std::string(type)}}).Set(absl::ToDoubleSeconds(age));
+}
 
 PrometheusMetrics::PrometheusMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),

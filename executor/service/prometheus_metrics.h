@@ -1,6 +1,7 @@
 #pragma once
 // ExecutorMetrics on prometheus-cpp, served as text by /metrics.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -32,6 +33,9 @@ class PrometheusMetrics final : public ExecutorMetrics {
   // Accepted by POST /v1/tasks or /v1/tasks:batch.
   void TaskSubmitted(absl::string_view type, int count = 1);
   void CircuitChanged(absl::string_view to_state);
+  // The task store's figures (GET /v1/stats), set on every scrape of /metrics.
+  void StoredTasks(absl::string_view type, absl::string_view state, int64_t count);
+  void OldestQueuedAge(absl::string_view type, absl::Duration age);
 
   // The Prometheus text exposition format (version 0.0.4).
   std::string Serialize() const;

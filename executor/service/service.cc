@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
 #include "eventbus/executor/task.h"
@@ -49,8 +50,88 @@ HttpResponse Json(int status, const json& body) {
 }
 
 int StatusFor(const absl::Status& status) {
-  return status.code() == absl::StatusCode::kInvalidArgument ? 400 : 503;
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument: return 400;
+    case absl::StatusCode::kAlreadyExists: return 409;
+    default: return 503;
+  }
 }
+
+// {"error": message}, plus "existing_id" for a 409 naming the task that holds an id or key.
+HttpResponse ErrorResponse(const absl::Status& status) {
+  json body = {{"error", std::string(status.message())}};
+  if (auto existing = status.GetPayload(kExistingIdPayload)) body["existing_id"] = std::string(*existing);
+  return Json(StatusFor(status), body);
+}
+
+// Null for a time that was never set (InfinitePast) or never ends (InfiniteFuture).
+json TimeJson(absl::Time t) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return nullptr;
+  return FormatRfc3339(t);
+}
+
+// Stored JSON text back as JSON; null when empty (and the raw text if it does not parse,
+// which only a store written by something else could hold).
+json StoredJson(const std::string& text) {
+  if (text.empty()) return nullptr;
+  auto parsed = ParseUntrustedJson(text);
+  return parsed.ok() ? std::move(*parsed) : json(text);
+}
+
+json TaskJson(const taskstore::TaskRecord& record) {
+  json history = StoredJson(record.history);
+  return json{{"id", record.id},
+              {"type", record.type},
+              {"state", std::string(taskstore::TaskStateName(record.state))},
+              {"attempts", record.attempts},
+              {"created_at", TimeJson(record.created_at)},
+              {"updated_at", TimeJson(record.updated_at)},
+              {"started_at", TimeJson(record.started_at)},
+              {"finished_at", TimeJson(record.finished_at)},
+              {"expires_at", TimeJson(record.expires_at)},
+              {"last_error", record.last_error.empty() ? json(nullptr) : json(record.last_error)},
+              {"result", StoredJson(record.result)},
+              {"progress", StoredJson(record.progress)},
+              {"unique_key", record.unique_key.empty() ? json(nullptr) : json(record.unique_key)},
+              {"unique_until", TimeJson(record.unique_until)},
+              {"cancel_requested", record.cancel_requested},
+              {"history", history.is_null() ? json::array() : history},
+              {"request", StoredJson(record.request)}};
+}
+
+// The task id in a path segment: percent-decoded. InvalidArgument for a bad escape.
+absl::StatusOr<std::string> DecodePathSegment(absl::string_view segment) {
+  std::string out;
+  for (size_t i = 0; i < segment.size(); ++i) {
+    if (segment[i] != '%') {
+      out.push_back(segment[i]);
+      continue;
+    }
+    int value = 0;
+    if (i + 2 >= segment.size()) {
+      return absl::InvalidArgumentError("task id in the path has a truncated %-escape");
+    }
+    for (int k = 1; k <= 2; ++k) {
+      const char c = segment[i + k];
+      const int digit = c >= '0' && c <= '9'   ? c - '0'
+                        : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                        : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                               : -1;
+      if (digit < 0) return absl::InvalidArgumentError("task id in the path has a bad %-escape");
+      value = value * 16 + digit;
+    }
+    out.push_back(static_cast<char>(value));
+    i += 2;
+  }
+  if (out.empty()) return absl::InvalidArgumentError("task id in the path is empty");
+  return out;
+}
+
+constexpr absl::string_view kTasksPrefix = "/v1/tasks/";
+// The last_error of a task whose request the API could not publish.
+constexpr absl::string_view kNotPublished = "request not published: ";
+constexpr absl::string_view kCancelSuffix = ":cancel";
+constexpr absl::string_view kRetrySuffix = ":retry";
 
 std::array<unsigned char, 32> Sha256(absl::string_view text) {
   std::array<unsigned char, 32> digest{};
@@ -64,6 +145,8 @@ struct Service::Prepared {
   std::string id;
   std::string type;
   Event event;
+  std::string unique_key;
+  std::optional<absl::Duration> unique_for;
 };
 
 // GET /readyz: Ping runs on this thread, so a slow or unreachable backend (up to the 2 s Ping
@@ -164,11 +247,13 @@ absl::Status Service::Start() {
       options.type_policies[type] = policy;
     }
   }
+  EVENTBUS_RETURN_IF_ERROR(OpenStore());
   executor_ = std::make_unique<Executor>(
       stream_.get(), &handlers_, options,
       ExecutorDependencies{.metrics = &dashboard_metrics_,
                            .random = nullptr,
-                           .log = [this](const TaskLogRecord& record) { log_->WriteTask(record); }});
+                           .log = [this](const TaskLogRecord& record) { log_->WriteTask(record); },
+                           .store = store_.get()});
 
   HttpServerOptions http_options;
   http_options.host = config_.http_host;
@@ -213,6 +298,33 @@ absl::Status Service::Start() {
   return absl::OkStatus();
 }
 
+absl::Status Service::OpenStore() {
+  if (config_.store == "none") {
+    log_->Write(LogLevel::kInfo, "no task store (EXECUTOR_STORE=none): tasks run untracked");
+    return absl::OkStatus();
+  }
+  std::string url = config_.store_url;
+  if (url.empty() && config_.store == "redis") {
+    // The same server as the backend (config validation made sure the backend is redis).
+    auto backend = BackendRegistry::Global().ConfigFromEnvironment(config_.stream_type, env_);
+    if (backend.ok()) url = backend->url;
+  }
+  auto store = taskstore::OpenTaskStore(config_.store, url);
+  if (!store.ok()) {
+    return absl::Status(store.status().code(),
+                        absl::StrCat("cannot open the task store (EXECUTOR_STORE=", config_.store,
+                                     "): ", store.status().message()));
+  }
+  if (absl::Status s = (*store)->Migrate(); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("cannot create the task store's schema (EXECUTOR_STORE=",
+                                               config_.store, "): ", s.message()));
+  }
+  store_ = std::move(*store);
+  log_->Write(LogLevel::kInfo, "task store ready",
+              {{"store", config_.store}, {"url", url.empty() ? std::string() : RedactUrl(url)}});
+  return absl::OkStatus();
+}
+
 void Service::Stop() {
   if (stopped_) return;
   stopped_ = true;
@@ -240,7 +352,78 @@ absl::StatusOr<Service::Prepared> Service::Prepare(json& document) const {
                                                    absl::StrJoin(handlers_.Types(), ", ")));
   }
   EVENTBUS_RETURN_IF_ERROR(handler->Supports(request));
-  return Prepared{request.id, request.type, MakeTaskRequestEvent(request, "eventbus-executor/http")};
+  if (store_ == nullptr && !request.unique_key.empty()) {
+    return absl::InvalidArgumentError(
+        "\"unique_key\" needs a task store, and EXECUTOR_STORE is none (set EXECUTOR_STORE to "
+        "memory, redis or postgres)");
+  }
+  return Prepared{request.id, request.type,
+                  MakeTaskRequestEvent(request, "eventbus-executor/http"), request.unique_key,
+                  request.unique_for};
+}
+
+absl::Status Service::RegisterTask(const Prepared& prepared) {
+  if (store_ == nullptr) return absl::OkStatus();
+  const absl::Time now = stream_->clock()->Now();
+  taskstore::TaskRecord record;
+  record.id = prepared.id;
+  record.type = prepared.type;
+  record.state = taskstore::TaskState::kQueued;
+  record.request = prepared.event.data();
+  record.created_at = now;
+  record.unique_key = prepared.unique_key;
+  if (prepared.unique_for) record.unique_until = now + *prepared.unique_for;
+  auto created = store_->Create(record, now);
+  if (!created.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("task store (", store_->kind(), "): ", created.status().message()));
+  }
+  const taskstore::TaskRecord& holder = created->record;
+  absl::Status taken;
+  switch (created->kind) {
+    case taskstore::CreateResult::Kind::kCreated:
+      return absl::OkStatus();
+    case taskstore::CreateResult::Kind::kIdTaken:
+      // Submitting an id again is how a client makes sure after an unconfirmed submit (a
+      // 503): its request is published again, a duplicate delivery the executor settles by
+      // the record (a succeeded task is not run again). One whose publish failed is queued
+      // again first.
+      if (holder.state == taskstore::TaskState::kFailed &&
+          absl::StartsWith(holder.last_error, kNotPublished)) {
+        taskstore::TaskUpdate again;
+        again.expected_version = holder.version;
+        again.now = now;
+        again.state = taskstore::TaskState::kQueued;
+        again.finished_at = absl::InfinitePast();
+        again.expires_at = absl::InfiniteFuture();
+        again.last_error = "";
+        (void)store_->Update(holder.id, again);  // lost a race: the request is published anyway
+      }
+      return absl::OkStatus();
+    case taskstore::CreateResult::Kind::kUniqueKeyTaken:
+      taken = absl::AlreadyExistsError(absl::StrCat(
+          "unique_key \"", prepared.unique_key, "\" is held by task \"", holder.id, "\" (state ",
+          taskstore::TaskStateName(holder.state), ")"));
+      break;
+  }
+  taken.SetPayload(kExistingIdPayload, absl::Cord(holder.id));
+  return taken;
+}
+
+void Service::MarkUnpublished(const std::string& id, const absl::Status& why) {
+  if (store_ == nullptr) return;
+  const absl::Time now = stream_->clock()->Now();
+  taskstore::TaskUpdate update;
+  update.from = {taskstore::TaskState::kQueued};
+  update.now = now;
+  update.state = taskstore::TaskState::kFailed;
+  update.finished_at = now;
+  update.expires_at = now + config_.executor.retention_failed;
+  update.last_error = absl::StrCat(kNotPublished, why.message());
+  if (auto s = store_->Update(id, update); !s.ok()) {
+    log_->Write(LogLevel::kWarn, "recording an unpublished task failed",
+                {{"task_id", id}, {"error", s.status().ToString()}});
+  }
 }
 
 void Service::SubmitAsync(absl::string_view body, SubmitCallback done) {
@@ -251,12 +434,16 @@ void Service::SubmitAsync(absl::string_view body, SubmitCallback done) {
   }
   auto prepared = Prepare(*parsed);
   if (!prepared.ok()) return done(prepared.status());
+  if (absl::Status registered = RegisterTask(*prepared); !registered.ok()) return done(registered);
   // Publish may fail at once or through the callback (never both, but one guard costs little).
   auto once = std::make_shared<std::atomic<bool>>(false);
   auto finish = [this, once, done, id = prepared->id,
                  type = prepared->type](absl::StatusOr<PublishReceipt> receipt) {
     if (once->exchange(true)) return;
-    if (!receipt.ok()) return done(receipt.status());
+    if (!receipt.ok()) {
+      MarkUnpublished(id, receipt.status());
+      return done(receipt.status());
+    }
     metrics_.TaskSubmitted(type);
     if (log_->Enabled(LogLevel::kDebug)) {
       log_->Write(LogLevel::kDebug, "task submitted",
@@ -303,7 +490,7 @@ bool Service::Authorized(absl::string_view authorization) const {
 void Service::HandleSubmit(HttpRequest&& request, std::function<void(HttpResponse)> respond) {
   SubmitAsync(request.body, [this, respond](absl::StatusOr<Submitted> submitted) {
     if (!submitted.ok()) {
-      respond(JsonError(StatusFor(submitted.status()), submitted.status().message()));
+      respond(ErrorResponse(submitted.status()));
       return;
     }
     respond(Json(202, {{"id", submitted->task_id},
@@ -403,15 +590,20 @@ void Service::HandleBatch(HttpRequest&& request, std::function<void(HttpResponse
       batch->errors[i] = std::string(prepared.status().message());
       continue;
     }
+    if (absl::Status registered = RegisterTask(*prepared); !registered.ok()) {
+      batch->errors[i] = std::string(registered.message());
+      continue;
+    }
     batch->ids[i] = std::move(prepared->id);
     batch->types[i] = std::move(prepared->type);
     batch->pending.fetch_add(1, std::memory_order_relaxed);
     // Publish reports an outcome either through `done` or by its return value, never both
     // (EventStream's contract), so each item completes exactly once.
-    auto done = [batch, complete, i](absl::StatusOr<PublishReceipt> receipt) {
+    auto done = [this, batch, complete, i](absl::StatusOr<PublishReceipt> receipt) {
       if (receipt.ok()) {
         batch->event_ids[i] = std::move(receipt->id);
       } else {
+        MarkUnpublished(batch->ids[i], receipt.status());
         batch->errors[i] = absl::StrCat("publishing failed: ", receipt.status().message());
       }
       complete(batch);
@@ -450,6 +642,7 @@ void Service::InstallRoutes() {
   http_->Route("GET", "/metrics",
                {.admission = config_.metrics_require_token ? require_token : nullptr},
                [this](HttpRequest&&, HttpResponder respond) {
+                 RefreshStoreGauges();
                  respond(HttpResponse{.status = 200,
                                       .content_type = "text/plain; version=0.0.4",
                                       .body = metrics_.Serialize()});
@@ -465,6 +658,212 @@ void Service::InstallRoutes() {
                [this](HttpRequest&& request, HttpResponder respond) {
                  HandleBatch(std::move(request), std::move(respond));
                });
+  http_->RoutePrefix("GET", std::string(kTasksPrefix), {},
+                     [this](HttpRequest&& request, HttpResponder respond) {
+                       if (auto refusal = RequireStore("GET /v1/tasks/{id}")) {
+                         return respond(std::move(*refusal));
+                       }
+                       auto id = DecodePathSegment(
+                           absl::string_view(request.path).substr(kTasksPrefix.size()));
+                       if (!id.ok()) return respond(JsonError(400, id.status().message()));
+                       HandleTaskGet(*id, std::move(respond));
+                     });
+  http_->RoutePrefix("POST", std::string(kTasksPrefix), {.max_body_bytes = 4096},
+                     [this](HttpRequest&& request, HttpResponder respond) {
+                       absl::string_view rest =
+                           absl::string_view(request.path).substr(kTasksPrefix.size());
+                       const bool cancel = absl::ConsumeSuffix(&rest, kCancelSuffix);
+                       if (!cancel && !absl::ConsumeSuffix(&rest, kRetrySuffix)) {
+                         return respond(JsonError(
+                             404, absl::StrCat("no route POST ", request.path,
+                                               "; task actions: POST /v1/tasks/{id}:cancel, "
+                                               "POST /v1/tasks/{id}:retry")));
+                       }
+                       if (auto refusal = RequireStore(cancel ? "POST /v1/tasks/{id}:cancel"
+                                                              : "POST /v1/tasks/{id}:retry")) {
+                         return respond(std::move(*refusal));
+                       }
+                       auto id = DecodePathSegment(rest);
+                       if (!id.ok()) return respond(JsonError(400, id.status().message()));
+                       if (cancel) return HandleTaskCancel(*id, std::move(respond));
+                       HandleTaskRetry(*id, std::move(respond));
+                     });
+  http_->Route("GET", "/v1/stats", {}, [this](HttpRequest&&, HttpResponder respond) {
+    if (auto refusal = RequireStore("GET /v1/stats")) return respond(std::move(*refusal));
+    HandleStats(std::move(respond));
+  });
+}
+
+std::optional<HttpResponse> Service::RequireStore(absl::string_view feature) const {
+  if (store_ != nullptr) return std::nullopt;
+  return JsonError(400, absl::StrCat(feature,
+                                     " needs a task store, and EXECUTOR_STORE is none (set "
+                                     "EXECUTOR_STORE to memory, redis or postgres)"));
+}
+
+void Service::HandleTaskGet(const std::string& id, HttpResponder respond) {
+  auto record = store_->Get(id);
+  if (absl::IsNotFound(record.status())) {
+    return respond(JsonError(
+        404, absl::StrCat("no task \"", id, "\" (never submitted through this API, or purged "
+                          "after its retention)")));
+  }
+  if (!record.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", record.status().message())));
+  }
+  respond(Json(200, TaskJson(*record)));
+}
+
+void Service::HandleTaskCancel(const std::string& id, HttpResponder respond) {
+  // A task may move on between the read and the conditional write (the executor marks it
+  // running): read again and decide on what it is then.
+  for (int round = 0; round < 5; ++round) {
+    auto record = store_->Get(id);
+    if (absl::IsNotFound(record.status())) {
+      return respond(JsonError(404, absl::StrCat("no task \"", id, "\"")));
+    }
+    if (!record.ok()) {
+      return respond(JsonError(503, absl::StrCat("task store: ", record.status().message())));
+    }
+    const absl::Time now = stream_->clock()->Now();
+    taskstore::TaskUpdate update;
+    update.now = now;
+    update.expected_version = record->version;
+    if (taskstore::IsFinal(record->state)) {
+      return respond(Json(409, {{"error", absl::StrCat("task \"", id, "\" is already ",
+                                                       taskstore::TaskStateName(record->state))},
+                                {"id", id},
+                                {"state", std::string(taskstore::TaskStateName(record->state))}}));
+    }
+    const bool running = record->state == taskstore::TaskState::kRunning;
+    if (running) {
+      // The executor holding it sees the flag within EXECUTOR_CANCEL_POLL_INTERVAL, stops the
+      // handler (TaskContext::cancelled()) and records `cancelled`.
+      update.cancel_requested = true;
+    } else {
+      update.state = taskstore::TaskState::kCancelled;
+      update.finished_at = now;
+      update.expires_at = now + config_.executor.retention_cancelled;
+      update.last_error = "cancelled through the task API";
+    }
+    auto written = store_->Update(id, update);
+    if (absl::IsFailedPrecondition(written.status())) continue;
+    if (!written.ok()) {
+      return respond(JsonError(503, absl::StrCat("task store: ", written.status().message())));
+    }
+    log_->Write(LogLevel::kInfo, running ? "task cancel requested" : "task cancelled",
+                {{"task_id", id}});
+    return respond(Json(running ? 202 : 200, TaskJson(*written)));
+  }
+  respond(JsonError(503, absl::StrCat("task \"", id, "\" kept changing state; try again")));
+}
+
+void Service::HandleTaskRetry(const std::string& id, HttpResponder respond) {
+  auto record = store_->Get(id);
+  if (absl::IsNotFound(record.status())) {
+    return respond(JsonError(404, absl::StrCat("no task \"", id, "\"")));
+  }
+  if (!record.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", record.status().message())));
+  }
+  const std::string state(taskstore::TaskStateName(record->state));
+  if (record->state != taskstore::TaskState::kFailed &&
+      record->state != taskstore::TaskState::kDeadLettered) {
+    return respond(Json(409, {{"error", absl::StrCat("task \"", id, "\" is ", state,
+                                                     "; only failed and dead_lettered tasks "
+                                                     "can be retried")},
+                              {"id", id},
+                              {"state", state}}));
+  }
+  auto document = ParseUntrustedJson(record->request);
+  absl::StatusOr<TaskRequest> request =
+      document.ok() ? TaskRequestFromJson(*document) : absl::StatusOr<TaskRequest>(document.status());
+  if (!request.ok()) {
+    return respond(JsonError(409, absl::StrCat("task \"", id, "\": its stored request is "
+                                               "unusable: ", request.status().message())));
+  }
+  // A fresh attempt count; the history keeps the earlier attempts. The old dead letter stays
+  // where it is: replaying it later finds the task's new state and is settled by it.
+  const absl::Time now = stream_->clock()->Now();
+  taskstore::TaskUpdate update;
+  update.expected_version = record->version;
+  update.now = now;
+  update.state = taskstore::TaskState::kQueued;
+  update.attempts = 0;
+  update.finished_at = absl::InfinitePast();
+  update.expires_at = absl::InfiniteFuture();
+  update.result = "";
+  update.append_history =
+      json{{"retried_at", FormatRfc3339(now)}, {"from_state", state}, {"by", "api"}}.dump();
+  auto written = store_->Update(id, update);
+  if (absl::IsFailedPrecondition(written.status())) {
+    return respond(JsonError(409, absl::StrCat("task \"", id, "\" changed meanwhile; try again")));
+  }
+  if (!written.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", written.status().message())));
+  }
+  auto once = std::make_shared<std::atomic<bool>>(false);
+  auto finish = [this, once, respond, id, type = request->type,
+                 record = *written](absl::StatusOr<PublishReceipt> receipt) {
+    if (once->exchange(true)) return;
+    if (!receipt.ok()) {
+      MarkUnpublished(id, receipt.status());
+      return respond(ErrorResponse(receipt.status()));
+    }
+    metrics_.TaskSubmitted(type);
+    log_->Write(LogLevel::kInfo, "task retried by hand", {{"task_id", id}});
+    respond(Json(202, TaskJson(record)));
+  };
+  absl::Status published = stream_->Publish(
+      config_.executor.request_stream, MakeTaskRequestEvent(*request, "eventbus-executor/http"),
+      finish);
+  if (!published.ok()) finish(published);
+}
+
+void Service::RefreshStoreGauges() {
+  if (store_ == nullptr) return;
+  auto stats = store_->Stats();
+  if (!stats.ok()) return;  // the gauges keep their last values; /v1/stats says why
+  const absl::Time now = stream_->clock()->Now();
+  for (const taskstore::TypeStats& type : *stats) {
+    for (taskstore::TaskState state : taskstore::kAllTaskStates) {
+      metrics_.StoredTasks(type.type, taskstore::TaskStateName(state),
+                           type.counts[static_cast<int>(state)]);
+    }
+    metrics_.OldestQueuedAge(type.type, type.oldest_queued_created_at == absl::InfiniteFuture()
+                                            ? absl::ZeroDuration()
+                                            : std::max(absl::ZeroDuration(),
+                                                       now - type.oldest_queued_created_at));
+  }
+}
+
+void Service::HandleStats(HttpResponder respond) {
+  auto stats = store_->Stats();
+  if (!stats.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", stats.status().message())));
+  }
+  const absl::Time now = stream_->clock()->Now();
+  json types = json::array();
+  std::array<int64_t, taskstore::kTaskStateCount> totals{};
+  for (const taskstore::TypeStats& type : *stats) {
+    json entry = {{"type", type.type}};
+    for (taskstore::TaskState state : taskstore::kAllTaskStates) {
+      const int64_t n = type.counts[static_cast<int>(state)];
+      entry[std::string(taskstore::TaskStateName(state))] = n;
+      totals[static_cast<int>(state)] += n;
+    }
+    entry["oldest_queued_age_seconds"] =
+        type.oldest_queued_created_at == absl::InfiniteFuture()
+            ? json(nullptr)
+            : json(absl::ToDoubleSeconds(std::max(absl::ZeroDuration(),
+                                                  now - type.oldest_queued_created_at)));
+    types.push_back(std::move(entry));
+  }
+  json total = json::object();
+  for (taskstore::TaskState state : taskstore::kAllTaskStates) {
+    total[std::string(taskstore::TaskStateName(state))] = totals[static_cast<int>(state)];
+  }
+  respond(Json(200, {{"types", std::move(types)}, {"total", std::move(total)}}));
 }
 
 }  // namespace eventbus::executor::service

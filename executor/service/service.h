@@ -1,10 +1,13 @@
 #pragma once
-// The eventbus-executor service: one event stream, the executor, and the HTTP endpoints
-// (/healthz, /readyz, /metrics, POST /v1/tasks, POST /v1/tasks:batch; docs/tasks.md).
+// The eventbus-executor service: one event stream, a task store (EXECUTOR_STORE), the executor,
+// and the HTTP endpoints (/healthz, /readyz, /metrics, POST /v1/tasks, POST /v1/tasks:batch,
+// GET /v1/tasks/{id}, POST /v1/tasks/{id}:cancel, POST /v1/tasks/{id}:retry, GET /v1/stats;
+// docs/tasks.md).
 
 #include <array>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json_fwd.hpp>
@@ -16,6 +19,7 @@
 #include "eventbus/executor/executor.h"
 #include "eventbus/executor/handler.h"
 #include "eventbus/registry.h"
+#include "eventbus/taskstore/task_store.h"
 #include "json_log.h"
 #include "dashboard.h"
 #include "prometheus_metrics.h"
@@ -25,6 +29,9 @@ namespace eventbus::executor::service {
 class HttpServer;
 struct HttpRequest;
 struct HttpResponse;
+
+// The payload of a 409 status naming the task that holds a unique key.
+inline constexpr absl::string_view kExistingIdPayload = "eventbus.existing_task_id";
 
 class Service {
  public:
@@ -43,6 +50,8 @@ class Service {
   // The port the HTTP server listens on (useful when configured with port 0).
   int http_port() const { return http_port_; }
   EventStream* stream() const { return stream_.get(); }
+  // Null with EXECUTOR_STORE=none.
+  taskstore::TaskStore* store() const { return store_.get(); }
   const ServiceConfig& config() const { return config_; }
 
   struct Submitted {
@@ -55,6 +64,9 @@ class Service {
   // waiting. `done` runs exactly once, inline or on a backend thread: InvalidArgument with the
   // reason for a bad request; the backend's error otherwise. Thread-safe.
   void SubmitAsync(absl::string_view body, SubmitCallback done);
+  // With a task store, the task's record is created (state queued) before it is published:
+  // AlreadyExists (409) when its unique_key is held by another task, naming that task (also in
+  // the status payload kExistingIdPayload). An id submitted again is published again.
   // SubmitAsync, waiting up to 10 s (DeadlineExceeded after). Not for the HTTP path.
   absl::StatusOr<Submitted> Submit(absl::string_view body);
 
@@ -65,6 +77,19 @@ class Service {
   void InstallRoutes();
   void HandleSubmit(HttpRequest&& request, std::function<void(HttpResponse)> respond);
   void HandleBatch(HttpRequest&& request, std::function<void(HttpResponse)> respond);
+  absl::Status OpenStore();
+  // Creates the store record of a prepared task (with a store; OK without one).
+  absl::Status RegisterTask(const Prepared& prepared);
+  // A registered task whose request could not be published: failed, its unique key freed.
+  void MarkUnpublished(const std::string& id, const absl::Status& why);
+  void HandleTaskGet(const std::string& id, std::function<void(HttpResponse)> respond);
+  void HandleTaskCancel(const std::string& id, std::function<void(HttpResponse)> respond);
+  void HandleTaskRetry(const std::string& id, std::function<void(HttpResponse)> respond);
+  void HandleStats(std::function<void(HttpResponse)> respond);
+  // The store's per-type counts as Prometheus gauges (one Stats call per scrape).
+  void RefreshStoreGauges();
+  // 400 naming EXECUTOR_STORE, for `feature`, when there is no store.
+  std::optional<HttpResponse> RequireStore(absl::string_view feature) const;
   bool Authorized(absl::string_view authorization) const;
 
   ServiceConfig config_;
@@ -73,6 +98,7 @@ class Service {
   PrometheusMetrics metrics_;
   DashboardMetrics dashboard_metrics_{&metrics_};  // counts for the dashboard, then metrics_
   std::unique_ptr<EventStream> stream_;
+  std::unique_ptr<taskstore::TaskStore> store_;
   HandlerRegistry handlers_;
   std::unique_ptr<Executor> executor_;
   std::array<unsigned char, 32> token_digest_{};  // SHA-256 of EXECUTOR_API_TOKEN

@@ -18,10 +18,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string FormatRfc3339(absl::Time t) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E*SZ", t, absl::UTCTimeZone());
-}
-
 absl::StatusOr<absl::Duration> WaitDuration(const TaskRequest& request) {
   const json& input = request.Input();
   auto it = input.find("duration");

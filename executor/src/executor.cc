@@ -12,6 +12,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -25,7 +26,9 @@
 #include "eventbus/clock.h"
 #include "eventbus/executor/iso_duration.h"
 #include "eventbus/status_macros.h"
+#include "eventbus/taskstore/task_store.h"
 #include "settle_queue.h"
+#include "store_writer.h"
 
 namespace eventbus::executor {
 namespace {
@@ -84,6 +87,14 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
   if (options.shutdown_deadline < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("shutdown deadline must not be negative");
   }
+  EVENTBUS_RETURN_IF_ERROR(positive("succeeded retention", options.retention_succeeded));
+  EVENTBUS_RETURN_IF_ERROR(positive("failed retention", options.retention_failed));
+  EVENTBUS_RETURN_IF_ERROR(positive("cancelled retention", options.retention_cancelled));
+  EVENTBUS_RETURN_IF_ERROR(positive("cancel poll interval", options.cancel_poll_interval));
+  EVENTBUS_RETURN_IF_ERROR(positive("purge interval", options.purge_interval));
+  if (options.store_lease_grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("store lease grace must not be negative");
+  }
   for (const auto& [type, policy] : options.type_policies) {
     if (absl::Status s = policy.retry.Validate(); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("policy of task type ", type, ": ", s.message()));
@@ -124,6 +135,11 @@ int EffectiveWorkers(const ExecutorOptions& options) {
 //             dead-lettered. Nothing here waits for a broker round trip: completions arrive
 //             as callbacks and the next step runs on the settle thread;
 //   release   the slot frees when the last settle step completed, and the fetcher refills.
+// With a task store, two steps join (see "store gate" and "store records" below): each fetched
+// batch is checked against the store in one read and marked running in one write before it is
+// queued, and each settle writes the task's new state (group-committed across tasks by the
+// StoreWriter) before its delivery is acked, nacked or dead-lettered. A watcher asks the store
+// once per cancel_poll_interval whether any task held here was cancelled.
 class Executor::Impl {
  public:
   Impl(EventStream* stream, const HandlerRegistry* handlers, ExecutorOptions options,
@@ -143,6 +159,7 @@ class Executor::Impl {
       deps_.random = owned_random_.get();
     }
     if (deps_.metrics == nullptr) deps_.metrics = &noop_metrics_;
+    if (deps_.store != nullptr) store_writer_ = std::make_unique<StoreWriter>(deps_.store);
   }
 
   ~Impl() { Shutdown(); }
@@ -165,12 +182,17 @@ class Executor::Impl {
       fetch_cv_.notify_all();
       supervisor_cv_.notify_all();
       drain_cv_.notify_all();
+      watch_cv_.notify_all();
     });
     {
       std::lock_guard<std::mutex> lock(mu_);
       started_ = true;
     }
     settle_queue_.Start();
+    if (store_writer_ != nullptr) {
+      store_writer_->Start();
+      watch_thread_ = std::thread([this] { StoreWatchLoop(); });
+    }
     const int workers = EffectiveWorkers(options_);
     for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
     supervisor_thread_ = std::thread([this] { SupervisorLoop(); });
@@ -243,6 +265,16 @@ class Executor::Impl {
     }
     supervisor_cv_.notify_all();
     supervisor_thread_.join();
+    if (watch_thread_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        watch_stop_ = true;
+      }
+      watch_cv_.notify_all();
+      watch_thread_.join();
+    }
+    // Its completions post the next settle steps: stopped while the settle thread still runs.
+    if (store_writer_ != nullptr) store_writer_->Stop();
     {
       std::unique_lock<std::shared_mutex> closing(lifeline_->mu);
       lifeline_->open = false;
@@ -277,8 +309,12 @@ class Executor::Impl {
   struct InFlight {
     uint64_t id = 0;
     Delivery delivery;
-    // Set by dispatch once the request parsed.
+    // Set once the request parsed (by the store gate, else by dispatch).
     std::shared_ptr<const TaskRequest> request;
+    bool parsed = false;
+    // The task has a store record this executor marked running: its settle steps record
+    // the new state.
+    bool tracked = false;
     std::string type;  // the metrics label
     RetryPolicy retry;
     absl::Duration timeout;
@@ -407,34 +443,44 @@ class Executor::Impl {
           deps_.metrics->FetchLag(std::max(absl::ZeroDuration(), now - published));
         }
       }
-      if (!Admit(deliveries, /*ahead=*/reclaimed_some)) {
+      std::vector<TaskPtr> tasks;
+      if (!Hold(deliveries, tasks)) {
         for (const Delivery& delivery : deliveries) GiveBackNow(delivery, "fetched during shutdown");
         return;
       }
+      if (deps_.store != nullptr) tasks = GateThroughStore(std::move(tasks));
+      Queue(std::move(tasks), /*ahead=*/reclaimed_some);
     }
   }
 
-  // Queues fetched deliveries for the workers (`ahead`: before the queued ones, in order);
-  // false when shutting down (nothing queued).
-  bool Admit(std::vector<Delivery>& deliveries, bool ahead = false) {
+  // Takes fetched deliveries into in-flight slots; false when shutting down (nothing taken).
+  bool Hold(std::vector<Delivery>& deliveries, std::vector<TaskPtr>& tasks) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return false;
+    for (Delivery& delivery : deliveries) {
+      auto task = std::make_shared<InFlight>();
+      task->id = next_task_id_++;
+      task->delivery = std::move(delivery);
+      tasks.push_back(std::move(task));
+    }
+    held_ += static_cast<int>(tasks.size());
+    deps_.metrics->InFlightChanged(held_);
+    return true;
+  }
+
+  // Queues held tasks for the workers (`ahead`: before the queued ones, in order: reclaimed
+  // orphans run first even on a saturated executor).
+  void Queue(std::vector<TaskPtr> tasks, bool ahead = false) {
+    if (tasks.empty()) return;
     int wake = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return false;
       auto at = ahead ? queue_.begin() : queue_.end();
-      for (Delivery& delivery : deliveries) {
-        auto task = std::make_shared<InFlight>();
-        task->id = next_task_id_++;
-        task->delivery = std::move(delivery);
-        at = std::next(queue_.insert(at, std::move(task)));
-      }
-      held_ += static_cast<int>(deliveries.size());
-      deps_.metrics->InFlightChanged(held_);
-      wake = std::min<int>(idle_workers_, static_cast<int>(deliveries.size()));
+      for (TaskPtr& task : tasks) at = std::next(queue_.insert(at, std::move(task)));
+      wake = std::min<int>(idle_workers_, static_cast<int>(tasks.size()));
     }
     // Only as many wake-ups as there are idle workers and new tasks.
     for (int i = 0; i < wake; ++i) work_cv_.notify_one();
-    return true;
   }
 
   // ---- dispatch ------------------------------------------------------------------------
@@ -500,15 +546,18 @@ class Executor::Impl {
   void Dispatch(const TaskPtr& task) {
     const Delivery& delivery = task->delivery;
     const absl::Time start = clock_->Now();
-    auto parsed = ParseTaskRequest(delivery.event.data());
-    if (!parsed.ok()) {
-      EndRunWithoutHandler();
-      std::optional<TaskRequest> identity = SalvageTaskIdentity(delivery.event.data());
-      if (identity) task->request = std::make_shared<const TaskRequest>(std::move(*identity));
-      Reject(task, absl::StrCat("invalid task request: ", parsed.status().message()));
-      return;
+    if (!task->parsed) {
+      auto parsed = ParseTaskRequest(delivery.event.data());
+      if (!parsed.ok()) {
+        EndRunWithoutHandler();
+        std::optional<TaskRequest> identity = SalvageTaskIdentity(delivery.event.data());
+        if (identity) task->request = std::make_shared<const TaskRequest>(std::move(*identity));
+        Reject(task, absl::StrCat("invalid task request: ", parsed.status().message()));
+        return;
+      }
+      task->request = std::make_shared<const TaskRequest>(std::move(*parsed));
+      task->parsed = true;
     }
-    task->request = std::make_shared<const TaskRequest>(std::move(*parsed));
     const TaskRequest& request = *task->request;
     TaskHandler* handler = handlers_->Find(request.type);
     if (handler == nullptr) {
@@ -655,7 +704,9 @@ class Executor::Impl {
         result.status = TaskStatus::kSucceeded;
         result.output = outcome.output();
         result.duration = duration;
-        PublishResult(task, std::move(result), [this, task, duration](absl::Status published) {
+        std::string stored = task->tracked ? TaskResultToJson(result) : std::string();
+        PublishResult(task, std::move(result),
+                      [this, task, duration, stored = std::move(stored)](absl::Status published) {
           if (!published.ok()) {
             // Without its result the task is not done: run it again later (at-least-once).
             deps_.metrics->TaskFinished(task->type, kOutcomeRetried, duration);
@@ -664,7 +715,10 @@ class Executor::Impl {
             return;
           }
           deps_.metrics->TaskFinished(task->type, kOutcomeSucceeded, duration);
-          Ack(task);
+          // The result is durable before the store says succeeded, and the store says so
+          // before the ack: a redelivery either finds it succeeded or runs it again.
+          Record(task, FinalUpdate(taskstore::TaskState::kSucceeded, stored, {}),
+                 [this, task] { Ack(task); });
         });
         return;
       }
@@ -673,7 +727,12 @@ class Executor::Impl {
         Log(TaskLogRecord::Level::kDebug,
             absl::StrCat("task redelivered in ", FormatIsoDuration(outcome.delay())),
             RefOf(*task));
-        settle_queue_.Post([this, task, delay = outcome.delay()] {
+        // Back to queued (its request is on the stream again) before it is given back, so the
+        // store's write never lands after the redelivery marked it running.
+        taskstore::TaskUpdate waiting = StoreUpdate();
+        waiting.state = taskstore::TaskState::kQueued;
+        waiting.lease_until = absl::InfinitePast();
+        Record(task, std::move(waiting), [this, task, delay = outcome.delay()] {
           Nack(task, delay, "delayed redelivery");
         });
         return;
@@ -687,7 +746,12 @@ class Executor::Impl {
               absl::StrCat("task failed (", transient_kind, "); retry ", attempt + 1, " of ",
                            task->retry.max_attempts, " in ", FormatIsoDuration(backoff)),
               RefOf(*task), outcome.error());
-          settle_queue_.Post([this, task, backoff] { Nack(task, backoff, "retry"); });
+          taskstore::TaskUpdate retrying = StoreUpdate();
+          retrying.state = taskstore::TaskState::kRetrying;
+          retrying.last_error = outcome.error();
+          retrying.lease_until = absl::InfinitePast();
+          retrying.append_history = AttemptHistory(*task, std::string(transient_kind), outcome.error());
+          Record(task, std::move(retrying), [this, task, backoff] { Nack(task, backoff, "retry"); });
           return;
         }
         Fail(task, outcome, duration, transient_kind,
@@ -737,14 +801,27 @@ class Executor::Impl {
   // The failure's result first, then the dead letter: if the result cannot be published, the
   // delivery is given back rather than dead-lettered without the result its caller waits for.
   void PublishThenDeadLetter(const TaskPtr& task, TaskResult result, std::string reason) {
+    std::string stored = task->tracked ? TaskResultToJson(result) : std::string();
+    std::string kind = result.error_kind;
     PublishResult(task, std::move(result),
-                  [this, task, reason = std::move(reason)](absl::Status published) {
+                  [this, task, reason = std::move(reason), stored = std::move(stored),
+                   kind = std::move(kind)](absl::Status published) {
                     if (!published.ok()) {
                       Nack(task, options_.fetch_error_backoff, "failure result not published");
                       return;
                     }
-                    DeadLetter(task, reason);
+                    RecordThenDeadLetter(task, stored, kind, reason);
                   });
+  }
+
+  // The store says dead_lettered before the dead letter exists: a manual retry never finds a
+  // dead letter whose task the store still calls running.
+  void RecordThenDeadLetter(const TaskPtr& task, const std::string& stored_result,
+                            const std::string& kind, const std::string& reason) {
+    taskstore::TaskUpdate update =
+        FinalUpdate(taskstore::TaskState::kDeadLettered, stored_result, reason);
+    update.append_history = AttemptHistory(*task, kind, reason);
+    Record(task, std::move(update), [this, task, reason] { DeadLetter(task, reason); });
   }
 
   // Publishes `result` without waiting; `next` runs on the settle thread with the outcome,
@@ -807,12 +884,14 @@ class Executor::Impl {
     failure.status = TaskStatus::kFailed;
     failure.error_kind = "result_too_large";
     failure.error = reason;
-    PublishResult(task, std::move(failure), [this, task, reason](absl::Status published) {
+    std::string stored = task->tracked ? TaskResultToJson(failure) : std::string();
+    PublishResult(task, std::move(failure),
+                  [this, task, reason, stored = std::move(stored)](absl::Status published) {
       if (!published.ok()) {
         Nack(task, options_.fetch_error_backoff, "failure result not published");
         return;
       }
-      DeadLetter(task, reason);
+      RecordThenDeadLetter(task, stored, "result_too_large", reason);
     });
   }
 
@@ -867,6 +946,311 @@ class Executor::Impl {
     Log(s.ok() ? TaskLogRecord::Level::kInfo : TaskLogRecord::Level::kWarning,
         absl::StrCat("delivery given back: ", why), {nullptr, &delivery},
         s.ok() ? std::string() : s.ToString());
+  }
+
+  // ---- store gate (with a task store): one read and one write per fetched batch ---------
+
+  // Parses the batch's requests, reads their records in one GetMany, settles without running
+  // what the store says must not run, and marks the rest running in one UpdateMany. Returns
+  // the tasks to queue. Requests without a record (or unparseable ones, which dispatch
+  // rejects) run untracked.
+  std::vector<TaskPtr> GateThroughStore(std::vector<TaskPtr> tasks) {
+    std::vector<std::string> ids;
+    ids.reserve(tasks.size());
+    for (const TaskPtr& task : tasks) {
+      auto parsed = ParseTaskRequest(task->delivery.event.data());
+      if (!parsed.ok()) continue;
+      task->request = std::make_shared<const TaskRequest>(std::move(*parsed));
+      task->parsed = true;
+      ids.push_back(task->request->id);
+    }
+    if (ids.empty()) return tasks;
+    auto records = deps_.store->GetMany(ids);
+    if (!records.ok()) {
+      // Running unchecked could run a cancelled or finished task: give the batch back.
+      deps_.metrics->BackendError("store_read");
+      Log(TaskLogRecord::Level::kWarning, "task store read failed; batch given back", {},
+          records.status().ToString());
+      for (const TaskPtr& task : tasks) {
+        settle_queue_.Post([this, task] {
+          Nack(task, options_.fetch_error_backoff, "task store unavailable");
+        });
+      }
+      return {};
+    }
+    std::map<absl::string_view, const taskstore::TaskRecord*> by_id;
+    for (const taskstore::TaskRecord& record : *records) by_id.emplace(record.id, &record);
+    std::vector<TaskPtr> run;
+    std::vector<TaskPtr> marking;
+    std::vector<taskstore::TaskUpdateRequest> updates;
+    const absl::Time now = clock_->Now();
+    for (const TaskPtr& task : tasks) {
+      if (!task->parsed) {
+        run.push_back(task);
+        continue;
+      }
+      auto it = by_id.find(task->request->id);
+      if (it == by_id.end()) {
+        run.push_back(task);
+        continue;
+      }
+      if (SettledByStore(task, *it->second)) continue;
+      marking.push_back(task);
+      updates.push_back({task->request->id, RunningUpdate(*task->request, now)});
+    }
+    if (updates.empty()) return run;
+    std::vector<absl::StatusOr<taskstore::TaskRecord>> marked = deps_.store->UpdateMany(updates);
+    for (size_t i = 0; i < marking.size(); ++i) {
+      const TaskPtr& task = marking[i];
+      if (i < marked.size() && marked[i].ok()) {
+        task->tracked = true;
+        run.push_back(task);
+        continue;
+      }
+      const absl::Status error =
+          i < marked.size() ? marked[i].status() : absl::InternalError("missing update result");
+      if (absl::IsFailedPrecondition(error) || absl::IsNotFound(error)) {
+        // Changed since the read (cancelled, finished elsewhere): decide on what it is now.
+        auto fresh = deps_.store->Get(task->request->id);
+        if (fresh.ok() && SettledByStore(task, *fresh)) continue;
+        Log(TaskLogRecord::Level::kWarning, "task runs untracked: its store record changed",
+            RefOf(*task), error.ToString());
+        run.push_back(task);
+        continue;
+      }
+      deps_.metrics->BackendError("store_write");
+      Log(TaskLogRecord::Level::kWarning, "marking a task running failed; given back",
+          RefOf(*task), error.ToString());
+      settle_queue_.Post([this, task] {
+        Nack(task, options_.fetch_error_backoff, "task store unavailable");
+      });
+    }
+    return run;
+  }
+
+  // True when `record` settles the delivery without running it: a succeeded task is settled
+  // with its stored result (effectively once), a cancelled one is never run, a failed or
+  // dead-lettered one goes (back) to the dead-letter stream. (A `failed` task is one whose
+  // publish the API could not confirm: its request did arrive, so it runs.)
+  bool SettledByStore(const TaskPtr& task, const taskstore::TaskRecord& record) {
+    task->type = handlers_->Find(task->request->type) != nullptr ? task->request->type
+                                                                 : std::string(kUnknownTypeLabel);
+    if (record.cancel_requested && !taskstore::IsFinal(record.state)) {
+      // Cancelled while an earlier delivery ran (it asked for a redelivery, or its executor
+      // died or gave it back): mark it ours, then record it cancelled.
+      task->tracked = MarkRunning(task);
+      SettleCancelled(task, /*record=*/task->tracked);
+      return true;
+    }
+    switch (record.state) {
+      case taskstore::TaskState::kSucceeded:
+        SettleAlreadySucceeded(task, record);
+        return true;
+      case taskstore::TaskState::kCancelled:
+        Log(TaskLogRecord::Level::kInfo, "cancelled task not run", RefOf(*task));
+        SettleCancelled(task, /*record=*/false);
+        return true;
+      // kFailed: the API could not confirm its publish, yet here it is: it runs.
+      case taskstore::TaskState::kDeadLettered: {
+        std::string reason = absl::StrCat("already ", taskstore::TaskStateName(record.state),
+                                          " in the task store: ", record.last_error);
+        settle_queue_.Post([this, task, reason] { DeadLetter(task, reason); });
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  // Rare path (a cancel request found at fetch): one task marked running on its own.
+  bool MarkRunning(const TaskPtr& task) {
+    return deps_.store->Update(task->request->id, RunningUpdate(*task->request, clock_->Now()))
+        .ok();
+  }
+
+  taskstore::TaskUpdate RunningUpdate(const TaskRequest& request, absl::Time now) const {
+    absl::Duration timeout = options_.max_task_timeout;
+    if (const TaskHandler* handler = handlers_->Find(request.type)) {
+      if (auto policy = ResolvePolicy(*handler, request); policy.ok()) timeout = policy->timeout;
+    }
+    taskstore::TaskUpdate update;
+    update.from = {taskstore::TaskState::kScheduled, taskstore::TaskState::kQueued,
+                   taskstore::TaskState::kRunning, taskstore::TaskState::kRetrying,
+                   taskstore::TaskState::kFailed};
+    update.now = now;
+    update.state = taskstore::TaskState::kRunning;
+    update.increment_attempts = true;
+    update.started_at = now;
+    update.owner = options_.consumer_name;
+    update.lease_until = now + timeout + options_.store_lease_grace;
+    return update;
+  }
+
+  void SettleAlreadySucceeded(const TaskPtr& task, const taskstore::TaskRecord& record) {
+    deps_.metrics->TaskFinished(task->type, kOutcomeDuplicate, absl::ZeroDuration());
+    Log(TaskLogRecord::Level::kInfo, "task already succeeded; settled with its stored result",
+        RefOf(*task));
+    auto stored = ParseTaskResult(record.result);
+    if (!stored.ok()) {
+      settle_queue_.Post([this, task] { Ack(task); });
+      return;
+    }
+    PublishResult(task, std::move(*stored), [this, task](absl::Status published) {
+      if (!published.ok()) {
+        Nack(task, options_.fetch_error_backoff, "stored result not published");
+        return;
+      }
+      Ack(task);
+    });
+  }
+
+  // Publishes a failed result of kind "cancelled" (whoever waits for the result learns it),
+  // records `cancelled` when `record` (the task was marked running here), and acks.
+  void SettleCancelled(const TaskPtr& task, bool record) {
+    deps_.metrics->TaskFinished(task->type, kOutcomeCancelled, absl::ZeroDuration());
+    TaskResult result = BaseResult(*task);
+    result.status = TaskStatus::kFailed;
+    result.error_kind = "cancelled";
+    result.error = "cancelled through the task API";
+    std::string stored = record && task->tracked ? TaskResultToJson(result) : std::string();
+    PublishResult(task, std::move(result),
+                  [this, task, record, stored = std::move(stored)](absl::Status published) {
+                    if (!published.ok()) {
+                      Nack(task, options_.fetch_error_backoff, "cancel result not published");
+                      return;
+                    }
+                    if (!record) return Ack(task);
+                    Record(task,
+                           FinalUpdate(taskstore::TaskState::kCancelled, stored,
+                                       "cancelled through the task API"),
+                           [this, task] { Ack(task); });
+                  });
+  }
+
+  // ---- store records: the state each settle step writes --------------------------------
+
+  // Writes `update` of a tracked task through the StoreWriter (batched with other tasks'),
+  // then runs `next` on the settle thread. Untracked: `next` at once. A failed write is
+  // logged and `next` runs anyway: the broker's settle step (the work is done, its result
+  // durable) matters more than the record, which then lags behind.
+  void Record(const TaskPtr& task, taskstore::TaskUpdate update, std::function<void()> next) {
+    if (!task->tracked || store_writer_ == nullptr) {
+      settle_queue_.Post(std::move(next));
+      return;
+    }
+    update.from = {taskstore::TaskState::kRunning};
+    store_writer_->Write(
+        {task->request->id, std::move(update)},
+        [this, task, next = std::move(next)](absl::StatusOr<taskstore::TaskRecord> written) {
+          if (!written.ok() && !absl::IsFailedPrecondition(written.status())) {
+            deps_.metrics->BackendError("store_write");
+            Log(TaskLogRecord::Level::kWarning, "recording the task's state failed",
+                RefOf(*task), written.status().ToString());
+          }
+          settle_queue_.Post(next);
+        });
+  }
+
+  taskstore::TaskUpdate StoreUpdate() const {
+    taskstore::TaskUpdate update;
+    update.now = clock_->Now();
+    return update;
+  }
+
+  // A final state, kept for its retention; `error` replaces last_error when non-empty.
+  taskstore::TaskUpdate FinalUpdate(taskstore::TaskState state, const std::string& result,
+                                    const std::string& error) const {
+    taskstore::TaskUpdate update = StoreUpdate();
+    update.state = state;
+    update.finished_at = update.now;
+    update.lease_until = absl::InfinitePast();
+    const absl::Duration retention = state == taskstore::TaskState::kSucceeded
+                                         ? options_.retention_succeeded
+                                     : state == taskstore::TaskState::kCancelled
+                                         ? options_.retention_cancelled
+                                         : options_.retention_failed;
+    update.expires_at = update.now + retention;
+    if (!result.empty()) update.result = result;
+    if (!error.empty()) update.last_error = error;
+    return update;
+  }
+
+  // One entry of a task's attempt history (a JSON object).
+  std::string AttemptHistory(const InFlight& task, const std::string& kind,
+                             const std::string& error) const {
+    nlohmann::json entry = {{"attempt", task.delivery.delivery_count},
+                            {"finished_at", FormatRfc3339(clock_->Now())},
+                            {"error_kind", kind},
+                            {"error", error},
+                            {"consumer", options_.consumer_name}};
+    return entry.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+  // ---- store watch: cancellations of held tasks, purging of expired ones ---------------
+
+  void StoreWatchLoop() {
+    absl::Time next_purge = clock_->Now() + options_.purge_interval;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!watch_stop_) {
+      WaitUntil(lock, watch_cv_, clock_->Now() + options_.cancel_poll_interval,
+                [this] { return watch_stop_; });
+      if (watch_stop_) return;
+      std::vector<std::string> ids;
+      for (const auto& [id, task] : running_tasks_) {
+        if (task->tracked && !task->outcome_taken) ids.push_back(task->request->id);
+      }
+      for (const TaskPtr& task : queue_) {
+        if (task->tracked) ids.push_back(task->request->id);
+      }
+      const bool purge = clock_->Now() >= next_purge;
+      lock.unlock();
+      std::set<std::string> cancelled;
+      if (!ids.empty()) {
+        auto records = deps_.store->GetMany(ids);
+        if (records.ok()) {
+          for (const taskstore::TaskRecord& record : *records) {
+            if (record.cancel_requested || record.state == taskstore::TaskState::kCancelled) {
+              cancelled.insert(record.id);
+            }
+          }
+        } else {
+          deps_.metrics->BackendError("store_read");
+        }
+      }
+      if (purge) {
+        next_purge = clock_->Now() + options_.purge_interval;
+        if (auto purged = deps_.store->PurgeExpired(clock_->Now(), 1000); !purged.ok()) {
+          deps_.metrics->BackendError("store_purge");
+        }
+      }
+      lock.lock();
+      if (cancelled.empty()) continue;
+      std::vector<TaskPtr> stop;
+      for (auto it = running_tasks_.begin(); it != running_tasks_.end();) {
+        const TaskPtr& task = it->second;
+        if (task->tracked && !task->outcome_taken && cancelled.contains(task->request->id)) {
+          TakeOutcomeLocked(*task);  // asks the handler to stop: TaskContext::cancelled()
+          stop.push_back(task);
+          it = running_tasks_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if ((*it)->tracked && cancelled.contains((*it)->request->id)) {
+          stop.push_back(*it);
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      lock.unlock();
+      for (const TaskPtr& task : stop) {
+        Log(TaskLogRecord::Level::kInfo, "task cancelled", RefOf(*task));
+        SettleCancelled(task, /*record=*/true);
+      }
+      lock.lock();
+    }
   }
 
   // ---- release -------------------------------------------------------------------------
@@ -1024,6 +1408,12 @@ class Executor::Impl {
   std::vector<std::thread> workers_;
   std::thread supervisor_thread_;
   std::thread fetch_thread_;
+
+  // With a task store only.
+  std::unique_ptr<StoreWriter> store_writer_;
+  std::condition_variable watch_cv_;  // the store watcher: stop
+  bool watch_stop_ = false;           // guarded by mu_
+  std::thread watch_thread_;
 };
 
 Executor::Executor(EventStream* stream, const HandlerRegistry* handlers, ExecutorOptions options,

@@ -65,10 +65,6 @@ absl::Status CheckId(absl::string_view field, absl::string_view value) {
   return absl::OkStatus();
 }
 
-std::string FormatRfc3339(absl::Time t) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E*SZ", t, absl::UTCTimeZone());
-}
-
 // Null when `text` is not JSON; sets `too_deep` when it nests deeper than `max_depth`.
 json ParseJsonWithDepthLimit(absl::string_view text, int max_depth, bool& too_deep) {
   too_deep = false;
@@ -81,6 +77,10 @@ json ParseJsonWithDepthLimit(absl::string_view text, int max_depth, bool& too_de
 }
 
 }  // namespace
+
+std::string FormatRfc3339(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E*SZ", t, absl::UTCTimeZone());
+}
 
 RetryPolicy RetryOverride::ApplyTo(RetryPolicy policy) const {
   if (max_attempts) policy.max_attempts = *max_attempts;
@@ -152,12 +152,25 @@ absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document) 
         if (!label.is_string()) return Invalid(absl::StrCat("metadata.", name), "must be a string");
         request.metadata[name] = label.get<std::string>();
       }
+    } else if (key == "unique_key") {
+      if (!value.is_string()) return Invalid("unique_key", "must be a string");
+      request.unique_key = value.get<std::string>();
+      EVENTBUS_RETURN_IF_ERROR(CheckId("unique_key", request.unique_key));
+    } else if (key == "unique_for") {
+      EVENTBUS_ASSIGN_OR_RETURN(absl::Duration window, DurationField(value, "unique_for"));
+      if (window < absl::ZeroDuration()) return Invalid("unique_for", "must not be negative");
+      request.unique_for = window;
     } else {
-      return Invalid(key, "unknown field; valid: id, type, input, timeout, retry, metadata");
+      return Invalid(key,
+                     "unknown field; valid: id, type, input, timeout, retry, metadata, "
+                     "unique_key, unique_for");
     }
   }
   if (!has_id) return absl::InvalidArgumentError("missing required field \"id\"");
   if (!has_type) return absl::InvalidArgumentError("missing required field \"type\"");
+  if (request.unique_for && request.unique_key.empty()) {
+    return Invalid("unique_for", "needs \"unique_key\"");
+  }
   if (!request.input) request.input = std::make_shared<const json>(json::object());
   return request;
 }
@@ -198,6 +211,8 @@ std::string TaskRequestToJson(const TaskRequest& request) {
   if (request.retry.jitter) retry["jitter"] = *request.retry.jitter;
   if (!retry.empty()) document["retry"] = std::move(retry);
   if (!request.metadata.empty()) document["metadata"] = request.metadata;
+  if (!request.unique_key.empty()) document["unique_key"] = request.unique_key;
+  if (request.unique_for) document["unique_for"] = FormatIsoDuration(*request.unique_for);
   // Outputs carry text from the outside (HTTP bodies) that may not be UTF-8: never throw on it.
   return document.dump(-1, ' ', false, json::error_handler_t::replace);
 }

@@ -25,7 +25,8 @@ namespace eventbus::executor::testing {
 class LocalHttpServer {
  public:
   LocalHttpServer() {
-    server_.Get("/ok", [](const httplib::Request& req, httplib::Response& res) {
+    server_.Get("/ok", [this](const httplib::Request& req, httplib::Response& res) {
+      ok_calls_.fetch_add(1);
       res.set_header("X-Echo", req.get_header_value("X-Test"));
       res.set_content(R"({"hello":"world"})", "application/json");
     });
@@ -76,6 +77,7 @@ class LocalHttpServer {
     thread_.join();
   }
   int flaky_calls() const { return flaky_calls_.load(); }
+  int ok_calls() const { return ok_calls_.load(); }
   void OpenGate() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -102,6 +104,7 @@ class LocalHttpServer {
   bool gate_open_ = false;
   int gate_arrivals_ = 0;
   std::atomic<int> flaky_calls_{0};
+  std::atomic<int> ok_calls_{0};
 };
 
 }  // namespace eventbus::executor::testing

@@ -73,6 +73,54 @@ TEST(ServiceConfigTest, ReadsEverySetting) {
   EXPECT_EQ(config->log_level, LogLevel::kDebug);
 }
 
+TEST(ServiceConfigTest, TaskStoreDefaultsFollowTheBackendAndAreValidated) {
+  auto memory = ParseServiceConfig({}, kTypes);
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  EXPECT_EQ(memory->store, "memory");
+  auto redis = ParseServiceConfig({{"EVENT_STREAM_TYPE", "redis"}}, kTypes);
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  EXPECT_EQ(redis->store, "redis");
+  EXPECT_EQ(redis->store_url, "");  // the backend's REDIS_URL, resolved at start-up
+  auto kafka = ParseServiceConfig({{"EVENT_STREAM_TYPE", "kafka"}}, kTypes);
+  ASSERT_TRUE(kafka.ok()) << kafka.status();
+  EXPECT_EQ(kafka->store, "none");
+
+  auto postgres = ParseServiceConfig(
+      {{"EVENT_STREAM_TYPE", "kafka"},
+       {"EXECUTOR_STORE", "postgres"},
+       {"EXECUTOR_STORE_URL", "postgresql://eventbus@127.0.0.1:5432/tasks"},
+       {"EXECUTOR_RETENTION_SUCCEEDED", "1h"},
+       {"EXECUTOR_RETENTION_FAILED", "P2D"},
+       {"EXECUTOR_RETENTION_CANCELLED", "30m"},
+       {"EXECUTOR_CANCEL_POLL_INTERVAL", "250ms"}},
+      kTypes);
+  ASSERT_TRUE(postgres.ok()) << postgres.status();
+  EXPECT_EQ(postgres->store, "postgres");
+  EXPECT_EQ(postgres->store_url, "postgresql://eventbus@127.0.0.1:5432/tasks");
+  EXPECT_EQ(postgres->executor.retention_succeeded, absl::Hours(1));
+  EXPECT_EQ(postgres->executor.retention_failed, absl::Hours(48));
+  EXPECT_EQ(postgres->executor.retention_cancelled, absl::Minutes(30));
+  EXPECT_EQ(postgres->executor.cancel_poll_interval, absl::Milliseconds(250));
+
+  auto none = ParseServiceConfig({{"EXECUTOR_STORE", "none"}}, kTypes);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->store, "none");
+
+  for (const auto& [env, message] : std::vector<std::pair<Environment, std::string>>{
+           {{{"EXECUTOR_STORE", "sqlite"}}, "EXECUTOR_STORE=\"sqlite\" is invalid"},
+           {{{"EXECUTOR_STORE", "postgres"}}, "EXECUTOR_STORE=postgres needs EXECUTOR_STORE_URL"},
+           {{{"EVENT_STREAM_TYPE", "kafka"}, {"EXECUTOR_STORE", "redis"}},
+            "EXECUTOR_STORE=redis needs EXECUTOR_STORE_URL"},
+           {{{"EXECUTOR_STORE_URL", "redis://x:1"}}, "EXECUTOR_STORE is memory"},
+           {{{"EXECUTOR_RETENTION_FAILED", "forever"}}, "EXECUTOR_RETENTION_FAILED"},
+           {{{"EXECUTOR_CANCEL_POLL_INTERVAL", "1ms"}}, "EXECUTOR_CANCEL_POLL_INTERVAL"}}) {
+    auto config = ParseServiceConfig(env, kTypes);
+    ASSERT_FALSE(config.ok()) << message;
+    EXPECT_TRUE(absl::IsInvalidArgument(config.status()));
+    EXPECT_THAT(std::string(config.status().message()), HasSubstr(message));
+  }
+}
+
 TEST(ServiceConfigTest, JqWorkerSettings) {
   auto defaults =
       ParseServiceConfig({{"EXECUTOR_CONCURRENCY", "6"}, {"EXECUTOR_WORKERS", "6"}}, kTypes);

@@ -38,6 +38,9 @@
 #include "eventbus/harness/nats_server.h"
 #include "eventbus/nats/nats_event_stream.h"
 #endif
+#ifdef EVENTBUS_E2E_WITH_POSTGRES
+#include "eventbus/harness/postgres_server.h"
+#endif
 #ifdef EVENTBUS_E2E_WITH_KAFKA
 #include "eventbus/harness/kafka_broker.h"
 #include "eventbus/kafka/kafka_event_stream.h"
@@ -680,6 +683,199 @@ void RoundTripThroughRealBackend(std::vector<std::string> env, EventStream& read
             kTasks);
 }
 
+// GET `target`: status and JSON body (null when not JSON).
+std::pair<int, json> GetJson(const ExecutorProcess& service, const std::string& target) {
+  auto res = service.Client().Get(target);
+  if (!res) return {0, json()};
+  return {res->status, json::parse(res->body, nullptr, false)};
+}
+std::pair<int, json> PostJson(const ExecutorProcess& service, const std::string& target) {
+  auto res = service.Client().Post(target, "", "application/json");
+  if (!res) return {0, json()};
+  return {res->status, json::parse(res->body, nullptr, false)};
+}
+
+// Polls GET /v1/tasks/{id} until its state is `state`; returns the last body seen.
+json AwaitTaskState(const ExecutorProcess& service, const std::string& id,
+                    const std::string& state, int min_attempts = 0) {
+  const absl::Time deadline = absl::Now() + kSafety;
+  json body;
+  while (absl::Now() < deadline) {
+    auto [status, seen] = GetJson(service, "/v1/tasks/" + id);
+    body = seen;
+    if (status == 200 && seen.value("state", "") == state &&
+        seen.value("attempts", 0) >= min_attempts) {
+      return seen;
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // polling a remote process: no event to wait on
+  }
+  ADD_FAILURE() << id << " never reached " << state << "; last: " << body << "\n"
+                << service.LogTail();
+  return body;
+}
+
+// Submit, query, unique 409, cancel of a queued task, stats: the task API on whatever store
+// the service runs with.
+void TaskApiLifecycle(const ExecutorProcess& service) {
+  // State: a succeeded task with its attempts, timestamps and result.
+  auto [submitted, body] = service.Submit(
+      {{"id", "life-ok"}, {"type", "inject"}, {"input", {{"data", {{"n", 7}}}}}});
+  ASSERT_EQ(submitted, 202) << body;
+  json ok = AwaitTaskState(service, "life-ok", "succeeded");
+  EXPECT_EQ(ok["attempts"], 1);
+  EXPECT_EQ(ok["type"], "inject");
+  EXPECT_TRUE(ok["created_at"].is_string()) << ok;
+  EXPECT_TRUE(ok["started_at"].is_string()) << ok;
+  EXPECT_TRUE(ok["finished_at"].is_string()) << ok;
+  EXPECT_TRUE(ok["expires_at"].is_string()) << ok;
+  EXPECT_TRUE(ok["last_error"].is_null()) << ok;
+  EXPECT_EQ(ok["result"]["status"], "succeeded") << ok;
+  EXPECT_EQ(ok["result"]["output"], json({{"n", 7}})) << ok;
+  // The same id again (a client making sure) is published again and settled by the record:
+  // the task stays succeeded with its one attempt.
+  auto [again, again_body] = service.Submit(
+      {{"id", "life-ok"}, {"type", "inject"}, {"input", {{"data", {{"n", 8}}}}}});
+  EXPECT_EQ(again, 202) << again_body;
+  ASSERT_TRUE(service.AwaitMetric(
+      R"(eventbus_executor_tasks_total{outcome="duplicate",type="inject"})", 1));
+  json still = AwaitTaskState(service, "life-ok", "succeeded");
+  EXPECT_EQ(still["attempts"], 1) << still;
+  EXPECT_EQ(still["result"]["output"], json({{"n", 7}})) << still;
+
+  // Unique: a `wait` task holds its key while it waits (queued between its redeliveries).
+  auto [first, first_body] = service.Submit({{"id", "life-wait-1"},
+                                             {"type", "wait"},
+                                             {"input", {{"duration", "PT1H"}}},
+                                             {"unique_key", "nightly-report"}});
+  ASSERT_EQ(first, 202) << first_body;
+  // Queued again after its first run asked for a redelivery in an hour.
+  AwaitTaskState(service, "life-wait-1", "queued", /*min_attempts=*/1);
+  auto [second, second_body] = service.Submit({{"id", "life-wait-2"},
+                                               {"type", "wait"},
+                                               {"input", {{"duration", "PT1H"}}},
+                                               {"unique_key", "nightly-report"}});
+  EXPECT_EQ(second, 409) << second_body;
+  EXPECT_EQ(second_body["existing_id"], "life-wait-1") << second_body;
+  EXPECT_THAT(second_body.value("error", ""), HasSubstr("nightly-report")) << second_body;
+  EXPECT_EQ(GetJson(service, "/v1/tasks/life-wait-2").first, 404);
+
+  // Cancel: the waiting task ends cancelled and never runs again; its key is free again.
+  auto [cancelled, cancelled_body] = PostJson(service, "/v1/tasks/life-wait-1:cancel");
+  EXPECT_EQ(cancelled, 200) << cancelled_body;
+  EXPECT_EQ(cancelled_body["state"], "cancelled") << cancelled_body;
+  EXPECT_EQ(GetJson(service, "/v1/tasks/life-wait-1").second["state"], "cancelled");
+  auto [twice, twice_body] = PostJson(service, "/v1/tasks/life-wait-1:cancel");
+  EXPECT_EQ(twice, 409) << twice_body;
+  auto [third, third_body] = service.Submit({{"id", "life-wait-3"},
+                                             {"type", "wait"},
+                                             {"input", {{"duration", "PT1H"}}},
+                                             {"unique_key", "nightly-report"}});
+  EXPECT_EQ(third, 202) << third_body;
+  // Within unique_for, a finished task still holds its key.
+  auto [windowed, windowed_body] = service.Submit({{"id", "life-window-1"},
+                                                   {"type", "inject"},
+                                                   {"input", {{"data", json::object()}}},
+                                                   {"unique_key", "once-a-day"},
+                                                   {"unique_for", "PT24H"}});
+  ASSERT_EQ(windowed, 202) << windowed_body;
+  AwaitTaskState(service, "life-window-1", "succeeded");
+  auto [blocked, blocked_body] = service.Submit({{"id", "life-window-2"},
+                                                 {"type", "inject"},
+                                                 {"input", {{"data", json::object()}}},
+                                                 {"unique_key", "once-a-day"}});
+  EXPECT_EQ(blocked, 409) << blocked_body;
+  EXPECT_EQ(blocked_body["existing_id"], "life-window-1") << blocked_body;
+
+  // Retry by hand: a dead-lettered task runs again with a fresh attempt count.
+  if (HasCallAndSetHandlers()) {
+    auto [failing, failing_body] = service.Submit(
+        {{"id", "life-fail"}, {"type", "set"}, {"input", {{"expression", "error(\"boom\")"}}}});
+    ASSERT_EQ(failing, 202) << failing_body;
+    json dead = AwaitTaskState(service, "life-fail", "dead_lettered");
+    EXPECT_THAT(dead.value("last_error", ""), HasSubstr("boom")) << dead;
+    EXPECT_EQ(dead["attempts"], 1) << dead;
+    auto [retried, retried_body] = PostJson(service, "/v1/tasks/life-fail:retry");
+    ASSERT_EQ(retried, 202) << retried_body;
+    EXPECT_EQ(retried_body["state"], "queued") << retried_body;
+    EXPECT_EQ(retried_body["attempts"], 0) << retried_body;
+    json again = AwaitTaskState(service, "life-fail", "dead_lettered", /*min_attempts=*/1);
+    // history: the first failure, the retry, the second failure.
+    EXPECT_EQ(again["history"].size(), 3u) << again;
+    EXPECT_EQ(again["attempts"], 1) << again;
+  }
+  auto [not_failed, not_failed_body] = PostJson(service, "/v1/tasks/life-ok:retry");
+  EXPECT_EQ(not_failed, 409) << not_failed_body;
+
+  // Unknown tasks and actions.
+  EXPECT_EQ(GetJson(service, "/v1/tasks/no-such-task").first, 404);
+  EXPECT_EQ(PostJson(service, "/v1/tasks/no-such-task:cancel").first, 404);
+  EXPECT_EQ(PostJson(service, "/v1/tasks/life-ok:explode").first, 404);
+
+  // Stats per type.
+  auto [stats_status, stats] = GetJson(service, "/v1/stats");
+  ASSERT_EQ(stats_status, 200) << stats;
+  std::map<std::string, json> by_type;
+  for (const json& entry : stats["types"]) by_type[entry["type"]] = entry;
+  EXPECT_EQ(by_type["inject"]["succeeded"], 2) << stats;
+  EXPECT_EQ(by_type["wait"]["cancelled"], 1) << stats;
+  EXPECT_EQ(by_type["wait"]["queued"].get<int>() + by_type["wait"]["running"].get<int>(), 1)
+      << stats;
+  EXPECT_EQ(stats["total"]["succeeded"], 2) << stats;
+  // The same figures as Prometheus gauges.
+  EXPECT_EQ(service.Metric(R"(eventbus_executor_tasks_stored{state="succeeded",type="inject"})"),
+            2);
+  EXPECT_EQ(service.Metric(R"(eventbus_executor_tasks_stored{state="cancelled",type="wait"})"), 1);
+}
+
+// A `call` task succeeds once; its request published again straight to the stream (what a
+// crash before the ack, or a rebalance, redelivers) is settled with the stored result without
+// calling the remote side again.
+void SucceededTaskRunsOnceDespiteADuplicateDelivery(const ExecutorProcess& service,
+                                                     EventStream& stream,
+                                                     const testing::LocalHttpServer& remote) {
+  const json task = {{"id", "once-call"}, {"type", "call"}, {"input", {{"url", remote.Url("/ok")}}}};
+  auto [status, body] = service.Submit(task);
+  ASSERT_EQ(status, 202) << body;
+  AwaitTaskState(service, "once-call", "succeeded");
+  EXPECT_EQ(remote.ok_calls(), 1);
+  auto request = TaskRequestFromJson(task);
+  ASSERT_TRUE(request.ok()) << request.status();
+  ASSERT_TRUE(
+      stream.PublishAndWait(kDefaultRequestStream, MakeTaskRequestEvent(*request, "e2e")).ok());
+  ASSERT_TRUE(
+      service.AwaitMetric(R"(eventbus_executor_tasks_total{outcome="duplicate",type="call"})", 1));
+  EXPECT_EQ(remote.ok_calls(), 1);  // the handler did not run again
+  EXPECT_EQ(GetJson(service, "/v1/tasks/once-call").second["attempts"], 1);
+}
+
+TEST(ServiceEndToEnd, TaskApiOnTheMemoryStore) {
+  auto service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory"});
+  ASSERT_NE(service, nullptr);
+  TaskApiLifecycle(*service);
+}
+
+TEST(ServiceEndToEnd, WithoutAStoreTheTaskApiIsRefusedNamingTheSettingAndTasksStillRun) {
+  auto service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory", "EXECUTOR_STORE=none"});
+  ASSERT_NE(service, nullptr);
+  for (const auto& [status, body] :
+       {GetJson(*service, "/v1/tasks/x"), PostJson(*service, "/v1/tasks/x:cancel"),
+        GetJson(*service, "/v1/stats")}) {
+    EXPECT_EQ(status, 400) << body;
+    EXPECT_THAT(body.value("error", ""), HasSubstr("EXECUTOR_STORE")) << body;
+  }
+  auto [unique, unique_body] =
+      service->Submit({{"id", "u"}, {"type", "inject"}, {"input", {{"data", json::object()}}},
+                       {"unique_key", "k"}});
+  EXPECT_EQ(unique, 400) << unique_body;
+  EXPECT_THAT(unique_body.value("error", ""), HasSubstr("EXECUTOR_STORE")) << unique_body;
+  for (int i = 0; i < 3; ++i) {
+    auto [status, body] = service->Submit(InjectTask(i));
+    ASSERT_EQ(status, 202) << body;
+  }
+  ASSERT_TRUE(service->AwaitMetric(
+      R"(eventbus_executor_results_published_total{status="succeeded"})", 3));
+}
+
 #ifdef EVENTBUS_E2E_WITH_REDIS
 TEST(ServiceEndToEnd, RedisBackendPublishesAResultForEverySubmittedTask) {
   auto redis = harness::RedisServer::Start();
@@ -691,6 +887,31 @@ TEST(ServiceEndToEnd, RedisBackendPublishesAResultForEverySubmittedTask) {
                               **reader);
 }
 
+
+// On Redis with the Redis store: the task API, and a duplicate delivery of a succeeded task
+// (published again straight to the stream, as a crash before the ack would redeliver it) is
+// settled with the stored result without calling the remote side again.
+TEST(ServiceEndToEnd, RedisStoreTracksTasksAndNeverRunsASucceededTaskTwice) {
+  if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
+  auto redis = harness::RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  ASSERT_TRUE(redis::RegisterRedisBackend().ok());
+  auto reader = BackendRegistry::Global().Create("redis", BackendConfig{.url = (*redis)->url()});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  testing::LocalHttpServer remote;
+  auto service = ExecutorProcess::Start(
+      {"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url(), "LOG_LEVEL=info"});
+  ASSERT_NE(service, nullptr);
+  EXPECT_THAT(service->Log(), HasSubstr("task store ready"));
+  TaskApiLifecycle(*service);
+  SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
+
+  // The store is Redis itself: a restarted service still knows the task.
+  service->Stop();
+  service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url()});
+  ASSERT_NE(service, nullptr);
+  EXPECT_EQ(GetJson(*service, "/v1/tasks/once-call").second["state"], "succeeded");
+}
 #endif  // EVENTBUS_E2E_WITH_REDIS
 
 #ifdef EVENTBUS_E2E_WITH_NATS
@@ -778,6 +999,34 @@ TEST(ServiceEndToEnd, KafkaBackendPublishesAResultForEverySubmittedTask) {
   RoundTripThroughRealBackend(
       {"EVENT_STREAM_TYPE=kafka", "KAFKA_BROKERS=" + (*kafka)->bootstrap()}, **reader);
 }
+
+#ifdef EVENTBUS_E2E_WITH_POSTGRES
+// Production's pairing: Kafka carries the work, PostgreSQL keeps the tasks' state.
+TEST(ServiceEndToEnd, KafkaWithThePostgresStoreTracksTasksAndNeverRunsASucceededTaskTwice) {
+  if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
+  auto postgres = harness::PostgresServer::Start();
+  ASSERT_TRUE(postgres.ok()) << postgres.status();
+  auto kafka = harness::KafkaBroker::Start();
+  ASSERT_TRUE(kafka.ok()) << kafka.status();
+  ASSERT_TRUE(kafka::RegisterKafkaBackend().ok());
+  auto reader =
+      BackendRegistry::Global().Create("kafka", BackendConfig{.url = (*kafka)->bootstrap()});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  testing::LocalHttpServer remote;
+  const std::vector<std::string> env = {
+      "EVENT_STREAM_TYPE=kafka", "KAFKA_BROKERS=" + (*kafka)->bootstrap(),
+      "EXECUTOR_STORE=postgres", "EXECUTOR_STORE_URL=" + (*postgres)->url()};
+  auto service = ExecutorProcess::Start(env);
+  ASSERT_NE(service, nullptr);
+  TaskApiLifecycle(*service);
+  SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
+  // The records are in PostgreSQL: a restarted service still knows them.
+  service->Stop();
+  service = ExecutorProcess::Start(env);
+  ASSERT_NE(service, nullptr);
+  EXPECT_EQ(GetJson(*service, "/v1/tasks/once-call").second["state"], "succeeded");
+}
+#endif  // EVENTBUS_E2E_WITH_POSTGRES
 #endif
 
 }  // namespace

@@ -19,6 +19,9 @@
 #include "eventbus/executor/task.h"
 
 #pragma GCC visibility push(default)
+namespace eventbus::taskstore {
+class TaskStore;
+}  // namespace eventbus::taskstore
 
 namespace eventbus::executor {
 
@@ -71,6 +74,20 @@ struct ExecutorOptions {
   absl::Duration max_task_timeout = absl::Hours(24);
   // The `source` of result events.
   std::string result_source = "eventbus-executor";
+
+  // With a task store (ExecutorDependencies::store) only:
+  // How long a final task is kept in the store, per final state (EXECUTOR_RETENTION_SUCCEEDED,
+  // EXECUTOR_RETENTION_FAILED for failed and dead_lettered, EXECUTOR_RETENTION_CANCELLED).
+  absl::Duration retention_succeeded = absl::Hours(24);
+  absl::Duration retention_failed = absl::Hours(24 * 7);
+  absl::Duration retention_cancelled = absl::Hours(24);
+  // How often the store is asked whether a task this executor holds was cancelled
+  // (EXECUTOR_CANCEL_POLL_INTERVAL): one GetMany for all of them.
+  absl::Duration cancel_poll_interval = absl::Seconds(1);
+  // A running task's store lease is its timeout plus this: past it, the task counts as stuck.
+  absl::Duration store_lease_grace = absl::Minutes(1);
+  // How often expired final tasks are purged from the store.
+  absl::Duration purge_interval = absl::Minutes(1);
 };
 
 // InvalidArgument naming the option.
@@ -100,6 +117,13 @@ struct ExecutorDependencies {
   RandomSource* random = nullptr;
   // Called from worker threads; null = no logs.
   TaskLogSink log;
+  // Not owned; null = no task store (docs/tasks.md, "Task states"). With a store, every
+  // fetched batch is checked against it in one GetMany before anything runs: a task already
+  // succeeded is settled with its stored result, a cancelled one is acked unrun, and the rest
+  // are marked running in one UpdateMany; settling writes each final state (batched across
+  // tasks) before the delivery is acked. Requests without a store record (published on the
+  // stream by something other than the service's API) run untracked, as without a store.
+  taskstore::TaskStore* store = nullptr;
 };
 
 // Thread-safety: Start and Shutdown from one owning thread; the rest from any thread.

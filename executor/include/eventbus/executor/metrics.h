@@ -16,6 +16,9 @@ inline constexpr absl::string_view kOutcomeRetried = "retried";      // transien
 inline constexpr absl::string_view kOutcomeDelayed = "delayed";      // asked for a later redelivery
 inline constexpr absl::string_view kOutcomeInvalid = "invalid";      // malformed request, dead-lettered
 inline constexpr absl::string_view kOutcomeAbandoned = "abandoned";  // given back at shutdown
+inline constexpr absl::string_view kOutcomeCancelled = "cancelled";  // cancelled through the task store
+// Redelivered after it had succeeded (task store): settled with the stored result, not run.
+inline constexpr absl::string_view kOutcomeDuplicate = "duplicate";
 // The `type` label for requests whose type is not registered (bounded label cardinality).
 inline constexpr absl::string_view kUnknownTypeLabel = "_unknown";
 

@@ -46,6 +46,11 @@ struct TaskRequest {
   RetryOverride retry;
   // Free-form string labels echoed into the result (correlation ids, ...).
   std::map<std::string, std::string> metadata;
+  // Unique tasks (needs a task store): while a task with this key is not final, or within
+  // unique_for of its submission (whichever is later), another submission with the key is
+  // refused (409). Same rules as an id; unique_for needs unique_key.
+  std::string unique_key;
+  std::optional<absl::Duration> unique_for;
 
   const nlohmann::json& Input() const;
 };
@@ -96,6 +101,9 @@ struct TaskResult {
 std::string TaskResultToJson(const TaskResult& result);
 absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text);
 Event MakeTaskResultEvent(const TaskResult& result, absl::string_view source);
+
+// "2026-01-02T03:04:05.5Z": the timestamps of results and of the task API.
+std::string FormatRfc3339(absl::Time t);
 
 }  // namespace eventbus::executor
 

@@ -1,0 +1,454 @@
+// The executor with a task store, on the memory backend and the memory store in virtual time
+// (ManualClock): the states it records, effectively-once settling of succeeded tasks, never
+// running cancelled ones, cancelling running ones through their context, and one store read
+// and write per fetched batch rather than per task.
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "eventbus/clock.h"
+#include "eventbus/executor/executor.h"
+#include "eventbus/executor/task.h"
+#include "eventbus/memory/memory_event_stream.h"
+#include "eventbus/taskstore/memory_task_store.h"
+#include "eventbus/taskstore/task_store.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "test_support.h"
+
+namespace eventbus::executor {
+namespace {
+
+using ::nlohmann::json;
+using ::testing::HasSubstr;
+using Op = testing::SubscriptionCall::Op;
+using taskstore::TaskRecord;
+using taskstore::TaskState;
+
+// Forwards to a real store and counts the calls, so tests can see how many round trips the
+// executor made and of which kind.
+class CountingStore final : public taskstore::TaskStore {
+ public:
+  explicit CountingStore(std::unique_ptr<taskstore::TaskStore> inner) : inner_(std::move(inner)) {}
+
+  struct Counts {
+    int get = 0, get_many = 0, get_many_ids = 0, update = 0, update_many = 0,
+        update_many_updates = 0;
+  };
+  Counts counts() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return counts_;
+  }
+
+  absl::string_view kind() const override { return inner_->kind(); }
+  absl::Status Migrate() override { return inner_->Migrate(); }
+  absl::StatusOr<taskstore::CreateResult> Create(const TaskRecord& record,
+                                                 absl::Time now) override {
+    return inner_->Create(record, now);
+  }
+  absl::StatusOr<TaskRecord> Get(absl::string_view id) override {
+    Count([](Counts& c) { ++c.get; });
+    return inner_->Get(id);
+  }
+  absl::StatusOr<std::vector<TaskRecord>> GetMany(absl::Span<const std::string> ids) override {
+    Count([&](Counts& c) {
+      ++c.get_many;
+      c.get_many_ids += static_cast<int>(ids.size());
+    });
+    return inner_->GetMany(ids);
+  }
+  absl::StatusOr<TaskRecord> Update(absl::string_view id,
+                                    const taskstore::TaskUpdate& update) override {
+    Count([](Counts& c) { ++c.update; });
+    return inner_->Update(id, update);
+  }
+  std::vector<absl::StatusOr<TaskRecord>> UpdateMany(
+      absl::Span<const taskstore::TaskUpdateRequest> updates) override {
+    Count([&](Counts& c) {
+      ++c.update_many;
+      c.update_many_updates += static_cast<int>(updates.size());
+    });
+    return inner_->UpdateMany(updates);
+  }
+  absl::StatusOr<std::vector<TaskRecord>> ClaimDue(absl::Time now, absl::Duration lease,
+                                                   int limit, absl::string_view owner) override {
+    return inner_->ClaimDue(now, lease, limit, owner);
+  }
+  absl::StatusOr<std::vector<TaskRecord>> FindStuck(absl::Time now, int limit) override {
+    return inner_->FindStuck(now, limit);
+  }
+  absl::StatusOr<taskstore::ListPage> List(const taskstore::ListQuery& query) override {
+    return inner_->List(query);
+  }
+  absl::StatusOr<std::vector<taskstore::TypeStats>> Stats() override { return inner_->Stats(); }
+  absl::StatusOr<int> PurgeExpired(absl::Time now, int limit) override {
+    return inner_->PurgeExpired(now, limit);
+  }
+  absl::StatusOr<taskstore::Schedule> CreateSchedule(const taskstore::Schedule& schedule,
+                                                     absl::Time now) override {
+    return inner_->CreateSchedule(schedule, now);
+  }
+  absl::StatusOr<taskstore::Schedule> GetSchedule(absl::string_view id) override {
+    return inner_->GetSchedule(id);
+  }
+  absl::StatusOr<std::vector<taskstore::Schedule>> ListSchedules() override {
+    return inner_->ListSchedules();
+  }
+  absl::Status DeleteSchedule(absl::string_view id) override {
+    return inner_->DeleteSchedule(id);
+  }
+  absl::StatusOr<std::vector<taskstore::Schedule>> ClaimDueSchedules(
+      absl::Time now, absl::Duration lease, int limit, absl::string_view owner) override {
+    return inner_->ClaimDueSchedules(now, lease, limit, owner);
+  }
+  absl::StatusOr<taskstore::Schedule> AdvanceSchedule(absl::string_view id,
+                                                      int64_t expected_version,
+                                                      absl::Time next_run_at,
+                                                      absl::Time last_run_at,
+                                                      absl::string_view last_task_id,
+                                                      absl::Time now) override {
+    return inner_->AdvanceSchedule(id, expected_version, next_run_at, last_run_at, last_task_id,
+                                   now);
+  }
+
+ private:
+  template <typename F>
+  void Count(F f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    f(counts_);
+  }
+  std::unique_ptr<taskstore::TaskStore> inner_;
+  mutable std::mutex mu_;
+  Counts counts_;
+};
+
+// A handler whose outcome per call is scripted; counts its calls.
+class CountingHandler final : public TaskHandler {
+ public:
+  using Script = std::function<TaskOutcome(TaskContext&, int call)>;
+  CountingHandler(std::string type, Script script, TaskPolicy policy = {})
+      : type_(std::move(type)), script_(std::move(script)), policy_(policy) {}
+  std::string type() const override { return type_; }
+  TaskPolicy DefaultPolicy() const override { return policy_; }
+  TaskOutcome Handle(TaskContext& context) override {
+    int call = 0;
+    monitor_.Update([&] {
+      call = ++calls_;
+      ++running_;
+    });
+    TaskOutcome outcome = script_(context, call);
+    monitor_.Update([&] {
+      --running_;
+      if (context.cancelled()) ++returned_cancelled_;
+    });
+    return outcome;
+  }
+  int calls() const { return monitor_.Read([&] { return calls_; }); }
+  int returned_cancelled() const { return monitor_.Read([&] { return returned_cancelled_; }); }
+  bool AwaitRunning(int n) const { return monitor_.Await([&] { return running_ >= n; }); }
+  bool AwaitReturnedCancelled(int n) const {
+    return monitor_.Await([&] { return returned_cancelled_ >= n; });
+  }
+
+ private:
+  const std::string type_;
+  const Script script_;
+  const TaskPolicy policy_;
+  testing::Monitor monitor_;
+  int calls_ = 0;
+  int running_ = 0;
+  int returned_cancelled_ = 0;
+};
+
+class ExecutorStoreTest : public ::testing::Test {
+ protected:
+  ExecutorStoreTest()
+      : memory_(memory::NewMemoryEventStream(&clock_)),
+        stream_(testing::NewRecordingStream(memory_.get(), &log_)),
+        store_(taskstore::NewMemoryTaskStore()),
+        results_(memory_.get(), std::string(kDefaultResultStream)) {
+    options_.consumer_name = "executor-1";
+    options_.concurrency = 2;
+    options_.fetch_block = absl::Milliseconds(5);
+    options_.reclaim_enabled = false;
+    options_.heartbeat_interval = absl::ZeroDuration();
+    options_.cancel_poll_interval = absl::Seconds(1);
+  }
+  ~ExecutorStoreTest() override {
+    if (executor_ != nullptr) executor_->Shutdown();
+  }
+
+  CountingHandler* AddHandler(std::string type, CountingHandler::Script script,
+                              TaskPolicy policy = {}) {
+    auto handler = std::make_unique<CountingHandler>(std::move(type), std::move(script), policy);
+    CountingHandler* raw = handler.get();
+    EXPECT_TRUE(handlers_.Register(std::move(handler)).ok());
+    return raw;
+  }
+
+  void Start() {
+    executor_ = std::make_unique<Executor>(
+        stream_.get(), &handlers_, options_,
+        ExecutorDependencies{.metrics = &metrics_, .random = &random_, .store = &store_});
+    ASSERT_TRUE(executor_->Start().ok());
+  }
+
+  // What the service's POST /v1/tasks does: the record (queued), then the request event.
+  void Submit(absl::string_view id, absl::string_view type) {
+    TaskRecord record;
+    record.id = std::string(id);
+    record.type = std::string(type);
+    record.state = TaskState::kQueued;
+    record.request = RequestJson(id, type);
+    record.created_at = clock_.Now();
+    auto created = store_.Create(record, clock_.Now());
+    ASSERT_TRUE(created.ok()) << created.status();
+    ASSERT_EQ(created->kind, taskstore::CreateResult::Kind::kCreated);
+    Publish(id, type);
+  }
+  // The request event alone (a redelivery, or a producer that bypasses the API).
+  void Publish(absl::string_view id, absl::string_view type) {
+    auto request = ParseTaskRequest(RequestJson(id, type));
+    ASSERT_TRUE(request.ok());
+    ASSERT_TRUE(
+        memory_->PublishAndWait(kDefaultRequestStream, MakeTaskRequestEvent(*request, "test")).ok());
+  }
+  static std::string RequestJson(absl::string_view id, absl::string_view type) {
+    return json{{"id", id}, {"type", type}, {"input", json::object()}}.dump();
+  }
+
+  TaskRecord Stored(absl::string_view id) {
+    auto record = store_.Get(id);
+    EXPECT_TRUE(record.ok()) << record.status();
+    return record.ok() ? *record : TaskRecord{};
+  }
+  // Waits until the executor holds nothing: every store write and settle step is done.
+  void AwaitSettled() { ASSERT_TRUE(metrics_.AwaitInFlight(0)); }
+
+  std::vector<TaskResult> AwaitResults(size_t n) {
+    std::vector<TaskResult> out;
+    for (const Event& event : results_.AwaitEvents(n)) {
+      auto result = ParseTaskResult(event.data());
+      EXPECT_TRUE(result.ok()) << result.status();
+      if (result.ok()) out.push_back(*result);
+    }
+    return out;
+  }
+
+  ManualClock clock_;
+  std::unique_ptr<EventStream> memory_;
+  testing::CallLog log_;
+  std::unique_ptr<EventStream> stream_;
+  CountingStore store_;
+  testing::StreamReader results_;
+  HandlerRegistry handlers_;
+  testing::FixedRandom random_{0.5};
+  testing::RecordingMetrics metrics_;
+  ExecutorOptions options_;
+  std::unique_ptr<Executor> executor_;
+};
+
+TaskPolicy NoJitter(int max_attempts) {
+  TaskPolicy policy;
+  policy.retry.max_attempts = max_attempts;
+  policy.retry.initial_backoff = absl::Seconds(1);
+  policy.retry.jitter = 0;
+  policy.timeout = absl::Minutes(1);
+  return policy;
+}
+
+TEST_F(ExecutorStoreTest, SucceededTaskIsRecordedWithItsResultAttemptsAndRetention) {
+  AddHandler("echo", [](TaskContext&, int) { return TaskOutcome::Succeeded(json{{"x", 1}}); },
+             NoJitter(3));
+  Start();
+  const absl::Time t0 = clock_.Now();
+  Submit("t-1", "echo");
+  ASSERT_EQ(AwaitResults(1).size(), 1u);
+  AwaitSettled();
+
+  const TaskRecord record = Stored("t-1");
+  EXPECT_EQ(record.state, TaskState::kSucceeded);
+  EXPECT_EQ(record.attempts, 1);
+  EXPECT_EQ(record.started_at, t0);
+  EXPECT_EQ(record.finished_at, t0);
+  EXPECT_EQ(record.expires_at, t0 + options_.retention_succeeded);
+  EXPECT_EQ(record.owner, "executor-1");
+  EXPECT_TRUE(record.last_error.empty());
+  auto result = ParseTaskResult(record.result);
+  ASSERT_TRUE(result.ok()) << record.result;
+  EXPECT_EQ(result->status, TaskStatus::kSucceeded);
+  ASSERT_NE(result->output, nullptr);
+  EXPECT_EQ(*result->output, json({{"x", 1}}));
+}
+
+TEST_F(ExecutorStoreTest, TransientFailureIsRetryingWithItsErrorThenSucceeds) {
+  AddHandler(
+      "flaky",
+      [](TaskContext&, int call) {
+        return call == 1 ? TaskOutcome::Transient("upstream said 503")
+                         : TaskOutcome::Succeeded(nullptr);
+      },
+      NoJitter(3));
+  Start();
+  Submit("t-flaky", "flaky");
+  ASSERT_TRUE(log_.AwaitCount(Op::kNack, 1));
+  TaskRecord retrying = Stored("t-flaky");
+  EXPECT_EQ(retrying.state, TaskState::kRetrying);
+  EXPECT_EQ(retrying.attempts, 1);
+  EXPECT_EQ(retrying.last_error, "upstream said 503");
+  auto history = json::parse(retrying.history.empty() ? "[]" : retrying.history);
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_EQ(history[0]["attempt"], 1);
+  EXPECT_EQ(history[0]["error"], "upstream said 503");
+
+  clock_.Advance(absl::Seconds(1));  // the backoff
+  ASSERT_EQ(AwaitResults(1).size(), 1u);
+  AwaitSettled();
+  const TaskRecord done = Stored("t-flaky");
+  EXPECT_EQ(done.state, TaskState::kSucceeded);
+  EXPECT_EQ(done.attempts, 2);
+}
+
+TEST_F(ExecutorStoreTest, PermanentFailureIsDeadLetteredWithItsErrorAndRetention) {
+  AddHandler("bad", [](TaskContext&, int) { return TaskOutcome::Permanent("boom"); },
+             NoJitter(3));
+  Start();
+  const absl::Time t0 = clock_.Now();
+  Submit("t-bad", "bad");
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  AwaitSettled();
+  const TaskRecord record = Stored("t-bad");
+  EXPECT_EQ(record.state, TaskState::kDeadLettered);
+  EXPECT_THAT(record.last_error, HasSubstr("boom"));
+  EXPECT_EQ(record.expires_at, t0 + options_.retention_failed);
+  auto result = ParseTaskResult(record.result);
+  ASSERT_TRUE(result.ok());
+  EXPECT_EQ(result->status, TaskStatus::kFailed);
+}
+
+TEST_F(ExecutorStoreTest, RedeliveryOfASucceededTaskIsSettledWithTheStoredResultUnrun) {
+  CountingHandler* echo = AddHandler(
+      "echo", [](TaskContext&, int call) { return TaskOutcome::Succeeded(json{{"call", call}}); },
+      NoJitter(3));
+  Start();
+  Submit("t-once", "echo");
+  ASSERT_EQ(AwaitResults(1).size(), 1u);
+  AwaitSettled();
+
+  Publish("t-once", "echo");  // a duplicate delivery (crash before the ack, a rebalance)
+  auto results = AwaitResults(2);
+  ASSERT_EQ(results.size(), 2u);
+  AwaitSettled();
+  EXPECT_EQ(echo->calls(), 1);
+  ASSERT_NE(results[1].output, nullptr);
+  EXPECT_EQ(*results[1].output, json({{"call", 1}}));  // the stored result, not a new run
+  EXPECT_EQ(log_.Count(Op::kAck), 2);
+  EXPECT_EQ(metrics_.finished("echo", kOutcomeDuplicate), 1);
+  EXPECT_EQ(Stored("t-once").attempts, 1);
+}
+
+TEST_F(ExecutorStoreTest, CancelledTaskIsNeverRun) {
+  CountingHandler* echo =
+      AddHandler("echo", [](TaskContext&, int) { return TaskOutcome::Succeeded(nullptr); });
+  Start();
+  TaskRecord record;
+  record.id = "t-cancelled";
+  record.type = "echo";
+  record.state = TaskState::kQueued;
+  record.request = RequestJson("t-cancelled", "echo");
+  ASSERT_TRUE(store_.Create(record, clock_.Now()).ok());
+  taskstore::TaskUpdate cancel;
+  cancel.now = clock_.Now();
+  cancel.state = TaskState::kCancelled;
+  ASSERT_TRUE(store_.Update("t-cancelled", cancel).ok());
+  Publish("t-cancelled", "echo");
+
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  ASSERT_TRUE(log_.AwaitCount(Op::kAck, 1));
+  AwaitSettled();
+  EXPECT_EQ(echo->calls(), 0);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].error_kind, "cancelled");
+  EXPECT_EQ(Stored("t-cancelled").state, TaskState::kCancelled);
+}
+
+TEST_F(ExecutorStoreTest, RunningTaskIsAskedToStopThroughItsContextAndEndsCancelled) {
+  CountingHandler* slow = AddHandler(
+      "slow",
+      [](TaskContext& context, int) {
+        // Stops only when asked to: the test fails by timeout otherwise (bounded in real time).
+        const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while (!context.cancelled() && std::chrono::steady_clock::now() < give_up) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        return TaskOutcome::Succeeded(nullptr);
+      },
+      NoJitter(3));
+  Start();
+  Submit("t-slow", "slow");
+  ASSERT_TRUE(slow->AwaitRunning(1));
+  EXPECT_EQ(Stored("t-slow").state, TaskState::kRunning);
+
+  taskstore::TaskUpdate request_cancel;
+  request_cancel.from = {TaskState::kRunning};
+  request_cancel.now = clock_.Now();
+  request_cancel.cancel_requested = true;
+  ASSERT_TRUE(store_.Update("t-slow", request_cancel).ok());
+  clock_.Advance(options_.cancel_poll_interval);  // the executor looks once per interval
+
+  ASSERT_TRUE(slow->AwaitReturnedCancelled(1));
+  ASSERT_TRUE(log_.AwaitCount(Op::kAck, 1));
+  AwaitSettled();
+  EXPECT_EQ(log_.Count(Op::kNack), 0);
+  const TaskRecord record = Stored("t-slow");
+  EXPECT_EQ(record.state, TaskState::kCancelled);
+  EXPECT_EQ(record.expires_at, clock_.Now() + options_.retention_cancelled);
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].error_kind, "cancelled");
+  EXPECT_EQ(slow->calls(), 1);
+}
+
+TEST_F(ExecutorStoreTest, OneStoreReadAndBatchedWritesPerFetchedBatchNoPerTaskRoundTrip) {
+  AddHandler("echo", [](TaskContext&, int) { return TaskOutcome::Succeeded(nullptr); });
+  constexpr int kTasks = 20;
+  for (int i = 0; i < kTasks; ++i) Submit(absl::StrCat("t-", i), "echo");
+  Start();  // all 20 come in the first fetch (fetch_batch 64)
+  ASSERT_EQ(AwaitResults(kTasks).size(), static_cast<size_t>(kTasks));
+  AwaitSettled();
+  const CountingStore::Counts counts = store_.counts();
+  EXPECT_EQ(counts.get, 0);     // no single-task read ...
+  EXPECT_EQ(counts.update, 0);  // ... or write on the way
+  EXPECT_EQ(counts.get_many, 1);
+  EXPECT_EQ(counts.get_many_ids, kTasks);
+  // One UpdateMany marks the batch running; the settles' writes are group-committed.
+  EXPECT_EQ(counts.update_many_updates, 2 * kTasks);
+  EXPECT_LE(counts.update_many, 1 + kTasks);
+  for (int i = 0; i < kTasks; ++i) {
+    EXPECT_EQ(Stored(absl::StrCat("t-", i)).state, TaskState::kSucceeded) << i;
+  }
+}
+
+TEST_F(ExecutorStoreTest, RequestWithoutAStoreRecordRunsUntracked) {
+  CountingHandler* echo =
+      AddHandler("echo", [](TaskContext&, int) { return TaskOutcome::Succeeded(nullptr); });
+  Start();
+  Publish("t-raw", "echo");
+  ASSERT_EQ(AwaitResults(1).size(), 1u);
+  AwaitSettled();
+  EXPECT_EQ(echo->calls(), 1);
+  EXPECT_TRUE(absl::IsNotFound(store_.Get("t-raw").status()));
+}
+
+}  // namespace
+}  // namespace eventbus::executor
