@@ -273,7 +273,13 @@ absl::Status Service::Start() {
                                                  : options.dead_letter_stream,
                        .concurrency = options.concurrency},
       stream_.get(), executor_.get(), &dashboard_metrics_,
-      [this] { return stream_->Ping(absl::Seconds(1)).ok(); });
+      [this] { return stream_->Ping(absl::Seconds(1)).ok(); },
+      // The task store's figures (GET /v1/stats) when there is a store.
+      [this]() -> std::string {
+        if (store_ == nullptr) return "";
+        absl::StatusOr<json> stats = TaskStatsJson();
+        return stats.ok() ? stats->dump() : "";
+      });
   http_ = std::make_unique<HttpServer>(http_options);
   InstallRoutes();
   EVENTBUS_RETURN_IF_ERROR(http_->Start());
@@ -837,11 +843,9 @@ void Service::RefreshStoreGauges() {
   }
 }
 
-void Service::HandleStats(HttpResponder respond) {
+absl::StatusOr<json> Service::TaskStatsJson() {
   auto stats = store_->Stats();
-  if (!stats.ok()) {
-    return respond(JsonError(503, absl::StrCat("task store: ", stats.status().message())));
-  }
+  if (!stats.ok()) return absl::UnavailableError(absl::StrCat("task store: ", stats.status().message()));
   const absl::Time now = stream_->clock()->Now();
   json types = json::array();
   std::array<int64_t, taskstore::kTaskStateCount> totals{};
@@ -863,7 +867,13 @@ void Service::HandleStats(HttpResponder respond) {
   for (taskstore::TaskState state : taskstore::kAllTaskStates) {
     total[std::string(taskstore::TaskStateName(state))] = totals[static_cast<int>(state)];
   }
-  respond(Json(200, {{"types", std::move(types)}, {"total", std::move(total)}}));
+  return json{{"types", std::move(types)}, {"total", std::move(total)}};
+}
+
+void Service::HandleStats(HttpResponder respond) {
+  absl::StatusOr<json> stats = TaskStatsJson();
+  if (!stats.ok()) return respond(JsonError(503, stats.status().message()));
+  respond(Json(200, *stats));
 }
 
 }  // namespace eventbus::executor::service

@@ -85,6 +85,8 @@ class Service {
   void HandleTaskGet(const std::string& id, std::function<void(HttpResponse)> respond);
   void HandleTaskCancel(const std::string& id, std::function<void(HttpResponse)> respond);
   void HandleTaskRetry(const std::string& id, std::function<void(HttpResponse)> respond);
+  // GET /v1/stats's body: per type, tasks per state and the oldest queued age.
+  absl::StatusOr<nlohmann::json> TaskStatsJson();
   void HandleStats(std::function<void(HttpResponse)> respond);
   // The store's per-type counts as Prometheus gauges (one Stats call per scrape).
   void RefreshStoreGauges();

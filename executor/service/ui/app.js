@@ -81,7 +81,7 @@ function renderTaskStats(stats) {
     cell(row, t.type);
     for (const s of ["scheduled", "queued", "running", "succeeded", "failed", "dead_lettered",
                      "cancelled"]) {
-      cell(row, (t.counts && t.counts[s]) || 0, "count-" + s);
+      cell(row, t[s] || 0, "count-" + s);
     }
     cell(row, age(t.oldest_queued_age_seconds));
   }
