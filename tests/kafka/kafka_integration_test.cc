@@ -378,16 +378,18 @@ TEST(KafkaIntegrationTest, AnEventProducedWithKcatFollowingTheWireFormatIsConsum
   ASSERT_TRUE(more.ok());
   EXPECT_TRUE(more->empty()) << "the malformed record was returned";
 
-  // The dead letter, read back with kcat: the raw record plus the reason and origin.
+  // The dead letter, read back with kcat: a valid event carrying the reason, the origin and the
+  // raw record (value as is, raw headers under eventbus-raw-header-).
   const std::string dead = RunCommand(absl::StrCat(
       "kcat -b ", bootstrap, " -C -t ", topic, ".dlq -o beginning -c 1 -e -q -f '%h|%s\\n' 2>&1"));
-  EXPECT_TRUE(absl::StrContains(dead, "ce_dlqreason=malformed CloudEvents Kafka record: missing "
-                                      "or empty header ce_type"))
+  EXPECT_TRUE(absl::StrContains(
+      dead, "ce_dlqreason=malformed event: required attribute 'type' is missing or empty"))
       << dead;
   EXPECT_TRUE(absl::StrContains(dead, absl::StrCat("ce_dlqoriginstream=", topic))) << dead;
+  EXPECT_TRUE(absl::StrContains(dead, "ce_type=io.eventbus.malformed")) << dead;
   EXPECT_TRUE(absl::StrContains(dead, "eventbus-dlq-origin-partition=")) << dead;
   EXPECT_TRUE(absl::StrContains(dead, "eventbus-dlq-origin-offset=")) << dead;
-  EXPECT_TRUE(absl::StrContains(dead, "ce_id=kcat-2")) << dead;
+  EXPECT_TRUE(absl::StrContains(dead, "eventbus-raw-header-ce_id=kcat-2")) << dead;
   EXPECT_TRUE(absl::StrContains(dead, "|junk")) << dead;
 }
 

@@ -2,12 +2,17 @@
 // loopback port and stops at the end.
 #include <cstdlib>
 #include <memory>
+#include <string>
+#include <vector>
+
+#include <hiredis/hiredis.h>
 
 #include "eventbus/clock.h"
 #include "eventbus/conformance/conformance.h"
 #include "eventbus/harness/redis_server.h"
 #include "eventbus/redis/redis_event_stream.h"
 #include "gtest/gtest.h"
+#include "wire.h"
 
 namespace {
 
@@ -33,6 +38,27 @@ class RedisServerEnvironment : public testing::Environment {
 [[maybe_unused]] testing::Environment* const environment =
     testing::AddGlobalTestEnvironment(new RedisServerEnvironment);
 
+// XADD of the entry the backend's encoder writes, as redis-cli would send it.
+absl::Status XaddRaw(const std::string& stream, const eventbus::Event& event) {
+  std::vector<std::string> args = {"XADD", stream, "*"};
+  eventbus::redis::wire::AppendFields(event, args);
+  std::vector<const char*> argv;
+  std::vector<size_t> lengths;
+  for (const std::string& arg : args) {
+    argv.push_back(arg.data());
+    lengths.push_back(arg.size());
+  }
+  std::unique_ptr<redisContext, decltype(&redisFree)> c(redisConnect("127.0.0.1", server->port()),
+                                                        &redisFree);
+  if (c == nullptr || c->err != 0) return absl::UnavailableError("cannot connect to redis-server");
+  auto* reply = static_cast<redisReply*>(
+      redisCommandArgv(c.get(), static_cast<int>(argv.size()), argv.data(), lengths.data()));
+  if (reply == nullptr) return absl::UnavailableError("XADD: no reply");
+  const bool ok = reply->type == REDIS_REPLY_STRING;
+  freeReplyObject(reply);
+  return ok ? absl::OkStatus() : absl::InternalError("XADD failed");
+}
+
 eventbus::conformance::BackendUnderTest RedisOnRealServer() {
   eventbus::conformance::BackendUnderTest backend;
   backend.name = "redis";
@@ -49,6 +75,7 @@ eventbus::conformance::BackendUnderTest RedisOnRealServer() {
   backend.nack_delay = absl::Seconds(2);
   backend.reclaim_idle = absl::Milliseconds(500);
   backend.events_per_publisher = 500;
+  backend.write_raw = XaddRaw;
   return backend;
 }
 

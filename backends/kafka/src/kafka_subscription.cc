@@ -481,7 +481,7 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
   absl::StatusOr<DecodedRecord> decoded = DecodeEvent(record);
   if (!decoded.ok()) {
     DeadLetterMalformed(std::move(pending), std::move(record),
-                        std::string(decoded.status().message()));
+                        MalformedEventReason(decoded.status().message()));
     return std::nullopt;
   }
   Delivery& delivery = pending.delivery;
@@ -498,9 +498,9 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
     const std::optional<int64_t> due_ms = HeaderInt(*decoded, kDueHeader);
     if (group == decoded->internal.end() || origin == decoded->internal.end() ||
         !attempt.has_value() || !due_ms.has_value()) {
-      std::string reason = absl::StrCat(
+      std::string reason = MalformedEventReason(absl::StrCat(
           "retry record lacks one of the headers ", kGroupHeader, ", ", kOriginIdHeader, ", ",
-          kAttemptHeader, ", ", kDueHeader);
+          kAttemptHeader, ", ", kDueHeader));
       DeadLetterMalformed(std::move(pending), std::move(record), std::move(reason));
       return std::nullopt;
     }
@@ -522,18 +522,34 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
 
 void KafkaSubscription::DeadLetterMalformed(Pending where, KafkaRecord record,
                                             std::string reason) {
-  // The record is not an event, so the dead letter is the raw record (key, value, headers
-  // untouched) plus the dead-letter headers, readable with kcat.
-  KafkaRecord dead = record;
+  // The record is not an event; its dead letter is one (as on every backend), so a consumer of
+  // the dead-letter topic reads it through the contract, and it keeps the raw record whole:
+  // the value as the value, every raw header as `eventbus-raw-header-<name>` (bookkeeping
+  // headers, which decoding skips, so they may hold any bytes), the key as the key when it is
+  // text (else as `eventbus-raw-key`).
   const std::string id = RecordId(where.partition.second, where.offset);
-  auto add = [&dead](absl::string_view name, absl::string_view value) {
-    dead.headers.emplace_back(absl::StrCat(kCePrefix, name), std::string(value));
-  };
-  add(kDlqReasonHeader, reason);
-  add(kDlqOriginStreamHeader, TopicOf(where.partition));
-  add(kDlqOriginIdHeader, id);
-  add(kDlqOriginGroupHeader, options_.group);
-  add(kDlqDeliveryCountHeader, "1");
+  Delivery replacement;
+  replacement.stream = TopicOf(where.partition);
+  replacement.id = id;
+  replacement.event = MakeEvent("io.eventbus.malformed",
+                                absl::StrCat("kafka:", TopicOf(where.partition)), record.value);
+  replacement.event.set_id(absl::StrCat(TopicOf(where.partition), "/", id));
+  replacement.event.set_data_content_type("application/octet-stream");
+  SetEventTime(replacement.event, clock_->Now());
+  absl::StatusOr<KafkaRecord> encoded =
+      EncodeEvent(MakeDeadLetter(replacement, options_.group, reason));
+  // Cannot fail: the headers are MakeDeadLetter's own.
+  KafkaRecord dead = encoded.ok() ? *std::move(encoded) : KafkaRecord{};
+  if (record.key.has_value()) {
+    if (IsValidUtf8(*record.key) && record.key->size() <= kMaxAttributeBytes) {
+      dead.key = record.key;
+    } else {
+      dead.headers.emplace_back(absl::StrCat(kRawHeaderPrefix, "key"), *record.key);
+    }
+  }
+  for (const auto& [name, value] : record.headers) {
+    dead.headers.emplace_back(absl::StrCat(kRawHeaderPrefix, "header-", name), value);
+  }
   dead.headers.emplace_back(std::string(kDlqOriginTopicHeader), TopicOf(where.partition));
   dead.headers.emplace_back(std::string(kDlqOriginPartitionHeader),
                             absl::StrCat(where.partition.second));

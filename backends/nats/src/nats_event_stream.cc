@@ -569,7 +569,7 @@ absl::StatusOr<std::vector<Delivery>> NatsSubscription::FetchUpTo(int max_events
       delivery.event = dead;
       DeadLetterMsg(delivery, msg.get(),
                     MakeDeadLetter(delivery, options_.group,
-                                   absl::StrCat("malformed message: ", event.status().message())))
+                                   MalformedEventReason(event.status().message())))
           .IgnoreError();
       continue;
     }

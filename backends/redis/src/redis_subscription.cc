@@ -599,7 +599,7 @@ class RedisSubscription final : public Subscription {
     dead.set_id(absl::StrCat(sub_.stream, "/", entry.id));
     dead.set_data_content_type("text/plain; charset=utf-8");
     SetEventTime(dead, clock_->Now());
-    const std::string reason = absl::StrCat("malformed entry: ", why.message());
+    const std::string reason = MalformedEventReason(why.message());
     absl::Status status = DeadLetterWith(read_conn_, replacement,
                                          MakeDeadLetter(replacement, sub_.group, reason));
     if (!status.ok() && !absl::IsNotFound(status) && !absl::IsFailedPrecondition(status)) {

@@ -198,7 +198,9 @@ std::string DeadLetterStreamName(const SubscribeOptions& options);
 // Validates stream/group/consumer of `options`.
 absl::Status ValidateSubscribeOptions(const SubscribeOptions& options);
 
-// The dead letter for `delivery`: the original event with the kDlq* headers set.
+// The dead letter for `delivery`: the original event with the kDlq* headers set. The reason is
+// made valid UTF-8 (C-escaped when it is not) and cut to 4 KiB, so the dead letter passes
+// ValidateEnvelope whatever text the reason carries.
 Event MakeDeadLetter(const Delivery& delivery, absl::string_view group, absl::string_view reason);
 
 }  // namespace eventbus

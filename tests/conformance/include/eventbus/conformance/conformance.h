@@ -36,6 +36,11 @@ struct BackendUnderTest {
   absl::Duration reclaim_idle = absl::Milliseconds(500);
   // Size of the concurrency case (events per publisher; 4 publishers, 4 consumers).
   int events_per_publisher = 500;
+  // Writes `event` to `stream` the way this backend's wire carries it, without Publish's
+  // checks, as a foreign producer (redis-cli, kcat, the nats CLI) could: the malformed-envelope
+  // cases use it to put on the wire what Publish refuses. Null (a backend with no wire, like
+  // memory) = those cases are skipped.
+  std::function<absl::Status(const std::string& stream, const Event& event)> write_raw;
 };
 
 class EventStreamConformance : public testing::TestWithParam<BackendUnderTest> {};
