@@ -62,8 +62,9 @@ void Subscription::AckAsync(const Delivery& delivery, SettleCallback done) {
   if (done) done(std::move(status));
 }
 
-void Subscription::NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) {
-  absl::Status status = Nack(delivery, delay);
+void Subscription::NackAsync(const Delivery& delivery, absl::Duration delay, NackKind kind,
+                             SettleCallback done) {
+  absl::Status status = Nack(delivery, delay, kind);
   if (done) done(std::move(status));
 }
 

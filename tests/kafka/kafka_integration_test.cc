@@ -411,7 +411,7 @@ TEST(KafkaIntegrationTest, LongNackGoesThroughTheRetryTopicAndOutlivesTheConsume
   }
   const absl::Duration delay = absl::Seconds(4);
   const absl::Time nacked_at = absl::Now();
-  ASSERT_TRUE(first->Nack(got[0], delay).ok());
+  ASSERT_TRUE(first->Nack(got[0], delay, NackKind::kFailed).ok());
   // The nacking consumer goes away; the delay is kept by the retry topic.
   ASSERT_TRUE(first->Close().ok());
 
@@ -430,6 +430,7 @@ TEST(KafkaIntegrationTest, LongNackGoesThroughTheRetryTopicAndOutlivesTheConsume
   EXPECT_EQ(again[0].event.id(), got[0].event.id());
   EXPECT_EQ(again[0].id, got[0].id) << "the delivery id survives the retry topic";
   EXPECT_EQ(again[0].delivery_count, 2) << "the attempt count travels in a header";
+  EXPECT_EQ(again[0].failed_attempts, 1) << "the failed-attempt count travels in a header";
   EXPECT_EQ(again[0].first_delivery_time, absl::FromUnixMillis(absl::ToUnixMillis(
                                               got[0].first_delivery_time)));
   ASSERT_TRUE(second->Ack(again[0]).ok());

@@ -1,5 +1,6 @@
 #include "kafka_subscription.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -236,6 +237,7 @@ absl::StatusOr<KafkaRecord> KafkaSubscription::RetryRecord(const Delivery& deliv
   add(kGroupHeader, options_.group);
   add(kOriginIdHeader, delivery.id);
   add(kFirstDeliveryHeader, absl::StrCat(absl::ToUnixMillis(delivery.first_delivery_time)));
+  add(kFailedAttemptsHeader, absl::StrCat(delivery.failed_attempts));
   return record;
 }
 
@@ -512,6 +514,9 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
     }
     delivery.id = origin->second;
     delivery.delivery_count = static_cast<int>(std::max<int64_t>(*attempt, 0)) + 1;
+    const std::optional<int64_t> failed = HeaderInt(*decoded, kFailedAttemptsHeader);
+    delivery.failed_attempts =
+        failed.has_value() ? static_cast<int>(std::clamp<int64_t>(*failed, 0, 1'000'000)) : 0;
     const std::optional<int64_t> first = HeaderInt(*decoded, kFirstDeliveryHeader);
     delivery.first_delivery_time = first.has_value() ? absl::FromUnixMillis(*first) : now;
     due = absl::FromUnixMillis(*due_ms);
@@ -734,7 +739,8 @@ absl::Status KafkaSubscription::Ack(const Delivery& delivery) {
   return absl::OkStatus();
 }
 
-absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration delay) {
+absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration delay,
+                                     NackKind kind) {
   if (delay < absl::ZeroDuration()) delay = absl::ZeroDuration();
   const KafkaOptions& config = client_->options();
   Lease lease;
@@ -744,6 +750,7 @@ absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration de
     EVENTBUS_ASSIGN_OR_RETURN(lease, TakeLeaseLocked(delivery));
     now = clock_->Now();
     ++lease.pending.delivery.delivery_count;
+    if (kind == NackKind::kFailed) ++lease.pending.delivery.failed_attempts;
     const bool local = delay == absl::ZeroDuration() || config.ordered_per_key ||
                        (config.retry_topic_threshold > absl::ZeroDuration() &&
                         delay <= config.retry_topic_threshold);

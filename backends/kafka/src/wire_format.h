@@ -26,6 +26,8 @@ inline constexpr absl::string_view kDueHeader = "eventbus-due-ms";
 inline constexpr absl::string_view kGroupHeader = "eventbus-group";
 inline constexpr absl::string_view kOriginIdHeader = "eventbus-origin-id";
 inline constexpr absl::string_view kFirstDeliveryHeader = "eventbus-first-delivery-ms";
+// Delivery::failed_attempts of the redelivery; absent = 0 (records written before it existed).
+inline constexpr absl::string_view kFailedAttemptsHeader = "eventbus-failed-attempts";
 
 // Kafka coordinates of a dead letter's original, beside eventbus::MakeDeadLetter's dlq*
 // extensions (which name the stream and "partition:offset"); plain headers, not event headers.

@@ -20,8 +20,10 @@
 
 namespace eventbus::conformance {
 
-int LinkEnvelopeCases();  // envelope_cases.cc: keeps its cases in a static link too
-int LinkConformanceSuite() { return 1 + LinkEnvelopeCases(); }
+// The other files' cases, kept in a static link too.
+int LinkEnvelopeCases();  // envelope_cases.cc
+int LinkAttemptCases();   // attempt_cases.cc
+int LinkConformanceSuite() { return 1 + LinkEnvelopeCases() + LinkAttemptCases(); }
 
 std::string TestNameOf(const testing::TestParamInfo<BackendUnderTest>& info) {
   return info.param.name;

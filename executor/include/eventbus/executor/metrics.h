@@ -14,8 +14,15 @@ inline constexpr absl::string_view kOutcomeRetried = "retried";      // transien
 inline constexpr absl::string_view kOutcomeDelayed = "delayed";      // asked for a later redelivery
 inline constexpr absl::string_view kOutcomeInvalid = "invalid";      // malformed request, dead-lettered
 inline constexpr absl::string_view kOutcomeAbandoned = "abandoned";  // given back at shutdown
+// Every `outcome` label value, so exporters can create each series at zero up front.
+inline constexpr absl::string_view kOutcomes[] = {kOutcomeSucceeded, kOutcomeFailed,
+                                                  kOutcomeRetried,   kOutcomeDelayed,
+                                                  kOutcomeInvalid,   kOutcomeAbandoned};
 // The `type` label for requests whose type is not registered (bounded label cardinality).
 inline constexpr absl::string_view kUnknownTypeLabel = "_unknown";
+// The `operation` label of BackendError.
+inline constexpr absl::string_view kBackendFetch = "fetch";
+inline constexpr absl::string_view kBackendReclaim = "reclaim";
 
 class ExecutorMetrics {
  public:
