@@ -62,8 +62,9 @@ void Subscription::AckAsync(const Delivery& delivery, SettleCallback done) {
   if (done) done(std::move(status));
 }
 
-void Subscription::NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) {
-  absl::Status status = Nack(delivery, delay);
+void Subscription::NackAsync(const Delivery& delivery, absl::Duration delay, NackKind kind,
+                             SettleCallback done) {
+  absl::Status status = Nack(delivery, delay, kind);
   if (done) done(std::move(status));
 }
 
@@ -110,10 +111,27 @@ absl::Status ValidateSubscribeOptions(const SubscribeOptions& options) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// A reason is free text from anywhere (a handler's error, a broker's message): the dead letter
+// must still be a valid envelope, so it is made UTF-8 and bounded (cut at a character).
+std::string ReasonHeaderValue(absl::string_view reason) {
+  constexpr size_t kMaxReasonBytes = 4096;
+  std::string text = IsValidUtf8(reason) ? std::string(reason) : absl::CHexEscape(reason);
+  if (text.size() > kMaxReasonBytes) {
+    size_t cut = kMaxReasonBytes;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    text.resize(cut);
+  }
+  return text;
+}
+
+}  // namespace
+
 Event MakeDeadLetter(const Delivery& delivery, absl::string_view group, absl::string_view reason) {
   Event dead = delivery.event;
   auto& headers = *dead.mutable_headers();
-  headers[std::string(kDlqReasonHeader)] = std::string(reason);
+  headers[std::string(kDlqReasonHeader)] = ReasonHeaderValue(reason);
   headers[std::string(kDlqOriginStreamHeader)] = delivery.stream;
   headers[std::string(kDlqOriginIdHeader)] = delivery.id;
   headers[std::string(kDlqOriginGroupHeader)] = std::string(group);

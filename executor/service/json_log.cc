@@ -94,6 +94,7 @@ void JsonLog::WriteTask(const TaskLogRecord& record) {
   if (!record.task_id.empty()) fields["task_id"] = record.task_id;
   if (!record.task_type.empty()) fields["task_type"] = record.task_type;
   if (record.attempt > 0) fields["attempt"] = record.attempt;
+  if (record.delivery_count > 0) fields["deliveries"] = record.delivery_count;
   if (!record.delivery_id.empty()) fields["delivery_id"] = record.delivery_id;
   if (!record.error.empty()) fields["error"] = record.error;
   Write(FromRecord(record.level), record.message, fields);

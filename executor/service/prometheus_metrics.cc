@@ -7,6 +7,11 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include "eventbus/executor/task.h"
+#ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
+#include "eventbus/executor/circuit_breaker.h"
+#endif
+
 namespace eventbus::executor::service {
 
 using prometheus::Counter;
@@ -69,7 +74,36 @@ struct PrometheusMetrics::Families {
                           .Name("eventbus_executor_oldest_queued_age_seconds")
                           .Help("Age of the oldest queued task in the task store, by type (0 "
                                 "when none is queued)")
-                          .Register(r)) {}
+                          .Register(r)),
+        stuck_workers(prometheus::BuildGauge()
+                          .Name("eventbus_executor_stuck_workers")
+                          .Help("Worker threads held by handlers that overran their timeout")
+                          .Register(r)
+                          .Add({})),
+        fetch_stalled(prometheus::BuildGauge()
+                          .Name("eventbus_executor_fetch_stalled_seconds")
+                          .Help("How long the executor has wanted events without a fetch "
+                                "completing (backend failing or hanging); 0 when fetches complete")
+                          .Register(r)
+                          .Add({})),
+        stalled(prometheus::BuildGauge()
+                    .Name("eventbus_executor_stalled")
+                    .Help("1 when the executor cannot make progress (every worker stuck, or no "
+                          "fetch completed for the fetch stall timeout); /readyz answers 503 then")
+                    .Register(r)
+                    .Add({})) {
+    for (TaskStatus status : {TaskStatus::kSucceeded, TaskStatus::kFailed}) {
+      results.Add({{"status", std::string(TaskStatusName(status))}});
+    }
+    for (absl::string_view operation : {kBackendFetch, kBackendReclaim}) {
+      backend_errors.Add({{"operation", std::string(operation)}});
+    }
+#ifdef EVENTBUS_EXECUTOR_HAS_COMPONENTS
+    for (CircuitState state : {CircuitState::kClosed, CircuitState::kOpen, CircuitState::kHalfOpen}) {
+      circuit.Add({{"state", std::string(CircuitStateName(state))}});
+    }
+#endif
+  }
 
   Family<Counter>& tasks;
   Family<Histogram>& duration;
@@ -83,6 +117,9 @@ struct PrometheusMetrics::Families {
   Family<Counter>& circuit;
   Family<Gauge>& stored;
   Family<Gauge>& oldest_queued;
+  Gauge& stuck_workers;
+  Gauge& fetch_stalled;
+  Gauge& stalled;
 };
 
 void PrometheusMetrics::StoredTasks(absl::string_view type, absl::string_view state,
@@ -95,6 +132,16 @@ void PrometheusMetrics::OldestQueuedAge(absl::string_view type, absl::Duration a
   families_->oldest_queued.Add({{"type", std::string(type)}}).Set(absl::ToDoubleSeconds(age));
 }
 
+namespace {
+
+const Histogram::BucketBoundaries& DurationBuckets() {
+  static const auto* buckets = new Histogram::BucketBoundaries{
+      0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  return *buckets;
+}
+
+}  // namespace
+
 PrometheusMetrics::PrometheusMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       families_(std::make_unique<Families>(*registry_)) {}
@@ -105,11 +152,32 @@ void PrometheusMetrics::TaskFinished(absl::string_view type, absl::string_view o
                                      absl::Duration duration) {
   families_->tasks.Add({{"type", std::string(type)}, {"outcome", std::string(outcome)}})
       .Increment();
-  families_->duration
-      .Add({{"type", std::string(type)}},
-           Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-                                       30, 60})
+  families_->duration.Add({{"type", std::string(type)}}, DurationBuckets())
       .Observe(absl::ToDoubleSeconds(duration));
+}
+
+void PrometheusMetrics::Preregister(const std::vector<std::string>& task_types) {
+  std::vector<std::string> types = task_types;
+  types.emplace_back(kUnknownTypeLabel);
+  for (const std::string& type : types) {
+    // Requests of an unknown type only ever end invalid (and dead-lettered).
+    const bool unknown = type == kUnknownTypeLabel;
+    for (absl::string_view outcome : kOutcomes) {
+      if (unknown && outcome != kOutcomeInvalid) continue;
+      families_->tasks.Add({{"type", type}, {"outcome", std::string(outcome)}});
+    }
+    families_->dead_letters.Add({{"type", type}});
+    families_->duration.Add({{"type", type}}, DurationBuckets());
+    if (unknown) continue;
+    families_->retries.Add({{"type", type}});
+    families_->submitted.Add({{"type", type}});
+  }
+}
+
+void PrometheusMetrics::ProgressObserved(const ExecutorProgress& progress, bool stalled) {
+  families_->stuck_workers.Set(progress.stuck_workers);
+  families_->fetch_stalled.Set(absl::ToDoubleSeconds(progress.fetch_stalled_for));
+  families_->stalled.Set(stalled ? 1 : 0);
 }
 
 void PrometheusMetrics::TaskRetried(absl::string_view type, absl::Duration) {

@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "eventbus/executor/executor.h"
 #include "eventbus/executor/metrics.h"
 
 namespace prometheus {
@@ -29,6 +31,16 @@ class PrometheusMetrics final : public ExecutorMetrics {
   void InFlightChanged(int in_flight) override;
   void FetchLag(absl::Duration lag) override;
   void BackendError(absl::string_view operation) override;
+
+  // Creates every series docs/tasks.md lists, at zero, for these task types (plus the
+  // unknown-type label), so dashboards and alerts see them before the first event. The series
+  // without a type label exist from construction.
+  void Preregister(const std::vector<std::string>& task_types);
+
+  // The executor's progress right now: eventbus_executor_stuck_workers,
+  // eventbus_executor_fetch_stalled_seconds, and eventbus_executor_stalled (1 when
+  // Executor::CheckProgress fails).
+  void ProgressObserved(const ExecutorProgress& progress, bool stalled);
 
   // Accepted by POST /v1/tasks or /v1/tasks:batch.
   void TaskSubmitted(absl::string_view type, int count = 1);

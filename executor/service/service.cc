@@ -151,8 +151,11 @@ struct Service::Prepared {
 
 // GET /readyz: Ping runs on this thread, so a slow or unreachable backend (up to the 2 s Ping
 // timeout) never holds one of the two HTTP threads; probes arriving meanwhile share one Ping.
+// Ready means the service can make progress: the executor's own check (workers not all stuck,
+// fetches completing) and the backend answering.
 struct Service::ReadinessProbe {
-  explicit ReadinessProbe(EventStream* s) : stream(s), thread([this] { Run(); }) {}
+  ReadinessProbe(EventStream* s, std::function<absl::Status()> progress_check)
+      : stream(s), progress(std::move(progress_check)), thread([this] { Run(); }) {}
   ~ReadinessProbe() {
     {
       std::lock_guard lock(mu);
@@ -179,7 +182,8 @@ struct Service::ReadinessProbe {
       std::vector<HttpResponder> asking = std::move(waiting);
       waiting.clear();
       lock.unlock();
-      const absl::Status s = stream->Ping(absl::Seconds(2));
+      absl::Status s = progress();
+      if (s.ok()) s = stream->Ping(absl::Seconds(2));
       for (auto& respond : asking) {
         if (s.ok()) {
           respond(HttpResponse{.status = 200, .content_type = "text/plain", .body = "ready\n"});
@@ -194,6 +198,7 @@ struct Service::ReadinessProbe {
   }
 
   EventStream* const stream;
+  const std::function<absl::Status()> progress;
   std::mutex mu;
   std::condition_variable changed;
   std::vector<HttpResponder> waiting;  // guarded by mu
@@ -237,6 +242,7 @@ absl::Status Service::Start() {
                 {{"host", std::string(host)}, {"from", std::string(from)}, {"to", std::string(to)}});
   };
   EVENTBUS_RETURN_IF_ERROR(RegisterBuiltinHandlers(handlers_, builtin));
+  metrics_.Preregister(handlers_.Types());
 
   ExecutorOptions options = config_.executor;
   if (config_.task_timeout || config_.max_attempts) {
@@ -260,7 +266,11 @@ absl::Status Service::Start() {
   http_options.port = config_.http_port;
   http_options.max_connections = config_.http_max_connections;
   http_options.response_timeout = kPublishTimeout;
-  readiness_ = std::make_unique<ReadinessProbe>(stream_.get());
+  readiness_ = std::make_unique<ReadinessProbe>(stream_.get(), [this] {
+    const absl::Status progress = executor_->CheckProgress();
+    metrics_.ProgressObserved(executor_->progress(), !progress.ok());
+    return progress;
+  });
   dashboard_ = std::make_unique<Dashboard>(
       DashboardOptions{.instance = options.consumer_name.empty() ? "this executor"
                                                                  : options.consumer_name,
@@ -649,6 +659,7 @@ void Service::InstallRoutes() {
                {.admission = config_.metrics_require_token ? require_token : nullptr},
                [this](HttpRequest&&, HttpResponder respond) {
                  RefreshStoreGauges();
+                 metrics_.ProgressObserved(executor_->progress(), !executor_->CheckProgress().ok());
                  respond(HttpResponse{.status = 200,
                                       .content_type = "text/plain; version=0.0.4",
                                       .body = metrics_.Serialize()});

@@ -81,6 +81,9 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
   EVENTBUS_RETURN_IF_ERROR(positive("publish timeout", options.publish_timeout));
   EVENTBUS_RETURN_IF_ERROR(positive("fetch error backoff", options.fetch_error_backoff));
   EVENTBUS_RETURN_IF_ERROR(positive("max task timeout", options.max_task_timeout));
+  if (options.fetch_stall_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("fetch stall timeout must not be negative (0 = no check)");
+  }
   if (options.heartbeat_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("heartbeat interval must not be negative");
   }
@@ -302,6 +305,38 @@ class Executor::Impl {
     return stuck_workers_;
   }
 
+  ExecutorProgress progress() const {
+    const absl::Time now = clock_->Now();
+    std::lock_guard<std::mutex> lock(mu_);
+    ExecutorProgress p;
+    p.stuck_workers = stuck_workers_;
+    // Not workers_.size(): Start fills that vector without the lock.
+    p.workers = started_ && !workers_stop_ ? EffectiveWorkers(options_) : 0;
+    if (fetch_wanted_since_ != absl::InfiniteFuture() && !stopping_) {
+      p.fetch_stalled_for = std::max(absl::ZeroDuration(), now - fetch_wanted_since_);
+      p.fetch_error = last_fetch_error_;
+    }
+    return p;
+  }
+
+  absl::Status CheckProgress() const {
+    const ExecutorProgress p = progress();
+    if (p.workers > 0 && p.stuck_workers >= p.workers) {
+      return absl::UnavailableError(absl::StrCat(
+          "all ", p.workers, " worker threads are held by handlers that overran their timeout: "
+          "no synchronous task can run until one returns"));
+    }
+    const absl::Duration limit = options_.fetch_stall_timeout;
+    if (limit > absl::ZeroDuration() && p.fetch_stalled_for >= limit) {
+      return absl::UnavailableError(absl::StrCat(
+          "no fetch from ", options_.request_stream, " completed for ",
+          FormatIsoDuration(absl::Trunc(p.fetch_stalled_for, absl::Milliseconds(1))),
+          p.fetch_error.empty() ? std::string(" (the fetch hangs)")
+                                : absl::StrCat(": ", p.fetch_error)));
+    }
+    return absl::OkStatus();
+  }
+
   const ExecutorOptions& options() const { return options_; }
 
  private:
@@ -349,7 +384,8 @@ class Executor::Impl {
       record.task_type = ref.request->type;
     }
     if (ref.delivery != nullptr) {
-      record.attempt = ref.delivery->delivery_count;
+      record.attempt = ref.delivery->failed_attempts + 1;
+      record.delivery_count = ref.delivery->delivery_count;
       record.delivery_id = ref.delivery->id;
     }
     record.error = std::move(error);
@@ -399,6 +435,8 @@ class Executor::Impl {
         if (stopping_) return;
         free_slots = FreeSlotsLocked();
         reclaim_room = max_in_flight_ - held_;
+        // From here the fetcher wants events: a stall counts until a fetch completes.
+        if (fetch_wanted_since_ == absl::InfiniteFuture()) fetch_wanted_since_ = clock_->Now();
       }
       std::vector<Delivery> deliveries;
       bool reclaimed_some = false;
@@ -412,12 +450,14 @@ class Executor::Impl {
           // A full batch means there may be more orphans: take them as room frees, not one
           // batch per reclaim interval.
           reclaim_again = static_cast<int>(deliveries.size()) == reclaim_room;
+          reclaim_again = static_cast<int>(deliveries.size()) == free_slots;
+          if (!deliveries.empty()) FetchCompleted();  // no fetch this round: it did the work
           if (!deliveries.empty()) {
             Log(TaskLogRecord::Level::kInfo,
                 absl::StrCat("reclaimed ", deliveries.size(), " orphaned deliveries"), {});
           }
         } else {
-          deps_.metrics->BackendError("reclaim");
+          deps_.metrics->BackendError(kBackendReclaim);
           Log(TaskLogRecord::Level::kWarning, "reclaim failed", {}, reclaimed.status().ToString());
         }
       }
@@ -426,14 +466,16 @@ class Executor::Impl {
         auto fetched =
             subscription_->Fetch(std::min(free_slots, options_.fetch_batch), options_.fetch_block);
         if (!fetched.ok()) {
-          deps_.metrics->BackendError("fetch");
+          deps_.metrics->BackendError(kBackendFetch);
           Log(TaskLogRecord::Level::kWarning, "fetch failed", {}, fetched.status().ToString());
           std::unique_lock<std::mutex> lock(mu_);
+          last_fetch_error_ = fetched.status().ToString();
           WaitUntil(lock, fetch_cv_, clock_->Now() + options_.fetch_error_backoff,
                     [this] { return stopping_; });
           continue;
         }
         deliveries = std::move(*fetched);
+        FetchCompleted();
       }
       if (deliveries.empty()) continue;
       const absl::Time now = clock_->Now();
@@ -451,6 +493,13 @@ class Executor::Impl {
       if (deps_.store != nullptr) tasks = GateThroughStore(std::move(tasks));
       Queue(std::move(tasks), /*ahead=*/reclaimed_some);
     }
+  }
+
+  // A round trip to the backend completed: whatever stall there was is over.
+  void FetchCompleted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    fetch_wanted_since_ = absl::InfiniteFuture();
+    last_fetch_error_.clear();
   }
 
   // Takes fetched deliveries into in-flight slots; false when shutting down (nothing taken).
@@ -599,8 +648,9 @@ class Executor::Impl {
     task->deadline = start + policy->timeout;
     task->next_heartbeat = start + options_.heartbeat_interval;
     task->synchronous = !handler->asynchronous();
-    task->context = std::make_unique<TaskContext>(request, delivery.delivery_count,
-                                                  RequestedAt(delivery), task->deadline, clock_);
+    task->context = std::make_unique<TaskContext>(request, delivery.failed_attempts + 1,
+                                                  RequestedAt(delivery), task->deadline, clock_,
+                                                  delivery.delivery_count);
     {
       std::lock_guard<std::mutex> lock(mu_);
       running_tasks_.emplace(task->id, task);
@@ -688,7 +738,8 @@ class Executor::Impl {
     TaskResult result;
     result.task_id = task.request->id;
     result.type = task.request->type;
-    result.attempts = task.delivery.delivery_count;
+    result.attempts = task.delivery.failed_attempts + 1;
+    result.deliveries = task.delivery.delivery_count;
     result.request_event_id = task.delivery.event.id();
     result.completed_at = clock_->Now();
     result.metadata = task.request->metadata;
@@ -697,7 +748,8 @@ class Executor::Impl {
 
   void Settle(const TaskPtr& task, const TaskOutcome& outcome, absl::Duration duration,
               absl::string_view transient_kind) {
-    const int attempt = task->delivery.delivery_count;
+    // Attempts, not deliveries: a delayed redelivery or a give-back is no failed attempt.
+    const int attempt = task->delivery.failed_attempts + 1;
     switch (outcome.kind()) {
       case TaskOutcome::Kind::kSucceeded: {
         TaskResult result = BaseResult(*task);
@@ -706,12 +758,11 @@ class Executor::Impl {
         result.duration = duration;
         std::string stored = task->tracked ? TaskResultToJson(result) : std::string();
         PublishResult(task, std::move(result),
-                      [this, task, duration, stored = std::move(stored)](absl::Status published) {
+                      [this, task, duration, attempt, stored = std::move(stored)](absl::Status published) {
           if (!published.ok()) {
             // Without its result the task is not done: run it again later (at-least-once).
             deps_.metrics->TaskFinished(task->type, kOutcomeRetried, duration);
-            Nack(task, task->retry.Backoff(task->delivery.delivery_count, *deps_.random),
-                 "result not published");
+            Nack(task, task->retry.Backoff(attempt, *deps_.random), "result not published");
             return;
           }
           deps_.metrics->TaskFinished(task->type, kOutcomeSucceeded, duration);
@@ -751,7 +802,7 @@ class Executor::Impl {
           retrying.last_error = outcome.error();
           retrying.lease_until = absl::InfinitePast();
           retrying.append_history = AttemptHistory(*task, std::string(transient_kind), outcome.error());
-          Record(task, std::move(retrying), [this, task, backoff] { Nack(task, backoff, "retry"); });
+          Record(task, std::move(retrying), [this, task, backoff] { Nack(task, backoff, "retry", NackKind::kFailed); });
           return;
         }
         Fail(task, outcome, duration, transient_kind,
@@ -915,8 +966,10 @@ class Executor::Impl {
     });
   }
 
-  void Nack(const TaskPtr& task, absl::Duration delay, std::string why) {
-    subscription_->NackAsync(task->delivery, delay, [this, task, why](absl::Status s) {
+  // kGiveBack unless the run failed and is retried: only failures count as attempts.
+  void Nack(const TaskPtr& task, absl::Duration delay, std::string why,
+            NackKind kind = NackKind::kGiveBack) {
+    subscription_->NackAsync(task->delivery, delay, kind, [this, task, why](absl::Status s) {
       Log(s.ok() ? TaskLogRecord::Level::kDebug : TaskLogRecord::Level::kWarning,
           absl::StrCat("delivery given back: ", why), RefOf(*task),
           s.ok() ? std::string() : s.ToString());
@@ -1396,6 +1449,10 @@ class Executor::Impl {
   int running_ = 0;  // handler runs the executor waits for
   int idle_workers_ = 0;
   int stuck_workers_ = 0;
+  // Since when the fetcher has wanted events without a fetch completing (InfiniteFuture: not
+  // stalled), and the last fetch error meanwhile (progress(), CheckProgress()).
+  absl::Time fetch_wanted_since_ = absl::InfiniteFuture();
+  std::string last_fetch_error_;
   uint64_t next_task_id_ = 1;
   absl::Time supervisor_wake_at_ = absl::InfinitePast();
   uint64_t supervisor_kicks_ = 0;
@@ -1428,6 +1485,8 @@ void Executor::Shutdown() { impl_->Shutdown(); }
 int Executor::in_flight() const { return impl_->in_flight(); }
 int Executor::running() const { return impl_->running(); }
 int Executor::stuck_workers() const { return impl_->stuck_workers(); }
+ExecutorProgress Executor::progress() const { return impl_->progress(); }
+absl::Status Executor::CheckProgress() const { return impl_->CheckProgress(); }
 const ExecutorOptions& Executor::options() const { return impl_->options(); }
 
 }  // namespace eventbus::executor

@@ -236,6 +236,7 @@ std::string TaskResultToJson(const TaskResult& result) {
       {"status", std::string(TaskStatusName(result.status))},
       {"output", result.output ? *result.output : json(nullptr)},
       {"attempts", result.attempts},
+      {"deliveries", result.deliveries},
       {"duration_ms", absl::ToDoubleMilliseconds(result.duration)},
       {"request_event_id", result.request_event_id},
       {"completed_at", FormatRfc3339(result.completed_at)},
@@ -285,6 +286,14 @@ absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text) {
       return absl::InvalidArgumentError("task result: \"attempts\" must be a non-negative int");
     }
     result.attempts = attempts.get<int>();
+    // Absent in results of executors before it existed.
+    if (auto it = document.find("deliveries"); it != document.end()) {
+      if (!it->is_number_integer() || it->get<int64_t>() < 0 ||
+          it->get<int64_t>() > std::numeric_limits<int>::max()) {
+        return absl::InvalidArgumentError("task result: \"deliveries\" must be a non-negative int");
+      }
+      result.deliveries = it->get<int>();
+    }
     result.duration = absl::Microseconds(document.at("duration_ms").get<double>() * 1000);
     if (result.duration == absl::InfiniteDuration() || result.duration == -absl::InfiniteDuration()) {
       return absl::InvalidArgumentError("task result: \"duration_ms\" is out of range");

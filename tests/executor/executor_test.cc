@@ -4,6 +4,7 @@
 #include "eventbus/executor/executor.h"
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -15,6 +16,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
 #include "eventbus/executor/task.h"
@@ -47,6 +49,7 @@ class ScriptedHandler final : public TaskHandler {
       call = ++calls_;
       times_.push_back(context.clock()->Now());
       attempts_.push_back(context.attempt());
+      delivery_counts_.push_back(context.delivery_count());
       ++running_;
       max_running_ = std::max(max_running_, running_);
     });
@@ -64,6 +67,9 @@ class ScriptedHandler final : public TaskHandler {
   int returned_cancelled() const { return monitor_.Read([&] { return returned_cancelled_; }); }
   std::vector<absl::Time> times() const { return monitor_.Read([&] { return times_; }); }
   std::vector<int> attempts() const { return monitor_.Read([&] { return attempts_; }); }
+  std::vector<int> delivery_counts() const {
+    return monitor_.Read([&] { return delivery_counts_; });
+  }
   bool AwaitRunning(int n) const { return monitor_.Await([&] { return running_ >= n; }); }
   bool AwaitIdle() const { return monitor_.Await([&] { return running_ == 0; }); }
 
@@ -78,6 +84,7 @@ class ScriptedHandler final : public TaskHandler {
   int returned_cancelled_ = 0;
   std::vector<absl::Time> times_;
   std::vector<int> attempts_;
+  std::vector<int> delivery_counts_;
 };
 
 // Lets blocked handlers go, one at a time or all at once.
@@ -256,6 +263,45 @@ TEST_F(ExecutorTest, TransientFailuresFollowTheBackoffScheduleThenDeadLetter) {
   EXPECT_EQ(metrics_.dead_lettered("flaky"), 1);
 }
 
+// A handler that polls (RedeliverAfter) before it fails still gets its retries: delayed
+// redeliveries are deliveries, not failed attempts.
+TEST_F(ExecutorTest, PollingRedeliveriesDoNotUseUpRetryAttempts) {
+  TaskPolicy policy;
+  policy.retry.max_attempts = 2;
+  policy.retry.initial_backoff = absl::Seconds(1);
+  policy.retry.jitter = 0;
+  ScriptedHandler* poller = AddHandler(
+      "poller",
+      [](TaskContext&, int call) {
+        if (call <= 2) return TaskOutcome::RedeliverAfter(absl::Minutes(1));
+        return TaskOutcome::Transient(absl::StrCat("failure ", call));
+      },
+      policy);
+  Start();
+  Submit(Task("t-poll", "poller"));
+  // Two polls, each a redelivery a minute later; then a failure and its retry a second later.
+  const absl::Duration waits[] = {absl::Minutes(1), absl::Minutes(1), absl::Seconds(1)};
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(log_.AwaitCount(Op::kNack, i + 1)) << "nack " << i + 1;
+    clock_.Advance(waits[i]);
+  }
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  EXPECT_EQ(poller->calls(), 4);
+  EXPECT_THAT(poller->attempts(), ElementsAre(1, 1, 1, 2));
+  EXPECT_THAT(poller->delivery_counts(), ElementsAre(1, 2, 3, 4));
+  const auto nacks = log_.Calls(Op::kNack);
+  ASSERT_EQ(nacks.size(), 3u);
+  EXPECT_FALSE(nacks[0].failed) << "a poll is a give-back";
+  EXPECT_FALSE(nacks[1].failed);
+  EXPECT_TRUE(nacks[2].failed) << "a failure counts";
+  const auto dead = log_.Calls(Op::kDeadLetter);
+  EXPECT_THAT(dead[0].reason, HasSubstr("gave up after 2 attempts: failure 4"));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].attempts, 2);
+  EXPECT_EQ(results[0].deliveries, 4);
+}
+
 TEST_F(ExecutorTest, PerTaskRetryOverrideLimitsAttempts) {
   ScriptedHandler* flaky =
       AddHandler("flaky", [](TaskContext&, int) { return TaskOutcome::Transient("busy"); });
@@ -377,7 +423,8 @@ TEST_F(ExecutorTest, WaitIsMeasuredFromTheRequestTimeNotTheDelivery) {
   auto results = AwaitResults(1);
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0].status, TaskStatus::kSucceeded);
-  EXPECT_EQ(results[0].attempts, 2);
+  EXPECT_EQ(results[0].attempts, 1) << "waiting is no failed attempt";
+  EXPECT_EQ(results[0].deliveries, 2);
 }
 
 TEST_F(ExecutorTest, ConcurrencyIsNeverExceeded) {
@@ -594,7 +641,8 @@ TEST_F(ExecutorTest, ReclaimTakesOverDeliveriesOfADeadConsumer) {
   auto results = AwaitResults(1);
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0].task_id, "t-orphan");
-  EXPECT_EQ(results[0].attempts, 2);
+  EXPECT_EQ(results[0].attempts, 1) << "nothing saw the dead consumer's run fail";
+  EXPECT_EQ(results[0].deliveries, 2);
   EXPECT_GE(log_.Count(Op::kReclaim), 1);
 }
 
@@ -665,6 +713,103 @@ TEST_F(ExecutorTest, LongHandlersAreExtendedOnEveryHeartbeat) {
   gate_.Release();
   ASSERT_TRUE(log_.AwaitCount(Op::kAck, 1));
   EXPECT_EQ(log_.Count(Op::kExtend), 3);
+}
+
+// Waits (polling: the condition is another thread's state, no time has to pass) until `done`
+// holds; false after the safety bound.
+bool Eventually(const std::function<bool()>& done) {
+  const absl::Time deadline = absl::Now() + testing::kSafetyTimeout;
+  while (!done()) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return true;
+}
+
+TEST_F(ExecutorTest, ProgressCheckFailsWhileEveryWorkerIsStuckInAnOverrunHandler) {
+  options_.workers = 1;
+  ScriptedHandler* hung = AddHandler(
+      "hung",
+      [this](TaskContext& context, int) {
+        gate_.Pass(context);  // ignores cancellation, as a wedged library call would
+        return TaskOutcome::Succeeded(nullptr);
+      },
+      TaskPolicy{.timeout = absl::Seconds(1)});
+  Start();
+  EXPECT_TRUE(executor_->CheckProgress().ok()) << executor_->CheckProgress();
+  Submit(Task("t-hung", "hung"));
+  ASSERT_TRUE(hung->AwaitRunning(1));
+  EXPECT_TRUE(executor_->CheckProgress().ok()) << "running within its timeout is progress";
+
+  clock_.Advance(absl::Seconds(1));  // the timeout: the executor gives up, the thread stays
+  ASSERT_TRUE(log_.AwaitCount(Op::kNack, 1));  // the timeout's retry
+  const ExecutorProgress progress = executor_->progress();
+  EXPECT_EQ(progress.stuck_workers, 1);
+  EXPECT_EQ(progress.workers, 1);
+  const absl::Status stuck = executor_->CheckProgress();
+  EXPECT_TRUE(absl::IsUnavailable(stuck)) << stuck;
+  EXPECT_THAT(stuck.message(), HasSubstr("all 1 worker threads are held by handlers"));
+
+  gate_.Release();  // the handler returns at last: its worker is free again
+  EXPECT_TRUE(Eventually([this] { return executor_->CheckProgress().ok(); }))
+      << executor_->CheckProgress();
+  EXPECT_EQ(executor_->progress().stuck_workers, 0);
+}
+
+TEST_F(ExecutorTest, ProgressCheckFailsOnceNoFetchCompletedForTheStallTimeout) {
+  options_.fetch_stall_timeout = absl::Seconds(30);
+  options_.fetch_error_backoff = absl::Seconds(1);
+  Start();
+  EXPECT_TRUE(executor_->CheckProgress().ok()) << executor_->CheckProgress();
+  log_.FailFetches(absl::UnavailableError("connection refused"));
+  ASSERT_TRUE(log_.AwaitFailedFetches(1));
+
+  // The fetcher backs off 1 s after a failure. Two steps: the first one may come before the
+  // fetcher computed its backoff deadline (then 1 s later), the second passes it either way.
+  clock_.Advance(absl::Seconds(1));
+  clock_.Advance(absl::Seconds(28));
+  ASSERT_TRUE(log_.AwaitFailedFetches(2));  // still failing after the backoff
+  EXPECT_TRUE(executor_->CheckProgress().ok()) << "29 s is within the stall timeout";
+  EXPECT_EQ(executor_->progress().fetch_stalled_for, absl::Seconds(29));
+
+  clock_.Advance(absl::Seconds(1));
+  const absl::Status stalled = executor_->CheckProgress();
+  EXPECT_TRUE(absl::IsUnavailable(stalled)) << stalled;
+  EXPECT_THAT(stalled.message(), HasSubstr("no fetch from io.flunq.task.requested completed for PT30S"));
+  EXPECT_THAT(stalled.message(), HasSubstr("connection refused"));
+
+  log_.FailFetches(absl::OkStatus());  // the backend is back
+  // Step past the fetcher's backoff (wherever it started) until a fetch completes.
+  EXPECT_TRUE(Eventually([this] {
+    clock_.Advance(absl::Seconds(1));
+    return executor_->CheckProgress().ok();
+  })) << executor_->CheckProgress();
+  // Fetches complete again: the stall and its error are gone (a fetch in flight may count
+  // the virtual second this test just stepped).
+  EXPECT_LE(executor_->progress().fetch_stalled_for, absl::Seconds(1));
+  EXPECT_EQ(executor_->progress().fetch_error, "");
+}
+
+TEST_F(ExecutorTest, WaitingForFreeSlotsIsNoStall) {
+  options_.concurrency = 1;
+  options_.fetch_batch = 1;  // at most concurrency + batch = 2 unfinished: then no fetching
+  options_.fetch_stall_timeout = absl::Seconds(30);
+  ScriptedHandler* slow = AddHandler(
+      "slow",
+      [this](TaskContext& context, int) {
+        gate_.Pass(context);
+        return TaskOutcome::Succeeded(nullptr);
+      },
+      TaskPolicy{.timeout = absl::Hours(1)});
+  Start();
+  Submit(Task("t-1", "slow"));
+  Submit(Task("t-2", "slow"));
+  ASSERT_TRUE(slow->AwaitRunning(1));
+  ASSERT_TRUE(Eventually([this] { return executor_->in_flight() == 2; }));
+  clock_.Advance(absl::Minutes(5));
+  EXPECT_TRUE(executor_->CheckProgress().ok()) << executor_->CheckProgress();
+  EXPECT_EQ(executor_->progress().fetch_stalled_for, absl::ZeroDuration());
+  gate_.OpenAll();
 }
 
 }  // namespace

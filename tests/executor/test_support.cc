@@ -18,6 +18,10 @@ class RecordingSubscription final : public Subscription {
       : inner_(std::move(inner)), log_(log) {}
 
   absl::StatusOr<std::vector<Delivery>> Fetch(int max_events, absl::Duration wait) override {
+    if (absl::Status failure = log_->fetch_failure(); !failure.ok()) {
+      log_->AddFailedFetch();
+      return failure;
+    }
     auto result = inner_->Fetch(max_events, wait);
     if (result.ok() && !result->empty()) {
       log_->Add({.op = Op::kFetch, .max_events = max_events});
@@ -30,10 +34,11 @@ class RecordingSubscription final : public Subscription {
     log_->Add({.op = Op::kAck, .delivery_id = d.id, .delivery_count = d.delivery_count});
     return status;
   }
-  absl::Status Nack(const Delivery& d, absl::Duration delay) override {
-    absl::Status status = inner_->Nack(d, delay);
+  using Subscription::Nack;
+  absl::Status Nack(const Delivery& d, absl::Duration delay, NackKind kind) override {
+    absl::Status status = inner_->Nack(d, delay, kind);
     log_->Add({.op = Op::kNack, .delivery_id = d.id, .delivery_count = d.delivery_count,
-               .delay = delay});
+               .delay = delay, .failed = kind == NackKind::kFailed});
     return status;
   }
   absl::Status Extend(const Delivery& d) override {
@@ -140,6 +145,22 @@ std::vector<SubscriptionCall> CallLog::Calls(Op op) const {
     }
     return out;
   });
+}
+
+void CallLog::FailFetches(absl::Status status) {
+  monitor_.Update([&] { fetch_failure_ = std::move(status); });
+}
+
+absl::Status CallLog::fetch_failure() const {
+  return monitor_.Read([&] { return fetch_failure_; });
+}
+
+void CallLog::AddFailedFetch() {
+  monitor_.Update([&] { ++failed_fetches_; });
+}
+
+bool CallLog::AwaitFailedFetches(int n) const {
+  return monitor_.Await([&] { return failed_fetches_ >= n; });
 }
 
 int CallLog::Count(Op op) const { return static_cast<int>(Calls(op).size()); }

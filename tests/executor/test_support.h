@@ -58,6 +58,7 @@ struct SubscriptionCall {
   std::string delivery_id;
   int delivery_count = 0;
   absl::Duration delay;  // nack
+  bool failed = false;   // nack: NackKind::kFailed
   std::string reason;    // dead letter
   int max_events = 0;    // fetch / reclaim
 };
@@ -76,8 +77,18 @@ class CallLog {
   // Waits until `count(op) >= n`; false after kSafetyTimeout.
   bool AwaitCount(SubscriptionCall::Op op, int n, absl::Duration timeout = kSafetyTimeout) const;
 
+  // While `status` is an error, Fetch returns it without asking the backend (a backend that
+  // is down or refuses); OK lets fetches through again.
+  void FailFetches(absl::Status status);
+  absl::Status fetch_failure() const;
+  void AddFailedFetch();
+  // Waits until at least `n` fetches failed by FailFetches; false after kSafetyTimeout.
+  bool AwaitFailedFetches(int n) const;
+
  private:
   Monitor monitor_;
+  absl::Status fetch_failure_;
+  int failed_fetches_ = 0;
   std::vector<SubscriptionCall> calls_;
   int outstanding_ = 0;
   int max_outstanding_ = 0;

@@ -70,13 +70,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The time that was written is the time the event carries (to the nanosecond).
   for (const auto& [name, value] : fields) {
     if (name != "time") continue;
-    absl::StatusOr<absl::Time> written = wire::ParseEventTime(value);
-    EVENTBUS_FUZZ_CHECK(written.ok(), "Decode accepted a time ParseEventTime refuses");
+    absl::StatusOr<absl::Time> written = eventbus::ParseTimeAttribute(value);
+    EVENTBUS_FUZZ_CHECK(written.ok(), "Decode accepted a time ParseTimeAttribute refuses");
     const absl::Time truncated =
         absl::UnixEpoch() + absl::Floor(*written - absl::UnixEpoch(), absl::Nanoseconds(1));
     EVENTBUS_FUZZ_CHECK(eventbus::EventTime(*event) == truncated,
                         "the decoded time is not the time written: " + value + " became " +
-                            wire::FormatEventTime(eventbus::EventTime(*event)));
+                            eventbus::FormatTimeAttribute(eventbus::EventTime(*event)));
   }
   return 0;
 }

@@ -1,8 +1,11 @@
 // The shared conformance suite against a real Kafka broker.
 
 #include "absl/strings/str_cat.h"
+#include "eventbus/clock.h"
 #include "eventbus/conformance/conformance.h"
+#include "kafka_client.h"
 #include "kafka_test_env.h"
+#include "wire_format.h"
 
 namespace eventbus::kafka::testing {
 namespace {
@@ -28,6 +31,16 @@ KafkaOptions BoundedOptions() {
   return options;
 }
 
+// The record the backend's encoder writes, produced by a client of its own, as kcat would.
+absl::Status ProduceRaw(const std::string& topic, const Event& event) {
+  auto client = KafkaClient::Create(TestOptions(), Clock::Real());
+  if (!client.ok()) return client.status();
+  if (absl::Status s = (*client)->EnsureTopic(topic); !s.ok()) return s;
+  auto record = EncodeEvent(event);
+  if (!record.ok()) return record.status();
+  return (*client)->ProduceAndWait(topic, *record).status();
+}
+
 EVENTBUS_INSTANTIATE_CONFORMANCE(
     Kafka, conformance::BackendUnderTest{
                .name = "kafka",
@@ -46,6 +59,7 @@ EVENTBUS_INSTANTIATE_CONFORMANCE(
                // cut_connection (clients connect to the advertised listener, past any proxy).
                .restart_server = RestartBroker,
                .make_bounded_stream = [] { return NewTestStream(BoundedOptions()); },
+               .write_raw = ProduceRaw,
            });
 
 // The per-key ordering mode (at most one event per key in flight) must pass the same suite,
@@ -66,6 +80,7 @@ EVENTBUS_INSTANTIATE_CONFORMANCE(
                       .nack_delay = absl::Seconds(2),
                       .reclaim_idle = absl::Milliseconds(500),
                       .events_per_publisher = 250,
+                      .write_raw = ProduceRaw,
                   });
 
 }  // namespace

@@ -378,16 +378,18 @@ TEST(KafkaIntegrationTest, AnEventProducedWithKcatFollowingTheWireFormatIsConsum
   ASSERT_TRUE(more.ok());
   EXPECT_TRUE(more->empty()) << "the malformed record was returned";
 
-  // The dead letter, read back with kcat: the raw record plus the reason and origin.
+  // The dead letter, read back with kcat: a valid event carrying the reason, the origin and the
+  // raw record (value as is, raw headers under eventbus-raw-header-).
   const std::string dead = RunCommand(absl::StrCat(
       "kcat -b ", bootstrap, " -C -t ", topic, ".dlq -o beginning -c 1 -e -q -f '%h|%s\\n' 2>&1"));
-  EXPECT_TRUE(absl::StrContains(dead, "ce_dlqreason=malformed CloudEvents Kafka record: missing "
-                                      "or empty header ce_type"))
+  EXPECT_TRUE(absl::StrContains(
+      dead, "ce_dlqreason=malformed event: required attribute 'type' is missing or empty"))
       << dead;
   EXPECT_TRUE(absl::StrContains(dead, absl::StrCat("ce_dlqoriginstream=", topic))) << dead;
+  EXPECT_TRUE(absl::StrContains(dead, "ce_type=io.eventbus.malformed")) << dead;
   EXPECT_TRUE(absl::StrContains(dead, "eventbus-dlq-origin-partition=")) << dead;
   EXPECT_TRUE(absl::StrContains(dead, "eventbus-dlq-origin-offset=")) << dead;
-  EXPECT_TRUE(absl::StrContains(dead, "ce_id=kcat-2")) << dead;
+  EXPECT_TRUE(absl::StrContains(dead, "eventbus-raw-header-ce_id=kcat-2")) << dead;
   EXPECT_TRUE(absl::StrContains(dead, "|junk")) << dead;
 }
 
@@ -409,7 +411,7 @@ TEST(KafkaIntegrationTest, LongNackGoesThroughTheRetryTopicAndOutlivesTheConsume
   }
   const absl::Duration delay = absl::Seconds(4);
   const absl::Time nacked_at = absl::Now();
-  ASSERT_TRUE(first->Nack(got[0], delay).ok());
+  ASSERT_TRUE(first->Nack(got[0], delay, NackKind::kFailed).ok());
   // The nacking consumer goes away; the delay is kept by the retry topic.
   ASSERT_TRUE(first->Close().ok());
 
@@ -428,6 +430,7 @@ TEST(KafkaIntegrationTest, LongNackGoesThroughTheRetryTopicAndOutlivesTheConsume
   EXPECT_EQ(again[0].event.id(), got[0].event.id());
   EXPECT_EQ(again[0].id, got[0].id) << "the delivery id survives the retry topic";
   EXPECT_EQ(again[0].delivery_count, 2) << "the attempt count travels in a header";
+  EXPECT_EQ(again[0].failed_attempts, 1) << "the failed-attempt count travels in a header";
   EXPECT_EQ(again[0].first_delivery_time, absl::FromUnixMillis(absl::ToUnixMillis(
                                               got[0].first_delivery_time)));
   ASSERT_TRUE(second->Ack(again[0]).ok());

@@ -143,15 +143,18 @@ TEST(WireFormatTest, MalformedRecordsGiveAReason) {
     std::string reason;         // expected in the message
   };
   const Case cases[] = {
-      {"ce_type", {}, "ce_type"},
-      {"ce_id", {}, "ce_id"},
-      {"ce_source", {}, "ce_source"},
-      {"ce_specversion", {}, "ce_specversion"},
-      {"", {"ce_specversion", "0.3"}, "0.3"},
-      {"", {"ce_time", "yesterday"}, "ce_time"},
+      // The checks every backend shares (eventbus::ValidateEnvelope), with its reasons.
+      {"ce_type", {}, "required attribute 'type' is missing or empty"},
+      {"ce_id", {}, "required attribute 'id' is missing or empty"},
+      {"ce_source", {}, "required attribute 'source' is missing or empty"},
+      {"ce_specversion", {}, "attribute 'specversion' must be \"1.0\", got \"\""},
+      {"ce_specversion", {"ce_specversion", "0.3"}, "0.3"},
+      {"ce_id", {"ce_id", "caf\xe9"}, "attribute 'id' is not valid UTF-8"},
+      {"", {"traceparent", "\xc0\xaf"}, "header 'traceparent' is not valid UTF-8"},
+      {"", {"ce_time", "yesterday"}, "attribute 'time'"},
       // Found by tests/fuzz (kafka_wire): absl::ParseTime's own spellings of infinity.
-      {"", {"ce_time", "infinite-future"}, "ce_time"},
-      {"", {"ce_time", "infinite-past"}, "ce_time"},
+      {"", {"ce_time", "infinite-future"}, "attribute 'time'"},
+      {"", {"ce_time", "infinite-past"}, "attribute 'time'"},
       {"", {"ce_", "x"}, "no attribute"},
       {"", {"ce_ce_x", "x"}, "reserved"},
       {"", {"ce_eventbus-attempt", "1"}, "reserved"},
@@ -175,7 +178,7 @@ TEST(WireFormatTest, EverythingDecodedEncodesAgain) {
   record.headers.emplace_back("type", "plain");
   record.headers.emplace_back("Content-Type", "x/y");
   record.headers.emplace_back("ce_X-Odd", "1");
-  record.headers.emplace_back(std::string("\xff\x00", 2), "bin");
+  record.headers.emplace_back(std::string("odd\x01\x00", 5), "control bytes are UTF-8");
   auto decoded = DecodeEvent(record);
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   auto encoded = EncodeEvent(decoded->event);

@@ -13,6 +13,8 @@
 #include "eventbus/harness/tcp_proxy.h"
 #include "eventbus/nats/nats_event_stream.h"
 #include "gtest/gtest.h"
+#include "nats_handles.h"
+#include "wire.h"
 
 namespace {
 
@@ -56,6 +58,34 @@ absl::StatusOr<std::unique_ptr<eventbus::EventStream>> NewStream(
   return eventbus::nats::NewNatsEventStream(options, eventbus::Clock::Real());
 }
 
+// The message the backend's encoder writes, published by a plain nats.c connection and
+// confirmed by JetStream, as the nats CLI would.
+absl::Status PublishRaw(const std::string& stream, const eventbus::Event& event) {
+  using namespace eventbus::nats;
+  natsConnection* raw_nc = nullptr;
+  if (natsConnection_ConnectTo(&raw_nc, server->url().c_str()) != NATS_OK) {
+    return absl::UnavailableError("cannot connect to nats-server");
+  }
+  ConnectionPtr nc(raw_nc);
+  jsCtx* raw_js = nullptr;
+  if (natsConnection_JetStream(&raw_js, nc.get(), nullptr) != NATS_OK) {
+    return absl::InternalError("no JetStream context");
+  }
+  std::unique_ptr<jsCtx, JsCtxDeleter> js(raw_js);
+  natsMsg* raw_msg = nullptr;
+  if (natsMsg_Create(&raw_msg, stream.c_str(), nullptr, event.data().data(),
+                     static_cast<int>(event.data().size())) != NATS_OK) {
+    return absl::InternalError("natsMsg_Create failed");
+  }
+  MsgPtr msg(raw_msg);
+  if (absl::Status s = wire::EncodeHeaders(event, msg.get()); !s.ok()) return s;
+  jsPubAck* ack = nullptr;
+  jsErrCode code = jsErrCode(0);
+  const natsStatus ns = js_PublishMsg(&ack, js.get(), msg.get(), nullptr, &code);
+  if (ack != nullptr) jsPubAck_Destroy(ack);
+  return ns == NATS_OK ? absl::OkStatus() : absl::UnavailableError("js_PublishMsg failed");
+}
+
 eventbus::conformance::BackendUnderTest NatsOnRealServer() {
   eventbus::conformance::BackendUnderTest backend;
   backend.name = "nats";
@@ -80,6 +110,7 @@ eventbus::conformance::BackendUnderTest NatsOnRealServer() {
     proxy->CutConnections();
     return absl::OkStatus();
   };
+  backend.write_raw = PublishRaw;
   return backend;
 }
 

@@ -3,6 +3,10 @@
 // cut_connection hook can reset their connections while the server runs.
 #include <cstdlib>
 #include <memory>
+#include <string>
+#include <vector>
+
+#include <hiredis/hiredis.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -12,6 +16,7 @@
 #include "eventbus/harness/tcp_proxy.h"
 #include "eventbus/redis/redis_event_stream.h"
 #include "gtest/gtest.h"
+#include "wire.h"
 
 namespace {
 
@@ -55,6 +60,27 @@ absl::StatusOr<std::unique_ptr<eventbus::EventStream>> NewStream(
   return eventbus::redis::NewRedisEventStream(options, eventbus::Clock::Real());
 }
 
+// XADD of the entry the backend's encoder writes, as redis-cli would send it.
+absl::Status XaddRaw(const std::string& stream, const eventbus::Event& event) {
+  std::vector<std::string> args = {"XADD", stream, "*"};
+  eventbus::redis::wire::AppendFields(event, args);
+  std::vector<const char*> argv;
+  std::vector<size_t> lengths;
+  for (const std::string& arg : args) {
+    argv.push_back(arg.data());
+    lengths.push_back(arg.size());
+  }
+  std::unique_ptr<redisContext, decltype(&redisFree)> c(redisConnect("127.0.0.1", server->port()),
+                                                        &redisFree);
+  if (c == nullptr || c->err != 0) return absl::UnavailableError("cannot connect to redis-server");
+  auto* reply = static_cast<redisReply*>(
+      redisCommandArgv(c.get(), static_cast<int>(argv.size()), argv.data(), lengths.data()));
+  if (reply == nullptr) return absl::UnavailableError("XADD: no reply");
+  const bool ok = reply->type == REDIS_REPLY_STRING;
+  freeReplyObject(reply);
+  return ok ? absl::OkStatus() : absl::InternalError("XADD failed");
+}
+
 eventbus::conformance::BackendUnderTest RedisOnRealServer() {
   eventbus::conformance::BackendUnderTest backend;
   backend.name = "redis";
@@ -84,6 +110,7 @@ eventbus::conformance::BackendUnderTest RedisOnRealServer() {
     proxy->CutConnections();
     return absl::OkStatus();
   };
+  backend.write_raw = XaddRaw;
   return backend;
 }
 

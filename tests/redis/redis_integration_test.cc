@@ -402,7 +402,7 @@ TEST(RedisIntegration, MalformedEntriesGoToTheDeadLetterStreamAndTheConsumerKeep
     EXPECT_EQ(d.event.type(), "io.eventbus.malformed");
     reason_by_origin[h.at(std::string(kDlqOriginIdHeader))] = h.at(std::string(kDlqReasonHeader));
   }
-  EXPECT_TRUE(absl::StrContains(reason_by_origin[missing_type], "missing required field 'type'"))
+  EXPECT_TRUE(absl::StrContains(reason_by_origin[missing_type], "malformed event: required attribute 'type' is missing or empty"))
       << reason_by_origin[missing_type];
   EXPECT_TRUE(absl::StrContains(reason_by_origin[garbage], "unknown field")) << reason_by_origin[garbage];
   EXPECT_TRUE(absl::StrContains(reason_by_origin[bad_time], "RFC 3339")) << reason_by_origin[bad_time];

@@ -327,16 +327,6 @@ TEST(Wire, RejectsUnknownAndDuplicateFields) {
   ExpectMalformed(duplicate, "duplicate field 'id'");
 }
 
-TEST(Wire, Utf8Validation) {
-  EXPECT_TRUE(wire::IsValidUtf8(""));
-  EXPECT_TRUE(wire::IsValidUtf8("plain ascii"));
-  EXPECT_TRUE(wire::IsValidUtf8("h\xc3\xa9llo \xe6\x97\xa5 \xf0\x9f\x94\x91"));
-  EXPECT_FALSE(wire::IsValidUtf8("\xc0\xaf"));          // overlong '/'
-  EXPECT_FALSE(wire::IsValidUtf8("\xe2\x82"));          // truncated
-  EXPECT_FALSE(wire::IsValidUtf8("\xf4\x90\x80\x80"));  // beyond U+10FFFF
-  EXPECT_FALSE(wire::IsValidUtf8("\x80"));              // stray continuation byte
-}
-
 TEST(Wire, RenderRawEntryIsLosslessAndReadable) {
   const std::string rendered =
       wire::RenderRawEntry({{"type", "a b"}, {"data", std::string("\x00\n\xff", 3)}});

@@ -101,6 +101,97 @@ TEST(DeadLetter, CarriesOriginReasonAndCount) {
   EXPECT_EQ(DeadLetterStreamName(options), "poison");
 }
 
+TEST(ValidateEnvelope, AcceptsAMinimalAndAFullEvent) {
+  Event event = MakeEvent("t", "/s", std::string("bin\0\xff", 5));  // data is bytes
+  EXPECT_TRUE(ValidateEnvelope(event).ok()) << ValidateEnvelope(event);
+  event.set_subject("h\xc3\xa9llo \xf0\x9f\x94\x91");
+  event.set_key(std::string(kMaxAttributeBytes, 'k'));
+  (*event.mutable_headers())["traceparent"] = std::string(kMaxHeaderValueBytes, 'v');
+  SetEventTime(event, absl::FromUnixSeconds(-62135596800));  // 0001-01-01
+  EXPECT_TRUE(ValidateEnvelope(event).ok()) << ValidateEnvelope(event);
+}
+
+// The reasons every backend's dead letters carry (tests/conformance checks they are the same
+// on every backend): one per rule, naming the attribute or header.
+TEST(ValidateEnvelope, NamesWhatIsWrong) {
+  auto reason = [](auto mutate) {
+    Event event = MakeEvent("t", "/s");
+    mutate(event);
+    absl::Status status = ValidateEnvelope(event);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    return std::string(status.message());
+  };
+  EXPECT_EQ(reason([](Event& e) { e.set_spec_version("0.3"); }),
+            "attribute 'specversion' must be \"1.0\", got \"0.3\"");
+  EXPECT_EQ(reason([](Event& e) { e.clear_id(); }), "required attribute 'id' is missing or empty");
+  EXPECT_EQ(reason([](Event& e) { e.clear_source(); }),
+            "required attribute 'source' is missing or empty");
+  EXPECT_EQ(reason([](Event& e) { e.clear_type(); }),
+            "required attribute 'type' is missing or empty");
+  EXPECT_EQ(reason([](Event& e) { e.set_id("caf\xe9"); }), "attribute 'id' is not valid UTF-8");
+  EXPECT_EQ(reason([](Event& e) { e.set_key("\xed\xa0\x80"); }),  // a lone surrogate
+            "attribute 'partitionkey' is not valid UTF-8");
+  EXPECT_EQ(reason([](Event& e) { e.set_source(std::string(kMaxAttributeBytes + 1, 's')); }),
+            "attribute 'source' is 4097 bytes; at most 4096 are allowed");
+  EXPECT_EQ(reason([](Event& e) { (*e.mutable_headers())["trace"] = "\xc0\xaf"; }),
+            "header 'trace' is not valid UTF-8");
+  EXPECT_EQ(reason([](Event& e) { (*e.mutable_headers())["\xff"] = "v"; }),
+            "header name '\\xff' is not valid UTF-8");
+  EXPECT_EQ(reason([](Event& e) { (*e.mutable_headers())[""] = "v"; }), "a header name is empty");
+  EXPECT_EQ(reason([](Event& e) { (*e.mutable_headers())[std::string(257, 'h')] = "v"; }).substr(0, 13),
+            "header name '");
+  EXPECT_EQ(reason([](Event& e) { e.mutable_time()->set_seconds(253402300800); }),
+            "attribute 'time' is outside years 0001..9999");
+  EXPECT_EQ(reason([](Event& e) { e.mutable_time()->set_nanos(-1); }),
+            "attribute 'time' has -1 nanoseconds (must be in [0, 1e9))");
+}
+
+TEST(ValidateEnvelope, PublishRefusesWhatDecodersWouldDeadLetter) {
+  Event event = MakeEvent("t", "/s");
+  (*event.mutable_headers())["h"] = "\x80";
+  absl::Status status = NormalizeForPublish(event, absl::Now());
+  EXPECT_EQ(status, ValidateEnvelope(event));
+  EXPECT_EQ(MalformedEventReason(status.message()), "malformed event: header 'h' is not valid UTF-8");
+}
+
+TEST(IsValidUtf8, FollowsRfc3629) {
+  EXPECT_TRUE(IsValidUtf8(""));
+  EXPECT_TRUE(IsValidUtf8("plain ascii"));
+  EXPECT_TRUE(IsValidUtf8("h\xc3\xa9llo \xe6\x97\xa5 \xf0\x9f\x94\x91"));
+  EXPECT_FALSE(IsValidUtf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(IsValidUtf8("\xe2\x82"));          // truncated
+  EXPECT_FALSE(IsValidUtf8("\xf4\x90\x80\x80"));  // beyond U+10FFFF
+  EXPECT_FALSE(IsValidUtf8("\x80"));              // stray continuation byte
+  EXPECT_FALSE(IsValidUtf8("\xed\xa0\x80"));      // surrogate
+}
+
+TEST(TimeAttribute, RoundTripsAndRefusesWhatIsNotRfc3339) {
+  const absl::Time t = absl::FromUnixMillis(1714564800500);
+  EXPECT_EQ(FormatTimeAttribute(t), "2024-05-01T12:00:00.5Z");
+  EXPECT_EQ(*ParseTimeAttribute("2024-05-01T14:00:00.5+02:00"), t);
+  for (const char* bad : {"yesterday", "2024-13-01T00:00:00Z", "1714564800", "", "infinite-future"}) {
+    absl::StatusOr<absl::Time> parsed = ParseTimeAttribute(bad);
+    EXPECT_FALSE(parsed.ok()) << bad;
+    EXPECT_NE(parsed.status().message().find("attribute 'time'"), absl::string_view::npos)
+        << parsed.status();
+  }
+}
+
+TEST(DeadLetter, ReasonIsMadeValidUtf8AndBounded) {
+  Delivery delivery;
+  delivery.event = MakeEvent("t", "/s");
+  delivery.stream = "orders";
+  delivery.id = "1";
+  Event dead = MakeDeadLetter(delivery, "g", std::string("bad \xff byte"));
+  EXPECT_TRUE(ValidateEnvelope(dead).ok()) << ValidateEnvelope(dead);
+  EXPECT_EQ(dead.headers().at(std::string(kDlqReasonHeader)), "bad \\xff byte");
+  std::string long_reason(4095, 'x');
+  long_reason += "\xc3\xa9 and more";  // a two-byte character across the 4 KiB bound
+  dead = MakeDeadLetter(delivery, "g", long_reason);
+  EXPECT_TRUE(ValidateEnvelope(dead).ok()) << ValidateEnvelope(dead);
+  EXPECT_EQ(dead.headers().at(std::string(kDlqReasonHeader)), std::string(4095, 'x'));
+}
+
 TEST(ManualClock, AdvancesOnlyWhenTold) {
   ManualClock clock(absl::FromUnixSeconds(100));
   EXPECT_EQ(clock.Now(), absl::FromUnixSeconds(100));

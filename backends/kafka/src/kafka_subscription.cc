@@ -300,6 +300,7 @@ absl::StatusOr<KafkaRecord> KafkaSubscription::RetryRecord(const Delivery& deliv
   add(kGroupHeader, options_.group);
   add(kOriginIdHeader, delivery.id);
   add(kFirstDeliveryHeader, absl::StrCat(absl::ToUnixMillis(delivery.first_delivery_time)));
+  add(kFailedAttemptsHeader, absl::StrCat(delivery.failed_attempts));
   return record;
 }
 
@@ -603,7 +604,7 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
   absl::StatusOr<DecodedRecord> decoded = DecodeEvent(record);
   if (!decoded.ok()) {
     DeadLetterMalformed(std::move(pending), std::move(record),
-                        std::string(decoded.status().message()));
+                        MalformedEventReason(decoded.status().message()));
     return std::nullopt;
   }
   Delivery& delivery = pending.delivery;
@@ -629,9 +630,9 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
     const std::optional<int64_t> due_ms = HeaderInt(*decoded, kDueHeader);
     if (group == decoded->internal.end() || origin == decoded->internal.end() ||
         !attempt.has_value() || !due_ms.has_value()) {
-      std::string reason = absl::StrCat(
+      std::string reason = MalformedEventReason(absl::StrCat(
           "retry record lacks one of the headers ", kGroupHeader, ", ", kOriginIdHeader, ", ",
-          kAttemptHeader, ", ", kDueHeader);
+          kAttemptHeader, ", ", kDueHeader));
       DeadLetterMalformed(std::move(pending), std::move(record), std::move(reason));
       return std::nullopt;
     }
@@ -643,6 +644,9 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
     }
     delivery.id = origin->second;
     delivery.delivery_count = static_cast<int>(std::max<int64_t>(*attempt, 0)) + 1;
+    const std::optional<int64_t> failed = HeaderInt(*decoded, kFailedAttemptsHeader);
+    delivery.failed_attempts =
+        failed.has_value() ? static_cast<int>(std::clamp<int64_t>(*failed, 0, 1'000'000)) : 0;
     const std::optional<int64_t> first = HeaderInt(*decoded, kFirstDeliveryHeader);
     delivery.first_delivery_time = first.has_value() ? absl::FromUnixMillis(*first) : now;
     due = absl::FromUnixMillis(*due_ms);
@@ -654,18 +658,34 @@ std::optional<std::pair<absl::Time, KafkaSubscription::Pending>> KafkaSubscripti
 
 void KafkaSubscription::DeadLetterMalformed(Pending where, KafkaRecord record,
                                             std::string reason) {
-  // The record is not an event, so the dead letter is the raw record (key, value, headers
-  // untouched) plus the dead-letter headers, readable with kcat.
-  KafkaRecord dead = record;
+  // The record is not an event; its dead letter is one (as on every backend), so a consumer of
+  // the dead-letter topic reads it through the contract, and it keeps the raw record whole:
+  // the value as the value, every raw header as `eventbus-raw-header-<name>` (bookkeeping
+  // headers, which decoding skips, so they may hold any bytes), the key as the key when it is
+  // text (else as `eventbus-raw-key`).
   const std::string id = RecordId(where.partition.second, where.offset);
-  auto add = [&dead](absl::string_view name, absl::string_view value) {
-    dead.headers.emplace_back(absl::StrCat(kCePrefix, name), std::string(value));
-  };
-  add(kDlqReasonHeader, reason);
-  add(kDlqOriginStreamHeader, TopicOf(where.partition));
-  add(kDlqOriginIdHeader, id);
-  add(kDlqOriginGroupHeader, options_.group);
-  add(kDlqDeliveryCountHeader, "1");
+  Delivery replacement;
+  replacement.stream = TopicOf(where.partition);
+  replacement.id = id;
+  replacement.event = MakeEvent("io.eventbus.malformed",
+                                absl::StrCat("kafka:", TopicOf(where.partition)), record.value);
+  replacement.event.set_id(absl::StrCat(TopicOf(where.partition), "/", id));
+  replacement.event.set_data_content_type("application/octet-stream");
+  SetEventTime(replacement.event, clock_->Now());
+  absl::StatusOr<KafkaRecord> encoded =
+      EncodeEvent(MakeDeadLetter(replacement, options_.group, reason));
+  // Cannot fail: the headers are MakeDeadLetter's own.
+  KafkaRecord dead = encoded.ok() ? *std::move(encoded) : KafkaRecord{};
+  if (record.key.has_value()) {
+    if (IsValidUtf8(*record.key) && record.key->size() <= kMaxAttributeBytes) {
+      dead.key = record.key;
+    } else {
+      dead.headers.emplace_back(absl::StrCat(kRawHeaderPrefix, "key"), *record.key);
+    }
+  }
+  for (const auto& [name, value] : record.headers) {
+    dead.headers.emplace_back(absl::StrCat(kRawHeaderPrefix, "header-", name), value);
+  }
   dead.headers.emplace_back(std::string(kDlqOriginTopicHeader), TopicOf(where.partition));
   dead.headers.emplace_back(std::string(kDlqOriginPartitionHeader),
                             absl::StrCat(where.partition.second));
@@ -854,7 +874,8 @@ absl::Status KafkaSubscription::Ack(const Delivery& delivery) {
   return absl::OkStatus();
 }
 
-absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration delay) {
+absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration delay,
+                                     NackKind kind) {
   if (delay < absl::ZeroDuration()) delay = absl::ZeroDuration();
   const KafkaOptions& config = client_->options();
   Lease lease;
@@ -864,6 +885,7 @@ absl::Status KafkaSubscription::Nack(const Delivery& delivery, absl::Duration de
     EVENTBUS_ASSIGN_OR_RETURN(lease, TakeLeaseLocked(delivery));
     now = clock_->Now();
     ++lease.pending.delivery.delivery_count;
+    if (kind == NackKind::kFailed) ++lease.pending.delivery.failed_attempts;
     const bool local = delay == absl::ZeroDuration() || config.ordered_per_key ||
                        (config.retry_topic_threshold > absl::ZeroDuration() &&
                         delay <= config.retry_topic_threshold);

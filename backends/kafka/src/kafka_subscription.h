@@ -38,7 +38,8 @@ class KafkaSubscription final : public Subscription {
 
   absl::StatusOr<std::vector<Delivery>> Fetch(int max_events, absl::Duration wait) override;
   absl::Status Ack(const Delivery& delivery) override;
-  absl::Status Nack(const Delivery& delivery, absl::Duration delay) override;
+  using Subscription::Nack;
+  absl::Status Nack(const Delivery& delivery, absl::Duration delay, NackKind kind) override;
   absl::Status Extend(const Delivery& delivery) override;
   absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration min_idle, int max_events) override;
   absl::Status DeadLetter(const Delivery& delivery, absl::string_view reason) override;

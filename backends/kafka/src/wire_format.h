@@ -26,6 +26,8 @@ inline constexpr absl::string_view kDueHeader = "eventbus-due-ms";
 inline constexpr absl::string_view kGroupHeader = "eventbus-group";
 inline constexpr absl::string_view kOriginIdHeader = "eventbus-origin-id";
 inline constexpr absl::string_view kFirstDeliveryHeader = "eventbus-first-delivery-ms";
+// Delivery::failed_attempts of the redelivery; absent = 0 (records written before it existed).
+inline constexpr absl::string_view kFailedAttemptsHeader = "eventbus-failed-attempts";
 
 // Kafka coordinates of a dead letter's original, beside eventbus::MakeDeadLetter's dlq*
 // extensions (which name the stream and "partition:offset"); plain headers, not event headers.
@@ -33,6 +35,8 @@ inline constexpr absl::string_view kDlqOriginTopicHeader = "eventbus-dlq-origin-
 inline constexpr absl::string_view kDlqOriginPartitionHeader = "eventbus-dlq-origin-partition";
 inline constexpr absl::string_view kDlqOriginOffsetHeader = "eventbus-dlq-origin-offset";
 inline constexpr absl::string_view kDlqAttemptsHeader = "eventbus-dlq-attempts";
+// A malformed record's dead letter keeps the raw key and headers under this prefix.
+inline constexpr absl::string_view kRawHeaderPrefix = "eventbus-raw-";
 
 // A Kafka record as this backend sees it, free of librdkafka types (so it is unit-testable).
 struct KafkaRecord {
@@ -51,9 +55,9 @@ struct DecodedRecord {
   absl::flat_hash_map<std::string, std::string> internal;
 };
 
-// InvalidArgument with a reason fit for a dead letter when the record is not a valid event
-// (missing or empty ce_id / ce_source / ce_type, ce_specversion other than 1.0, a ce_time
-// that is not RFC 3339, a `ce_` header naming a reserved header such as `ce_ce_x`).
+// InvalidArgument with a reason fit for a dead letter when the record is not a valid event:
+// a bare `ce_` header or one naming a reserved header such as `ce_ce_x`, a ce_time that is
+// not RFC 3339 (ParseTimeAttribute), or what ValidateEnvelope refuses.
 absl::StatusOr<DecodedRecord> DecodeEvent(const KafkaRecord& record);
 
 }  // namespace eventbus::kafka

@@ -41,6 +41,7 @@ struct Pending {
   bool live = false;      // false: a settled slot of the window (see PendingWindow)
   uint32_t consumer = 0;  // the holder (Membership::consumer); 0 while returned to the group
   int delivery_count = 0;
+  int failed_attempts = 0;  // Nacks with NackKind::kFailed
   absl::Time first_delivery_time;
   absl::Time last_touch;               // delivery, Extend, reclaim: what Reclaim's idle measures
   absl::Time lease_expiry = absl::InfiniteFuture();  // from ack_wait
@@ -456,9 +457,10 @@ class State {
   }
 
   absl::Status Nack(const SubscribeOptions& options, const Membership& m,
-                    const Delivery& delivery, absl::Duration delay) {
+                    const Delivery& delivery, absl::Duration delay, NackKind kind) {
     std::unique_lock lock(mu_);
     EVENTBUS_ASSIGN_OR_RETURN(uint64_t seq, FindHeldLocked(options, m, delivery));
+    if (kind == NackKind::kFailed) ++m.group->pending.Find(seq)->failed_attempts;
     ReturnLocked(*m.stream, *m.group, seq, *m.group->pending.Find(seq),
                  clock_->Now() + std::max(delay, absl::ZeroDuration()));
     return absl::OkStatus();
@@ -787,6 +789,7 @@ class State {
     delivery.stream = options.stream;
     delivery.id = absl::StrCat(seq);
     delivery.delivery_count = pending.delivery_count;
+    delivery.failed_attempts = pending.failed_attempts;
     delivery.first_delivery_time = pending.first_delivery_time;
     delivery.token = pending.generation;
   }
@@ -915,9 +918,10 @@ class MemorySubscription final : public Subscription {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
     return state_->Ack(options_, membership_, delivery);
   }
-  absl::Status Nack(const Delivery& delivery, absl::Duration delay) override {
+  using Subscription::Nack;
+  absl::Status Nack(const Delivery& delivery, absl::Duration delay, NackKind kind) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());
-    return state_->Nack(options_, membership_, delivery, delay);
+    return state_->Nack(options_, membership_, delivery, delay, kind);
   }
   absl::Status Extend(const Delivery& delivery) override {
     EVENTBUS_RETURN_IF_ERROR(CheckOpen());

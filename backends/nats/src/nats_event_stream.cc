@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -18,7 +19,9 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -34,6 +37,8 @@ namespace eventbus::nats {
 namespace {
 
 constexpr absl::string_view kBackendName = "nats";
+// The KV bucket of Delivery::failed_attempts (see NatsSubscription::FailedAttemptsKey).
+constexpr char kFailedAttemptsBucket[] = "eventbus_failed_attempts";
 // JSConsumerAlreadyExistsErr of newer servers (not in nats.c 3.4's jsErrCode enum).
 constexpr int kConsumerAlreadyExistsErr = 10148;
 // Room left in the server's max_payload for the headers of an event.
@@ -113,7 +118,8 @@ class NatsSubscription final : public Subscription {
     return FetchUpTo(max_events, wait);
   }
   absl::Status Ack(const Delivery& delivery) override;
-  absl::Status Nack(const Delivery& delivery, absl::Duration delay) override;
+  using Subscription::Nack;
+  absl::Status Nack(const Delivery& delivery, absl::Duration delay, NackKind kind) override;
   absl::Status Extend(const Delivery& delivery) override;
   // The server redelivers by itself after AckWait: Reclaim is a short fetch that returns what
   // the server hands out now (redeliveries come first).
@@ -124,15 +130,26 @@ class NatsSubscription final : public Subscription {
   // Ack / Nak go out at once (fire-and-forget into the connection's buffer); one flush per
   // batch (PING/PONG: the server has read everything before it) completes all their callbacks.
   void AckAsync(const Delivery& delivery, SettleCallback done) override {
-    SettleAsync(delivery, /*ack=*/true, absl::ZeroDuration(), std::move(done));
+    SettleAsync(delivery, /*ack=*/true, absl::ZeroDuration(), NackKind::kGiveBack,
+                std::move(done));
   }
-  void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) override {
-    SettleAsync(delivery, /*ack=*/false, delay, std::move(done));
+  using Subscription::NackAsync;
+  void NackAsync(const Delivery& delivery, absl::Duration delay, NackKind kind,
+                 SettleCallback done) override {
+    SettleAsync(delivery, /*ack=*/false, delay, kind, std::move(done));
   }
   absl::Status Close() override;
 
  private:
-  void SettleAsync(const Delivery& delivery, bool ack, absl::Duration delay, SettleCallback done);
+  void SettleAsync(const Delivery& delivery, bool ack, absl::Duration delay, NackKind kind,
+                   SettleCallback done);
+  // Delivery::failed_attempts: JetStream keeps no such count (a Nak carries no data), so it
+  // lives in a KV bucket (kFailedAttemptsBucket) under the stream, group and sequence, written
+  // by a failing Nack before the Nak and purged once the message is settled for good.
+  std::string FailedAttemptsKey(absl::string_view id) const;
+  int ReadFailedAttempts(absl::string_view id);
+  absl::Status WriteFailedAttempts(absl::string_view id, int failed_attempts);
+  void ForgetFailedAttempts(const Delivery& delivery);
   void SettleLoop();
   absl::StatusOr<std::vector<Delivery>> FetchUpTo(int max_events, absl::Duration wait);
   // Takes the message held for `delivery` out of held_ (FailedPrecondition when none).
@@ -183,6 +200,7 @@ class NatsEventStream final : public EventStream {
       natsMsgList_Destroy(&pending);
     }
     inspector_.reset();
+    kv_.reset();
     js_.reset();
     conn_.reset();
   }
@@ -377,6 +395,24 @@ class NatsEventStream final : public EventStream {
   }
 
   natsConnection* connection() const { return conn_.get(); }
+
+  // The bucket of failed-attempt counts, created on first use (idempotent across processes).
+  absl::StatusOr<kvStore*> FailedAttemptsStore() {
+    std::lock_guard lock(kv_mu_);
+    if (kv_ != nullptr) return kv_.get();
+    kvConfig cfg;
+    kvConfig_Init(&cfg);
+    cfg.Bucket = kFailedAttemptsBucket;
+    cfg.History = 1;
+    cfg.Replicas = options_.replicas;
+    kvStore* kv = nullptr;
+    natsStatus ns = js_CreateKeyValue(&kv, js_.get(), &cfg);
+    if (ns != NATS_OK) ns = js_KeyValue(&kv, js_.get(), kFailedAttemptsBucket);
+    EVENTBUS_RETURN_IF_ERROR(
+        ToStatus(ns, absl::StrCat("nats key-value bucket ", kFailedAttemptsBucket)));
+    kv_.reset(kv);
+    return kv_.get();
+  }
   int64_t request_timeout_ms() const { return Millis(options_.request_timeout); }
 
  protected:
@@ -529,6 +565,8 @@ class NatsEventStream final : public EventStream {
   ConnectionPtr conn_;
   JsCtxPtr js_;
   std::unique_ptr<StreamInspector> inspector_;  // uses js_
+  std::mutex kv_mu_;
+  std::unique_ptr<kvStore, KvStoreDeleter> kv_;  // guarded by kv_mu_; reset before js_
   size_t max_event_bytes_ = 1 << 20;
 
   std::mutex streams_mu_;
@@ -596,11 +634,12 @@ absl::StatusOr<std::vector<Delivery>> NatsSubscription::FetchUpTo(int max_events
       delivery.event = dead;
       DeadLetterMsg(delivery, msg.get(),
                     MakeDeadLetter(delivery, options_.group,
-                                   absl::StrCat("malformed message: ", event.status().message())))
+                                   MalformedEventReason(event.status().message())))
           .IgnoreError();
       continue;
     }
     delivery.event = std::move(event).value();
+    if (delivery.delivery_count > 1) delivery.failed_attempts = ReadFailedAttempts(delivery.id);
     PutBack(delivery.token, std::move(msg));
     out.push_back(std::move(delivery));
   }
@@ -635,12 +674,22 @@ absl::Status NatsSubscription::Ack(const Delivery& delivery) {
   if (!s.ok()) {
     if (absl::IsDeadlineExceeded(s)) s = absl::UnavailableError(s.message());
     PutBack(delivery.token, std::move(msg));  // still ours: the caller may retry
+    return s;
   }
+  ForgetFailedAttempts(delivery);
   return s;
 }
 
-absl::Status NatsSubscription::Nack(const Delivery& delivery, absl::Duration delay) {
+absl::Status NatsSubscription::Nack(const Delivery& delivery, absl::Duration delay,
+                                    NackKind kind) {
   EVENTBUS_ASSIGN_OR_RETURN(MsgPtr msg, Take(delivery, "Nack"));
+  if (kind == NackKind::kFailed) {
+    // Written before the Nak: the redelivery must find it.
+    if (absl::Status s = WriteFailedAttempts(delivery.id, delivery.failed_attempts + 1); !s.ok()) {
+      PutBack(delivery.token, std::move(msg));
+      return s;
+    }
+  }
   // A plain Nak redelivers at once and ignores a consumer BackOff; a delay must be explicit.
   natsStatus ns = delay > absl::ZeroDuration()
                       ? natsMsg_NakWithDelay(msg.get(), Millis(delay), nullptr)
@@ -682,17 +731,30 @@ absl::Status NatsSubscription::DeadLetter(const Delivery& delivery, absl::string
   EVENTBUS_ASSIGN_OR_RETURN(MsgPtr msg, Take(delivery, "DeadLetter"));
   absl::Status s =
       DeadLetterMsg(delivery, msg.get(), MakeDeadLetter(delivery, options_.group, reason));
-  if (!s.ok()) PutBack(delivery.token, std::move(msg));
+  if (!s.ok()) {
+    PutBack(delivery.token, std::move(msg));
+    return s;
+  }
+  ForgetFailedAttempts(delivery);
   return s;
 }
 
 void NatsSubscription::SettleAsync(const Delivery& delivery, bool ack, absl::Duration delay,
-                                   SettleCallback done) {
+                                   NackKind kind, SettleCallback done) {
   absl::StatusOr<MsgPtr> msg = Take(delivery, ack ? "AckAsync" : "NackAsync");
   if (!msg.ok()) {
     done(msg.status());
     return;
   }
+  if (!ack && kind == NackKind::kFailed) {
+    // One round trip, only for failures (not on the hot path of successes).
+    if (absl::Status s = WriteFailedAttempts(delivery.id, delivery.failed_attempts + 1); !s.ok()) {
+      PutBack(delivery.token, std::move(msg).value());
+      done(std::move(s));
+      return;
+    }
+  }
+  if (ack) ForgetFailedAttempts(delivery);
   natsStatus ns = ack ? natsMsg_Ack(msg->get(), nullptr)
                   : delay > absl::ZeroDuration()
                       ? natsMsg_NakWithDelay(msg->get(), Millis(delay), nullptr)
@@ -735,6 +797,58 @@ void NatsSubscription::SettleLoop() {
     }
     for (SettleCallback& done : batch) done(status);
   }
+}
+
+std::string NatsSubscription::FailedAttemptsKey(absl::string_view id) const {
+  // KV keys allow [-/_=.A-Za-z0-9] with '.' between tokens: names are escaped as =XX.
+  auto escape = [](absl::string_view name) {
+    std::string out;
+    for (char c : name) {
+      if (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') {
+        out.push_back(c);
+      } else {
+        absl::StrAppend(&out, "=", absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+      }
+    }
+    return out;
+  };
+  return absl::StrCat(escape(options_.stream), ".", escape(options_.group), ".", id);
+}
+
+int NatsSubscription::ReadFailedAttempts(absl::string_view id) {
+  absl::StatusOr<kvStore*> kv = stream_->FailedAttemptsStore();
+  if (!kv.ok()) return 0;
+  kvEntry* raw = nullptr;
+  const natsStatus ns = kvStore_Get(&raw, *kv, FailedAttemptsKey(id).c_str());
+  std::unique_ptr<kvEntry, KvEntryDeleter> entry(raw);
+  int failed = 0;
+  if (ns == NATS_OK && entry != nullptr) {
+    const char* value = kvEntry_ValueString(entry.get());
+    if (value == nullptr || !absl::SimpleAtoi(value, &failed) || failed < 0) failed = 0;
+  } else if (ns != NATS_NOT_FOUND) {
+    // Counted low rather than not delivered: at worst a few more retries, which
+    // max_deliveries still bounds.
+    std::fprintf(stderr, "eventbus nats: reading the failed attempts of %s/%s: %s\n",
+                 options_.stream.c_str(), std::string(id).c_str(), natsStatus_GetText(ns));
+  }
+  return failed;
+}
+
+absl::Status NatsSubscription::WriteFailedAttempts(absl::string_view id, int failed_attempts) {
+  EVENTBUS_ASSIGN_OR_RETURN(kvStore * kv, stream_->FailedAttemptsStore());
+  uint64_t revision = 0;
+  absl::Status s = ToStatus(kvStore_PutString(&revision, kv, FailedAttemptsKey(id).c_str(),
+                                              absl::StrCat(failed_attempts).c_str()),
+                            absl::StrCat("nats: recording a failed attempt of ", options_.stream,
+                                         "/", id));
+  if (absl::IsDeadlineExceeded(s)) s = absl::UnavailableError(s.message());
+  return s;
+}
+
+void NatsSubscription::ForgetFailedAttempts(const Delivery& delivery) {
+  if (delivery.failed_attempts == 0) return;  // nothing was written
+  absl::StatusOr<kvStore*> kv = stream_->FailedAttemptsStore();
+  if (kv.ok()) kvStore_Purge(*kv, FailedAttemptsKey(delivery.id).c_str(), nullptr);
 }
 
 absl::Status NatsSubscription::Close() {

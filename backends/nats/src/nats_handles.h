@@ -36,6 +36,12 @@ struct StreamInfoDeleter {
 struct ConsumerInfoDeleter {
   void operator()(jsConsumerInfo* p) const { jsConsumerInfo_Destroy(p); }
 };
+struct KvStoreDeleter {
+  void operator()(kvStore* p) const { kvStore_Destroy(p); }
+};
+struct KvEntryDeleter {
+  void operator()(kvEntry* p) const { kvEntry_Destroy(p); }
+};
 struct MetaDataDeleter {
   void operator()(jsMsgMetaData* p) const { jsMsgMetaData_Destroy(p); }
 };

@@ -78,10 +78,6 @@ absl::Status SetIfNotEmpty(natsMsg* msg, absl::string_view name, const std::stri
   return Set(msg, name, value, what);
 }
 
-std::string FormatEventTime(absl::Time time) {
-  return absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", time, absl::UTCTimeZone());
-}
-
 }  // namespace
 
 absl::Status EncodeHeaders(const Event& event, natsMsg* msg) {
@@ -92,7 +88,7 @@ absl::Status EncodeHeaders(const Event& event, natsMsg* msg) {
   if (s = Set(msg, kType, event.type(), "type"); !s.ok()) return s;
   if (s = SetIfNotEmpty(msg, kSubject, event.subject(), "subject"); !s.ok()) return s;
   if (event.has_time()) {
-    if (s = Set(msg, kTime, FormatEventTime(EventTime(event)), "time"); !s.ok()) return s;
+    if (s = Set(msg, kTime, FormatTimeAttribute(EventTime(event)), "time"); !s.ok()) return s;
   }
   if (s = SetIfNotEmpty(msg, kContentTypeHeader, event.data_content_type(), "datacontenttype");
       !s.ok()) {
@@ -128,7 +124,6 @@ absl::StatusOr<Event> Decode(natsMsg* msg) {
   natsStatus ns = natsMsgHeader_Keys(msg, &keys, &count);
   if (ns == NATS_NOT_FOUND) count = 0;
   else if (ns != NATS_OK) return ToStatus(ns, "reading NATS headers");
-  bool has_specversion = false, has_id = false, has_source = false, has_type = false;
   absl::Status error;
   for (int i = 0; i < count && error.ok(); ++i) {
     const absl::string_view name(keys[i]);
@@ -145,28 +140,20 @@ absl::StatusOr<Event> Decode(natsMsg* msg) {
     free(values);
     if (name == kSpecVersion) {
       event.set_spec_version(value);
-      has_specversion = true;
     } else if (name == kId) {
       event.set_id(value);
-      has_id = true;
     } else if (name == kSource) {
       event.set_source(value);
-      has_source = true;
     } else if (name == kType) {
       event.set_type(value);
-      has_type = true;
     } else if (name == kSubject) {
       event.set_subject(value);
     } else if (name == kTime) {
-      absl::Time time;
-      std::string why;
-      if (!absl::ParseTime(absl::RFC3339_full, value, absl::UTCTimeZone(), &time, &why) ||
-          time < absl::FromUnixSeconds(-62135596800) ||
-          time >= absl::FromUnixSeconds(253402300800)) {
-        error = absl::InvalidArgumentError(absl::StrCat(
-            "header ce-time = \"", Printable(value), "\" is not an RFC 3339 timestamp ", why));
+      absl::StatusOr<absl::Time> time = ParseTimeAttribute(value);
+      if (time.ok()) {
+        SetEventTime(event, *time);
       } else {
-        SetEventTime(event, time);
+        error = time.status();
       }
     } else if (name == kContentTypeHeader || name == kContentTypeAttribute) {
       event.set_data_content_type(value);
@@ -182,26 +169,11 @@ absl::StatusOr<Event> Decode(natsMsg* msg) {
   }
   free(keys);
   if (!error.ok()) return error;
-  for (const auto& [present, what] : {std::pair{has_specversion, kSpecVersion}, {has_id, kId},
-                                      {has_source, kSource}, {has_type, kType}}) {
-    if (!present) {
-      return absl::InvalidArgumentError(absl::StrCat("missing required header ", what));
-    }
-  }
-  if (event.spec_version() != eventbus::kSpecVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("header ce-specversion must be \"",
-                                                   eventbus::kSpecVersion, "\", got \"",
-                                                   Printable(event.spec_version()), "\""));
-  }
-  for (const auto& [value, what] : {std::pair{&event.id(), kId}, {&event.source(), kSource},
-                                    {&event.type(), kType}}) {
-    if (value->empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("required header ", what, " is empty"));
-    }
-  }
   const char* data = natsMsg_GetData(msg);
   const int length = natsMsg_GetDataLength(msg);
   if (data != nullptr && length > 0) event.set_data(std::string(data, static_cast<size_t>(length)));
+  // Required attributes, UTF-8, lengths: the same check, and reasons, as every backend.
+  if (absl::Status valid = ValidateEnvelope(event); !valid.ok()) return valid;
   return event;
 }
 

@@ -24,8 +24,8 @@ inline constexpr absl::string_view kMsgIdHeader = "Nats-Msg-Id";
 // CloudEvents attribute's header.
 absl::Status EncodeHeaders(const Event& event, natsMsg* msg);
 
-// The event carried by `msg`; InvalidArgument saying what is wrong when it is malformed
-// (a required attribute missing or empty, specversion not 1.0, time not RFC 3339).
+// The event carried by `msg`; InvalidArgument saying what is wrong when it is malformed (a
+// header given twice, a time that is not RFC 3339, or what ValidateEnvelope refuses).
 absl::StatusOr<Event> Decode(natsMsg* msg);
 
 }  // namespace eventbus::nats::wire

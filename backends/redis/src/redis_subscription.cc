@@ -40,6 +40,7 @@ struct RawEntry {
   bool deleted = false;  // still pending but trimmed from the stream
   wire::Fields fields;
   int delivery_count = 1;
+  int failed_attempts = 0;
 };
 
 absl::Status ParseFieldArray(const redisReply* array, wire::Fields& fields) {
@@ -69,17 +70,20 @@ absl::StatusOr<RawEntry> ParseEntry(const redisReply* entry) {
   return raw;
 }
 
-// {id, {fields}, count} triples returned by the promote and reclaim scripts.
+// {id, {fields}, count, failed attempts} returned by the promote and reclaim scripts.
 absl::StatusOr<std::vector<RawEntry>> ParseScriptEntries(const redisReply* reply) {
   std::vector<RawEntry> out;
   if (!IsArray(reply)) return absl::InternalError("redis script returned no array");
   for (size_t i = 0; i < reply->elements; ++i) {
     const redisReply* triple = reply->element[i];
-    if (!IsArray(triple) || triple->elements != 3 || triple->element[2]->type != REDIS_REPLY_INTEGER) {
+    if (!IsArray(triple) || triple->elements != 4 ||
+        triple->element[2]->type != REDIS_REPLY_INTEGER ||
+        triple->element[3]->type != REDIS_REPLY_INTEGER) {
       return absl::InternalError("redis script returned a malformed entry");
     }
     EVENTBUS_ASSIGN_OR_RETURN(RawEntry raw, ParseEntry(triple));
     raw.delivery_count = static_cast<int>(triple->element[2]->integer);
+    raw.failed_attempts = static_cast<int>(std::max<long long>(triple->element[3]->integer, 0));
     out.push_back(std::move(raw));
   }
   return out;
@@ -110,6 +114,7 @@ class RedisSubscription final : public Subscription {
         sub_(std::move(sub)),
         dead_letter_stream_(DeadLetterStreamName(sub_)),
         delayed_key_(absl::StrCat(sub_.stream, ":delayed:", sub_.group)),
+        failed_key_(absl::StrCat(sub_.stream, ":failed:", sub_.group)),
         read_conn_(RedisConnection::Settings::From(options)),
         cmd_conn_(RedisConnection::Settings::From(options)),
         settle_conn_(RedisConnection::Settings::From(options)) {}
@@ -161,10 +166,11 @@ class RedisSubscription final : public Subscription {
     return RunHeldScript(scripts::kAck, "Ack", delivery, {});
   }
 
-  absl::Status Nack(const Delivery& delivery, absl::Duration delay) override {
+  using Subscription::Nack;
+  absl::Status Nack(const Delivery& delivery, absl::Duration delay, NackKind kind) override {
     const absl::Time due = clock_->Now() + std::max(delay, absl::ZeroDuration());
     return RunHeldScript(scripts::kNack, "Nack", delivery,
-                         {Millis(due), std::string(scripts::kParkingConsumer)});
+                         {Millis(due), std::string(scripts::kParkingConsumer), FailedFlag(kind)});
   }
 
   absl::Status Extend(const Delivery& delivery) override {
@@ -186,7 +192,7 @@ class RedisSubscription final : public Subscription {
     if (closed_.load()) return ClosedError("Reclaim");
     EVENTBUS_RETURN_IF_ERROR(GroupLostToUnavailable(PrepareReadConnectionLocked()));
     absl::StatusOr<ReplyPtr> reclaimed =
-        read_conn_.Eval(scripts::kReclaim, {sub_.stream, delayed_key_},
+        read_conn_.Eval(scripts::kReclaim, {sub_.stream, delayed_key_, failed_key_},
                         {sub_.group, sub_.consumer, Millis(std::max(min_idle, absl::ZeroDuration())),
                          absl::StrCat(max_events), Millis(clock_->Now()),
                          std::string(scripts::kParkingConsumer), reclaim_cursor_});
@@ -221,12 +227,16 @@ class RedisSubscription final : public Subscription {
     op.kind = PendingSettle::Kind::kAck;
     op.id = delivery.id;
     op.count = delivery.delivery_count;
+    op.failed_attempts = delivery.failed_attempts;
     Enqueue(delivery, std::move(op), std::move(done), "AckAsync");
   }
 
-  void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) override {
+  using Subscription::NackAsync;
+  void NackAsync(const Delivery& delivery, absl::Duration delay, NackKind nack_kind,
+                 SettleCallback done) override {
     PendingSettle op;
     op.kind = PendingSettle::Kind::kNack;
+    op.nack_kind = nack_kind;
     op.id = delivery.id;
     op.count = delivery.delivery_count;
     op.due = clock_->Now() + std::max(delay, absl::ZeroDuration());
@@ -265,9 +275,9 @@ class RedisSubscription final : public Subscription {
     const std::string now = Millis(clock_->Now());
     for (const auto& [id, count] : held) {
       cmd_conn_
-          .Eval(scripts::kNack, {sub_.stream, delayed_key_},
+          .Eval(scripts::kNack, {sub_.stream, delayed_key_, failed_key_},
                 {sub_.group, sub_.consumer, id, absl::StrCat(count), now,
-                 std::string(scripts::kParkingConsumer)})
+                 std::string(scripts::kParkingConsumer), FailedFlag(NackKind::kGiveBack)})
           .IgnoreError();
     }
     cmd_conn_.Disconnect();
@@ -283,6 +293,8 @@ class RedisSubscription final : public Subscription {
     Kind kind = Kind::kAck;
     std::string id;
     int count = 0;
+    int failed_attempts = 0;                  // kAck: the failed-attempt entry to delete
+    NackKind nack_kind = NackKind::kGiveBack;  // kNack
     absl::Time due;     // kNack
     Event dead_letter;  // kDeadLetter
     SettleCallback done;
@@ -331,12 +343,17 @@ class RedisSubscription final : public Subscription {
 
   void ApplySettles(std::vector<PendingSettle>& batch) {
     std::vector<std::string> xack = {"XACK", sub_.stream, sub_.group};
+    std::vector<std::string> hdel = {"HDEL", failed_key_};
     for (const PendingSettle& op : batch) {
-      if (op.kind == PendingSettle::Kind::kAck) xack.push_back(op.id);
+      if (op.kind != PendingSettle::Kind::kAck) continue;
+      xack.push_back(op.id);
+      // Only deliveries that failed before have a count to delete: successes cost nothing.
+      if (op.failed_attempts > 0) hdel.push_back(op.id);
     }
     if (xack.size() > 3) {
       // XACK is idempotent, so a batch whose reply was lost is simply sent again.
       absl::Status status = WithRetries([&] { return settle_conn_.Command(xack).status(); });
+      if (status.ok() && hdel.size() > 2) settle_conn_.Command(hdel).IgnoreError();
       for (PendingSettle& op : batch) {
         if (op.kind != PendingSettle::Kind::kAck) continue;
         if (status.ok() || !absl::IsUnavailable(status)) Forget(op.id);
@@ -352,9 +369,10 @@ class RedisSubscription final : public Subscription {
       absl::Status status;
       if (op.kind == PendingSettle::Kind::kNack) {
         std::vector<std::string> args = HeldArgs(held);
-        args.insert(args.end(), {Millis(op.due), std::string(scripts::kParkingConsumer)});
+        args.insert(args.end(), {Millis(op.due), std::string(scripts::kParkingConsumer),
+                                 FailedFlag(op.nack_kind)});
         absl::StatusOr<ReplyPtr> reply =
-            settle_conn_.Eval(scripts::kNack, {sub_.stream, delayed_key_}, args);
+            settle_conn_.Eval(scripts::kNack, {sub_.stream, delayed_key_, failed_key_}, args);
         status = reply.ok() ? HeldCheckToStatus(reply->get(), "NackAsync", held) : reply.status();
       } else {
         status = DeadLetterWith(settle_conn_, held, op.dead_letter);
@@ -391,6 +409,8 @@ class RedisSubscription final : public Subscription {
     return absl::OkStatus();
   }
 
+  static std::string FailedFlag(NackKind kind) { return kind == NackKind::kFailed ? "1" : "0"; }
+
   std::vector<std::string> HeldArgs(const Delivery& delivery) const {
     return {sub_.group, sub_.consumer, delivery.id, absl::StrCat(delivery.delivery_count)};
   }
@@ -406,7 +426,7 @@ class RedisSubscription final : public Subscription {
       absl::MutexLock lock(&cmd_mu_);
       // Re-checked under the lock: Close() may have run meanwhile.
       if (closed_.load()) return ClosedError(op);
-      reply = cmd_conn_.Eval(script, {sub_.stream, delayed_key_}, args);
+      reply = cmd_conn_.Eval(script, {sub_.stream, delayed_key_, failed_key_}, args);
     }
     if (!reply.ok()) return reply.status();
     absl::Status status = HeldCheckToStatus(reply->get(), op, delivery);
@@ -427,7 +447,8 @@ class RedisSubscription final : public Subscription {
     wire::AppendFields(dead, args);
     EVENTBUS_ASSIGN_OR_RETURN(
         ReplyPtr reply,
-        conn.Eval(scripts::kDeadLetter, {sub_.stream, delayed_key_, dead_letter_stream_}, args));
+        conn.Eval(scripts::kDeadLetter,
+                  {sub_.stream, delayed_key_, dead_letter_stream_, failed_key_}, args));
     return HeldCheckToStatus(reply.get(), "DeadLetter", delivery);
   }
 
@@ -484,10 +505,22 @@ class RedisSubscription final : public Subscription {
     }
     if (claim.size() == 5) return absl::OkStatus();
     EVENTBUS_ASSIGN_OR_RETURN(ReplyPtr claimed, read_conn_.Command(claim));
+    const size_t first = out.size();
+    std::vector<std::string> hmget = {"HMGET", failed_key_};
     for (size_t i = 0; IsArray(claimed.get()) && i < claimed->elements; ++i) {
       EVENTBUS_ASSIGN_OR_RETURN(RawEntry raw, ParseEntry(claimed->element[i]));
       raw.delivery_count = counts[raw.id];
+      hmget.push_back(raw.id);
       out.push_back(std::move(raw));
+    }
+    if (out.size() > first) {
+      EVENTBUS_ASSIGN_OR_RETURN(ReplyPtr failed, read_conn_.Command(hmget));
+      for (size_t i = 0; IsArray(failed.get()) && i < failed->elements && first + i < out.size(); ++i) {
+        int n = 0;
+        if (IsString(failed->element[i]) && absl::SimpleAtoi(StringOf(failed->element[i]), &n)) {
+          out[first + i].failed_attempts = std::max(n, 0);
+        }
+      }
     }
     return absl::OkStatus();
   }
@@ -522,7 +555,7 @@ class RedisSubscription final : public Subscription {
     }
     EVENTBUS_ASSIGN_OR_RETURN(
         ReplyPtr promoted,
-        read_conn_.Eval(scripts::kPromote, {sub_.stream, delayed_key_},
+        read_conn_.Eval(scripts::kPromote, {sub_.stream, delayed_key_, failed_key_},
                         {sub_.group, sub_.consumer, Millis(clock_->Now()), absl::StrCat(max_events)}));
     EVENTBUS_ASSIGN_OR_RETURN(raw, ParseScriptEntries(promoted.get()));
     if (!raw.empty()) {
@@ -571,6 +604,7 @@ class RedisSubscription final : public Subscription {
       delivery.stream = sub_.stream;
       delivery.id = entry.id;
       delivery.delivery_count = entry.delivery_count;
+      delivery.failed_attempts = entry.failed_attempts;
       delivery.token = static_cast<uint64_t>(entry.delivery_count);
       // Redis keeps only the last delivery time; the first delivery of a redelivered entry
       // happened no earlier than the entry was appended (the time in its id).
@@ -578,6 +612,7 @@ class RedisSubscription final : public Subscription {
           first_delivery_now || entry.delivery_count <= 1 ? now : EntryIdTime(entry.id);
       if (entry.deleted) {
         read_conn_.Command({"XACK", sub_.stream, sub_.group, entry.id}).IgnoreError();
+        if (entry.failed_attempts > 0) read_conn_.Command({"HDEL", failed_key_, entry.id}).IgnoreError();
         continue;
       }
       absl::StatusOr<Event> event = wire::Decode(entry.fields);
@@ -605,7 +640,7 @@ class RedisSubscription final : public Subscription {
     dead.set_id(absl::StrCat(sub_.stream, "/", entry.id));
     dead.set_data_content_type("text/plain; charset=utf-8");
     SetEventTime(dead, clock_->Now());
-    const std::string reason = absl::StrCat("malformed entry: ", why.message());
+    const std::string reason = MalformedEventReason(why.message());
     absl::Status status = DeadLetterWith(read_conn_, replacement,
                                          MakeDeadLetter(replacement, sub_.group, reason));
     if (!status.ok() && !absl::IsNotFound(status) && !absl::IsFailedPrecondition(status)) {
@@ -618,6 +653,7 @@ class RedisSubscription final : public Subscription {
   const SubscribeOptions sub_;
   const std::string dead_letter_stream_;
   const std::string delayed_key_;
+  const std::string failed_key_;  // hash: entry id -> failed attempts (lua_scripts.h)
   std::atomic<bool> closed_{false};
 
   // Fetch and Reclaim (one thread at a time by contract; the mutex also lets Close wait).

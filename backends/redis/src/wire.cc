@@ -1,7 +1,5 @@
 #include "wire.h"
 
-#include <cstdint>
-
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -47,64 +45,6 @@ std::string Printable(absl::string_view name) {
 
 }  // namespace
 
-bool IsValidUtf8(absl::string_view text) {
-  size_t i = 0;
-  const size_t n = text.size();
-  while (i < n) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int extra;
-    uint32_t cp;
-    if ((c & 0xE0) == 0xC0) {
-      extra = 1;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      extra = 2;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      extra = 3;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + extra >= n) return false;
-    for (int k = 1; k <= extra; ++k) {
-      const auto cc = static_cast<unsigned char>(text[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    // Overlong forms, surrogates and values beyond Unicode are not UTF-8.
-    if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) || (extra == 3 && cp < 0x10000) ||
-        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return false;
-    }
-    i += extra + 1;
-  }
-  return true;
-}
-
-std::string FormatEventTime(absl::Time time) {
-  return absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", time, absl::UTCTimeZone());
-}
-
-absl::StatusOr<absl::Time> ParseEventTime(absl::string_view text) {
-  absl::Time time;
-  std::string error;
-  if (!absl::ParseTime(absl::RFC3339_full, text, absl::UTCTimeZone(), &time, &error)) {
-    return absl::InvalidArgumentError(absl::StrCat("field 'time' = \"", absl::CHexEscape(text.substr(0, 64)),
-                                                   "\" is not an RFC 3339 timestamp (", error, ")"));
-  }
-  // google.protobuf.Timestamp covers years 1 to 9999.
-  if (time < absl::FromUnixSeconds(-62135596800) || time >= absl::FromUnixSeconds(253402300800)) {
-    return absl::InvalidArgumentError(absl::StrCat("field 'time' = \"", absl::CHexEscape(text),
-                                                   "\" is outside years 0001..9999"));
-  }
-  return time;
-}
-
 void AppendFields(const Event& event, std::vector<std::string>& args) {
   AppendIfSet(kSpecVersionField, event.spec_version(), args);
   AppendIfSet(kIdField, event.id(), args);
@@ -113,7 +53,7 @@ void AppendFields(const Event& event, std::vector<std::string>& args) {
   AppendIfSet(kSubjectField, event.subject(), args);
   if (event.has_time()) {
     args.emplace_back(kTimeField);
-    args.push_back(FormatEventTime(EventTime(event)));
+    args.push_back(FormatTimeAttribute(EventTime(event)));
   }
   AppendIfSet(kContentTypeField, event.data_content_type(), args);
   AppendIfSet(kSchemaField, event.data_schema(), args);
@@ -143,41 +83,18 @@ absl::StatusOr<Event> Decode(const Fields& fields) {
     }
     if (name == kDataField) {
       event.set_data(value);
-      continue;
-    }
-    if (!IsValidUtf8(value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("field '", Printable(name), "' is not valid UTF-8 text"));
-    }
-    if (is_header) {
-      absl::string_view header = absl::string_view(name).substr(kHeaderPrefix.size());
-      if (!IsValidUtf8(header)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("header name '", Printable(header), "' is not valid UTF-8 text"));
-      }
-      (*event.mutable_headers())[std::string(header)] = value;
+    } else if (is_header) {
+      (*event.mutable_headers())[name.substr(kHeaderPrefix.size())] = value;
     } else if (name == kTimeField) {
-      absl::StatusOr<absl::Time> time = ParseEventTime(value);
+      absl::StatusOr<absl::Time> time = ParseTimeAttribute(value);
       if (!time.ok()) return time.status();
       SetEventTime(event, *time);
     } else {
       *target = value;
     }
   }
-  for (absl::string_view required : {kSpecVersionField, kIdField, kSourceField, kTypeField}) {
-    if (!seen.contains(required)) {
-      return absl::InvalidArgumentError(absl::StrCat("missing required field '", required, "'"));
-    }
-  }
-  if (event.spec_version() != kSpecVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("field 'specversion' must be \"", kSpecVersion,
-                                                   "\", got \"", Printable(event.spec_version()), "\""));
-  }
-  for (absl::string_view required : {kIdField, kSourceField, kTypeField}) {
-    if (TextTarget(required, event)->empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("required field '", required, "' is empty"));
-    }
-  }
+  // Required attributes, UTF-8, lengths: the same check, and reasons, as every backend.
+  if (absl::Status valid = ValidateEnvelope(event); !valid.ok()) return valid;
   return event;
 }
 

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include "absl/strings/string_view.h"
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -55,6 +56,16 @@ inline constexpr absl::string_view kDlqOriginGroupHeader = "dlqorigingroup";
 inline constexpr absl::string_view kDlqDeliveryCountHeader = "dlqdeliverycount";
 inline constexpr absl::string_view kDlqStreamSuffix = ".dlq";
 
+// Why a delivery is given back: only a failed attempt counts towards a retry limit
+// (Delivery::failed_attempts); a give-back does not.
+enum class NackKind {
+  // Nothing failed: not run (shutdown, fetched too late), asked for a later redelivery (the
+  // executor's `wait`), or its outcome could not be recorded (result not published).
+  kGiveBack,
+  // The attempt ran and failed: failed_attempts of the redelivery is one more.
+  kFailed,
+};
+
 // One delivery of an event to one consumer. Pass it back unchanged to Ack/Nack/DeadLetter.
 struct Delivery {
   Event event;
@@ -62,8 +73,14 @@ struct Delivery {
   // The backend's id of this event in `stream` (Redis entry id, Kafka "partition:offset",
   // NATS stream sequence, memory sequence). Stable across redeliveries.
   std::string id;
-  // 1 on first delivery, incremented by every redelivery (nack, reclaim, lease expiry).
+  // 1 on first delivery, incremented by every redelivery (nack of any kind, reclaim, lease
+  // expiry): what bounds a poison event that crashes its consumers.
   int delivery_count = 1;
+  // Attempts that failed before this delivery: Nacks with NackKind::kFailed, carried with the
+  // event across redeliveries, reclaims by other consumers and restarts (as far as the backend
+  // keeps unsettled events, see Capabilities::persistent). Give-backs, reclaims and lease
+  // expiries do not count. What a retry policy counts.
+  int failed_attempts = 0;
   // When the group first received it (as precisely as the backend can tell).
   absl::Time first_delivery_time = absl::InfinitePast();
   // Backend-private: lease generation / assignment epoch, so a stale handle cannot ack a
@@ -126,8 +143,13 @@ class Subscription {
   // (reclaimed by another, lease expired, partition revoked); Unavailable.
   virtual absl::Status Ack(const Delivery& delivery) = 0;
 
-  // Gives it back, redelivered (count + 1) no earlier than `delay` from now.
-  virtual absl::Status Nack(const Delivery& delivery, absl::Duration delay) = 0;
+  // Gives it back, redelivered (delivery_count + 1) no earlier than `delay` from now; with
+  // NackKind::kFailed the redelivery's failed_attempts is this one's + 1, else unchanged.
+  virtual absl::Status Nack(const Delivery& delivery, absl::Duration delay, NackKind kind) = 0;
+  // A give-back (NackKind::kGiveBack).
+  absl::Status Nack(const Delivery& delivery, absl::Duration delay) {
+    return Nack(delivery, delay, NackKind::kGiveBack);
+  }
 
   // Tells the backend the handler is still working, restarting the idle time that Reclaim
   // and ack_wait measure.
@@ -156,7 +178,12 @@ class Subscription {
   //
   // The defaults run the synchronous method inline; backends override them to batch.
   virtual void AckAsync(const Delivery& delivery, SettleCallback done);
-  virtual void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done);
+  virtual void NackAsync(const Delivery& delivery, absl::Duration delay, NackKind kind,
+                         SettleCallback done);
+  // A give-back (NackKind::kGiveBack).
+  void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) {
+    NackAsync(delivery, delay, NackKind::kGiveBack, std::move(done));
+  }
   virtual void DeadLetterAsync(const Delivery& delivery, absl::string_view reason,
                                SettleCallback done);
 
@@ -230,7 +257,9 @@ std::string DeadLetterStreamName(const SubscribeOptions& options);
 // Validates stream/group/consumer of `options`.
 absl::Status ValidateSubscribeOptions(const SubscribeOptions& options);
 
-// The dead letter for `delivery`: the original event with the kDlq* headers set.
+// The dead letter for `delivery`: the original event with the kDlq* headers set. The reason is
+// made valid UTF-8 (C-escaped when it is not) and cut to 4 KiB, so the dead letter passes
+// ValidateEnvelope whatever text the reason carries.
 Event MakeDeadLetter(const Delivery& delivery, absl::string_view group, absl::string_view reason);
 
 }  // namespace eventbus

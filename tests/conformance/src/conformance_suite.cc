@@ -25,9 +25,12 @@
 
 namespace eventbus::conformance {
 
+// The other files' cases, kept in a static link too.
+int LinkEnvelopeCases();  // envelope_cases.cc
+int LinkAttemptCases();   // attempt_cases.cc
 int LinkConformanceSuite() {
   InstallReport();
-  return 1;
+  return 1 + LinkEnvelopeCases() + LinkAttemptCases();
 }
 
 std::string TestNameOf(const testing::TestParamInfo<BackendUnderTest>& info) {

@@ -68,6 +68,10 @@ struct ExecutorOptions {
   // worker (so no retry policy ever sees it fail) must not loop forever. Generous, because
   // delayed redeliveries (`wait`) count too. 0 = no limit.
   int max_deliveries = 1000;
+  // The executor reports it cannot make progress (CheckProgress, the service's /readyz) once
+  // it has wanted events for this long without a fetch completing: the backend fails or
+  // hangs. Zero disables the check.
+  absl::Duration fetch_stall_timeout = absl::Seconds(30);
   // Per-type policies overriding the handler's DefaultPolicy().
   std::map<std::string, TaskPolicy, std::less<>> type_policies;
   // Bounds on what a request may ask for; beyond them the request is invalid.
@@ -104,11 +108,25 @@ struct TaskLogRecord {
   std::string message;
   std::string task_id;    // empty when the request could not be parsed
   std::string task_type;  // empty when the request could not be parsed
-  int attempt = 0;
+  int attempt = 0;          // 1 + failed attempts before this delivery
+  int delivery_count = 0;   // deliveries so far
   std::string delivery_id;
   std::string error;
 };
 using TaskLogSink = std::function<void(const TaskLogRecord&)>;
+
+// What decides whether the executor can make progress (Executor::progress()).
+struct ExecutorProgress {
+  // Synchronous handlers given up on (timeout, shutdown) that still hold their worker thread,
+  // out of `workers` threads: when all are stuck, no synchronous task can run.
+  int stuck_workers = 0;
+  int workers = 0;
+  // How long the fetcher has wanted events without a fetch completing (the backend failing or
+  // hanging); zero while fetches complete. Waiting for free slots is not a stall.
+  absl::Duration fetch_stalled_for;
+  // The last fetch error of the current stall, empty when none.
+  std::string fetch_error;
+};
 
 struct ExecutorDependencies {
   // Not owned; null = no metrics.
@@ -156,6 +174,11 @@ class Executor {
   // worker thread. When they hold every worker, no synchronous task can run: the service
   // reports itself not ready.
   int stuck_workers() const;
+  ExecutorProgress progress() const;
+  // OK while the executor can make progress; Unavailable saying why not: every worker thread
+  // is stuck, or no fetch completed for options.fetch_stall_timeout. Before Start and after
+  // Shutdown: OK for the stall (nothing is wanted), the workers as they are.
+  absl::Status CheckProgress() const;
   const ExecutorOptions& options() const;
 
  private:

@@ -75,17 +75,23 @@ class TaskOutcome {
 class TaskContext {
  public:
   TaskContext(const TaskRequest& request, int attempt, absl::Time requested_at,
-              absl::Time deadline, Clock* clock)
+              absl::Time deadline, Clock* clock, int delivery_count = 1)
       : request_(request),
         attempt_(attempt),
+        delivery_count_(delivery_count),
         requested_at_(requested_at),
         deadline_(deadline),
         clock_(clock) {}
 
   const TaskRequest& request() const { return request_; }
   const nlohmann::json& input() const { return request_.Input(); }
-  // 1 on the first delivery; counts every redelivery (retries, delayed redeliveries, reclaims).
+  // The attempt this run is: 1 + the attempts that failed before it (what the retry policy
+  // counts). Delayed redeliveries (RedeliverAfter), give-backs at shutdown and reclaims of a
+  // crashed worker's task do not count.
   int attempt() const { return attempt_; }
+  // 1 on the first delivery; counts every redelivery (retries, delayed redeliveries, reclaims):
+  // what EXECUTOR_MAX_DELIVERIES bounds.
+  int delivery_count() const { return delivery_count_; }
   // When the task was requested (the request event's time).
   absl::Time requested_at() const { return requested_at_; }
   // After this the executor treats the run as a transient failure and stops waiting for it:
@@ -100,6 +106,7 @@ class TaskContext {
  private:
   const TaskRequest& request_;
   int attempt_;
+  int delivery_count_;
   absl::Time requested_at_;
   absl::Time deadline_;
   Clock* clock_;

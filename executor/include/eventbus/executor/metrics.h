@@ -19,8 +19,16 @@ inline constexpr absl::string_view kOutcomeAbandoned = "abandoned";  // given ba
 inline constexpr absl::string_view kOutcomeCancelled = "cancelled";  // cancelled through the task store
 // Redelivered after it had succeeded (task store): settled with the stored result, not run.
 inline constexpr absl::string_view kOutcomeDuplicate = "duplicate";
+// Every `outcome` label value, so exporters can create each series at zero up front.
+inline constexpr absl::string_view kOutcomes[] = {kOutcomeSucceeded, kOutcomeFailed,
+                                                  kOutcomeRetried,   kOutcomeDelayed,
+                                                  kOutcomeInvalid,   kOutcomeAbandoned,
+                                                  kOutcomeCancelled, kOutcomeDuplicate};
 // The `type` label for requests whose type is not registered (bounded label cardinality).
 inline constexpr absl::string_view kUnknownTypeLabel = "_unknown";
+// The `operation` label of BackendError.
+inline constexpr absl::string_view kBackendFetch = "fetch";
+inline constexpr absl::string_view kBackendReclaim = "reclaim";
 
 class ExecutorMetrics {
  public:

@@ -88,7 +88,10 @@ struct TaskResult {
   TaskStatus status = TaskStatus::kSucceeded;
   // The handler's output (null when it produced none).
   std::shared_ptr<const nlohmann::json> output;
+  // The attempt that produced this result (1 + failed attempts before it), and the
+  // deliveries of the request so far (delayed redeliveries and give-backs included).
   int attempts = 0;
+  int deliveries = 0;
   absl::Duration duration;  // of the last attempt
   // Empty on success; on failure "permanent", "transient", "timeout" or "invalid".
   std::string error_kind;

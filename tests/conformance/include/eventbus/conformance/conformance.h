@@ -66,6 +66,12 @@ struct BackendUnderTest {
   // make_bounded_stream: like make_stream, but its publish queue (or retention) holds at most a
   // few hundred unconsumed events, so the back-pressure case can fill it.
   std::function<absl::StatusOr<std::unique_ptr<EventStream>>()> make_bounded_stream;
+
+  // Writes `event` to `stream` the way this backend's wire carries it, without Publish's
+  // checks, as a foreign producer (redis-cli, kcat, the nats CLI) could: the malformed-envelope
+  // cases use it to put on the wire what Publish refuses. Null (a backend with no wire, like
+  // memory) = those cases are skipped.
+  std::function<absl::Status(const std::string& stream, const Event& event)> write_raw;
 };
 
 // A crash hook for in-process backends: keeps the subscription alive and unused until the
