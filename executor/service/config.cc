@@ -130,14 +130,18 @@ absl::Status ReadStore(const Environment& env, ServiceConfig& config) {
   } else if (config.stream_type == "redis") {
     config.store = "redis";
   }
-  if (const std::string* store = Find(env, "EXECUTOR_STORE")) {
-    const std::string lower = absl::AsciiStrToLower(*store);
-    if (lower != "memory" && lower != "redis" && lower != "postgres" && lower != "none") {
-      return BadValue("EXECUTOR_STORE", *store, "one of memory, redis, postgres, none");
-    }
-    config.store = lower;
+  if (auto it = env.find("EXECUTOR_STORE"); it != env.end()) {
+    EVENTBUS_ASSIGN_OR_RETURN(
+        config.store,
+        ParseEnumSetting<std::string>("EXECUTOR_STORE", it->second,
+                                      {{"memory", "memory"},
+                                       {"redis", "redis"},
+                                       {"postgres", "postgres"},
+                                       {"none", "none"}}));
   }
-  if (const std::string* url = Find(env, "EXECUTOR_STORE_URL")) {
+  EVENTBUS_ASSIGN_OR_RETURN(const std::string* url,
+                            Find(env, "EXECUTOR_STORE_URL", "a store URL"));
+  if (url != nullptr) {
     if (config.store == "none" || config.store == "memory") {
       return absl::InvalidArgumentError(absl::StrCat(
           "EXECUTOR_STORE_URL is set, but EXECUTOR_STORE is ", config.store,

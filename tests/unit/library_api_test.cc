@@ -130,8 +130,9 @@ class ClosingOrder final : public EventStream {
       return inner_->Fetch(n, w);
     }
     absl::Status Ack(const Delivery& d) override { return inner_->Ack(d); }
-    absl::Status Nack(const Delivery& d, absl::Duration delay) override {
-      return inner_->Nack(d, delay);
+    using Subscription::Nack;
+    absl::Status Nack(const Delivery& d, absl::Duration delay, NackKind kind) override {
+      return inner_->Nack(d, delay, kind);
     }
     absl::Status Extend(const Delivery& d) override { return inner_->Extend(d); }
     absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration idle, int n) override {

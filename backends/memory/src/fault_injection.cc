@@ -97,9 +97,11 @@ class FaultInjectingSubscription final : public Subscription {
     EVENTBUS_RETURN_IF_ERROR(faults_->Check(Op::kAck, consumer_));
     return inner_->Ack(delivery);
   }
-  absl::Status Nack(const Delivery& delivery, absl::Duration delay) override {
+  using Subscription::Nack;
+  using Subscription::NackAsync;
+  absl::Status Nack(const Delivery& delivery, absl::Duration delay, NackKind kind) override {
     EVENTBUS_RETURN_IF_ERROR(faults_->Check(Op::kNack, consumer_));
-    return inner_->Nack(delivery, delay);
+    return inner_->Nack(delivery, delay, kind);
   }
   absl::Status Extend(const Delivery& delivery) override {
     EVENTBUS_RETURN_IF_ERROR(faults_->Check(Op::kExtend, consumer_));
@@ -118,10 +120,11 @@ class FaultInjectingSubscription final : public Subscription {
     if (!fault.ok()) return done(std::move(fault));
     inner_->AckAsync(delivery, std::move(done));
   }
-  void NackAsync(const Delivery& delivery, absl::Duration delay, SettleCallback done) override {
+  void NackAsync(const Delivery& delivery, absl::Duration delay, NackKind kind,
+                 SettleCallback done) override {
     absl::Status fault = faults_->Check(Op::kNack, consumer_);
     if (!fault.ok()) return done(std::move(fault));
-    inner_->NackAsync(delivery, delay, std::move(done));
+    inner_->NackAsync(delivery, delay, kind, std::move(done));
   }
   void DeadLetterAsync(const Delivery& delivery, absl::string_view reason,
                        SettleCallback done) override {

@@ -75,7 +75,7 @@ void LogDisconnected(natsConnection*, void*) {
 void LogReconnected(natsConnection* nc, void*) {
   char url[256] = "";
   natsConnection_GetConnectedUrl(nc, url, sizeof(url));
-  Log(LogLevel::kInfo, "nats", absl::StrCat("reconnected to ", RedactedNatsUrl(url)));
+  Log(LogLevel::kInfo, "nats", absl::StrCat("reconnected to ", RedactUrl(url)));
 }
 
 // The raw message as text, for a malformed message's dead letter.

@@ -77,10 +77,11 @@ class BrokenSubscription final : public Subscription {
     outstanding_->Remove(d);
     return inner_->Ack(d);
   }
-  absl::Status Nack(const Delivery& d, absl::Duration delay) override {
+  using Subscription::Nack;
+  absl::Status Nack(const Delivery& d, absl::Duration delay, NackKind kind) override {
     outstanding_->Remove(d);
     if (flaw_ == Flaw::kRedeliversDelayedNackEarly) delay = delay * 3 / 4;
-    return inner_->Nack(d, delay);
+    return inner_->Nack(d, delay, kind);
   }
   absl::Status Extend(const Delivery& d) override { return inner_->Extend(d); }
   absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration min_idle, int max_events) override {
@@ -145,7 +146,10 @@ class SubscriptionShell final : public Subscription {
   ~SubscriptionShell() override { sub_->Close().IgnoreError(); }
   absl::StatusOr<std::vector<Delivery>> Fetch(int n, absl::Duration wait) override { return sub_->Fetch(n, wait); }
   absl::Status Ack(const Delivery& d) override { return sub_->Ack(d); }
-  absl::Status Nack(const Delivery& d, absl::Duration delay) override { return sub_->Nack(d, delay); }
+  using Subscription::Nack;
+  absl::Status Nack(const Delivery& d, absl::Duration delay, NackKind kind) override {
+    return sub_->Nack(d, delay, kind);
+  }
   absl::Status Extend(const Delivery& d) override { return sub_->Extend(d); }
   absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration idle, int n) override { return sub_->Reclaim(idle, n); }
   absl::Status DeadLetter(const Delivery& d, absl::string_view reason) override { return sub_->DeadLetter(d, reason); }
