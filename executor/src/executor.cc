@@ -24,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "eventbus/clock.h"
+#include "eventbus/dead_letters.h"
 #include "eventbus/executor/iso_duration.h"
 #include "eventbus/status_macros.h"
 #include "eventbus/taskstore/task_store.h"
@@ -1047,6 +1048,16 @@ class Executor::Impl {
         run.push_back(task);
         continue;
       }
+      if (IsRedriveOfAFinishedFailure(*task, *it->second)) {
+        // Put back from the dead-letter stream by hand (`eventbus dlq redrive`, the
+        // dashboard): a retry by hand, with a fresh attempt count, like POST :retry.
+        taskstore::TaskUpdate update = RunningUpdate(*task->request, now);
+        update.from = {taskstore::TaskState::kDeadLettered, taskstore::TaskState::kFailed};
+        update.attempts = 0;
+        marking.push_back(task);
+        updates.push_back({task->request->id, std::move(update)});
+        continue;
+      }
       if (SettledByStore(task, *it->second)) continue;
       marking.push_back(task);
       updates.push_back({task->request->id, RunningUpdate(*task->request, now)});
@@ -1079,6 +1090,15 @@ class Executor::Impl {
       });
     }
     return run;
+  }
+
+  // A request event redriven from the dead-letter stream (it carries kRedrivesHeader) whose
+  // task ended dead-lettered or failed.
+  static bool IsRedriveOfAFinishedFailure(const InFlight& task, const taskstore::TaskRecord& record) {
+    return (record.state == taskstore::TaskState::kDeadLettered ||
+            record.state == taskstore::TaskState::kFailed) &&
+           !record.cancel_requested &&
+           task.delivery.event.headers().contains(std::string(kRedrivesHeader));
   }
 
   // True when `record` settles the delivery without running it: a succeeded task is settled

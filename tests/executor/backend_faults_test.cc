@@ -209,7 +209,9 @@ TEST_F(ExecutorOnAFaultyBackendTest, AFailedAckLeavesTheTaskToRunAgainRatherThan
   auto results = AwaitResults(2);
   ASSERT_EQ(results.size(), 2u);
   EXPECT_EQ(results[1].task_id, "t-1");
-  EXPECT_EQ(results[1].attempts, 2);
+  // Redelivered, not failed: the second run is still attempt 1, on delivery 2.
+  EXPECT_EQ(results[1].attempts, 1);
+  EXPECT_EQ(results[1].deliveries, 2);
   ASSERT_TRUE(calls_.AwaitCount(Op::kAck, 2));
   EXPECT_EQ(handler_->runs(), 2);
 }

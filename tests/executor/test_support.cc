@@ -159,8 +159,8 @@ void CallLog::AddFailedFetch() {
   monitor_.Update([&] { ++failed_fetches_; });
 }
 
-bool CallLog::AwaitFailedFetches(int n) const {
-  return monitor_.Await([&] { return failed_fetches_ >= n; });
+bool CallLog::AwaitFailedFetches(int n, absl::Duration timeout) const {
+  return monitor_.Await([&] { return failed_fetches_ >= n; }, timeout);
 }
 
 int CallLog::Count(Op op) const { return static_cast<int>(Calls(op).size()); }

@@ -83,7 +83,7 @@ class CallLog {
   absl::Status fetch_failure() const;
   void AddFailedFetch();
   // Waits until at least `n` fetches failed by FailFetches; false after kSafetyTimeout.
-  bool AwaitFailedFetches(int n) const;
+  bool AwaitFailedFetches(int n, absl::Duration timeout = kSafetyTimeout) const;
 
  private:
   Monitor monitor_;
