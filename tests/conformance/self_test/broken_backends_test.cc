@@ -122,6 +122,8 @@ struct Double {
   Flaw flaw;
   ManualClock clock;
   std::unique_ptr<EventStream> memory = memory::NewMemoryEventStream(&clock);
+  std::unique_ptr<EventStream> bounded =
+      memory::NewMemoryEventStream(&clock, memory::MemoryOptions{.max_stream_events = 200});
   std::mutex mu;
   std::vector<std::weak_ptr<BrokenSubscription>> subscriptions;  // guarded by mu
 
@@ -212,17 +214,19 @@ class BrokenStream final : public EventStream {
 };
 
 BackendUnderTest MakeDouble(std::string name, Flaw flaw) {
-  // Never destroyed: the suite's instantiations outlive main.
-  auto* d = new Double(flaw);
-  auto* bounded = new std::unique_ptr<EventStream>(memory::NewMemoryEventStream(
-      &d->clock, memory::MemoryOptions{.max_stream_events = 200}));
+  // gtest evaluates the instantiation once per case: one double per name, kept for the whole
+  // run (the suite's instantiations outlive main) and reachable from here, so it is no leak.
+  static auto* doubles = new std::map<std::string, std::unique_ptr<Double>>();
+  std::unique_ptr<Double>& slot = (*doubles)[name];
+  if (slot == nullptr) slot = std::make_unique<Double>(flaw);
+  Double* d = slot.get();
   BackendUnderTest backend;
   backend.name = std::move(name);
   backend.make_stream = [d]() -> absl::StatusOr<std::unique_ptr<EventStream>> {
     return std::unique_ptr<EventStream>(new BrokenStream(d, d->memory.get()));
   };
-  backend.make_bounded_stream = [d, bounded]() -> absl::StatusOr<std::unique_ptr<EventStream>> {
-    return std::unique_ptr<EventStream>(new BrokenStream(d, bounded->get()));
+  backend.make_bounded_stream = [d]() -> absl::StatusOr<std::unique_ptr<EventStream>> {
+    return std::unique_ptr<EventStream>(new BrokenStream(d, d->bounded.get()));
   };
   backend.let_time_pass = [d](absl::Duration t) { d->clock.Advance(t); };
   backend.fetch_wait = absl::Milliseconds(100);
