@@ -247,6 +247,33 @@ TEST(TaskResultTest, RejectsAttemptsAndDurationsOutOfRange) {
   EXPECT_THAT(with("1", "-1e300").status().message(), HasSubstr("duration_ms"));
 }
 
+// The depth limit counts the containers around each value, and nothing inside strings.
+TEST(ParseUntrustedJsonTest, DepthLimitCountsContainersAroundEachValueOnly) {
+  auto nested = [](int arrays, absl::string_view innermost) {
+    return absl::StrCat(std::string(arrays, '['), innermost, std::string(arrays, ']'));
+  };
+  EXPECT_TRUE(ParseUntrustedJson(nested(kMaxJsonDepth, "1")).ok());
+  EXPECT_THAT(ParseUntrustedJson(nested(kMaxJsonDepth + 1, "1")).status().message(),
+              HasSubstr("nested deeper than 64 levels"));
+  // An empty innermost container is itself a value at the depth around it.
+  EXPECT_TRUE(ParseUntrustedJson(nested(kMaxJsonDepth + 1, "")).ok());
+  EXPECT_FALSE(ParseUntrustedJson(nested(kMaxJsonDepth + 2, "")).ok());
+  // Brackets and escaped quotes inside strings are text, not nesting.
+  const std::string in_string =
+      absl::StrCat(R"({"a":")", std::string(1000, '['), R"(\"{{{","b":[1]})");
+  auto parsed = ParseUntrustedJson(in_string);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ((*parsed)["b"][0], 1);
+  EXPECT_THAT(ParseUntrustedJson("[1,").status().message(), HasSubstr("not valid JSON"));
+  // Wide documents are fine at any width.
+  std::string wide = "[";
+  for (int i = 0; i < 20'000; ++i) absl::StrAppend(&wide, i == 0 ? "" : ",", R"({"type":"inject"})");
+  wide += "]";
+  auto many = ParseUntrustedJson(wide);
+  ASSERT_TRUE(many.ok());
+  EXPECT_EQ(many->size(), 20'000u);
+}
+
 // Found with the tests/fuzz task_json target on a hand-made input (longer than libFuzzer's
 // default -max_len): a result with an "output" nested 500,000 levels deep overflowed the stack.
 TEST(TaskResultTest, RejectsOutputNestedTooDeep) {
