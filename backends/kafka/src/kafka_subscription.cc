@@ -441,8 +441,8 @@ std::vector<std::map<int64_t, int>> KafkaSubscription::CommittedCounts(
       rd_kafka_committed(consumer.offsets_reader.get(), committed.get(), timeout_ms);
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
     // Not fatal: the counts of what a crashed predecessor held restart (as before).
-    std::fprintf(stderr, "eventbus kafka: %s\n",
-                 ToStatus(err, "reading committed delivery counts").ToString().c_str());
+    Log(LogLevel::kWarning, "kafka",
+        ToStatus(err, "reading committed delivery counts").ToString());
     return counts;
   }
   for (int i = 0; i < committed->cnt; ++i) {

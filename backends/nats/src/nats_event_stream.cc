@@ -828,8 +828,9 @@ int NatsSubscription::ReadFailedAttempts(absl::string_view id) {
   } else if (ns != NATS_NOT_FOUND) {
     // Counted low rather than not delivered: at worst a few more retries, which
     // max_deliveries still bounds.
-    std::fprintf(stderr, "eventbus nats: reading the failed attempts of %s/%s: %s\n",
-                 options_.stream.c_str(), std::string(id).c_str(), natsStatus_GetText(ns));
+    Log(LogLevel::kWarning, "nats",
+        absl::StrCat("reading the failed attempts of ", options_.stream, "/", id, ": ",
+                     natsStatus_GetText(ns)));
   }
   return failed;
 }
