@@ -8,6 +8,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 // Accepts weeks, days, hours, minutes and seconds (the last unit may carry a fraction). Years
@@ -20,3 +22,5 @@ absl::StatusOr<absl::Duration> ParseIsoDuration(absl::string_view text);
 std::string FormatIsoDuration(absl::Duration duration);
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

@@ -23,6 +23,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 // `SETTING="value" is invalid: expected <expected>`, for checks the parsers below do not cover.
@@ -152,3 +154,5 @@ class OptionReader {
 };
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

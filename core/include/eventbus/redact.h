@@ -6,6 +6,8 @@
 
 #include "absl/strings/string_view.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus {
 
 // The URL (or comma-separated list of URLs, as NATS_URL and KAFKA_BROKERS take) with the
@@ -24,3 +26,5 @@ std::string RedactUrl(absl::string_view url);
 bool IsSecretSettingName(absl::string_view name);
 
 }  // namespace eventbus
+
+#pragma GCC visibility pop

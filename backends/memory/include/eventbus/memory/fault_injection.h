@@ -23,6 +23,8 @@
 #include "absl/time/time.h"
 #include "eventbus/event_stream.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::memory {
 
 // What to break, and how. Thread-safe; shared by a stream and its subscriptions, and must
@@ -80,3 +82,5 @@ std::unique_ptr<EventStream> NewFaultInjectingEventStream(std::unique_ptr<EventS
                                                           FaultInjector* faults);
 
 }  // namespace eventbus::memory
+
+#pragma GCC visibility pop

@@ -8,8 +8,12 @@
 
 #include "eventbus/taskstore/task_store.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::taskstore {
 
 std::unique_ptr<TaskStore> NewMemoryTaskStore();
 
 }  // namespace eventbus::taskstore
+
+#pragma GCC visibility pop

@@ -20,6 +20,8 @@
 #include "absl/time/time.h"
 #include "eventbus/taskstore/task_store.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::taskstore {
 
 struct PostgresTaskStoreOptions {
@@ -53,3 +55,5 @@ absl::Status MigratePostgresTaskStoreTo(TaskStore& store, int version);
 std::string RedactPostgresUrl(absl::string_view url);
 
 }  // namespace eventbus::taskstore
+
+#pragma GCC visibility pop

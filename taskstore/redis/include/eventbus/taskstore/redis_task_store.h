@@ -27,6 +27,8 @@
 #include "eventbus/redis/redis_event_stream.h"
 #include "eventbus/taskstore/task_store.h"
 
+#pragma GCC visibility push(default)
+
 namespace eventbus::taskstore {
 
 inline constexpr absl::string_view kDefaultRedisTaskStorePrefix = "eventbus:taskstore:";
@@ -50,3 +52,5 @@ absl::StatusOr<std::unique_ptr<TaskStore>> NewRedisTaskStore(RedisTaskStoreOptio
 absl::StatusOr<std::unique_ptr<TaskStore>> OpenRedisTaskStore(absl::string_view url);
 
 }  // namespace eventbus::taskstore
+
+#pragma GCC visibility pop
