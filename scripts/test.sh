@@ -48,11 +48,14 @@ run_ctest() {
 }
 
 status=0
+started=$SECONDS
+# Each stage's heading says how far into the run it starts (CI must stay well inside its limit).
+stage() { echo "== [$(((SECONDS - started) / 60)) min] $*"; }
 
-echo "== build (RelWithDebInfo)"
+stage "build (RelWithDebInfo)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$jobs"
-echo "== tests: unit, conformance, integration, fault"
+stage "tests: unit, conformance, integration, fault"
 run_ctest --test-dir build --timeout 900 -j "$jobs" || status=1
 # The README's backends x cases table, from the JSON reports the conformance tests just wrote.
 python3 scripts/conformance_table.py build/conformance-report README.md || status=1
@@ -63,7 +66,7 @@ if ! $quick; then
   # tests against the real broker run in the main build only.
   sanitizer_flags=(-DEVENTBUS_BUILD_BENCHMARKS=OFF -DEVENTBUS_WITH_EXECUTOR=ON)
 
-  echo "== ASan/UBSan: core, memory, redis, kafka, nats, the PostgreSQL task store, executor (incl. its HTTP server and client)"
+  stage "ASan/UBSan: core, memory, redis, kafka, nats, the PostgreSQL task store, executor (incl. its HTTP server and client)"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DEVENTBUS_SANITIZER=address \
     "${sanitizer_flags[@]}" >/dev/null
   cmake --build build-asan -j "$jobs"
@@ -75,7 +78,7 @@ if ! $quick; then
     run_ctest --test-dir build-asan -j "$jobs" -L 'memory|redis|kafka|nats|postgres|unit|executor' \
       -E '^(kafka_integration|kafka_consumer|installed_package.*)$' || status=1
 
-  echo "== TSan: the concurrent core (memory backend, executor pipeline, HTTP server, memory task store)"
+  stage "TSan: the concurrent core (memory backend, executor pipeline, HTTP server, memory task store)"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEVENTBUS_SANITIZER=thread \
     -DEVENTBUS_WITH_REDIS=OFF -DEVENTBUS_WITH_KAFKA=OFF "${sanitizer_flags[@]}" >/dev/null
   cmake --build build-tsan -j "$jobs" --target memory_test memory_conformance_test executor_test \
@@ -84,7 +87,7 @@ if ! $quick; then
     run_ctest --test-dir build-tsan \
       -R '^(memory_unit|memory_conformance|executor_run_loop|executor_service_http_server|taskstore_memory_conformance)$' || status=1
 
-  echo "== fuzz: every decoder of bytes from the wire, libFuzzer + ASan/UBSan (clang), bounded"
+  stage "fuzz: every decoder of bytes from the wire, libFuzzer + ASan/UBSan (clang), bounded"
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DEVENTBUS_FUZZ=ON -DEVENTBUS_SANITIZER=address -DEVENTBUS_BUILD_BENCHMARKS=OFF \
     -DEVENTBUS_FUZZ_SECONDS=15 >/dev/null
@@ -94,5 +97,5 @@ if ! $quick; then
 fi
 
 echo
-echo "eventbus: ${passed} passed, ${failed} failed"
+echo "eventbus: ${passed} passed, ${failed} failed in $(((SECONDS - started) / 60)) min"
 exit $status
