@@ -49,7 +49,7 @@ struct CommandError {
 
 std::string TimeText(absl::Time time) {
   if (time == absl::InfinitePast() || time == absl::InfiniteFuture()) return "-";
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", time, absl::UTCTimeZone());
+  return FormatTimeMillis(time);
 }
 
 std::string FormatAge(absl::Duration age) {
@@ -59,11 +59,6 @@ std::string FormatAge(absl::Duration age) {
 
 json EventJson(const StoredEvent& stored) { return executor::StoredEventToJson(stored); }
 
-std::string Header(const Event& event, absl::string_view name) {
-  auto it = event.headers().find(std::string(name));
-  return it == event.headers().end() ? std::string() : it->second;
-}
-
 std::string RenderEvent(const StoredEvent& stored) {
   const Event& e = stored.event;
   std::string data = e.data();
@@ -71,7 +66,7 @@ std::string RenderEvent(const StoredEvent& stored) {
   std::string line = absl::StrCat(stored.id, "  ", TimeText(EventTime(e)), "  ", e.type(),
                                   "  id=", e.id());
   if (!e.key().empty()) absl::StrAppend(&line, "  key=", e.key());
-  if (std::string reason = Header(e, kDlqReasonHeader); !reason.empty()) {
+  if (std::string reason = HeaderValue(e, kDlqReasonHeader); !reason.empty()) {
     absl::StrAppend(&line, "  reason=\"", reason, "\"");
   }
   if (!stored.malformed.empty()) absl::StrAppend(&line, "  MALFORMED: ", stored.malformed);

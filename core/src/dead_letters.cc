@@ -15,11 +15,6 @@
 namespace eventbus {
 namespace {
 
-std::string Header(const Event& event, absl::string_view name) {
-  auto it = event.headers().find(std::string(name));
-  return it == event.headers().end() ? std::string() : it->second;
-}
-
 // A JSON string literal (core carries no JSON library; the history is small and flat).
 std::string JsonString(absl::string_view text) {
   std::string out = "\"";
@@ -51,7 +46,7 @@ bool DeadLetterFilter::Matches(const StoredEvent& stored) const {
     return false;
   }
   // Any case (Debian's Abseil has no StrContainsIgnoreCase).
-  if (!reason.empty() && !absl::StrContains(absl::AsciiStrToLower(Header(e, kDlqReasonHeader)),
+  if (!reason.empty() && !absl::StrContains(absl::AsciiStrToLower(HeaderValue(e, kDlqReasonHeader)),
                                             absl::AsciiStrToLower(reason))) {
     return false;
   }
@@ -73,13 +68,13 @@ absl::StatusOr<absl::Time> ParseFilterTime(absl::string_view what, absl::string_
 
 absl::StatusOr<Redrive> PrepareRedrive(const Event& dead_letter, int max_redrives,
                                        absl::Time now) {
-  const std::string origin = Header(dead_letter, kDlqOriginStreamHeader);
+  const std::string origin = HeaderValue(dead_letter, kDlqOriginStreamHeader);
   if (origin.empty()) {
     return absl::FailedPreconditionError(
         "it has no dlqoriginstream header (it was not written by DeadLetter)");
   }
   int redrives = 0;
-  if (!absl::SimpleAtoi(Header(dead_letter, kRedrivesHeader), &redrives)) redrives = 0;
+  if (!absl::SimpleAtoi(HeaderValue(dead_letter, kRedrivesHeader), &redrives)) redrives = 0;
   if (redrives >= max_redrives) {
     return absl::FailedPreconditionError(absl::StrCat(
         "it was redriven ", redrives, " times already and came back each time (at most ",
@@ -90,14 +85,14 @@ absl::StatusOr<Redrive> PrepareRedrive(const Event& dead_letter, int max_redrive
   out.event = dead_letter;
   auto& headers = *out.event.mutable_headers();
   // The history is a JSON array; append to it textually (it is ours, written only here).
-  std::string history = Header(dead_letter, kRedriveHistoryHeader);
+  std::string history = HeaderValue(dead_letter, kRedriveHistoryHeader);
   if (history.size() < 2 || history.front() != '[' || history.back() != ']') history = "[]";
   const std::string trip = absl::StrCat(
-      "{\"reason\":", JsonString(Header(dead_letter, kDlqReasonHeader)),
+      "{\"reason\":", JsonString(HeaderValue(dead_letter, kDlqReasonHeader)),
       ",\"stream\":", JsonString(origin),
-      ",\"id\":", JsonString(Header(dead_letter, kDlqOriginIdHeader)),
-      ",\"group\":", JsonString(Header(dead_letter, kDlqOriginGroupHeader)),
-      ",\"delivery_count\":", JsonString(Header(dead_letter, kDlqDeliveryCountHeader)),
+      ",\"id\":", JsonString(HeaderValue(dead_letter, kDlqOriginIdHeader)),
+      ",\"group\":", JsonString(HeaderValue(dead_letter, kDlqOriginGroupHeader)),
+      ",\"delivery_count\":", JsonString(HeaderValue(dead_letter, kDlqDeliveryCountHeader)),
       ",\"redriven_at\":", JsonString(absl::FormatTime(absl::RFC3339_full, now, absl::UTCTimeZone())),
       "}");
   history.pop_back();

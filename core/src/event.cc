@@ -170,6 +170,15 @@ std::string FormatTimeAttribute(absl::Time time) {
   return absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", time, absl::UTCTimeZone());
 }
 
+std::string FormatTimeMillis(absl::Time time) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", time, absl::UTCTimeZone());
+}
+
+std::string HeaderValue(const Event& event, absl::string_view name) {
+  auto it = event.headers().find(std::string(name));
+  return it == event.headers().end() ? std::string() : it->second;
+}
+
 absl::StatusOr<absl::Time> ParseTimeAttribute(absl::string_view text) {
   absl::Time time;
   std::string error;

@@ -137,7 +137,7 @@ bool Dashboard::Offload(std::function<void()> work) {
 std::string Dashboard::SnapshotJson() {
   const absl::Time now = stream_->clock()->Now();
   json snapshot;
-  snapshot["time"] = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", now, absl::UTCTimeZone());
+  snapshot["time"] = FormatTimeMillis(now);
   snapshot["instance"] = {{"name", options_.instance},
                           {"backend", options_.backend},
                           {"ready", ready_ ? ready_() : true},

@@ -67,7 +67,7 @@ HttpResponse ErrorResponse(const absl::Status& status) {
 // Null for a time that was never set (InfinitePast) or never ends (InfiniteFuture).
 json TimeJson(absl::Time t) {
   if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return nullptr;
-  return FormatRfc3339(t);
+  return FormatTimeAttribute(t);
 }
 
 // Stored JSON text back as JSON; null when empty (and the raw text if it does not parse,
@@ -811,7 +811,7 @@ void Service::HandleTaskRetry(const std::string& id, HttpResponder respond) {
   update.expires_at = absl::InfiniteFuture();
   update.result = "";
   update.append_history =
-      json{{"retried_at", FormatRfc3339(now)}, {"from_state", state}, {"by", "api"}}.dump();
+      json{{"retried_at", FormatTimeAttribute(now)}, {"from_state", state}, {"by", "api"}}.dump();
   auto written = store_->Update(id, update);
   if (absl::IsFailedPrecondition(written.status())) {
     return respond(JsonError(409, absl::StrCat("task \"", id, "\" changed meanwhile; try again")));

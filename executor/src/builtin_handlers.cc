@@ -51,8 +51,8 @@ class WaitHandler final : public TaskHandler {
     const absl::Time now = context.clock()->Now();
     if (now < due) return TaskOutcome::RedeliverAfter(due - now);
     return TaskOutcome::Succeeded({{"duration", FormatIsoDuration(*duration)},
-                                   {"requested_at", FormatRfc3339(context.requested_at())},
-                                   {"completed_at", FormatRfc3339(now)}});
+                                   {"requested_at", FormatTimeAttribute(context.requested_at())},
+                                   {"completed_at", FormatTimeAttribute(now)}});
   }
 };
 

@@ -1252,7 +1252,7 @@ class Executor::Impl {
   std::string AttemptHistory(const InFlight& task, const std::string& kind,
                              const std::string& error) const {
     nlohmann::json entry = {{"attempt", task.delivery.delivery_count},
-                            {"finished_at", FormatRfc3339(clock_->Now())},
+                            {"finished_at", FormatTimeAttribute(clock_->Now())},
                             {"error_kind", kind},
                             {"error", error},
                             {"consumer", options_.consumer_name}};

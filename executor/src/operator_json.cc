@@ -15,7 +15,7 @@ nlohmann::json StoredEventToJson(const StoredEvent& stored) {
             {"source", e.source()},
             {"time", time == absl::InfinitePast()
                          ? std::string()
-                         : absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", time, absl::UTCTimeZone())}};
+                         : FormatTimeMillis(time)}};
   if (!e.subject().empty()) j["subject"] = e.subject();
   if (!e.key().empty()) j["key"] = e.key();
   if (!e.data_content_type().empty()) j["datacontenttype"] = e.data_content_type();

@@ -109,10 +109,6 @@ json ParseJsonWithDepthLimit(absl::string_view text, int max_depth, bool& too_de
 
 }  // namespace
 
-std::string FormatRfc3339(absl::Time t) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E*SZ", t, absl::UTCTimeZone());
-}
-
 RetryPolicy RetryOverride::ApplyTo(RetryPolicy policy) const {
   if (max_attempts) policy.max_attempts = *max_attempts;
   if (initial_backoff) policy.initial_backoff = *initial_backoff;
@@ -270,7 +266,7 @@ std::string TaskResultToJson(const TaskResult& result) {
       {"deliveries", result.deliveries},
       {"duration_ms", absl::ToDoubleMilliseconds(result.duration)},
       {"request_event_id", result.request_event_id},
-      {"completed_at", FormatRfc3339(result.completed_at)},
+      {"completed_at", FormatTimeAttribute(result.completed_at)},
   };
   if (result.status == TaskStatus::kFailed) {
     document["error"] = {{"kind", result.error_kind}, {"message", result.error}};

@@ -60,6 +60,13 @@ bool IsValidUtf8(absl::string_view text);
 std::string FormatTimeAttribute(absl::Time time);
 absl::StatusOr<absl::Time> ParseTimeAttribute(absl::string_view text);
 
+// RFC 3339 in UTC with exactly three fractional digits ("2024-05-01T12:00:00.500Z"): what
+// operators read (CLI, dashboard, operator JSON), where columns line up.
+std::string FormatTimeMillis(absl::Time time);
+
+// The value of an event's header `name`; empty when it has none.
+std::string HeaderValue(const Event& event, absl::string_view name);
+
 // The approximate number of bytes the event occupies (memory accounting, size limits).
 size_t EventSizeBytes(const Event& event);
 

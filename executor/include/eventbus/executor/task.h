@@ -105,9 +105,6 @@ std::string TaskResultToJson(const TaskResult& result);
 absl::StatusOr<TaskResult> ParseTaskResult(absl::string_view json_text);
 Event MakeTaskResultEvent(const TaskResult& result, absl::string_view source);
 
-// "2026-01-02T03:04:05.5Z": the timestamps of results and of the task API.
-std::string FormatRfc3339(absl::Time t);
-
 }  // namespace eventbus::executor
 
 #pragma GCC visibility pop
