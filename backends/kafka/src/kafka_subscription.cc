@@ -208,12 +208,16 @@ void KafkaSubscription::OnRebalance(Consumer& consumer, rd_kafka_resp_err_t err,
   // have moved on), hand the deliveries in flight to the retry topic with their counts and
   // commit what is contiguous; then drop all local state so a late Ack cannot store an offset
   // for a partition we no longer hold.
+  // Inside rd_kafka_consumer_close (Close) the deliveries were already given back and
+  // committed, synchronously, just before; a synchronous commit from this callback there can
+  // wait for ever (seen with librdkafka 2.0.2: a conformance run hung 25 min in it).
+  const bool closing = consumer_closing_.load(std::memory_order_acquire);
   const bool lost = rd_kafka_assignment_lost(rk) != 0;
-  if (!lost) GiveBackDeliveries(keys);
+  if (!lost && !closing) GiveBackDeliveries(keys);
   PartitionListHandle commit;
   {
     absl::MutexLock lock(&mu_);
-    if (!lost) commit = CommittableLocked(keys);
+    if (!lost && !closing) commit = CommittableLocked(keys);
     for (const PartitionKey& key : keys) DropPartitionLocked(key);
     changed_.SignalAll();
   }
@@ -1017,6 +1021,24 @@ absl::Status KafkaSubscription::CommitKeys(Consumer& consumer,
   return ToStatus(err, context);
 }
 
+void KafkaSubscription::LeaveGroupBeforeClose(rd_kafka_t* rk) {
+  // librdkafka 2.0 can hang for ever in rd_kafka_consumer_close when a cooperative rebalance
+  // reaches the consumer while it closes (librdkafka#4527, fixed in 2.4): its rebalance
+  // callback's incremental unassign never returns. Unsubscribing first and serving the revoke
+  // here, on a normal poll, leaves close nothing to rebalance. Bounded: a broker that does not
+  // answer leaves the rest to close.
+  if (rd_kafka_unsubscribe(rk) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  const absl::Time deadline = absl::Now() + client_->options().operation_timeout;
+  while (absl::Now() < deadline) {
+    rd_kafka_topic_partition_list_t* raw = nullptr;
+    if (rd_kafka_assignment(rk, &raw) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+    PartitionListHandle assignment(raw);
+    if (assignment == nullptr || assignment->cnt == 0) return;
+    // Records still arriving are not delivered: uncommitted, they come again to the next owner.
+    MessageHandle ignored(rd_kafka_consumer_poll(rk, 100));
+  }
+}
+
 absl::Status KafkaSubscription::Close() {
   absl::MutexLock close_lock(&close_mu_);
   const bool started = consumers_[kStreamTopic].poller.joinable();
@@ -1066,10 +1088,12 @@ absl::Status KafkaSubscription::Close() {
     absl::MutexLock guard_lock(&guard_->mu);
     guard_->owner = nullptr;  // late dead-letter reports no longer reach us
   }
+  consumer_closing_.store(true, std::memory_order_release);
   for (Consumer& consumer : consumers_) {
     if (consumer.handle == nullptr) continue;
-    // Leaves the group: the rebalance callback runs here and hands our partitions, with every
-    // unacknowledged event, to the remaining members.
+    LeaveGroupBeforeClose(consumer.handle.get());
+    // Leaves the group: hands our partitions, with every unacknowledged event, to the
+    // remaining members.
     const absl::Status closed =
         ToStatus(rd_kafka_consumer_close(consumer.handle.get()), "closing");
     if (status.ok()) status = closed;

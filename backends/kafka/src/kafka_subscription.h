@@ -147,6 +147,9 @@ class KafkaSubscription final : public Subscription {
   // owner sees its count) and marks the ones written done. Called before committing on a
   // revoke or Close.
   void GiveBackDeliveries(const std::vector<PartitionKey>& keys) ABSL_LOCKS_EXCLUDED(mu_);
+  // Unsubscribes and serves the revoke on a normal poll, so rd_kafka_consumer_close has no
+  // rebalance left to run (see the .cc for the librdkafka hang this avoids).
+  void LeaveGroupBeforeClose(rd_kafka_t* rk) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks `pending` done if its partition is still assigned in the same epoch, and stores the
   // new commit point. False when the partition was revoked meanwhile.
   bool CompleteLocked(const Pending& pending) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -187,6 +190,9 @@ class KafkaSubscription final : public Subscription {
 
   Consumer consumers_[2];
   std::atomic<bool> stop_{false};
+  // Set once Close has given back and committed everything and calls rd_kafka_consumer_close:
+  // the revoke callbacks that runs must not commit again.
+  std::atomic<bool> consumer_closing_{false};
   // Set when the held records reach a bound: a poller stops taking records from librdkafka
   // mid-batch, and pauses before its next poll.
   std::atomic<bool> over_bound_{false};
