@@ -34,6 +34,9 @@
 namespace eventbus::executor {
 namespace {
 
+// The error_kind of the failure published in place of a result the backend refused.
+constexpr absl::string_view kResultTooLarge = "result_too_large";
+
 std::string DefaultConsumerName() {
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') {
@@ -771,7 +774,12 @@ class Executor::Impl {
           // before the ack: a redelivery either finds it succeeded or runs it again.
           Record(task, FinalUpdate(taskstore::TaskState::kSucceeded, stored, {}),
                  [this, task] { Ack(task); });
-        });
+        },
+                      // Refused as too large, the run ends failed (or is given back when even
+                      // the failure is not published), and the lambda above never counts it.
+                      [this, task, duration](absl::string_view outcome) {
+                        deps_.metrics->TaskFinished(task->type, outcome, duration);
+                      });
         return;
       }
       case TaskOutcome::Kind::kRedeliverAfter: {
@@ -880,10 +888,13 @@ class Executor::Impl {
   // once: when the backend confirmed it or failed, or when publish_timeout passed first.
   //
   // A result the backend refuses as too large (InvalidArgument) is published once more
-  // without its output, as a failure that says so, and `next` sees the task as failed for
-  // good (it is dead-lettered): a request is never run again because its result is too big.
+  // without its output and error, as a failure that says so, and the request is dead-lettered
+  // instead of running `next`: a request is never run again because its result is too big.
+  // Only when that failure is not published either is the request given back. `count_refused`
+  // (if set) learns the run's outcome then, for callers that count it in `next`.
   void PublishResult(const TaskPtr& task, TaskResult result,
-                     std::function<void(absl::Status)> next) {
+                     std::function<void(absl::Status)> next,
+                     std::function<void(absl::string_view)> count_refused = nullptr) {
     {
       std::lock_guard<std::mutex> lock(publish_mu_);
       task->publish_deadline = clock_->Now() + options_.publish_timeout;
@@ -894,18 +905,22 @@ class Executor::Impl {
     const std::string status_name(TaskStatusName(result.status));
     auto completion = std::make_shared<std::function<void(absl::Status)>>(std::move(next));
     auto on_published = [this, task, completion, status_name, event_bytes,
+                         count_refused = std::move(count_refused),
                          result = std::make_shared<TaskResult>(std::move(result))](
                             absl::StatusOr<PublishReceipt> receipt) mutable {
       if (!ClaimPublish(*task)) return;  // the supervisor gave it up at publish_timeout
       absl::Status status = receipt.status();
-      settle_queue_.Post([this, task, completion, status, status_name, event_bytes, result] {
+      settle_queue_.Post([this, task, completion, count_refused, status, status_name,
+                          event_bytes, result] {
         if (status.ok()) {
           deps_.metrics->ResultPublished(status_name);
           (*completion)(absl::OkStatus());
           return;
         }
-        if (absl::IsInvalidArgument(status) && result->output != nullptr) {
-          PublishWithoutOutput(task, *result, event_bytes, status, completion);
+        // Not only an output is too large: a failure's error (or an invalid request's) can be
+        // too, and giving such a request back would refuse its result on every run.
+        if (absl::IsInvalidArgument(status) && result->error_kind != kResultTooLarge) {
+          PublishWithoutOutput(task, *result, event_bytes, status, count_refused);
           return;
         }
         Log(TaskLogRecord::Level::kError, "publishing the task result failed", RefOf(*task),
@@ -926,24 +941,27 @@ class Executor::Impl {
 
   void PublishWithoutOutput(const TaskPtr& task, const TaskResult& original, size_t event_bytes,
                             const absl::Status& refusal,
-                            std::shared_ptr<std::function<void(absl::Status)>> completion) {
+                            const std::function<void(absl::string_view)>& count_refused) {
     const std::string reason = absl::StrCat(
         "result not published: its event of ", event_bytes,
-        " bytes was refused by the backend (", refusal.message(), "); output dropped");
+        " bytes was refused by the backend (", refusal.message(), "); ",
+        original.output != nullptr ? "output" : "error", " dropped");
     Log(TaskLogRecord::Level::kError, "task result too large", RefOf(*task), reason);
     TaskResult failure = original;
     failure.output = nullptr;
     failure.status = TaskStatus::kFailed;
-    failure.error_kind = "result_too_large";
+    failure.error_kind = std::string(kResultTooLarge);
     failure.error = reason;
     std::string stored = task->tracked ? TaskResultToJson(failure) : std::string();
     PublishResult(task, std::move(failure),
-                  [this, task, reason, stored = std::move(stored)](absl::Status published) {
+                  [this, task, reason, count_refused, stored = std::move(stored)](absl::Status published) {
       if (!published.ok()) {
+        if (count_refused) count_refused(kOutcomeRetried);
         Nack(task, options_.fetch_error_backoff, "failure result not published");
         return;
       }
-      RecordThenDeadLetter(task, stored, "result_too_large", reason);
+      if (count_refused) count_refused(kOutcomeFailed);
+      RecordThenDeadLetter(task, stored, std::string(kResultTooLarge), reason);
     });
   }
 

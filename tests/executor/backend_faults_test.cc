@@ -1,8 +1,9 @@
 // How the executor and the service react to a failing backend, proven on the memory backend's
 // fault-injecting mode (memory/fault_injection.h): transient errors of fetch, result publish
-// and ack are retried or recovered without losing a task, and /readyz goes down while the
-// backend is unreachable or hung and up again when it answers. Executor tests run in virtual
-// time (ManualClock); nothing sleeps to let time pass.
+// and ack are retried or recovered without losing a task, a result refused as too large is
+// settled once as a failure (given back only when that failure is not published either),
+// and /readyz goes down while the backend is unreachable or hung and up again when it
+// answers. Executor tests run in virtual time (ManualClock); nothing sleeps to let time pass.
 
 #include <functional>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "config.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/executor.h"
+#include "eventbus/executor/metrics.h"
 #include "eventbus/executor/task.h"
 #include "eventbus/memory/fault_injection.h"
 #include "eventbus/memory/memory_event_stream.h"
@@ -84,8 +86,8 @@ class ExecutorOnAFaultyBackendTest : public ::testing::Test {
   }
 
   // Submitted past the faults: only the executor's side of the backend is broken.
-  void Submit(absl::string_view id) {
-    json task{{"id", id}, {"type", "count"}, {"input", json::object()}};
+  void Submit(absl::string_view id, absl::string_view type = "count") {
+    json task{{"id", id}, {"type", type}, {"input", json::object()}};
     ASSERT_TRUE(
         memory_->PublishAndWait(kDefaultRequestStream, MakeEvent(kTaskRequestedType, "test", task.dump()))
             .ok());
@@ -192,6 +194,127 @@ TEST_F(ExecutorOnAFaultyBackendTest, AResultPublishThatFailsGivesTheDeliveryBack
   ASSERT_TRUE(calls_.AwaitCount(Op::kAck, 1));
   EXPECT_EQ(handler_->runs(), 2);
   EXPECT_EQ(faults_.injected(FaultInjector::Op::kPublish), 1);
+}
+
+// What a broker says of an event beyond its limit (Kafka's MSG_SIZE_TOO_LARGE maps to it).
+absl::Status TooLarge() {
+  return absl::InvalidArgumentError("event is 3145728 bytes; the broker accepts at most 2097152");
+}
+
+TEST_F(ExecutorOnAFaultyBackendTest, AResultRefusedAsTooLargeIsAFailureCountedOnceAndNeverARerun) {
+  faults_.FailNext(FaultInjector::Op::kPublish, 1, TooLarge());
+  Start();
+  Submit("t-1");
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].error_kind, "result_too_large");
+  EXPECT_TRUE(absl::StrContains(results[0].error, "output dropped")) << results[0].error;
+  ASSERT_TRUE(calls_.AwaitCount(Op::kDeadLetter, 1));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(calls_.Count(Op::kNack), 0) << "given back to run again";
+  EXPECT_EQ(calls_.Count(Op::kAck), 0);
+  EXPECT_EQ(handler_->runs(), 1);
+  // The run is counted once, as the failure it ended in (not as succeeded, not uncounted).
+  EXPECT_EQ(metrics_.finished("count", kOutcomeFailed), 1);
+  EXPECT_EQ(metrics_.finished("count", kOutcomeSucceeded), 0);
+  EXPECT_EQ(metrics_.dead_lettered("count"), 1);
+  EXPECT_EQ(metrics_.results("failed"), 1);
+  EXPECT_EQ(metrics_.results("succeeded"), 0);
+}
+
+// The too-large result's failure cannot be published either (`fallback` is its publish's
+// error): the request is given back, neither acked nor dead-lettered without a result, and
+// runs again; this time its result goes out and it is acked.
+class UnpublishableResultTest : public ExecutorOnAFaultyBackendTest {
+ protected:
+  void RunWithFallbackPublishFailing(absl::Status fallback) {
+    faults_.FailNext(FaultInjector::Op::kPublish, 1, TooLarge());
+    faults_.FailNext(FaultInjector::Op::kPublish, 1, std::move(fallback));
+    Start();
+    Submit("t-1");
+    ASSERT_TRUE(calls_.AwaitCount(Op::kNack, 1));
+    const auto nacks = calls_.Calls(Op::kNack);
+    EXPECT_FALSE(nacks[0].failed) << "an unpublished result is no failed attempt";
+    EXPECT_EQ(nacks[0].delay, options_.fetch_error_backoff);
+    EXPECT_EQ(calls_.Count(Op::kAck), 0);
+    EXPECT_EQ(calls_.Count(Op::kDeadLetter), 0);
+    EXPECT_EQ(faults_.injected(FaultInjector::Op::kPublish), 2);
+    EXPECT_EQ(LogCount("task result too large"), 1);
+    EXPECT_EQ(metrics_.finished("count", kOutcomeRetried), 1);
+
+    ASSERT_TRUE(AdvanceUntil([&] { return handler_->runs() >= 2; }, options_.fetch_error_backoff));
+    auto results = AwaitResults(1);
+    ASSERT_EQ(results.size(), 1u);
+    EXPECT_EQ(results[0].status, TaskStatus::kSucceeded);
+    EXPECT_EQ(results[0].deliveries, 2);
+    EXPECT_EQ(results[0].attempts, 1);
+    ASSERT_TRUE(calls_.AwaitCount(Op::kAck, 1));
+    ASSERT_TRUE(metrics_.AwaitInFlight(0));
+    EXPECT_EQ(calls_.Count(Op::kNack), 1);
+    EXPECT_EQ(calls_.Count(Op::kDeadLetter), 0);
+    EXPECT_EQ(handler_->runs(), 2);
+    EXPECT_EQ(metrics_.finished("count", kOutcomeSucceeded), 1);
+    EXPECT_EQ(metrics_.finished("count", kOutcomeFailed), 0);
+    EXPECT_EQ(metrics_.dead_lettered("count"), 0);
+    EXPECT_EQ(metrics_.results("succeeded"), 1);
+    EXPECT_EQ(metrics_.results("failed"), 0);
+  }
+};
+
+TEST_F(UnpublishableResultTest, ItsFailureRefusedAsTooLargeTooGivesTheRequestBack) {
+  RunWithFallbackPublishFailing(TooLarge());
+}
+
+TEST_F(UnpublishableResultTest, ItsFailureMeetingATransientErrorGivesTheRequestBack) {
+  RunWithFallbackPublishFailing(absl::UnavailableError("broker unreachable"));
+}
+
+TEST_F(ExecutorOnAFaultyBackendTest, AnInvalidRequestWhoseResultIsNotPublishedIsGivenBackNotDeadLettered) {
+  faults_.FailNext(FaultInjector::Op::kPublish, 1, absl::UnavailableError("broker unreachable"));
+  Start();
+  Submit("t-bad", "no-such-type");
+  ASSERT_TRUE(calls_.AwaitCount(Op::kNack, 1));
+  EXPECT_FALSE(calls_.Calls(Op::kNack)[0].failed);
+  EXPECT_EQ(calls_.Count(Op::kDeadLetter), 0) << "dead-lettered without its invalid result";
+  EXPECT_EQ(calls_.Count(Op::kAck), 0);
+  // Judged again on its next delivery, when the result goes out before the dead letter.
+  ASSERT_TRUE(AdvanceUntil([&] { return calls_.Count(Op::kDeadLetter) >= 1; },
+                           options_.fetch_error_backoff));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].task_id, "t-bad");
+  EXPECT_EQ(results[0].error_kind, "invalid");
+  EXPECT_EQ(results[0].deliveries, 2);
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(calls_.Count(Op::kDeadLetter), 1);
+  EXPECT_EQ(calls_.Count(Op::kNack), 1);
+  EXPECT_EQ(calls_.Count(Op::kAck), 0);
+  EXPECT_EQ(handler_->runs(), 0);
+  // Each delivery was judged invalid; only the second was settled.
+  EXPECT_EQ(metrics_.finished(kUnknownTypeLabel, kOutcomeInvalid), 2);
+  EXPECT_EQ(metrics_.dead_lettered(kUnknownTypeLabel), 1);
+  EXPECT_EQ(metrics_.results("failed"), 1);
+}
+
+TEST_F(ExecutorOnAFaultyBackendTest, AnInvalidRequestsResultRefusedAsTooLargeIsSettledOnceAsSuch) {
+  // A result without output can be too large too (its error, its metadata): giving it back
+  // would meet the same refusal on every delivery.
+  faults_.FailNext(FaultInjector::Op::kPublish, 1, TooLarge());
+  Start();
+  Submit("t-bad", "no-such-type");
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].error_kind, "result_too_large");
+  EXPECT_TRUE(absl::StrContains(results[0].error, "error dropped")) << results[0].error;
+  ASSERT_TRUE(calls_.AwaitCount(Op::kDeadLetter, 1));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_TRUE(absl::StrContains(calls_.Calls(Op::kDeadLetter)[0].reason, "refused by the backend"));
+  EXPECT_EQ(calls_.Count(Op::kNack), 0);
+  EXPECT_EQ(calls_.Count(Op::kAck), 0);
+  EXPECT_EQ(metrics_.finished(kUnknownTypeLabel, kOutcomeInvalid), 1);
+  EXPECT_EQ(metrics_.dead_lettered(kUnknownTypeLabel), 1);
 }
 
 TEST_F(ExecutorOnAFaultyBackendTest, AFailedAckLeavesTheTaskToRunAgainRatherThanLosingIt) {
