@@ -44,6 +44,13 @@ struct Capabilities {
   bool atomic_dead_letter = false;
   // The largest event (EventSizeBytes) Publish accepts.
   size_t max_event_bytes = 1 << 20;
+  // Publish de-duplication by event id: a publish to a stream of an event whose id that stream
+  // already stored less than this long ago (by any producer, on the server's clock) is
+  // confirmed with the stored event's receipt and not stored again; the first event is kept.
+  // Makes retrying an uncertain publish safe within the window (NATS JetStream: Nats-Msg-Id
+  // and the stream's duplicate window). Zero = none: every successful publish is stored, so a
+  // retried publish may reach consumers twice.
+  absl::Duration publish_dedupe_window = absl::ZeroDuration();
   // inspector() is not null (stream_inspector.h).
   bool inspection = false;
 };

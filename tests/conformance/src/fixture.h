@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "eventbus/conformance/conformance.h"
 #include "report.h"
 
@@ -181,8 +182,12 @@ inline std::set<std::string> IdsOf(const std::vector<Event>& events) {
   return ids;
 }
 
+// A capability is declared when its flag is set, or its window is not zero.
+inline bool Declares(bool flag) { return flag; }
+inline bool Declares(absl::Duration window) { return window > absl::ZeroDuration(); }
+
 #define REQUIRE_CAPABILITY(fixture, capability)                                         \
-  if (!(fixture).caps().capability) {                                                   \
+  if (!Declares((fixture).caps().capability)) {                                         \
     GTEST_SKIP() << "backend does not declare Capabilities::" #capability;              \
   }
 

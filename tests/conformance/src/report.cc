@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace eventbus::conformance {
@@ -85,7 +86,9 @@ std::string ToJson(const std::string& backend, const BackendRecord& record) {
                     flag(c.duplicates_possible), ", \"native_delay\": ", flag(c.native_delay),
                     ", \"reclaim_from_other_consumers\": ", flag(c.reclaim_from_other_consumers),
                     ", \"atomic_dead_letter\": ", flag(c.atomic_dead_letter),
-                    ", \"max_event_bytes\": ", c.max_event_bytes);
+                    ", \"max_event_bytes\": ", c.max_event_bytes,
+                    ", \"publish_dedupe_window_ms\": ",
+                    absl::ToInt64Milliseconds(c.publish_dedupe_window));
   }
   out += "},\n  \"hooks\": {";
   bool first = true;
