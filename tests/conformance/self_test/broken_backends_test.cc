@@ -4,12 +4,15 @@
 // above comes from the bug, not from the double or its hooks).
 //
 // Each double wraps one memory stream on a virtual clock; every make_stream() shares it, so
-// the doubles are "persistent" and the restart / cut cases run on them.
+// the doubles are "persistent" and the restart / cut cases run on them. They all declare
+// publish de-duplication, which they add on top of memory (which has none).
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,6 +38,56 @@ enum class Flaw {
   kForgetsUnackedOnReconnect,
   // A publish refused for a full queue is reported as accepted, and the event is gone.
   kAcceptsPublishesWhenFull,
+  // Declares publish_dedupe_window but stores every publish of an event id again.
+  kStoresDuplicatePublishes,
+};
+
+// The window every double declares (NATS JetStream's default duplicate window).
+constexpr absl::Duration kDedupeWindow = absl::Minutes(2);
+
+using Forward = std::function<absl::Status(absl::string_view, Event, PublishCallback)>;
+
+// The de-duplication the doubles declare, for one memory state: the receipt of every event id
+// each stream stored, and when (on the double's clock).
+class PublishDedupe {
+ public:
+  explicit PublishDedupe(Clock* clock) : clock_(clock) {}
+
+  // Publishes through `forward` unless `stream` stored the event's id within kDedupeWindow;
+  // then confirms with the stored event's receipt, as JetStream answers a duplicate. Memory
+  // confirms inline, so holding the lock across `forward` makes a duplicate racing its
+  // original wait for the original's receipt.
+  absl::Status Publish(absl::string_view stream, Event event, PublishCallback done,
+                       const Forward& forward) {
+    std::optional<absl::StatusOr<PublishReceipt>> outcome;
+    {
+      std::lock_guard lock(mu_);
+      const absl::Time now = clock_->Now();
+      std::pair<std::string, std::string> key(std::string(stream), event.id());
+      auto it = stored_.find(key);
+      if (it != stored_.end() && now - it->second.at < kDedupeWindow) {
+        outcome = it->second.receipt;
+      } else {
+        absl::Status queued = forward(stream, std::move(event),
+                                      [&outcome](absl::StatusOr<PublishReceipt> r) { outcome = std::move(r); });
+        if (!queued.ok()) return queued;
+        if (!outcome.has_value()) return absl::InternalError("the memory backend did not confirm inline");
+        // Only what was stored counts: a refused publish may be retried with its id.
+        if (outcome->ok()) stored_[std::move(key)] = Stored{now, **outcome};
+      }
+    }
+    done(*std::move(outcome));
+    return absl::OkStatus();
+  }
+
+ private:
+  struct Stored {
+    absl::Time at;
+    PublishReceipt receipt;
+  };
+  Clock* const clock_;
+  std::mutex mu_;
+  std::map<std::pair<std::string, std::string>, Stored> stored_;  // (stream, event id); guarded by mu_
 };
 
 // Deliveries handed out and not settled yet, per live subscription of a double, so the
@@ -124,6 +177,8 @@ struct Double {
   std::unique_ptr<EventStream> memory = memory::NewMemoryEventStream(&clock);
   std::unique_ptr<EventStream> bounded =
       memory::NewMemoryEventStream(&clock, memory::MemoryOptions{.max_stream_events = 200});
+  PublishDedupe memory_dedupe{&clock};
+  PublishDedupe bounded_dedupe{&clock};
   std::mutex mu;
   std::vector<std::weak_ptr<BrokenSubscription>> subscriptions;  // guarded by mu
 
@@ -163,12 +218,14 @@ class SubscriptionShell final : public Subscription {
 
 class BrokenStream final : public EventStream {
  public:
-  BrokenStream(Double* d, EventStream* inner) : double_(d), inner_(inner) {}
+  BrokenStream(Double* d, EventStream* inner, PublishDedupe* dedupe)
+      : double_(d), inner_(inner), dedupe_(dedupe) {}
 
   absl::string_view backend_name() const override { return "broken"; }
   Capabilities capabilities() const override {
     Capabilities caps = inner_->capabilities();
     caps.persistent = true;  // every instance shares one memory state
+    caps.publish_dedupe_window = kDedupeWindow;
     return caps;
   }
   StreamInspector* inspector() override { return inner_->inspector(); }
@@ -190,6 +247,17 @@ class BrokenStream final : public EventStream {
 
  protected:
   absl::Status DoPublish(absl::string_view stream, Event event, PublishCallback done) override {
+    if (double_->flaw == Flaw::kStoresDuplicatePublishes) {
+      return Store(stream, std::move(event), std::move(done));
+    }
+    return dedupe_->Publish(stream, std::move(event), std::move(done),
+                            [this](absl::string_view s, Event e, PublishCallback cb) {
+                              return Store(s, std::move(e), std::move(cb));
+                            });
+  }
+
+ private:
+  absl::Status Store(absl::string_view stream, Event event, PublishCallback done) {
     if (double_->flaw != Flaw::kAcceptsPublishesWhenFull) {
       return inner_->Publish(stream, std::move(event), std::move(done));
     }
@@ -208,9 +276,9 @@ class BrokenStream final : public EventStream {
     return queued;
   }
 
- private:
   Double* const double_;
   EventStream* const inner_;
+  PublishDedupe* const dedupe_;
 };
 
 BackendUnderTest MakeDouble(std::string name, Flaw flaw) {
@@ -223,10 +291,10 @@ BackendUnderTest MakeDouble(std::string name, Flaw flaw) {
   BackendUnderTest backend;
   backend.name = std::move(name);
   backend.make_stream = [d]() -> absl::StatusOr<std::unique_ptr<EventStream>> {
-    return std::unique_ptr<EventStream>(new BrokenStream(d, d->memory.get()));
+    return std::unique_ptr<EventStream>(new BrokenStream(d, d->memory.get(), &d->memory_dedupe));
   };
   backend.make_bounded_stream = [d]() -> absl::StatusOr<std::unique_ptr<EventStream>> {
-    return std::unique_ptr<EventStream>(new BrokenStream(d, d->bounded.get()));
+    return std::unique_ptr<EventStream>(new BrokenStream(d, d->bounded.get(), &d->bounded_dedupe));
   };
   backend.let_time_pass = [d](absl::Duration t) { d->clock.Advance(t); };
   backend.fetch_wait = absl::Milliseconds(100);
@@ -248,7 +316,8 @@ EVENTBUS_INSTANTIATE_CONFORMANCE(
     MakeDouble("redelivers_delayed_nack_early", Flaw::kRedeliversDelayedNackEarly),
     MakeDouble("loses_delivery_count", Flaw::kLosesDeliveryCount),
     MakeDouble("forgets_unacked_on_reconnect", Flaw::kForgetsUnackedOnReconnect),
-    MakeDouble("accepts_publishes_when_full", Flaw::kAcceptsPublishesWhenFull));
+    MakeDouble("accepts_publishes_when_full", Flaw::kAcceptsPublishesWhenFull),
+    MakeDouble("stores_duplicate_publishes", Flaw::kStoresDuplicatePublishes));
 
 }  // namespace
 }  // namespace eventbus::conformance

@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include <mutex>
 #include "absl/time/clock.h"
+#include "eventbus/clock.h"
 #include "eventbus/conformance/conformance.h"
 #include "eventbus/stream_inspector.h"
 #include "fixture.h"
@@ -680,6 +681,56 @@ TEST_P(EventStreamConformance, FlushWaitsForEveryQueuedPublish) {
   }
   ASSERT_TRUE(f.stream().Flush(absl::Seconds(30)).ok());
   EXPECT_EQ(confirmed.load(), 200);
+}
+
+// A producer that lost a confirmation (or restarted) publishes the same event id again; within
+// the declared window the stream keeps the first event and every group sees it once. The
+// retry carries other data on purpose: the id alone decides, and the first event is kept.
+TEST_P(EventStreamConformance, RepublishingAnEventIdWithinTheDedupeWindowStoresItOnce) {
+  Fixture f(GetParam());
+  REQUIRE_CAPABILITY(f, publish_dedupe_window);
+  const absl::Duration window = f.caps().publish_dedupe_window;
+  const std::string stream = UniqueName("dedupe");
+  Event original = f.NumberedEvent(1);
+  Event retry = f.NumberedEvent(2);
+  retry.set_id(original.id());
+  Event other = f.NumberedEvent(3);
+  ASSERT_NE(other.id(), original.id());
+  auto restarted = f.MakeStream();  // a second producer, as a restarted process would be
+  ASSERT_NE(restarted, nullptr);
+
+  const absl::Time start = f.stream().clock()->Now();
+  auto stored = f.stream().PublishAndWait(stream, original);
+  auto retried = f.stream().PublishAndWait(stream, retry);
+  auto retried_elsewhere = restarted->PublishAndWait(stream, retry);
+  auto distinct = f.stream().PublishAndWait(stream, other);
+  const absl::Duration took = f.stream().clock()->Now() - start;
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_TRUE(retried.ok()) << "a duplicate publish is not an error: " << retried.status();
+  ASSERT_TRUE(retried_elsewhere.ok()) << retried_elsewhere.status();
+  ASSERT_TRUE(distinct.ok()) << distinct.status();
+  if (took >= window) {
+    GTEST_SKIP() << "the publishes took " << took << ", longer than the declared dedupe window "
+                 << window << ": nothing to judge";
+  }
+  EXPECT_EQ(retried->id, stored->id) << "a dropped duplicate is confirmed with the stored event's receipt";
+  EXPECT_EQ(retried_elsewhere->id, stored->id) << "dedupe must hold across producers";
+  EXPECT_NE(distinct->id, stored->id);
+
+  auto sub = f.Subscribe(stream, "g", "c1");
+  ASSERT_NE(sub, nullptr);
+  auto got = f.Collect(*sub, 2);
+  EXPECT_EQ(IdsOf(got), IdsOf(std::vector<Event>{original, other}))
+      << "two different ids are both stored, each once";
+  for (const Delivery& d : got) {
+    if (d.event.id() == original.id()) {
+      EXPECT_TRUE(d.event.data() == original.data()) << "the first event with the id is kept";
+    }
+  }
+  f.AckAll(*sub, got);
+  f.ExpectNothing(*sub,
+                  "an event id published again within Capabilities::publish_dedupe_window was "
+                  "stored again");
 }
 
 TEST_P(EventStreamConformance, PingAnswers) {
