@@ -287,6 +287,9 @@ class NatsEventStream final : public EventStream {
     caps.atomic_dead_letter = false;
     caps.max_event_bytes = max_event_bytes_;
     caps.inspection = true;
+    // Publish sets Nats-Msg-Id to the event id, and the streams we create get this window (a
+    // stream bound as is keeps the window it was created with).
+    caps.publish_dedupe_window = options_.duplicate_window;
     return caps;
   }
 
