@@ -5,6 +5,7 @@
 
 #include "eventbus/executor/scheduler.h"
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -13,6 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include "eventbus/clock.h"
+#include "eventbus/executor/executor.h"
+#include "eventbus/executor/handler.h"
+#include "eventbus/executor/metrics.h"
 #include "eventbus/executor/task.h"
 #include "eventbus/memory/memory_event_stream.h"
 #include "eventbus/stream_inspector.h"
@@ -222,6 +226,66 @@ TEST_F(SchedulerTest, StartedSchedulerPublishesWhenTheClockReachesRunAt) {
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0].subject(), "threaded");
   scheduler->Stop();
+}
+
+// Runs `echo` tasks (output = input) and counts its calls.
+class CountingEcho final : public TaskHandler {
+ public:
+  std::string type() const override { return "echo"; }
+  TaskOutcome Handle(TaskContext& context) override {
+    calls_.fetch_add(1);
+    return TaskOutcome::Succeeded(context.request().Input());
+  }
+  int calls() const { return calls_.load(); }
+
+ private:
+  std::atomic<int> calls_{0};
+};
+
+TEST_F(SchedulerTest, ADuplicatePublishAfterACrashRunsTheTaskOnce) {
+  SubmitLater("once", clock_.Now() + absl::Minutes(1));
+  clock_.Advance(absl::Minutes(1));
+  // A scheduler claims the task, publishes it and dies before recording it queued.
+  auto claimed = store_->ClaimDue(clock_.Now(), absl::Seconds(30), 10, "dead");
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  auto request = ParseTaskRequest((*claimed)[0].request);
+  ASSERT_TRUE(request.ok());
+  ASSERT_TRUE(
+      stream_->PublishAndWait(kDefaultRequestStream, MakeTaskRequestEvent(*request, "dead")).ok());
+  // Its claim runs out and another scheduler publishes the task again.
+  clock_.Advance(absl::Seconds(31));
+  auto survivor = NewScheduler("survivor");
+  ASSERT_EQ(survivor->Tick().published, 1);
+  ASSERT_THAT(Published(), ElementsAre("once", "once"));
+
+  // Both copies arrive in the executor's first fetch: the first runs, the second is acked unrun
+  // (apart, the second would be settled by the record: executor_store_test).
+  HandlerRegistry handlers;
+  auto echo = std::make_unique<CountingEcho>();
+  CountingEcho* counter = echo.get();
+  ASSERT_TRUE(handlers.Register(std::move(echo)).ok());
+  ExecutorOptions options;
+  options.consumer_name = "executor-1";
+  options.concurrency = 1;
+  options.fetch_block = absl::Milliseconds(5);
+  options.reclaim_enabled = false;
+  options.heartbeat_interval = absl::ZeroDuration();
+  testing::RecordingMetrics metrics;
+  testing::FixedRandom random{0.5};
+  testing::StreamReader results(stream_.get(), std::string(kDefaultResultStream));
+  Executor executor(stream_.get(), &handlers, options,
+                    ExecutorDependencies{.metrics = &metrics, .random = &random,
+                                         .store = store_.get()});
+  ASSERT_TRUE(executor.Start().ok());
+  std::vector<Event> events = results.AwaitEvents(1);
+  ASSERT_TRUE(metrics.AwaitInFlight(0));  // both deliveries settled
+  executor.Shutdown();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(counter->calls(), 1);
+  EXPECT_EQ(metrics.finished("echo", kOutcomeDuplicate), 1);
+  EXPECT_EQ(Stored("once").state, TaskState::kSucceeded);
+  EXPECT_EQ(Stored("once").attempts, 1);
 }
 
 // ---- recurring ----------------------------------------------------------------------
