@@ -167,6 +167,8 @@ absl::Status ReadStore(const Environment& env, ServiceConfig& config) {
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_CANCEL_POLL_INTERVAL",
                                         absl::Milliseconds(10), absl::Minutes(10),
                                         &ex.cancel_poll_interval));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_SCHEDULER_INTERVAL", absl::Milliseconds(10),
+                                        absl::Hours(1), &config.scheduler_interval));
   return absl::OkStatus();
 }
 
@@ -186,7 +188,7 @@ std::vector<std::string> KnownSettings() {
       "EXECUTOR_STREAM_BATCH", "EXECUTOR_STREAM_BLOCK", "EXECUTOR_TASK_TIMEOUT", "LOG_LEVEL",
       "EXECUTOR_STORE", "EXECUTOR_STORE_URL", "EXECUTOR_RETENTION_SUCCEEDED",
       "EXECUTOR_RETENTION_FAILED", "EXECUTOR_RETENTION_CANCELLED",
-      "EXECUTOR_CANCEL_POLL_INTERVAL"};
+      "EXECUTOR_CANCEL_POLL_INTERVAL", "EXECUTOR_SCHEDULER_INTERVAL"};
   std::sort(names.begin(), names.end());
   return names;
 }

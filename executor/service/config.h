@@ -70,6 +70,10 @@ struct ServiceConfig {
   // redis: the backend's REDIS_URL. EXECUTOR_RETENTION_SUCCEEDED / _FAILED / _CANCELLED and
   // EXECUTOR_CANCEL_POLL_INTERVAL land in `executor`.
   std::string store_url;
+  // EXECUTOR_SCHEDULER_INTERVAL (with a store): how often the scheduler publishes due run-later
+  // tasks and fires due schedules (default PT1S; PT0.01S..PT1H). A task is published at most
+  // this late; a fire later than twice this counts as missed.
+  absl::Duration scheduler_interval = absl::Seconds(1);
 };
 
 // Every variable ParseServiceConfig reads (besides the backends'), sorted.

@@ -22,6 +22,8 @@
 #include "absl/strings/strip.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
+#include "eventbus/executor/iso_duration.h"
+#include "eventbus/executor/scheduler.h"
 #include "eventbus/executor/task.h"
 #include "eventbus/redact.h"
 #include "eventbus/status_macros.h"
@@ -94,13 +96,17 @@ json TaskJson(const taskstore::TaskRecord& record) {
               {"progress", StoredJson(record.progress)},
               {"unique_key", record.unique_key.empty() ? json(nullptr) : json(record.unique_key)},
               {"unique_until", TimeJson(record.unique_until)},
+              {"run_at", TimeJson(record.run_at)},
+              {"schedule_id", record.schedule_id.empty() ? json(nullptr) : json(record.schedule_id)},
               {"cancel_requested", record.cancel_requested},
               {"history", history.is_null() ? json::array() : history},
               {"request", StoredJson(record.request)}};
 }
 
-// The task id in a path segment: percent-decoded. InvalidArgument for a bad escape.
-absl::StatusOr<std::string> DecodePathSegment(absl::string_view segment) {
+// The task (or schedule) id in a path segment: percent-decoded. InvalidArgument for a bad
+// escape.
+absl::StatusOr<std::string> DecodePathSegment(absl::string_view segment,
+                                              absl::string_view what = "task id") {
   std::string out;
   for (size_t i = 0; i < segment.size(); ++i) {
     if (segment[i] != '%') {
@@ -109,7 +115,7 @@ absl::StatusOr<std::string> DecodePathSegment(absl::string_view segment) {
     }
     int value = 0;
     if (i + 2 >= segment.size()) {
-      return absl::InvalidArgumentError("task id in the path has a truncated %-escape");
+      return absl::InvalidArgumentError(absl::StrCat(what, " in the path has a truncated %-escape"));
     }
     for (int k = 1; k <= 2; ++k) {
       const char c = segment[i + k];
@@ -117,21 +123,41 @@ absl::StatusOr<std::string> DecodePathSegment(absl::string_view segment) {
                         : c >= 'a' && c <= 'f' ? c - 'a' + 10
                         : c >= 'A' && c <= 'F' ? c - 'A' + 10
                                                : -1;
-      if (digit < 0) return absl::InvalidArgumentError("task id in the path has a bad %-escape");
+      if (digit < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(what, " in the path has a bad %-escape"));
+      }
       value = value * 16 + digit;
     }
     out.push_back(static_cast<char>(value));
     i += 2;
   }
-  if (out.empty()) return absl::InvalidArgumentError("task id in the path is empty");
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " in the path is empty"));
   return out;
 }
 
 constexpr absl::string_view kTasksPrefix = "/v1/tasks/";
+constexpr absl::string_view kSchedulesPath = "/v1/schedules";
+constexpr absl::string_view kSchedulesPrefix = "/v1/schedules/";
 // The last_error of a task whose request the API could not publish.
 constexpr absl::string_view kNotPublished = "request not published: ";
 constexpr absl::string_view kCancelSuffix = ":cancel";
 constexpr absl::string_view kRetrySuffix = ":retry";
+
+json ScheduleJson(const taskstore::Schedule& schedule) {
+  return json{{"id", schedule.id},
+              {"cron", schedule.cron.empty() ? json(nullptr) : json(schedule.cron)},
+              {"timezone", schedule.cron.empty() ? json(nullptr) : json(schedule.time_zone)},
+              {"every", schedule.cron.empty() ? json(FormatIsoDuration(schedule.interval))
+                                              : json(nullptr)},
+              {"missed", schedule.missed_policy},
+              {"type", schedule.type},
+              {"task", StoredJson(schedule.request)},
+              {"next_run_at", TimeJson(schedule.next_run_at)},
+              {"last_run_at", TimeJson(schedule.last_run_at)},
+              {"last_task_id",
+               schedule.last_task_id.empty() ? json(nullptr) : json(schedule.last_task_id)},
+              {"created_at", TimeJson(schedule.created_at)}};
+}
 
 std::array<unsigned char, 32> Sha256(absl::string_view text) {
   std::array<unsigned char, 32> digest{};
@@ -147,6 +173,7 @@ struct Service::Prepared {
   Event event;
   std::string unique_key;
   std::optional<absl::Duration> unique_for;
+  absl::Time run_at = absl::InfinitePast();  // a run-later task's time; InfinitePast: now
 };
 
 // GET /readyz: Ping runs on this thread, so a slow or unreachable backend (up to the 2 s Ping
@@ -290,11 +317,31 @@ absl::Status Service::Start() {
         absl::StatusOr<json> stats = TaskStatsJson();
         return stats.ok() ? stats->dump() : "";
       });
+  if (store_ != nullptr) {
+    SchedulerOptions scheduling;
+    scheduling.request_stream = options.request_stream;
+    scheduling.interval = config_.scheduler_interval;
+    scheduling.owner = options.consumer_name;
+    scheduling.publish_timeout = kPublishTimeout;
+    scheduler_ = std::make_unique<Scheduler>(
+        scheduling,
+        SchedulerDependencies{
+            .stream = stream_.get(),
+            .store = store_.get(),
+            .clock = stream_->clock(),
+            .log =
+                [this](absl::string_view message, absl::string_view id, absl::string_view error) {
+                  log_->Write(LogLevel::kWarn, message,
+                              {{"id", std::string(id)}, {"error", std::string(error)}});
+                },
+            .on_published = [this](absl::string_view type) { metrics_.TaskSubmitted(type); }});
+  }
   http_ = std::make_unique<HttpServer>(http_options);
   InstallRoutes();
   EVENTBUS_RETURN_IF_ERROR(http_->Start());
   http_port_ = http_->port();
   EVENTBUS_RETURN_IF_ERROR(executor_->Start());
+  if (scheduler_ != nullptr) EVENTBUS_RETURN_IF_ERROR(scheduler_->Start());
   if (config_.api_token.empty() && config_.http_host != "127.0.0.1" &&
       config_.http_host != "localhost" && config_.http_host != "::1") {
     log_->Write(LogLevel::kWarn,
@@ -349,6 +396,8 @@ void Service::Stop() {
   if (dashboard_ != nullptr) dashboard_->Stop();
   if (http_ != nullptr) http_->Stop();
   readiness_.reset();
+  // Nothing more is published from the store once the executor drains.
+  if (scheduler_ != nullptr) scheduler_->Stop();
   if (executor_ != nullptr) executor_->Shutdown();
   if (stream_ != nullptr) {
     if (absl::Status s = stream_->Flush(absl::Seconds(10)); !s.ok()) {
@@ -373,18 +422,34 @@ absl::StatusOr<Service::Prepared> Service::Prepare(json& document) const {
         "\"unique_key\" needs a task store, and EXECUTOR_STORE is none (set EXECUTOR_STORE to "
         "memory, redis or postgres)");
   }
-  return Prepared{request.id, request.type,
-                  MakeTaskRequestEvent(request, "eventbus-executor/http"), request.unique_key,
-                  request.unique_for};
+  absl::Time run_at = absl::InfinitePast();
+  if (request.run_at || request.run_after) {
+    if (store_ == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", request.run_at ? "run_at" : "run_after",
+          "\" needs a task store, and EXECUTOR_STORE is none (set EXECUTOR_STORE to memory, "
+          "redis or postgres)"));
+    }
+    run_at = request.run_at ? *request.run_at : stream_->clock()->Now() + *request.run_after;
+    // To the microsecond, as the Redis and PostgreSQL stores keep it, so the answer shows the
+    // time GET /v1/tasks/{id} will.
+    run_at = absl::UnixEpoch() + absl::Floor(run_at - absl::UnixEpoch(), absl::Microseconds(1));
+  }
+  return Prepared{request.id,         request.type,
+                  MakeTaskRequestEvent(request, "eventbus-executor/http"),
+                  request.unique_key, request.unique_for,
+                  run_at};
 }
 
-absl::Status Service::RegisterTask(const Prepared& prepared) {
-  if (store_ == nullptr) return absl::OkStatus();
+absl::StatusOr<bool> Service::RegisterTask(const Prepared& prepared) {
+  if (store_ == nullptr) return true;
   const absl::Time now = stream_->clock()->Now();
+  const bool later = prepared.run_at != absl::InfinitePast();
   taskstore::TaskRecord record;
   record.id = prepared.id;
   record.type = prepared.type;
-  record.state = taskstore::TaskState::kQueued;
+  record.state = later ? taskstore::TaskState::kScheduled : taskstore::TaskState::kQueued;
+  record.run_at = prepared.run_at;
   record.request = prepared.event.data();
   record.created_at = now;
   record.unique_key = prepared.unique_key;
@@ -398,8 +463,11 @@ absl::Status Service::RegisterTask(const Prepared& prepared) {
   absl::Status taken;
   switch (created->kind) {
     case taskstore::CreateResult::Kind::kCreated:
-      return absl::OkStatus();
+      return !later;
     case taskstore::CreateResult::Kind::kIdTaken:
+      // A run-later task is never published by its submission: the stored one is published
+      // when due, or has been.
+      if (later) return false;
       // Submitting an id again is how a client makes sure after an unconfirmed submit (a
       // 503): its request is published again, a duplicate delivery the executor settles by
       // the record (a succeeded task is not run again). One whose publish failed is queued
@@ -415,7 +483,7 @@ absl::Status Service::RegisterTask(const Prepared& prepared) {
         again.last_error = "";
         (void)store_->Update(holder.id, again);  // lost a race: the request is published anyway
       }
-      return absl::OkStatus();
+      return true;
     case taskstore::CreateResult::Kind::kUniqueKeyTaken:
       taken = absl::AlreadyExistsError(absl::StrCat(
           "unique_key \"", prepared.unique_key, "\" is held by task \"", holder.id, "\" (state ",
@@ -450,7 +518,15 @@ void Service::SubmitAsync(absl::string_view body, SubmitCallback done) {
   }
   auto prepared = Prepare(*parsed);
   if (!prepared.ok()) return done(prepared.status());
-  if (absl::Status registered = RegisterTask(*prepared); !registered.ok()) return done(registered);
+  absl::StatusOr<bool> publish = RegisterTask(*prepared);
+  if (!publish.ok()) return done(publish.status());
+  if (!*publish) {
+    if (log_->Enabled(LogLevel::kDebug)) {
+      log_->Write(LogLevel::kDebug, "task scheduled",
+                  {{"task_id", prepared->id}, {"run_at", FormatTimeAttribute(prepared->run_at)}});
+    }
+    return done(Submitted{prepared->id, "", prepared->run_at});
+  }
   // Publish may fail at once or through the callback (never both, but one guard costs little).
   auto once = std::make_shared<std::atomic<bool>>(false);
   auto finish = [this, once, done, id = prepared->id,
@@ -509,6 +585,12 @@ void Service::HandleSubmit(HttpRequest&& request, std::function<void(HttpRespons
       respond(ErrorResponse(submitted.status()));
       return;
     }
+    if (submitted->event_id.empty()) {
+      respond(Json(202, {{"id", submitted->task_id},
+                         {"state", "scheduled"},
+                         {"run_at", FormatTimeAttribute(submitted->run_at)}}));
+      return;
+    }
     respond(Json(202, {{"id", submitted->task_id},
                        {"event_id", submitted->event_id},
                        {"stream", config_.executor.request_stream}}));
@@ -563,8 +645,9 @@ void Service::HandleBatch(HttpRequest&& request, std::function<void(HttpResponse
   // Every item's slots are written by its own completion only; the last one to finish
   // answers. Plain strings rather than JSON values per item: at 10,000 items it shows.
   struct Batch {
-    explicit Batch(size_t n) : ids(n), event_ids(n), errors(n), types(n) {}
-    std::vector<std::string> ids, event_ids, errors, types;
+    explicit Batch(size_t n) : ids(n), event_ids(n), errors(n), types(n), run_ats(n) {}
+    // run_ats: set for an item stored to run later (and then published by the scheduler).
+    std::vector<std::string> ids, event_ids, errors, types, run_ats;
     std::atomic<size_t> pending{1};  // +1 held while publishing, so no early answer
     std::function<void(HttpResponse)> respond;
   };
@@ -585,6 +668,10 @@ void Service::HandleBatch(HttpRequest&& request, std::function<void(HttpResponse
         ++submitted_by_type[b->types[i]];
         absl::StrAppend(&out, "{\"id\":", Dump(b->ids[i]), ",\"event_id\":",
                         Dump(b->event_ids[i]), "}");
+      } else if (!b->run_ats[i].empty()) {
+        ++accepted;
+        absl::StrAppend(&out, "{\"id\":", Dump(b->ids[i]), ",\"state\":\"scheduled\",\"run_at\":",
+                        Dump(b->run_ats[i]), "}");
       } else {
         absl::StrAppend(&out, "{\"error\":", Dump(b->errors[i]), ",\"index\":", i, "}");
       }
@@ -606,8 +693,14 @@ void Service::HandleBatch(HttpRequest&& request, std::function<void(HttpResponse
       batch->errors[i] = std::string(prepared.status().message());
       continue;
     }
-    if (absl::Status registered = RegisterTask(*prepared); !registered.ok()) {
-      batch->errors[i] = std::string(registered.message());
+    absl::StatusOr<bool> publish = RegisterTask(*prepared);
+    if (!publish.ok()) {
+      batch->errors[i] = std::string(publish.status().message());
+      continue;
+    }
+    if (!*publish) {
+      batch->ids[i] = std::move(prepared->id);
+      batch->run_ats[i] = FormatTimeAttribute(prepared->run_at);
       continue;
     }
     batch->ids[i] = std::move(prepared->id);
@@ -709,6 +802,35 @@ void Service::InstallRoutes() {
     if (auto refusal = RequireStore("GET /v1/stats")) return respond(std::move(*refusal));
     HandleStats(std::move(respond));
   });
+  http_->Route("POST", std::string(kSchedulesPath), {.max_body_bytes = kMaxRequestBytes},
+               [this](HttpRequest&& request, HttpResponder respond) {
+                 if (auto refusal = RequireStore("POST /v1/schedules")) {
+                   return respond(std::move(*refusal));
+                 }
+                 HandleScheduleCreate(std::move(request), std::move(respond));
+               });
+  http_->Route("GET", std::string(kSchedulesPath), {},
+               [this](HttpRequest&&, HttpResponder respond) {
+                 if (auto refusal = RequireStore("GET /v1/schedules")) {
+                   return respond(std::move(*refusal));
+                 }
+                 HandleScheduleList(std::move(respond));
+               });
+  for (const char* method : {"GET", "DELETE"}) {
+    http_->RoutePrefix(
+        method, std::string(kSchedulesPrefix), {},
+        [this, get = std::string(method) == "GET"](HttpRequest&& request, HttpResponder respond) {
+          if (auto refusal = RequireStore(get ? "GET /v1/schedules/{id}"
+                                              : "DELETE /v1/schedules/{id}")) {
+            return respond(std::move(*refusal));
+          }
+          auto id = DecodePathSegment(
+              absl::string_view(request.path).substr(kSchedulesPrefix.size()), "schedule id");
+          if (!id.ok()) return respond(JsonError(400, id.status().message()));
+          if (get) return HandleScheduleGet(*id, std::move(respond));
+          HandleScheduleDelete(*id, std::move(respond));
+        });
+  }
 }
 
 std::optional<HttpResponse> Service::RequireStore(absl::string_view feature) const {
@@ -885,6 +1007,67 @@ void Service::HandleStats(HttpResponder respond) {
   absl::StatusOr<json> stats = TaskStatsJson();
   if (!stats.ok()) return respond(JsonError(503, stats.status().message()));
   respond(Json(200, *stats));
+}
+
+void Service::HandleScheduleCreate(HttpRequest&& request, HttpResponder respond) {
+  auto parsed = ParseUntrustedJson(request.body);
+  if (!parsed.ok()) {
+    return respond(JsonError(400, absl::StrCat("schedule body is ", parsed.status().message())));
+  }
+  const absl::Time now = stream_->clock()->Now();
+  auto schedule = ScheduleFromJson(*parsed, now);
+  if (!schedule.ok()) return respond(JsonError(400, schedule.status().message()));
+  // The template must be a task this executor runs: the same checks as POST /v1/tasks.
+  json probe = (*parsed)["task"];
+  probe["id"] = ScheduledTaskId(schedule->id, now);
+  if (auto prepared = Prepare(probe); !prepared.ok()) {
+    return respond(JsonError(400, absl::StrCat("\"task\": ", prepared.status().message())));
+  }
+  auto created = store_->CreateSchedule(*schedule, now);
+  if (absl::IsAlreadyExists(created.status())) {
+    return respond(Json(409, {{"error", absl::StrCat("schedule \"", schedule->id,
+                                                     "\" exists; DELETE it first to replace it")},
+                              {"existing_id", schedule->id}}));
+  }
+  if (!created.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", created.status().message())));
+  }
+  log_->Write(LogLevel::kInfo, "schedule created",
+              {{"schedule_id", created->id},
+               {"next_run_at", FormatTimeAttribute(created->next_run_at)}});
+  respond(Json(201, ScheduleJson(*created)));
+}
+
+void Service::HandleScheduleList(HttpResponder respond) {
+  auto schedules = store_->ListSchedules();
+  if (!schedules.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", schedules.status().message())));
+  }
+  json out = json::array();
+  for (const taskstore::Schedule& schedule : *schedules) out.push_back(ScheduleJson(schedule));
+  respond(Json(200, {{"schedules", std::move(out)}}));
+}
+
+void Service::HandleScheduleGet(const std::string& id, HttpResponder respond) {
+  auto schedule = store_->GetSchedule(id);
+  if (absl::IsNotFound(schedule.status())) {
+    return respond(JsonError(404, absl::StrCat("no schedule \"", id, "\"")));
+  }
+  if (!schedule.ok()) {
+    return respond(JsonError(503, absl::StrCat("task store: ", schedule.status().message())));
+  }
+  respond(Json(200, ScheduleJson(*schedule)));
+}
+
+void Service::HandleScheduleDelete(const std::string& id, HttpResponder respond) {
+  absl::Status deleted = store_->DeleteSchedule(id);
+  if (absl::IsNotFound(deleted)) {
+    return respond(JsonError(404, absl::StrCat("no schedule \"", id, "\"")));
+  }
+  if (!deleted.ok()) return respond(JsonError(503, absl::StrCat("task store: ", deleted.message())));
+  // Tasks it already made keep running and stay queryable.
+  log_->Write(LogLevel::kInfo, "schedule deleted", {{"schedule_id", id}});
+  respond(Json(200, {{"id", id}, {"deleted", true}}));
 }
 
 }  // namespace eventbus::executor::service

@@ -1,8 +1,9 @@
 #pragma once
 // The eventbus-executor service: one event stream, a task store (EXECUTOR_STORE), the executor,
 // and the HTTP endpoints (/healthz, /readyz, /metrics, POST /v1/tasks, POST /v1/tasks:batch,
-// GET /v1/tasks/{id}, POST /v1/tasks/{id}:cancel, POST /v1/tasks/{id}:retry, GET /v1/stats;
-// docs/tasks.md).
+// GET /v1/tasks/{id}, POST /v1/tasks/{id}:cancel, POST /v1/tasks/{id}:retry, GET /v1/stats,
+// POST/GET /v1/schedules, GET/DELETE /v1/schedules/{id}; docs/tasks.md). With a task store it
+// runs a scheduler (run-later tasks, recurring schedules) beside the executor.
 
 #include <array>
 #include <functional>
@@ -18,6 +19,7 @@
 #include "eventbus/event_stream.h"
 #include "eventbus/executor/executor.h"
 #include "eventbus/executor/handler.h"
+#include "eventbus/executor/scheduler.h"
 #include "eventbus/registry.h"
 #include "eventbus/taskstore/task_store.h"
 #include "json_log.h"
@@ -56,7 +58,8 @@ class Service {
 
   struct Submitted {
     std::string task_id;
-    std::string event_id;
+    std::string event_id;  // empty for a task stored to run later (not published yet)
+    absl::Time run_at = absl::InfinitePast();  // a run-later task's time
   };
   using SubmitCallback = std::function<void(absl::StatusOr<Submitted>)>;
   // What POST /v1/tasks does: validates the JSON request (filling a missing id), checks that its
@@ -67,6 +70,8 @@ class Service {
   // With a task store, the task's record is created (state queued) before it is published:
   // AlreadyExists (409) when its unique_key is held by another task, naming that task (also in
   // the status payload kExistingIdPayload). An id submitted again is published again.
+  // With run_at or run_after (which need a store), the record is created `scheduled` and the
+  // scheduler publishes it when due; nothing is published now.
   // SubmitAsync, waiting up to 10 s (DeadlineExceeded after). Not for the HTTP path.
   absl::StatusOr<Submitted> Submit(absl::string_view body);
 
@@ -78,8 +83,9 @@ class Service {
   void HandleSubmit(HttpRequest&& request, std::function<void(HttpResponse)> respond);
   void HandleBatch(HttpRequest&& request, std::function<void(HttpResponse)> respond);
   absl::Status OpenStore();
-  // Creates the store record of a prepared task (with a store; OK without one).
-  absl::Status RegisterTask(const Prepared& prepared);
+  // Creates the store record of a prepared task (with a store; true without one): true when
+  // its request is to be published now, false for a run-later task.
+  absl::StatusOr<bool> RegisterTask(const Prepared& prepared);
   // A registered task whose request could not be published: failed, its unique key freed.
   void MarkUnpublished(const std::string& id, const absl::Status& why);
   void HandleTaskGet(const std::string& id, std::function<void(HttpResponse)> respond);
@@ -88,6 +94,10 @@ class Service {
   // GET /v1/stats's body: per type, tasks per state and the oldest queued age.
   absl::StatusOr<nlohmann::json> TaskStatsJson();
   void HandleStats(std::function<void(HttpResponse)> respond);
+  void HandleScheduleCreate(HttpRequest&& request, std::function<void(HttpResponse)> respond);
+  void HandleScheduleList(std::function<void(HttpResponse)> respond);
+  void HandleScheduleGet(const std::string& id, std::function<void(HttpResponse)> respond);
+  void HandleScheduleDelete(const std::string& id, std::function<void(HttpResponse)> respond);
   // The store's per-type counts as Prometheus gauges (one Stats call per scrape).
   void RefreshStoreGauges();
   // 400 naming EXECUTOR_STORE, for `feature`, when there is no store.
@@ -103,6 +113,7 @@ class Service {
   std::unique_ptr<taskstore::TaskStore> store_;
   HandlerRegistry handlers_;
   std::unique_ptr<Executor> executor_;
+  std::unique_ptr<Scheduler> scheduler_;  // with a store only
   std::array<unsigned char, 32> token_digest_{};  // SHA-256 of EXECUTOR_API_TOKEN
   std::unique_ptr<ReadinessProbe> readiness_;
   std::unique_ptr<Dashboard> dashboard_;

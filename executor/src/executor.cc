@@ -1056,6 +1056,7 @@ class Executor::Impl {
     std::vector<TaskPtr> marking;
     std::vector<taskstore::TaskUpdateRequest> updates;
     const absl::Time now = clock_->Now();
+    std::set<absl::string_view> tracked_in_batch;
     for (const TaskPtr& task : tasks) {
       if (!task->parsed) {
         run.push_back(task);
@@ -1064,6 +1065,20 @@ class Executor::Impl {
       auto it = by_id.find(task->request->id);
       if (it == by_id.end()) {
         run.push_back(task);
+        continue;
+      }
+      if (!tracked_in_batch.insert(task->request->id).second) {
+        // The same task twice in one batch (a scheduler or client published it again after a
+        // crash, and both copies arrived together): the record read above cannot tell them
+        // apart, so without this both would run. The first delivery runs it; this one is
+        // redundant.
+        task->type = handlers_->Find(task->request->type) != nullptr
+                         ? task->request->type
+                         : std::string(kUnknownTypeLabel);
+        deps_.metrics->TaskFinished(task->type, kOutcomeDuplicate, absl::ZeroDuration());
+        Log(TaskLogRecord::Level::kInfo, "same task delivered twice in one batch; acked unrun",
+            RefOf(*task));
+        settle_queue_.Post([this, task] { Ack(task); });
         continue;
       }
       if (IsRedriveOfAFinishedFailure(*task, *it->second)) {

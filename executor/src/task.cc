@@ -187,16 +187,31 @@ absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document) 
       EVENTBUS_ASSIGN_OR_RETURN(absl::Duration window, DurationField(value, "unique_for"));
       if (window < absl::ZeroDuration()) return Invalid("unique_for", "must not be negative");
       request.unique_for = window;
+    } else if (key == "run_at") {
+      if (!value.is_string()) {
+        return Invalid("run_at", "must be an RFC 3339 time string such as \"2030-01-01T08:00:00Z\"");
+      }
+      auto at = ParseTimeAttribute(value.get<std::string>());
+      if (!at.ok()) return Invalid("run_at", at.status().message());
+      request.run_at = *at;
+    } else if (key == "run_after") {
+      EVENTBUS_ASSIGN_OR_RETURN(absl::Duration delay, DurationField(value, "run_after"));
+      if (delay < absl::ZeroDuration()) return Invalid("run_after", "must not be negative");
+      request.run_after = delay;
     } else {
       return Invalid(key,
                      "unknown field; valid: id, type, input, timeout, retry, metadata, "
-                     "unique_key, unique_for");
+                     "unique_key, unique_for, run_at, run_after");
     }
   }
   if (!has_id) return absl::InvalidArgumentError("missing required field \"id\"");
   if (!has_type) return absl::InvalidArgumentError("missing required field \"type\"");
   if (request.unique_for && request.unique_key.empty()) {
     return Invalid("unique_for", "needs \"unique_key\"");
+  }
+  if (request.run_at && request.run_after) {
+    return absl::InvalidArgumentError(
+        "\"run_at\" and \"run_after\" exclude each other: give one of them");
   }
   if (!request.input) request.input = std::make_shared<const json>(json::object());
   return request;

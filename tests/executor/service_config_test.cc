@@ -92,7 +92,8 @@ TEST(ServiceConfigTest, TaskStoreDefaultsFollowTheBackendAndAreValidated) {
        {"EXECUTOR_RETENTION_SUCCEEDED", "1h"},
        {"EXECUTOR_RETENTION_FAILED", "P2D"},
        {"EXECUTOR_RETENTION_CANCELLED", "30m"},
-       {"EXECUTOR_CANCEL_POLL_INTERVAL", "250ms"}},
+       {"EXECUTOR_CANCEL_POLL_INTERVAL", "250ms"},
+       {"EXECUTOR_SCHEDULER_INTERVAL", "PT0.5S"}},
       kTypes);
   ASSERT_TRUE(postgres.ok()) << postgres.status();
   EXPECT_EQ(postgres->store, "postgres");
@@ -101,6 +102,8 @@ TEST(ServiceConfigTest, TaskStoreDefaultsFollowTheBackendAndAreValidated) {
   EXPECT_EQ(postgres->executor.retention_failed, absl::Hours(48));
   EXPECT_EQ(postgres->executor.retention_cancelled, absl::Minutes(30));
   EXPECT_EQ(postgres->executor.cancel_poll_interval, absl::Milliseconds(250));
+  EXPECT_EQ(postgres->scheduler_interval, absl::Milliseconds(500));
+  EXPECT_EQ(kafka->scheduler_interval, absl::Seconds(1));
 
   auto none = ParseServiceConfig({{"EXECUTOR_STORE", "none"}}, kTypes);
   ASSERT_TRUE(none.ok()) << none.status();
@@ -113,7 +116,9 @@ TEST(ServiceConfigTest, TaskStoreDefaultsFollowTheBackendAndAreValidated) {
             "EXECUTOR_STORE=redis needs EXECUTOR_STORE_URL"},
            {{{"EXECUTOR_STORE_URL", "redis://x:1"}}, "EXECUTOR_STORE is memory"},
            {{{"EXECUTOR_RETENTION_FAILED", "forever"}}, "EXECUTOR_RETENTION_FAILED"},
-           {{{"EXECUTOR_CANCEL_POLL_INTERVAL", "1ms"}}, "EXECUTOR_CANCEL_POLL_INTERVAL"}}) {
+           {{{"EXECUTOR_CANCEL_POLL_INTERVAL", "1ms"}}, "EXECUTOR_CANCEL_POLL_INTERVAL"},
+           {{{"EXECUTOR_SCHEDULER_INTERVAL", "PT2H"}}, "EXECUTOR_SCHEDULER_INTERVAL"},
+           {{{"EXECUTOR_SCHEDULER_INTERVAL", "often"}}, "EXECUTOR_SCHEDULER_INTERVAL"}}) {
     auto config = ParseServiceConfig(env, kTypes);
     ASSERT_FALSE(config.ok()) << message;
     EXPECT_TRUE(absl::IsInvalidArgument(config.status()));

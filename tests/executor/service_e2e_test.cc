@@ -912,10 +912,102 @@ void SucceededTaskRunsOnceDespiteADuplicateDelivery(const ExecutorProcess& servi
   EXPECT_EQ(GetJson(service, "/v1/tasks/once-call").second["attempts"], 1);
 }
 
+
+std::pair<int, json> SendJson(const ExecutorProcess& service, const std::string& method,
+                              const std::string& target, const json& body = nullptr) {
+  httplib::Client client = service.Client();
+  httplib::Result res = method == "POST"     ? client.Post(target, body.dump(), "application/json")
+                        : method == "DELETE" ? client.Delete(target)
+                                             : client.Get(target);
+  if (!res) return {0, json()};
+  return {res->status, json::parse(res->body, nullptr, false)};
+}
+
+// Run later (run_after) and a recurring schedule (every), with the API's refusals: on whatever
+// store the service runs with (EXECUTOR_SCHEDULER_INTERVAL=100ms).
+void RunLaterAndSchedules(const ExecutorProcess& service) {
+  auto [later, later_body] = service.Submit({{"id", "later-1"},
+                                             {"type", "inject"},
+                                             {"input", {{"data", {{"n", 1}}}}},
+                                             {"run_after", "PT1.5S"}});
+  ASSERT_EQ(later, 202) << later_body;
+  EXPECT_EQ(later_body["state"], "scheduled") << later_body;
+  EXPECT_TRUE(later_body["run_at"].is_string()) << later_body;
+  json waiting = GetJson(service, "/v1/tasks/later-1").second;
+  EXPECT_EQ(waiting["state"], "scheduled") << waiting;
+  EXPECT_EQ(waiting["run_at"], later_body["run_at"]) << waiting;
+  json done = AwaitTaskState(service, "later-1", "succeeded");
+  EXPECT_EQ(done["attempts"], 1) << done;
+  EXPECT_EQ(done["result"]["output"], json({{"n", 1}})) << done;
+
+  auto [both, both_body] = service.Submit({{"type", "inject"},
+                                           {"input", {{"data", json::object()}}},
+                                           {"run_at", "2030-01-01T00:00:00Z"},
+                                           {"run_after", "PT1S"}});
+  EXPECT_EQ(both, 400) << both_body;
+  EXPECT_THAT(both_body.value("error", ""), HasSubstr("\"run_at\" and \"run_after\""));
+
+  const json schedule = {{"id", "every-second"},
+                         {"every", "PT1S"},
+                         {"task", {{"type", "inject"}, {"input", {{"data", {{"tick", true}}}}}}}};
+  auto [created, created_body] = SendJson(service, "POST", "/v1/schedules", schedule);
+  ASSERT_EQ(created, 201) << created_body;
+  EXPECT_EQ(created_body["every"], "PT1S") << created_body;
+  EXPECT_EQ(created_body["missed"], "skip") << created_body;
+  EXPECT_TRUE(created_body["next_run_at"].is_string()) << created_body;
+  auto [again, again_body] = SendJson(service, "POST", "/v1/schedules", schedule);
+  EXPECT_EQ(again, 409) << again_body;
+  EXPECT_EQ(again_body["existing_id"], "every-second") << again_body;
+  auto [listed, listed_body] = SendJson(service, "GET", "/v1/schedules");
+  ASSERT_EQ(listed, 200) << listed_body;
+  ASSERT_EQ(listed_body["schedules"].size(), 1u) << listed_body;
+  EXPECT_EQ(listed_body["schedules"][0]["id"], "every-second");
+
+  // Its first fire runs as a task named by the schedule and the fire time.
+  const absl::Time deadline = absl::Now() + kSafety;
+  std::string fired;
+  while (fired.empty() && absl::Now() < deadline) {
+    json one = GetJson(service, "/v1/schedules/every-second").second;
+    if (one["last_task_id"].is_string()) fired = one["last_task_id"].get<std::string>();
+    if (fired.empty()) absl::SleepFor(absl::Milliseconds(20));  // polling a remote process
+  }
+  ASSERT_THAT(fired, ::testing::StartsWith("every-second@")) << service.LogTail();
+  json run = AwaitTaskState(service, fired, "succeeded");
+  EXPECT_EQ(run["result"]["output"], json({{"tick", true}})) << run;
+  EXPECT_EQ(run["result"]["metadata"]["schedule_id"], "every-second") << run;
+  EXPECT_EQ(run["schedule_id"], "every-second") << run;
+
+  auto [deleted, deleted_body] = SendJson(service, "DELETE", "/v1/schedules/every-second");
+  EXPECT_EQ(deleted, 200) << deleted_body;
+  EXPECT_EQ(SendJson(service, "GET", "/v1/schedules/every-second").first, 404);
+  EXPECT_EQ(SendJson(service, "DELETE", "/v1/schedules/every-second").first, 404);
+  EXPECT_EQ(GetJson(service, "/v1/tasks/" + fired).second["state"], "succeeded");
+
+  for (const auto& [body, message] : std::vector<std::pair<json, std::string>>{
+           {{{"id", "bad"}, {"cron", "61 * * * *"}, {"task", {{"type", "inject"}}}},
+            "cron minute field \"61\""},
+           {{{"id", "bad"}, {"cron", "0 3 * * *"}, {"timezone", "Mars/Base"},
+             {"task", {{"type", "inject"}}}},
+            "\"timezone\": unknown time zone"},
+           {{{"id", "bad"}, {"every", "PT1M"}, {"task", {{"type", "no-such-type"}}}},
+            "\"task\": unknown task type \"no-such-type\""}}) {
+    auto [status, error] = SendJson(service, "POST", "/v1/schedules", body);
+    EXPECT_EQ(status, 400) << error;
+    EXPECT_THAT(error.value("error", ""), HasSubstr(message)) << error;
+  }
+}
+
 TEST(ServiceEndToEnd, TaskApiOnTheMemoryStore) {
   auto service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory"});
   ASSERT_NE(service, nullptr);
   TaskApiLifecycle(*service);
+}
+
+TEST(ServiceEndToEnd, RunLaterAndSchedulesOnTheMemoryStore) {
+  auto service =
+      ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory", "EXECUTOR_SCHEDULER_INTERVAL=100ms"});
+  ASSERT_NE(service, nullptr);
+  RunLaterAndSchedules(*service);
 }
 
 TEST(ServiceEndToEnd, WithoutAStoreTheTaskApiIsRefusedNamingTheSettingAndTasksStillRun) {
@@ -923,7 +1015,12 @@ TEST(ServiceEndToEnd, WithoutAStoreTheTaskApiIsRefusedNamingTheSettingAndTasksSt
   ASSERT_NE(service, nullptr);
   for (const auto& [status, body] :
        {GetJson(*service, "/v1/tasks/x"), PostJson(*service, "/v1/tasks/x:cancel"),
-        GetJson(*service, "/v1/stats")}) {
+        GetJson(*service, "/v1/stats"), GetJson(*service, "/v1/schedules"),
+        SendJson(*service, "POST", "/v1/schedules",
+                 {{"id", "s"}, {"every", "PT1M"}, {"task", {{"type", "inject"}}}}),
+        service->Submit({{"type", "inject"},
+                         {"input", {{"data", json::object()}}},
+                         {"run_after", "PT1M"}})}) {
     EXPECT_EQ(status, 400) << body;
     EXPECT_THAT(body.value("error", ""), HasSubstr("EXECUTOR_STORE")) << body;
   }
@@ -964,17 +1061,28 @@ TEST(ServiceEndToEnd, RedisStoreTracksTasksAndNeverRunsASucceededTaskTwice) {
   ASSERT_TRUE(reader.ok()) << reader.status();
   testing::LocalHttpServer remote;
   auto service = ExecutorProcess::Start(
-      {"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url(), "LOG_LEVEL=info"});
+      {"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url(), "LOG_LEVEL=info",
+       "EXECUTOR_SCHEDULER_INTERVAL=100ms"});
   ASSERT_NE(service, nullptr);
   EXPECT_THAT(service->Log(), HasSubstr("task store ready"));
   TaskApiLifecycle(*service);
   SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
+  RunLaterAndSchedules(*service);
+  auto [later, later_body] = service->Submit({{"id", "later-restart"},
+                                              {"type", "inject"},
+                                              {"input", {{"data", json::object()}}},
+                                              {"run_after", "PT3S"}});
+  ASSERT_EQ(later, 202) << later_body;
 
-  // The store is Redis itself: a restarted service still knows the task.
+  // The store is Redis itself: a restarted service still knows the task, and publishes the
+  // one scheduled before the restart when it is due.
+  EXPECT_EQ(GetJson(*service, "/v1/tasks/later-restart").second["state"], "scheduled");
   service->Stop();
-  service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url()});
+  service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=redis", "REDIS_URL=" + (*redis)->url(),
+                                    "EXECUTOR_SCHEDULER_INTERVAL=100ms"});
   ASSERT_NE(service, nullptr);
   EXPECT_EQ(GetJson(*service, "/v1/tasks/once-call").second["state"], "succeeded");
+  EXPECT_EQ(AwaitTaskState(*service, "later-restart", "succeeded")["attempts"], 1);
 }
 #endif  // EVENTBUS_E2E_WITH_REDIS
 
@@ -1083,16 +1191,26 @@ TEST(ServiceEndToEnd, KafkaWithThePostgresStoreTracksTasksAndNeverRunsASucceeded
   testing::LocalHttpServer remote;
   const std::vector<std::string> env = {
       "EVENT_STREAM_TYPE=kafka", "KAFKA_BROKERS=" + (*kafka)->bootstrap(),
-      "EXECUTOR_STORE=postgres", "EXECUTOR_STORE_URL=" + (*postgres)->url()};
+      "EXECUTOR_STORE=postgres", "EXECUTOR_STORE_URL=" + (*postgres)->url(),
+      "EXECUTOR_SCHEDULER_INTERVAL=100ms"};
   auto service = ExecutorProcess::Start(env);
   ASSERT_NE(service, nullptr);
   TaskApiLifecycle(*service);
   SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
-  // The records are in PostgreSQL: a restarted service still knows them.
+  RunLaterAndSchedules(*service);
+  auto [later, later_body] = service->Submit({{"id", "later-restart"},
+                                              {"type", "inject"},
+                                              {"input", {{"data", json::object()}}},
+                                              {"run_after", "PT3S"}});
+  ASSERT_EQ(later, 202) << later_body;
+  EXPECT_EQ(GetJson(*service, "/v1/tasks/later-restart").second["state"], "scheduled");
+  // The records are in PostgreSQL: a restarted service still knows them, and publishes the
+  // task scheduled before the restart when it is due.
   service->Stop();
   service = ExecutorProcess::Start(env);
   ASSERT_NE(service, nullptr);
   EXPECT_EQ(GetJson(*service, "/v1/tasks/once-call").second["state"], "succeeded");
+  EXPECT_EQ(AwaitTaskState(*service, "later-restart", "succeeded")["attempts"], 1);
 }
 #endif  // EVENTBUS_E2E_WITH_POSTGRES
 #endif

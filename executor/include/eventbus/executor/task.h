@@ -51,6 +51,12 @@ struct TaskRequest {
   // refused (409). Same rules as an id; unique_for needs unique_key.
   std::string unique_key;
   std::optional<absl::Duration> unique_for;
+  // Run later (needs a task store): at `run_at` (RFC 3339), or `run_after` from submission
+  // (ISO 8601 duration, >= 0); at most one of them. The API consumes them: the task is stored
+  // `scheduled` and the scheduler publishes it when due, so TaskRequestToJson leaves them out
+  // (an executor that receives the request runs it).
+  std::optional<absl::Time> run_at;
+  std::optional<absl::Duration> run_after;
 
   const nlohmann::json& Input() const;
 };
@@ -72,7 +78,7 @@ absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document);
 // a JSON object with a usable string id, so the failure can still be reported under that id.
 std::optional<TaskRequest> SalvageTaskIdentity(absl::string_view json_text);
 
-// The JSON text ParseTaskRequest accepts back.
+// The JSON text ParseTaskRequest accepts back (without run_at and run_after: see above).
 std::string TaskRequestToJson(const TaskRequest& request);
 
 // The request event for `request` (type kTaskRequestedType, key = task id, JSON data).

@@ -1,0 +1,393 @@
+#include "eventbus/executor/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "eventbus/executor/cron.h"
+#include "eventbus/executor/iso_duration.h"
+#include "eventbus/status_macros.h"
+
+namespace eventbus::executor {
+namespace {
+
+using nlohmann::json;
+using taskstore::Schedule;
+using taskstore::TaskRecord;
+using taskstore::TaskState;
+
+constexpr absl::string_view kSource = "eventbus-executor/scheduler";
+// The task id is "<schedule id>@<time>", and task ids are at most 200 bytes.
+constexpr size_t kMaxScheduleIdBytes = 150;
+// A real-time wait never sleeps longer than this between looks at the clock.
+constexpr absl::Duration kMaxRealWait = absl::Milliseconds(100);
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("\"", field, "\": ", why));
+}
+
+}  // namespace
+
+Scheduler::Scheduler(SchedulerOptions options, SchedulerDependencies deps)
+    : options_(std::move(options)),
+      deps_(std::move(deps)),
+      clock_(deps_.clock != nullptr ? deps_.clock : deps_.stream->clock()) {
+  if (options_.owner.empty()) options_.owner = absl::StrCat("scheduler-", NewEventId());
+  if (options_.missed_after <= absl::ZeroDuration()) options_.missed_after = 2 * options_.interval;
+}
+
+Scheduler::~Scheduler() { Stop(); }
+
+absl::Status Scheduler::Start() {
+  {
+    std::lock_guard lock(mu_);
+    if (started_) return absl::FailedPreconditionError("scheduler already started");
+    started_ = true;
+  }
+  clock_listener_ = clock_->OnAdvance([this] {
+    // Taking the lock orders the wake-up after the loop's look at the clock: none is lost.
+    { std::lock_guard lock(mu_); }
+    wake_.notify_all();
+  });
+  thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void Scheduler::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  clock_listener_.reset();
+}
+
+void Scheduler::Loop() {
+  std::unique_lock lock(mu_);
+  while (!stop_) {
+    lock.unlock();
+    Tick();
+    lock.lock();
+    const absl::Time until = clock_->Now() + options_.interval;
+    while (!stop_) {
+      const absl::Time now = clock_->Now();
+      if (now >= until) break;
+      wake_.wait_for(lock, absl::ToChronoNanoseconds(std::min(until - now, kMaxRealWait)));
+    }
+  }
+}
+
+SchedulerPass Scheduler::Tick() {
+  std::lock_guard tick(tick_mu_);
+  SchedulerPass pass;
+  const absl::Time now = clock_->Now();
+  PublishDueTasks(now, pass);
+  FireDueSchedules(now, pass);
+  return pass;
+}
+
+void Scheduler::Log(absl::string_view message, absl::string_view id,
+                    absl::string_view error) const {
+  if (deps_.log) deps_.log(message, id, error);
+}
+
+bool Scheduler::Publish(const TaskRequest& request, absl::string_view id) {
+  auto receipt = deps_.stream->PublishAndWait(options_.request_stream,
+                                              MakeTaskRequestEvent(request, kSource),
+                                              options_.publish_timeout);
+  if (!receipt.ok()) {
+    Log("publishing a due task failed; tried again when its claim runs out", id,
+        receipt.status().ToString());
+    return false;
+  }
+  if (deps_.on_published) deps_.on_published(request.type);
+  return true;
+}
+
+void Scheduler::PublishDueTasks(absl::Time now, SchedulerPass& pass) {
+  auto due = deps_.store->ClaimDue(now, options_.lease, options_.batch, options_.owner);
+  if (!due.ok()) {
+    ++pass.failed;
+    Log("claiming due tasks failed", "", due.status().ToString());
+    return;
+  }
+  for (const TaskRecord& record : *due) {
+    auto request = ParseTaskRequest(record.request);
+    if (!request.ok()) {
+      // Only something other than the API writes such a record: it can never run.
+      ++pass.failed;
+      taskstore::TaskUpdate broken;
+      broken.from = {TaskState::kScheduled};
+      broken.expected_version = record.version;
+      broken.now = clock_->Now();
+      broken.state = TaskState::kFailed;
+      broken.finished_at = broken.now;
+      broken.last_error = absl::StrCat("stored request is unusable: ", request.status().message());
+      (void)deps_.store->Update(record.id, broken);
+      Log("scheduled task has an unusable request; marked failed", record.id,
+          request.status().ToString());
+      continue;
+    }
+    if (!Publish(*request, record.id)) {
+      ++pass.failed;
+      continue;
+    }
+    ++pass.published;
+    taskstore::TaskUpdate queued;
+    queued.from = {TaskState::kScheduled};
+    queued.expected_version = record.version;
+    queued.now = clock_->Now();
+    queued.state = TaskState::kQueued;
+    queued.owner = "";
+    queued.lease_until = absl::InfinitePast();
+    auto marked = deps_.store->Update(record.id, queued);
+    // FailedPrecondition: an executor already took the delivery (running) or it was cancelled
+    // meanwhile (the executor settles that delivery as cancelled): nothing left to record.
+    if (!marked.ok() && !absl::IsFailedPrecondition(marked.status())) {
+      Log("recording a published task as queued failed", record.id, marked.status().ToString());
+    }
+  }
+}
+
+void Scheduler::FireDueSchedules(absl::Time now, SchedulerPass& pass) {
+  auto due = deps_.store->ClaimDueSchedules(now, options_.lease, options_.batch, options_.owner);
+  if (!due.ok()) {
+    ++pass.failed;
+    Log("claiming due schedules failed", "", due.status().ToString());
+    return;
+  }
+  for (const Schedule& schedule : *due) FireSchedule(schedule, now, pass);
+}
+
+void Scheduler::FireSchedule(const Schedule& schedule, absl::Time now, SchedulerPass& pass) {
+  const absl::Time fire_time = schedule.next_run_at;
+  auto advance = [&](absl::Time next, absl::Time last_run_at, absl::string_view last_task_id) {
+    auto advanced = deps_.store->AdvanceSchedule(schedule.id, schedule.version, next, last_run_at,
+                                                 last_task_id, clock_->Now());
+    // FailedPrecondition/NotFound: deleted (or re-created) meanwhile; nothing to keep.
+    if (!advanced.ok() && !absl::IsFailedPrecondition(advanced.status()) &&
+        !absl::IsNotFound(advanced.status())) {
+      Log("advancing a schedule failed", schedule.id, advanced.status().ToString());
+    }
+  };
+  // Always the next time after now: missed times are never worked through one by one.
+  auto next = NextFireAfter(schedule, now);
+  if (!next.ok()) {
+    ++pass.failed;
+    Log("schedule cannot be evaluated; it stops firing", schedule.id, next.status().ToString());
+    advance(absl::InfiniteFuture(), schedule.last_run_at, schedule.last_task_id);
+    return;
+  }
+  auto request = ScheduledTaskRequest(schedule, fire_time);
+  if (!request.ok()) {
+    ++pass.failed;
+    Log("schedule's task template is unusable; it stops firing", schedule.id,
+        request.status().ToString());
+    advance(absl::InfiniteFuture(), schedule.last_run_at, schedule.last_task_id);
+    return;
+  }
+  // This fire's task exists: a scheduler made it and died before advancing the schedule.
+  // Finish that fire (whatever the missed policy) rather than leave its task queued unpublished.
+  auto made = deps_.store->Get(request->id);
+  if (made.ok()) {
+    if (made->state == TaskState::kQueued && !Publish(*request, request->id)) {
+      ++pass.failed;
+      return;
+    }
+    ++pass.fired;
+    advance(*next, now, request->id);
+    return;
+  }
+  if (!absl::IsNotFound(made.status())) {
+    ++pass.failed;  // the claim runs out and the fire is looked at again
+    Log("reading a schedule's task failed", schedule.id, made.status().ToString());
+    return;
+  }
+  const bool run_once = schedule.missed_policy == "run_once";
+  if (!schedule.last_task_id.empty()) {
+    auto last = deps_.store->Get(schedule.last_task_id);
+    if (!last.ok() && !absl::IsNotFound(last.status())) {
+      ++pass.failed;
+      Log("reading a schedule's last task failed", schedule.id, last.status().ToString());
+      return;
+    }
+    if (last.ok() && !taskstore::IsFinal(last->state)) {
+      // Runs never overlap. This fire is missed: `run_once` keeps it due (it runs as soon as
+      // the previous task is final), `skip` moves on to the next time.
+      ++pass.skipped;
+      advance(run_once ? fire_time : *next, schedule.last_run_at, schedule.last_task_id);
+      return;
+    }
+  }
+  if (now - fire_time > options_.missed_after && !run_once) {
+    ++pass.skipped;
+    Log("missed schedule fire skipped (missed: skip)", schedule.id,
+        absl::StrCat("due at ", FormatTimeAttribute(fire_time)));
+    advance(*next, schedule.last_run_at, schedule.last_task_id);
+    return;
+  }
+  TaskRecord record;
+  record.id = request->id;
+  record.type = request->type;
+  record.state = TaskState::kQueued;
+  record.request = TaskRequestToJson(*request);
+  record.created_at = now;
+  record.unique_key = request->unique_key;
+  if (request->unique_for) record.unique_until = now + *request->unique_for;
+  record.schedule_id = schedule.id;
+  auto created = deps_.store->Create(record, now);
+  if (!created.ok()) {
+    ++pass.failed;
+    Log("creating a schedule's task failed", schedule.id, created.status().ToString());
+    return;
+  }
+  bool publish = true;
+  switch (created->kind) {
+    case taskstore::CreateResult::Kind::kCreated:
+      break;
+    case taskstore::CreateResult::Kind::kIdTaken:
+      // Made since the read above (claims exclude that, but a claim can run out mid-pass):
+      // publish again unless it evidently arrived (a duplicate is settled by the record).
+      publish = created->record.state == TaskState::kQueued;
+      break;
+    case taskstore::CreateResult::Kind::kUniqueKeyTaken:
+      ++pass.skipped;
+      Log("schedule fire skipped: its unique_key is held", schedule.id,
+          absl::StrCat("held by task ", created->record.id));
+      advance(*next, schedule.last_run_at, schedule.last_task_id);
+      return;
+  }
+  if (publish && !Publish(*request, record.id)) {
+    ++pass.failed;
+    return;
+  }
+  ++pass.fired;
+  advance(*next, now, record.id);
+}
+
+absl::StatusOr<absl::Time> NextFireAfter(const Schedule& schedule, absl::Time after) {
+  if (!schedule.cron.empty()) {
+    EVENTBUS_ASSIGN_OR_RETURN(CronExpression cron, CronExpression::Parse(schedule.cron));
+    EVENTBUS_ASSIGN_OR_RETURN(
+        absl::TimeZone zone,
+        LoadIanaTimeZone(schedule.time_zone.empty() ? "UTC" : schedule.time_zone, "timezone"));
+    return cron.Next(after, zone);
+  }
+  if (schedule.interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("schedule ", schedule.id, " has neither a cron expression nor an interval"));
+  }
+  // Fires at created_at + k * interval (k >= 1): every executor computes the same times.
+  const absl::Time anchor = schedule.created_at;
+  if (after < anchor) return anchor + schedule.interval;
+  absl::Duration remainder;
+  const int64_t k = absl::IDivDuration(after - anchor, schedule.interval, &remainder);
+  return anchor + (k + 1) * schedule.interval;
+}
+
+std::string ScheduledTaskId(absl::string_view schedule_id, absl::Time fire_time) {
+  return absl::StrCat(schedule_id, "@", FormatTimeAttribute(fire_time));
+}
+
+absl::StatusOr<TaskRequest> ScheduledTaskRequest(const Schedule& schedule, absl::Time fire_time) {
+  auto document = ParseUntrustedJson(schedule.request);
+  if (!document.ok() || !document->is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("schedule ", schedule.id, ": its task template is not a JSON object"));
+  }
+  (*document)["id"] = ScheduledTaskId(schedule.id, fire_time);
+  // The result carries which schedule and fire made it (unless the template says otherwise).
+  json& metadata = (*document)["metadata"];
+  if (metadata.is_null()) metadata = json::object();
+  if (metadata.is_object()) {
+    if (!metadata.contains("schedule_id")) metadata["schedule_id"] = schedule.id;
+    if (!metadata.contains("scheduled_for")) metadata["scheduled_for"] = FormatTimeAttribute(fire_time);
+  }
+  return TaskRequestFromJson(*document);
+}
+
+absl::StatusOr<Schedule> ScheduleFromJson(const json& document, absl::Time now) {
+  if (!document.is_object()) return absl::InvalidArgumentError("schedule must be a JSON object");
+  Schedule schedule;
+  bool has_id = false;
+  bool has_timezone = false;
+  const json* task = nullptr;
+  for (const auto& [key, value] : document.items()) {
+    if (key == "id") {
+      if (!value.is_string()) return Invalid("id", "must be a string");
+      schedule.id = value.get<std::string>();
+      if (schedule.id.empty()) return Invalid("id", "must not be empty");
+      if (schedule.id.size() > kMaxScheduleIdBytes) {
+        return Invalid("id", absl::StrCat("is longer than ", kMaxScheduleIdBytes, " bytes"));
+      }
+      for (char c : schedule.id) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '/') {
+          return Invalid("id", "contains a control character or '/'");
+        }
+      }
+      has_id = true;
+    } else if (key == "cron") {
+      if (!value.is_string()) return Invalid("cron", "must be a string such as \"0 3 * * *\"");
+      auto cron = CronExpression::Parse(value.get<std::string>());
+      if (!cron.ok()) return Invalid("cron", cron.status().message());
+      schedule.cron = cron->text();
+    } else if (key == "timezone") {
+      if (!value.is_string()) return Invalid("timezone", "must be an IANA time zone name");
+      EVENTBUS_RETURN_IF_ERROR(LoadIanaTimeZone(value.get<std::string>(), "timezone").status());
+      schedule.time_zone = value.get<std::string>();
+      has_timezone = true;
+    } else if (key == "every") {
+      if (!value.is_string()) return Invalid("every", "must be an ISO 8601 duration such as \"PT15M\"");
+      auto every = ParseIsoDuration(value.get<std::string>());
+      if (!every.ok()) return Invalid("every", every.status().message());
+      if (*every < absl::Seconds(1)) return Invalid("every", "must be at least PT1S");
+      schedule.interval = *every;
+    } else if (key == "missed") {
+      if (!value.is_string() ||
+          (value.get<std::string>() != "skip" && value.get<std::string>() != "run_once")) {
+        return Invalid("missed", "must be \"skip\" or \"run_once\"");
+      }
+      schedule.missed_policy = value.get<std::string>();
+    } else if (key == "task") {
+      task = &value;
+    } else {
+      return Invalid(key, "unknown field; valid: id, cron, timezone, every, task, missed");
+    }
+  }
+  if (!has_id) return absl::InvalidArgumentError("missing required field \"id\"");
+  if (schedule.cron.empty() == (schedule.interval == absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(
+        schedule.cron.empty()
+            ? "give \"cron\" (5 fields) or \"every\" (an ISO 8601 duration)"
+            : "\"cron\" and \"every\" exclude each other: give one of them");
+  }
+  if (has_timezone && schedule.cron.empty()) {
+    return Invalid("timezone", "applies to \"cron\" only; \"every\" counts elapsed time");
+  }
+  if (schedule.time_zone.empty()) schedule.time_zone = "UTC";
+  if (task == nullptr) return absl::InvalidArgumentError("missing required field \"task\"");
+  if (!task->is_object()) return Invalid("task", "must be a task request object");
+  for (absl::string_view field : {"id", "run_at", "run_after"}) {
+    if (task->contains(field)) {
+      return Invalid(absl::StrCat("task.", field),
+                     "is not allowed in a schedule's template (each fire's id is \"<schedule "
+                     "id>@<time>\", and it runs at the schedule's time)");
+    }
+  }
+  json probe = *task;
+  probe["id"] = ScheduledTaskId(schedule.id, now);
+  auto request = TaskRequestFromJson(probe);
+  if (!request.ok()) return Invalid("task", request.status().message());
+  schedule.type = request->type;
+  schedule.request = task->dump(-1, ' ', false, json::error_handler_t::replace);
+  schedule.created_at = now;
+  EVENTBUS_ASSIGN_OR_RETURN(schedule.next_run_at, NextFireAfter(schedule, now));
+  return schedule;
+}
+
+}  // namespace eventbus::executor
