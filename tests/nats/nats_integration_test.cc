@@ -3,6 +3,7 @@
 // and events written by a foreign client following docs/wire-format.md (raw nats.c calls).
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <memory>
 #include <set>
 #include <string>
@@ -126,14 +127,26 @@ TEST(NatsIntegration, ServerKilledAndRestartedMidStreamLosesNothing) {
     }
     ASSERT_TRUE(receipt.ok()) << receipt.status();
   }
-  auto after = CollectAndAck(*sub, 70, absl::Seconds(30));
+  // A SIGKILL can take with it acks the server had confirmed but not yet written to its
+  // consumer store (nats-server flushes that state on its own schedule), so some "before"
+  // events may come again: at-least-once allows that. What must not happen is a loss.
   std::set<std::string> seen;
   for (const auto& d : before) seen.insert(d.event.id());
-  for (const auto& d : after) seen.insert(d.event.id());
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!std::includes(seen.begin(), seen.end(), published.begin(), published.end()) &&
+         absl::Now() < deadline) {
+    for (const auto& d : CollectAndAck(*sub, 80, absl::Seconds(1))) {
+      const bool redelivered_before = seen.count(d.event.id()) > 0;
+      EXPECT_TRUE(!redelivered_before || absl::StartsWith(d.event.data(), "before-"))
+          << "an event acked after the restart came again: " << d.event.data();
+      seen.insert(d.event.id());
+    }
+  }
   EXPECT_EQ(seen, published) << "lost " << published.size() - seen.size() << " events";
+  // Everything was acked on a live server since: nothing may come back now.
   auto extra = sub->Fetch(10, absl::Milliseconds(500));
   ASSERT_TRUE(extra.ok()) << extra.status();
-  EXPECT_TRUE(extra->empty()) << "acked events came back after the restart";
+  EXPECT_TRUE(extra->empty()) << "events acked on a live server came back";
 }
 
 TEST(NatsIntegration, DuplicatePublishOfTheSameEventIdIsStoredOnce) {
