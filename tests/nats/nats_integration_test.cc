@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -147,6 +149,95 @@ TEST(NatsIntegration, ServerKilledAndRestartedMidStreamLosesNothing) {
   auto extra = sub->Fetch(10, absl::Milliseconds(500));
   ASSERT_TRUE(extra.ok()) << extra.status();
   EXPECT_TRUE(extra->empty()) << "events acked on a live server came back";
+}
+
+// Close while other threads are still settling (what a shutting-down executor does): every
+// settle finishes or fails cleanly (none touches the destroyed subscription, which ASan would
+// catch), a second Close waits for the first, and each event is either acked or back in the
+// group, never both, never neither.
+TEST(NatsIntegration, CloseWhileOtherThreadsSettleLosesNothingAndAcksNothingTwice) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  auto stream = Connect(*server);
+  ASSERT_NE(stream, nullptr);
+  const std::string name = "it.close-race";
+  auto sub = Join(*stream, name, "workers");
+  ASSERT_NE(sub, nullptr);
+  constexpr int kEvents = 400;
+  for (int i = 0; i < kEvents; ++i) {
+    ASSERT_TRUE(stream->Publish(name, MakeEvent("io.eventbus.test", "/it", absl::StrCat(i))).ok());
+  }
+  ASSERT_TRUE(stream->Flush(absl::Seconds(10)).ok());
+  std::vector<Delivery> held;
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (held.size() < kEvents && absl::Now() < deadline) {
+    auto batch = sub->Fetch(kEvents - static_cast<int>(held.size()), absl::Milliseconds(500));
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    for (auto& d : *batch) held.push_back(std::move(d));
+  }
+  ASSERT_EQ(held.size(), static_cast<size_t>(kEvents));
+
+  std::mutex mu;
+  std::set<std::string> acked;
+  int callbacks = 0;
+  std::vector<std::string> unexpected;
+  constexpr int kSettlers = 4;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kSettlers; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < held.size(); i += kSettlers) {
+        const std::string id = held[i].event.id();
+        auto record = [&, id](const absl::Status& status) {
+          std::lock_guard lock(mu);
+          ++callbacks;
+          if (status.ok()) {
+            acked.insert(id);
+          } else if (!absl::IsFailedPrecondition(status)) {
+            unexpected.push_back(status.ToString());
+          }
+        };
+        if (i % 2 == 0) {
+          sub->AckAsync(held[i], record);
+        } else {
+          record(sub->Ack(held[i]));
+        }
+      }
+    });
+  }
+  // Two closes race the settlers and each other once about a quarter is settled.
+  while (true) {
+    {
+      std::lock_guard lock(mu);
+      if (callbacks >= kEvents / 4) break;
+    }
+    std::this_thread::yield();
+  }
+  std::thread second_close([&] { EXPECT_TRUE(sub->Close().ok()); });
+  EXPECT_TRUE(sub->Close().ok());
+  second_close.join();
+  for (auto& thread : threads) thread.join();
+  {
+    std::lock_guard lock(mu);
+    EXPECT_EQ(callbacks, kEvents) << "every settle reports exactly once";
+    EXPECT_TRUE(unexpected.empty()) << unexpected.front();
+  }
+  ASSERT_LT(acked.size(), static_cast<size_t>(kEvents)) << "the close came too late to race";
+
+  // What was not acked went back to the group at Close: a new consumer gets exactly that.
+  sub.reset();
+  auto next = Join(*stream, name, "workers");
+  ASSERT_NE(next, nullptr);
+  const size_t expected = kEvents - acked.size();
+  auto back = CollectAndAck(*next, expected, absl::Seconds(30));
+  std::set<std::string> back_ids;
+  for (const auto& d : back) {
+    EXPECT_EQ(acked.count(d.event.id()), 0u) << "an acked event came back: " << d.event.id();
+    back_ids.insert(d.event.id());
+  }
+  EXPECT_EQ(back_ids.size(), expected) << "events neither acked nor given back";
+  auto extra = next->Fetch(10, absl::Milliseconds(500));
+  ASSERT_TRUE(extra.ok()) << extra.status();
+  EXPECT_TRUE(extra->empty());
 }
 
 TEST(NatsIntegration, DuplicatePublishOfTheSameEventIdIsStoredOnce) {

@@ -152,8 +152,17 @@ class NatsSubscription final : public Subscription {
   void ForgetFailedAttempts(const Delivery& delivery);
   void SettleLoop();
   absl::StatusOr<std::vector<Delivery>> FetchUpTo(int max_events, absl::Duration wait);
-  // Takes the message held for `delivery` out of held_ (FailedPrecondition when none).
+  // Takes the message held for `delivery` out of held_ (FailedPrecondition when none, or
+  // when closed). Every successful Take must be matched by one EndUse once the caller has
+  // finished with the message: Close waits for that before it destroys the subscription
+  // the message belongs to (nats.c acks through it).
   absl::StatusOr<MsgPtr> Take(const Delivery& delivery, absl::string_view op);
+  void EndUse();
+  // Ends the use a successful Take began, when the caller's scope ends.
+  struct UseEnd {
+    NatsSubscription* subscription;
+    ~UseEnd() { subscription->EndUse(); }
+  };
   void PutBack(uint64_t token, MsgPtr msg);
   absl::Status DeadLetterMsg(const Delivery& delivery, natsMsg* msg, const Event& dead);
 
@@ -165,9 +174,14 @@ class NatsSubscription final : public Subscription {
   std::mutex fetch_mu_;  // Fetch/Reclaim; Close waits for a running fetch
   SubscriptionPtr sub_;  // guarded by fetch_mu_
 
+  std::mutex close_mu_;  // one Close at a time; a second waits for the first to finish
+
   std::mutex held_mu_;  // Ack & co. from any thread
+  std::condition_variable uses_cv_;
   absl::flat_hash_map<uint64_t, MsgPtr> held_;  // guarded by held_mu_
   uint64_t next_token_ = 1;  // guarded by held_mu_
+  bool taking_stopped_ = false;  // guarded by held_mu_; set by Close
+  int uses_ = 0;  // guarded by held_mu_; messages taken and still in use
 
   // Callbacks of async settles whose Ack/Nak was sent, waiting for the next flush.
   std::mutex settle_mu_;
@@ -656,8 +670,8 @@ void NatsSubscription::PutBack(uint64_t token, MsgPtr msg) {
 }
 
 absl::StatusOr<MsgPtr> NatsSubscription::Take(const Delivery& delivery, absl::string_view op) {
-  if (closed_) return Closed();
   std::lock_guard lock(held_mu_);
+  if (taking_stopped_) return Closed();
   auto it = held_.find(delivery.token);
   if (it == held_.end()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -666,11 +680,18 @@ absl::StatusOr<MsgPtr> NatsSubscription::Take(const Delivery& delivery, absl::st
   }
   MsgPtr msg = std::move(it->second);
   held_.erase(it);
+  ++uses_;
   return msg;
+}
+
+void NatsSubscription::EndUse() {
+  std::lock_guard lock(held_mu_);
+  if (--uses_ == 0) uses_cv_.notify_all();
 }
 
 absl::Status NatsSubscription::Ack(const Delivery& delivery) {
   EVENTBUS_ASSIGN_OR_RETURN(MsgPtr msg, Take(delivery, "Ack"));
+  UseEnd use_end{this};
   jsErrCode code = jsErrCode(0);
   absl::Status s = ToStatus(natsMsg_AckSync(msg.get(), nullptr, &code),
                             absl::StrCat("nats ack of ", delivery.stream, "/", delivery.id), code);
@@ -686,6 +707,7 @@ absl::Status NatsSubscription::Ack(const Delivery& delivery) {
 absl::Status NatsSubscription::Nack(const Delivery& delivery, absl::Duration delay,
                                     NackKind kind) {
   EVENTBUS_ASSIGN_OR_RETURN(MsgPtr msg, Take(delivery, "Nack"));
+  UseEnd use_end{this};
   if (kind == NackKind::kFailed) {
     // Written before the Nak: the redelivery must find it.
     if (absl::Status s = WriteFailedAttempts(delivery.id, delivery.failed_attempts + 1); !s.ok()) {
@@ -707,8 +729,8 @@ absl::Status NatsSubscription::Nack(const Delivery& delivery, absl::Duration del
 }
 
 absl::Status NatsSubscription::Extend(const Delivery& delivery) {
-  if (closed_) return Closed();
   std::lock_guard lock(held_mu_);
+  if (taking_stopped_) return Closed();
   auto it = held_.find(delivery.token);
   if (it == held_.end()) {
     return absl::FailedPreconditionError(
@@ -732,6 +754,7 @@ absl::Status NatsSubscription::DeadLetterMsg(const Delivery& delivery, natsMsg* 
 
 absl::Status NatsSubscription::DeadLetter(const Delivery& delivery, absl::string_view reason) {
   EVENTBUS_ASSIGN_OR_RETURN(MsgPtr msg, Take(delivery, "DeadLetter"));
+  UseEnd use_end{this};
   absl::Status s =
       DeadLetterMsg(delivery, msg.get(), MakeDeadLetter(delivery, options_.group, reason));
   if (!s.ok()) {
@@ -749,6 +772,7 @@ void NatsSubscription::SettleAsync(const Delivery& delivery, bool ack, absl::Dur
     done(msg.status());
     return;
   }
+  UseEnd use_end{this};
   if (!ack && kind == NackKind::kFailed) {
     // One round trip, only for failures (not on the hot path of successes).
     if (absl::Status s = WriteFailedAttempts(delivery.id, delivery.failed_attempts + 1); !s.ok()) {
@@ -856,7 +880,14 @@ void NatsSubscription::ForgetFailedAttempts(const Delivery& delivery) {
 }
 
 absl::Status NatsSubscription::Close() {
+  std::lock_guard close_lock(close_mu_);
   if (closed_.exchange(true)) return absl::OkStatus();
+  {
+    // No new settle starts; those already running finish with the subscription intact.
+    std::unique_lock lock(held_mu_);
+    taking_stopped_ = true;
+    uses_cv_.wait(lock, [this] { return uses_ == 0; });
+  }
   {
     // Settles queued before Close still complete: the settler drains the queue, then exits.
     std::lock_guard lock(settle_mu_);
