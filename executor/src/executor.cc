@@ -453,8 +453,8 @@ class Executor::Impl {
           reclaimed_some = !deliveries.empty();
           // A full batch means there may be more orphans: take them as room frees, not one
           // batch per reclaim interval.
-          reclaim_again = static_cast<int>(deliveries.size()) == reclaim_room;
-          reclaim_again = static_cast<int>(deliveries.size()) == free_slots;
+          reclaim_again =
+              !deliveries.empty() && static_cast<int>(deliveries.size()) == reclaim_room;
           if (!deliveries.empty()) FetchCompleted();  // no fetch this round: it did the work
           if (!deliveries.empty()) {
             Log(TaskLogRecord::Level::kInfo,
@@ -516,8 +516,9 @@ class Executor::Impl {
       task->delivery = std::move(delivery);
       tasks.push_back(std::move(task));
     }
+    // Reported by Queue, once the workers can see them: a reader of the in-flight gauge
+    // (a test, an operator) then knows they are queued in their final order.
     held_ += static_cast<int>(tasks.size());
-    deps_.metrics->InFlightChanged(held_);
     return true;
   }
 
@@ -530,6 +531,7 @@ class Executor::Impl {
       std::lock_guard<std::mutex> lock(mu_);
       auto at = ahead ? queue_.begin() : queue_.end();
       for (TaskPtr& task : tasks) at = std::next(queue_.insert(at, std::move(task)));
+      deps_.metrics->InFlightChanged(held_);
       wake = std::min<int>(idle_workers_, static_cast<int>(tasks.size()));
     }
     // Only as many wake-ups as there are idle workers and new tasks.

@@ -16,6 +16,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/builtin_handlers.h"
@@ -688,10 +689,45 @@ TEST_F(ExecutorTest, ASaturatedSurvivorTakesOverEveryOrphanWithinMinIdlePlusInte
   ASSERT_TRUE(started_monitor.Await([&] { return started.size() == 2u + kOrphans; }));
   std::vector<std::string> next;
   started_monitor.Update([&] { next.assign(started.begin() + 2, started.end()); });
-  for (const std::string& id : next) EXPECT_TRUE(absl::StartsWith(id, "orphan-")) << id;
+  for (const std::string& id : next) {
+    EXPECT_TRUE(absl::StartsWith(id, "orphan-"))
+        << id << " (start order " << absl::StrJoin(next, ",") << ")";
+  }
   gate_.OpenAll();
   auto results = AwaitResults(10 + kOrphans);
   EXPECT_EQ(results.size(), 10u + kOrphans);
+}
+
+// A due reclaim that finds nothing while every run slot is busy waits for the next interval:
+// it must not retry at once (that spun on the broker for as long as the survivor stayed busy).
+TEST_F(ExecutorTest, ASaturatedConsumerWithNoOrphansReclaimsOncePerInterval) {
+  options_.reclaim_enabled = true;
+  options_.reclaim_min_idle = absl::Minutes(1);
+  options_.reclaim_interval = absl::Seconds(10);
+  options_.concurrency = 2;
+  options_.workers = 2;
+  options_.fetch_batch = 2;
+  options_.max_in_flight = 16;
+  AddHandler("block", [&](TaskContext& context, int) {
+    gate_.Pass(context);
+    return TaskOutcome::Succeeded(nullptr);
+  });
+  for (int i = 0; i < 6; ++i) Submit(Task(absl::StrCat("busy-", i), "block"));
+  Start();
+  ASSERT_TRUE(metrics_.AwaitInFlight(4));
+  ASSERT_TRUE(log_.AwaitReclaimAttempts(1));  // the look at start-up
+  clock_.Advance(absl::Seconds(11));
+  ASSERT_TRUE(log_.AwaitReclaimAttempts(2));  // the one due now, finding nothing
+  // No virtual time passes, so no further reclaim is due: any call now is a spin.
+  const absl::Time watch_until = absl::Now() + absl::Milliseconds(200);
+  while (absl::Now() < watch_until && log_.reclaim_attempts() == 2) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(log_.reclaim_attempts(), 2);
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_TRUE(log_.AwaitReclaimAttempts(3));
+  gate_.OpenAll();
+  EXPECT_EQ(AwaitResults(6).size(), 6u);
 }
 
 TEST_F(ExecutorTest, LongHandlersAreExtendedOnEveryHeartbeat) {

@@ -48,6 +48,7 @@ class RecordingSubscription final : public Subscription {
   }
   absl::StatusOr<std::vector<Delivery>> Reclaim(absl::Duration min_idle, int max_events) override {
     auto result = inner_->Reclaim(min_idle, max_events);
+    log_->AddReclaimAttempt();
     if (result.ok() && !result->empty()) {
       log_->Add({.op = Op::kReclaim, .max_events = max_events});
       log_->AddFetched(static_cast<int>(result->size()));
@@ -161,6 +162,18 @@ void CallLog::AddFailedFetch() {
 
 bool CallLog::AwaitFailedFetches(int n, absl::Duration timeout) const {
   return monitor_.Await([&] { return failed_fetches_ >= n; }, timeout);
+}
+
+void CallLog::AddReclaimAttempt() {
+  monitor_.Update([&] { ++reclaim_attempts_; });
+}
+
+int CallLog::reclaim_attempts() const {
+  return monitor_.Read([&] { return reclaim_attempts_; });
+}
+
+bool CallLog::AwaitReclaimAttempts(int n, absl::Duration timeout) const {
+  return monitor_.Await([&] { return reclaim_attempts_ >= n; }, timeout);
 }
 
 int CallLog::Count(Op op) const { return static_cast<int>(Calls(op).size()); }

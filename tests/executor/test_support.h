@@ -85,10 +85,16 @@ class CallLog {
   // Waits until at least `n` fetches failed by FailFetches; false after kSafetyTimeout.
   bool AwaitFailedFetches(int n, absl::Duration timeout = kSafetyTimeout) const;
 
+  // Every Reclaim call, also those that found nothing (kReclaim records only the fruitful).
+  void AddReclaimAttempt();
+  int reclaim_attempts() const;
+  bool AwaitReclaimAttempts(int n, absl::Duration timeout = kSafetyTimeout) const;
+
  private:
   Monitor monitor_;
   absl::Status fetch_failure_;
   int failed_fetches_ = 0;
+  int reclaim_attempts_ = 0;
   std::vector<SubscriptionCall> calls_;
   int outstanding_ = 0;
   int max_outstanding_ = 0;
