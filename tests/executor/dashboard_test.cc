@@ -154,6 +154,34 @@ TEST_F(DashboardTest, LiveSnapshotsFollowTheExecutor) {
   EXPECT_TRUE(saw_dlq) << later.dump();
 }
 
+// The instances view tells this instance among the request group's members by the consumer
+// name the executor subscribed with.
+TEST_F(DashboardTest, SnapshotNamesThisInstanceAndItsConsumerGroup) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({{"EXECUTOR_CONSUMER_NAME", "exec-a"}, {"EXECUTOR_CONSUMER_GROUP", "workers-a"}}));
+  RawHttpClient client(service_->http_port());
+  ASSERT_TRUE(client.Send(RawHttpClient::Request("GET", "/v1/dashboard/events")));
+  json snapshot = ReadSnapshotsUntil(client, [](const json& s) {
+    for (const json& stream : s["streams"]) {
+      if (stream["stream"] == "io.flunq.task.requested" && !stream["groups"].empty()) return true;
+    }
+    return false;
+  });
+  ASSERT_TRUE(snapshot.is_object());
+  EXPECT_EQ(snapshot["instance"]["name"], "exec-a");
+  EXPECT_EQ(snapshot["instance"]["group"], "workers-a");
+  EXPECT_EQ(snapshot["instance"]["request_stream"], "io.flunq.task.requested");
+  EXPECT_EQ(snapshot["instance"]["in_flight"], 0);
+  json members;
+  for (const json& stream : snapshot["streams"]) {
+    if (stream["stream"] != "io.flunq.task.requested") continue;
+    for (const json& group : stream["groups"]) {
+      if (group["group"] == "workers-a") members = group["consumers"];
+    }
+  }
+  EXPECT_EQ(members, json::array({"exec-a"})) << snapshot.dump();
+}
+
 TEST_F(DashboardTest, DeadLettersAreListedWithTheirReasonAndRedrivenByHand) {
   ASSERT_NO_FATAL_FAILURE(Start());
   PublishMalformedRequest("broken-2");
