@@ -736,11 +736,12 @@ class Commands {
     if (WIFEXITED(rc) && WEXITSTATUS(rc) == 127) {
       return CommandError{kExitFailure, "cannot run python3 (is it installed and on PATH?)"};
     }
+    if (WIFEXITED(rc)) {
+      return CommandError{kExitFailure, absl::StrCat("the benchmark runner failed (exit ",
+                                                     WEXITSTATUS(rc), ")")};
+    }
     return CommandError{kExitFailure,
-                        WIFEXITED(rc)
-                            ? absl::StrCat("the benchmark runner failed (exit ", WEXITSTATUS(rc), ")")
-                            : absl::StrCat("the benchmark runner was killed (signal ",
-                                           WTERMSIG(rc), ")")};
+                        absl::StrCat("the benchmark runner was killed (signal ", WTERMSIG(rc), ")")};
   }
 
  private:

@@ -773,7 +773,9 @@ TEST_F(CliTask, RetriesADeadLetteredTaskButNotASucceededOne) {
   json again = AwaitState("cli-retry-1", "dead_lettered");
   EXPECT_NE(again["history"].dump().find("\"by\":\"api\""), std::string::npos) << again.dump();
 
-  ASSERT_EQ(executor_->Submit({{"id", "cli-retry-ok"}, {"type", "inject"}, {"input", {{"data", json::object()}}}}), 202);
+  ASSERT_EQ(executor_->Submit(
+                {{"id", "cli-retry-ok"}, {"type", "inject"}, {"input", {{"data", json::object()}}}}),
+            202);
   AwaitState("cli-retry-ok", "succeeded");
   CliRun refused_retry = Task("retry", "cli-retry-ok");
   EXPECT_EQ(refused_retry.code, kExitFailure);
@@ -794,7 +796,8 @@ TEST_F(CliTask, UsageErrorsExitTwo) {
 TEST(CliTaskApi, AnUnreachableServiceExitsOne) {
   auto port = harness::FreeLoopbackPort();
   ASSERT_TRUE(port.ok());
-  CliRun run = RunCliWith({"task", "get", "t-1", "--api", absl::StrCat("http://127.0.0.1:", *port)});
+  CliRun run =
+      RunCliWith({"task", "get", "t-1", "--api", absl::StrCat("http://127.0.0.1:", *port)});
   EXPECT_EQ(run.code, kExitFailure);
   EXPECT_NE(run.err.find("cannot reach the executor API"), std::string::npos) << run.err;
 }
@@ -803,7 +806,10 @@ TEST(CliTaskApi, AnUnreachableServiceExitsOne) {
 TEST(CliTaskApi, SendsTheApiToken) {
   auto executor = Executor::Start({"EXECUTOR_API_TOKEN=cli-test-token"});
   ASSERT_NE(executor, nullptr);
-  ASSERT_EQ(executor->Submit({{"id", "cli-token-1"}, {"type", "inject"}, {"input", {{"data", json::object()}}}}, "cli-test-token"), 202);
+  ASSERT_EQ(executor->Submit(
+                {{"id", "cli-token-1"}, {"type", "inject"}, {"input", {{"data", json::object()}}}},
+                "cli-test-token"),
+            202);
   CliRun anonymous = RunCliWith({"task", "get", "cli-token-1", "--api", executor->url()});
   EXPECT_EQ(anonymous.code, kExitFailure);
   EXPECT_NE(anonymous.err.find("HTTP 401"), std::string::npos) << anonymous.err;
