@@ -4,7 +4,8 @@
 // the instances view shows this executor, that a dead letter appears with its reason, that the
 // task detail shows a finished task's state (and follows a scheduled one until it runs), that
 // a schedule created through the API is listed and deleting it from the page removes it, and
-// that redriving the dead letter from the page makes it complete.
+// that redriving the dead letter from the page makes it complete, and that with an API token
+// the page asks for it and the new panels then read with it.
 //
 //   node dashboard.test.mjs --executor PATH [--screenshot PATH]
 // EVENTBUS_BROWSER_MODULES names the folder holding node_modules/playwright-core
@@ -52,28 +53,39 @@ endpoint.listen(0, "127.0.0.1");
 await once(endpoint, "listening");
 const endpointUrl = `http://127.0.0.1:${endpoint.address().port}`;
 
-// A free port for the executor: bind, read, release.
-const probe = createServer();
-probe.listen(0, "127.0.0.1");
-await once(probe, "listening");
-const port = probe.address().port;
-probe.close();
-await once(probe, "close");
-const base = `http://127.0.0.1:${port}`;
+// A free port for an executor: bind, read, release.
+async function freePort() {
+  const probe = createServer();
+  probe.listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const free = probe.address().port;
+  probe.close();
+  await once(probe, "close");
+  return free;
+}
 
-const executor = spawn(executorPath, [], {
-  env: Object.assign({}, process.env, {
-    EVENT_STREAM_TYPE: "memory",
-    EXECUTOR_HTTP_ADDR: `127.0.0.1:${port}`,
-    LOG_LEVEL: "warn",
-    EXECUTOR_CONCURRENCY: "8",
-  }),
-  stdio: ["ignore", "inherit", "inherit"],
-});
+const executors = [];
+function startExecutor(executorPort, extraEnv = {}) {
+  const child = spawn(executorPath, [], {
+    env: Object.assign({}, process.env, {
+      EVENT_STREAM_TYPE: "memory",
+      EXECUTOR_HTTP_ADDR: `127.0.0.1:${executorPort}`,
+      LOG_LEVEL: "warn",
+      EXECUTOR_CONCURRENCY: "8",
+    }, extraEnv),
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  executors.push(child);
+  return child;
+}
+
+const port = await freePort();
+const base = `http://127.0.0.1:${port}`;
+startExecutor(port);
 let browser;
 const cleanup = async () => {
   if (browser) await browser.close().catch(() => {});
-  executor.kill("SIGTERM");
+  for (const child of executors) child.kill("SIGTERM");
   endpoint.close();
 };
 process.on("uncaughtException", async (e) => {
@@ -97,10 +109,12 @@ async function until(what, check, timeoutMs = 20000) {
   throw new Error(`timed out waiting for ${what} (last: ${last})`);
 }
 
-async function call(method, route, body) {
-  const response = await fetch(`${base}${route}`, {
+async function call(method, route, body, { at = base, token = "" } = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const response = await fetch(`${at}${route}`, {
     method,
-    headers: { "Content-Type": "application/json" },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await response.text();
@@ -245,6 +259,40 @@ try {
   assert.ok(hits.flaky >= 2, `the endpoint saw the retry (${hits.flaky} calls)`);
   log("redriven from the page and completed");
   assert.deepEqual(errors, [], "no errors in the page");
+
+  // With EXECUTOR_API_TOKEN the page asks for the token; once given, the schedules and task
+  // panels read with it as the others do.
+  const token = "browser-test-token";
+  const securedPort = await freePort();
+  const secured = `http://127.0.0.1:${securedPort}`;
+  startExecutor(securedPort, { EXECUTOR_API_TOKEN: token });
+  await until("the secured executor to answer", async () => (await fetch(`${secured}/healthz`)).ok);
+  assert.equal((await call("GET", "/v1/schedules", undefined, { at: secured })).status, 401);
+  const securedSchedule = await call("POST", "/v1/schedules", {
+    id: "secured-hourly", every: "PT1H", task: { type: "inject", input: { data: {} } } },
+    { at: secured, token });
+  assert.equal(securedSchedule.status, 201, JSON.stringify(securedSchedule.body));
+  const securedTask = await call("POST", "/v1/tasks", { id: "secured-1", type: "inject",
+                                                       input: { data: { n: 1 } } },
+                                 { at: secured, token });
+  assert.equal(securedTask.status, 202, JSON.stringify(securedTask.body));
+  const tokenPage = await browser.newPage();
+  tokenPage.on("pageerror", (e) => errors.push(String(e)));
+  await tokenPage.goto(`${secured}/ui#task=secured-1`);
+  await tokenPage.locator("#token-form").waitFor({ state: "visible", timeout: 10000 });
+  await until("the schedules panel to say it needs the token",
+              async () => /token/.test(await tokenPage.textContent("#schedule-message")));
+  assert.equal(await tokenPage.locator('#schedule-table tr[data-schedule]').count(), 0);
+  await tokenPage.fill("#token", token);
+  await tokenPage.click("#token-form button[type=submit]");
+  await tokenPage.locator('#schedule-table tr[data-schedule="secured-hourly"]')
+      .waitFor({ timeout: 10000 });
+  await until("the linked task's detail with the token",
+              async () => (await tokenPage.textContent("#task-state")) === "succeeded");
+  await tokenPage.waitForFunction(() => document.getElementById("live").textContent === "live",
+                                  null, { timeout: 15000 });
+  log("token: asked for, then schedules, task detail and live updates read with it");
+  assert.deepEqual(errors, [], "no errors in the pages");
   await cleanup();
   log("PASS");
   process.exit(0);
