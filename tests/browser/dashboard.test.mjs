@@ -287,6 +287,7 @@ try {
   await tokenPage.click("#token-form button[type=submit]");
   await tokenPage.locator('#schedule-table tr[data-schedule="secured-hourly"]')
       .waitFor({ timeout: 10000 });
+  assert.equal(await tokenPage.textContent("#schedule-message"), "", "the refusal is gone");
   await until("the linked task's detail with the token",
               async () => (await tokenPage.textContent("#task-state")) === "succeeded");
   await tokenPage.waitForFunction(() => document.getElementById("live").textContent === "live",

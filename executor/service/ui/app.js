@@ -15,6 +15,7 @@ const state = {
   taskFinal: true,     // whether it reached a final state (no more live reads)
   taskLoading: false,
   armedSchedule: null,  // {id, until}: the schedule whose Delete was clicked once
+  schedulesFailed: false,  // the schedule message says why the last read failed
 };
 
 // The task store's final states (docs/tasks.md): nothing changes a task after these but a
@@ -411,7 +412,10 @@ async function loadSchedules() {
     }
     if (!schedules.length) cell(body.insertRow(), "none", "muted").colSpan = 7;
     text($("schedule-count"), `(${schedules.length})`);
+    if (state.schedulesFailed) text($("schedule-message"), "");  // the reason is gone
+    state.schedulesFailed = false;
   } catch (e) {
+    state.schedulesFailed = true;
     // Without a task store the API says so (400 naming EXECUTOR_STORE): show that.
     body.replaceChildren();
     cell(body.insertRow(), "-", "muted").colSpan = 7;
