@@ -771,6 +771,12 @@ def main():
                         help="run only peers an earlier run installed (no npm install / go build)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a row failed")
     args = parser.parse_args()
+    # Checked before any server starts: a wrong path would otherwise show only as rows whose
+    # binaries are "not built".
+    if not os.path.isfile(os.path.join(args.build_dir, "CMakeCache.txt")):
+        parser.error(f"--build-dir {args.build_dir} is not a CMake build directory (no "
+                     "CMakeCache.txt): configure and build first, e.g. cmake -S . -B build && "
+                     "cmake --build build --target broker_bench raw_bench memory_bench")
     args.backends = [b for b in args.backends.split(",") if b]
     for b in args.backends:
         if b not in BACKENDS:

@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <curl/curl.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -706,9 +707,17 @@ class Commands {
   }
 
   std::optional<CommandError> Bench() {
-    std::string runner = context_.env.count("EVENTBUS_BENCH_RUNNER")
-                             ? context_.env.at("EVENTBUS_BENCH_RUNNER")
-                             : std::string(EVENTBUS_BENCH_RUNNER);
+    const bool from_env = context_.env.count("EVENTBUS_BENCH_RUNNER") > 0;
+    std::string runner = from_env ? context_.env.at("EVENTBUS_BENCH_RUNNER")
+                                  : std::string(EVENTBUS_BENCH_RUNNER);
+    if (std::ifstream probe(runner); !probe) {
+      return CommandError{
+          kExitUsage,
+          absl::StrCat("the benchmark runner ", runner, " does not exist",
+                       from_env ? " (EVENTBUS_BENCH_RUNNER names it)"
+                                : " (this eventbus was built from another tree: set "
+                                  "EVENTBUS_BENCH_RUNNER to bench/run.py of a source tree)")};
+    }
     std::string command = absl::StrCat("python3 '", runner, "'");
     for (const std::string& arg : args_.bench_args) {
       if (arg.find('\'') != std::string::npos) {
@@ -718,8 +727,21 @@ class Commands {
     }
     out().flush();
     const int rc = std::system(command.c_str());
-    if (rc != 0) return CommandError{kExitFailure, absl::StrCat("the benchmark runner failed")};
-    return std::nullopt;
+    if (rc == 0) return std::nullopt;
+    // The runner's own usage errors (argparse exits 2: an unknown option, a missing
+    // --build-dir) stay usage errors; its message is already on stderr.
+    if (WIFEXITED(rc) && WEXITSTATUS(rc) == 2) {
+      return CommandError{kExitUsage, "the benchmark runner refused its arguments (see above)"};
+    }
+    if (WIFEXITED(rc) && WEXITSTATUS(rc) == 127) {
+      return CommandError{kExitFailure, "cannot run python3 (is it installed and on PATH?)"};
+    }
+    if (WIFEXITED(rc)) {
+      return CommandError{kExitFailure, absl::StrCat("the benchmark runner failed (exit ",
+                                                     WEXITSTATUS(rc), ")")};
+    }
+    return CommandError{kExitFailure,
+                        absl::StrCat("the benchmark runner was killed (signal ", WTERMSIG(rc), ")")};
   }
 
  private:
@@ -818,17 +840,29 @@ int RunCli(int argc, const char* const* argv, CliContext& context) {
     sub->callback([&task_action, action] { task_action = action; });
   }
 
-  CLI::App* bench = app.add_subcommand("bench", "Run the benchmark runner (bench/run.py)");
-  bench->add_option("args", args.bench_args, "Arguments for the runner (after --)");
-  bench->allow_extras();
+  CLI::App* bench = app.add_subcommand(
+      "bench",
+      "Run the benchmark runner (bench/run.py) with every argument that follows, as given "
+      "(eventbus bench --quick --backends memory,redis; eventbus bench -- --help for its help)");
+  // Everything after `bench` goes to the runner in order: a positional option here would take
+  // the values of the runner's options out of their place.
+  bench->prefix_command();
 
+  // After `bench --` everything is the runner's, --help included (CLI11 would refuse the "--"
+  // after a prefix command's name, and answer --help itself).
+  int parsed_argc = argc;
+  std::vector<std::string> after_separator;
+  if (argc >= 3 && absl::string_view(argv[1]) == "bench" && absl::string_view(argv[2]) == "--") {
+    parsed_argc = 2;
+    after_separator.assign(argv + 3, argv + argc);
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(parsed_argc, argv);
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e, *context.out, *context.err);
     return rc == 0 ? kExitOk : kExitUsage;
   }
-  for (const std::string& extra : bench->remaining()) args.bench_args.push_back(extra);
+  args.bench_args = parsed_argc == argc ? bench->remaining() : after_separator;
 
   Commands commands(context, args);
   std::optional<CommandError> error;

@@ -138,7 +138,14 @@ std::string Dashboard::SnapshotJson() {
   const absl::Time now = stream_->clock()->Now();
   json snapshot;
   snapshot["time"] = FormatTimeMillis(now);
-  snapshot["instance"] = {{"name", options_.instance},
+  const ExecutorOptions& executor_options = executor_->options();
+  // The consumer name the executor subscribed with (generated when EXECUTOR_CONSUMER_NAME is
+  // unset), so the page can tell this instance among the group's members.
+  snapshot["instance"] = {{"name", executor_options.consumer_name.empty()
+                                       ? options_.instance
+                                       : executor_options.consumer_name},
+                          {"group", executor_options.consumer_group},
+                          {"request_stream", options_.request_stream},
                           {"backend", options_.backend},
                           {"ready", ready_ ? ready_() : true},
                           {"in_flight", executor_->in_flight()},

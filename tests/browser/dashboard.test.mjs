@@ -1,7 +1,11 @@
 // The dashboard in a real browser (ctest label `browser`): Debian's chromium, headless, driven
 // by playwright-core. Starts eventbus-executor (memory backend) and a local HTTP endpoint the
 // `call` tasks hit; checks that the page goes live, that its numbers move when tasks run, that
-// a dead letter appears with its reason, and that redriving it from the page makes it complete.
+// the instances view shows this executor, that a dead letter appears with its reason, that the
+// task detail shows a finished task's state (and follows a scheduled one until it runs), that
+// a schedule created through the API is listed and deleting it from the page removes it, and
+// that redriving the dead letter from the page makes it complete, and that with an API token
+// the page asks for it and the new panels then read with it.
 //
 //   node dashboard.test.mjs --executor PATH [--screenshot PATH]
 // EVENTBUS_BROWSER_MODULES names the folder holding node_modules/playwright-core
@@ -49,28 +53,39 @@ endpoint.listen(0, "127.0.0.1");
 await once(endpoint, "listening");
 const endpointUrl = `http://127.0.0.1:${endpoint.address().port}`;
 
-// A free port for the executor: bind, read, release.
-const probe = createServer();
-probe.listen(0, "127.0.0.1");
-await once(probe, "listening");
-const port = probe.address().port;
-probe.close();
-await once(probe, "close");
-const base = `http://127.0.0.1:${port}`;
+// A free port for an executor: bind, read, release.
+async function freePort() {
+  const probe = createServer();
+  probe.listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const free = probe.address().port;
+  probe.close();
+  await once(probe, "close");
+  return free;
+}
 
-const executor = spawn(executorPath, [], {
-  env: Object.assign({}, process.env, {
-    EVENT_STREAM_TYPE: "memory",
-    EXECUTOR_HTTP_ADDR: `127.0.0.1:${port}`,
-    LOG_LEVEL: "warn",
-    EXECUTOR_CONCURRENCY: "8",
-  }),
-  stdio: ["ignore", "inherit", "inherit"],
-});
+const executors = [];
+function startExecutor(executorPort, extraEnv = {}) {
+  const child = spawn(executorPath, [], {
+    env: Object.assign({}, process.env, {
+      EVENT_STREAM_TYPE: "memory",
+      EXECUTOR_HTTP_ADDR: `127.0.0.1:${executorPort}`,
+      LOG_LEVEL: "warn",
+      EXECUTOR_CONCURRENCY: "8",
+    }, extraEnv),
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  executors.push(child);
+  return child;
+}
+
+const port = await freePort();
+const base = `http://127.0.0.1:${port}`;
+startExecutor(port);
 let browser;
 const cleanup = async () => {
   if (browser) await browser.close().catch(() => {});
-  executor.kill("SIGTERM");
+  for (const child of executors) child.kill("SIGTERM");
   endpoint.close();
 };
 process.on("uncaughtException", async (e) => {
@@ -92,6 +107,18 @@ async function until(what, check, timeoutMs = 20000) {
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`timed out waiting for ${what} (last: ${last})`);
+}
+
+async function call(method, route, body, { at = base, token = "" } = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const response = await fetch(`${at}${route}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
 }
 
 async function submit(task) {
@@ -143,6 +170,60 @@ try {
   await until("dead-lettered count on the page",
               async () => Number(await page.textContent("#total-dead-lettered")) >= 1);
 
+  // The instances view: this executor with its health and in-flight count out of its slots;
+  // on memory no other instance can share the stream, so no other member is listed.
+  const local = page.locator("#instance-table tr.local");
+  await local.waitFor({ timeout: 10000 });
+  const localText = await local.textContent();
+  assert.match(localText, /\(this instance\)/, localText);
+  assert.match(localText, /ready/, localText);
+  assert.match(localText, /\/ 8/, localText);
+  assert.equal(await page.locator("#instance-table tr.remote").count(), 0);
+  log("instances view:", localText.replace(/\s+/g, " "));
+
+  // Task detail: the dead letter's task id opens its record, dead-lettered with the 503.
+  await row.locator("a.task-link").click();
+  await until("the dead-lettered task's detail",
+              async () => (await page.textContent("#task-state")) === "dead_lettered");
+  assert.equal(await page.textContent("#task-field-id"), flakyId);
+  assert.equal(await page.textContent("#task-attempts"), "1");
+  assert.match(await page.textContent("#task-last-error"), /503/);
+  // A task due in 2 s, opened while scheduled: the panel follows it until it is final.
+  const laterId = `browser-later-${Date.now()}`;
+  const later = await call("POST", "/v1/tasks", { id: laterId, type: "inject", run_after: "PT2S",
+                                                 input: { data: { answer: 42 } } });
+  assert.equal(later.status, 202, JSON.stringify(later.body));
+  await page.fill("#task-id", laterId);
+  await page.click("#task-form button[type=submit]");
+  await until("the scheduled task's detail",
+              async () => (await page.textContent("#task-field-id")) === laterId);
+  assert.match(await page.textContent("#task-state"), /^(scheduled|queued|running|succeeded)$/);
+  await until("the task detail to show it succeeded, without a click",
+              async () => (await page.textContent("#task-state")) === "succeeded");
+  assert.match(await page.textContent("#task-result"), /42/);
+  assert.notEqual(await page.textContent("#task-finished"), "-");
+  log("task detail followed", laterId, "to succeeded");
+
+  // Schedules: created through the API, listed with cron, zone and next run; deleted from the
+  // page (two clicks), gone from the page and from the API.
+  const nightly = await call("POST", "/v1/schedules", {
+    id: "browser-nightly", cron: "30 2 * * *", timezone: "Europe/Berlin",
+    task: { type: "inject", input: { data: {} } } });
+  assert.equal(nightly.status, 201, JSON.stringify(nightly.body));
+  const hourly = await call("POST", "/v1/schedules", {
+    id: "browser-hourly", every: "PT1H", task: { type: "inject", input: { data: {} } } });
+  assert.equal(hourly.status, 201, JSON.stringify(hourly.body));
+  const nightlyRow = page.locator('#schedule-table tr[data-schedule="browser-nightly"]');
+  await nightlyRow.waitFor({ timeout: 10000 });
+  assert.equal(await nightlyRow.locator("td.when").textContent(), "30 2 * * *");
+  assert.equal(await nightlyRow.locator("td.timezone").textContent(), "Europe/Berlin");
+  assert.equal(await nightlyRow.locator("td.next-run").textContent(), nightly.body.next_run_at);
+  assert.equal(await nightlyRow.locator("td.last-run").textContent(), "-");
+  const hourlyRow = page.locator('#schedule-table tr[data-schedule="browser-hourly"]');
+  await hourlyRow.waitFor({ timeout: 10000 });
+  assert.equal(await hourlyRow.locator("td.when").textContent(), "every PT1H");
+  log("schedules listed");
+
   // Some load for the screenshot, then redrive from the page once the endpoint is back.
   for (let i = 0; i < 30; i++) {
     await submit({ type: "call", input: { url: `${endpointUrl}/ok?load=${i}`, method: "GET" } });
@@ -152,6 +233,19 @@ try {
     await page.screenshot({ path: screenshotPath, fullPage: true });
     log("screenshot:", screenshotPath);
   }
+  await nightlyRow.locator("button.delete").click();
+  assert.equal(await nightlyRow.locator("button.delete").textContent(), "Really delete?");
+  assert.equal((await call("GET", "/v1/schedules/browser-nightly")).status, 200,
+               "one click deletes nothing");
+  await nightlyRow.locator("button.delete").click();
+  await page.waitForFunction(
+      () => !document.querySelector('#schedule-table tr[data-schedule="browser-nightly"]'), null,
+      { timeout: 10000 });
+  assert.equal((await call("GET", "/v1/schedules/browser-nightly")).status, 404);
+  assert.equal(await hourlyRow.count(), 1, "the other schedule stays");
+  assert.match(await page.textContent("#schedule-message"), /deleted schedule browser-nightly/);
+  log("schedule deleted from the page");
+
   healed = true;
   const succeededBefore = Number(await page.textContent("#total-succeeded"));
   await row.locator("button.redrive").click();
@@ -165,6 +259,41 @@ try {
   assert.ok(hits.flaky >= 2, `the endpoint saw the retry (${hits.flaky} calls)`);
   log("redriven from the page and completed");
   assert.deepEqual(errors, [], "no errors in the page");
+
+  // With EXECUTOR_API_TOKEN the page asks for the token; once given, the schedules and task
+  // panels read with it as the others do.
+  const token = "browser-test-token";
+  const securedPort = await freePort();
+  const secured = `http://127.0.0.1:${securedPort}`;
+  startExecutor(securedPort, { EXECUTOR_API_TOKEN: token });
+  await until("the secured executor to answer", async () => (await fetch(`${secured}/healthz`)).ok);
+  assert.equal((await call("GET", "/v1/schedules", undefined, { at: secured })).status, 401);
+  const securedSchedule = await call("POST", "/v1/schedules", {
+    id: "secured-hourly", every: "PT1H", task: { type: "inject", input: { data: {} } } },
+    { at: secured, token });
+  assert.equal(securedSchedule.status, 201, JSON.stringify(securedSchedule.body));
+  const securedTask = await call("POST", "/v1/tasks", { id: "secured-1", type: "inject",
+                                                       input: { data: { n: 1 } } },
+                                 { at: secured, token });
+  assert.equal(securedTask.status, 202, JSON.stringify(securedTask.body));
+  const tokenPage = await browser.newPage();
+  tokenPage.on("pageerror", (e) => errors.push(String(e)));
+  await tokenPage.goto(`${secured}/ui#task=secured-1`);
+  await tokenPage.locator("#token-form").waitFor({ state: "visible", timeout: 10000 });
+  await until("the schedules panel to say it needs the token",
+              async () => /token/.test(await tokenPage.textContent("#schedule-message")));
+  assert.equal(await tokenPage.locator('#schedule-table tr[data-schedule]').count(), 0);
+  await tokenPage.fill("#token", token);
+  await tokenPage.click("#token-form button[type=submit]");
+  await tokenPage.locator('#schedule-table tr[data-schedule="secured-hourly"]')
+      .waitFor({ timeout: 10000 });
+  assert.equal(await tokenPage.textContent("#schedule-message"), "", "the refusal is gone");
+  await until("the linked task's detail with the token",
+              async () => (await tokenPage.textContent("#task-state")) === "succeeded");
+  await tokenPage.waitForFunction(() => document.getElementById("live").textContent === "live",
+                                  null, { timeout: 15000 });
+  log("token: asked for, then schedules, task detail and live updates read with it");
+  assert.deepEqual(errors, [], "no errors in the pages");
   await cleanup();
   log("PASS");
   process.exit(0);

@@ -2,13 +2,17 @@
 // redis-server), and its exit codes. The commands run through RunCli exactly as the binary runs
 // them; only the stream (memory lives in-process) and the clock are handed in.
 
+#include <sys/wait.h>
+
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +20,7 @@
 #include "cli.h"
 #include "eventbus/clock.h"
 #include "eventbus/event_stream.h"
+#include "eventbus/harness/server_process.h"
 #include "eventbus/memory/memory_event_stream.h"
 #include "eventbus/stream_inspector.h"
 #ifdef EVENTBUS_CLI_TEST_WITH_REDIS
@@ -281,6 +286,50 @@ TEST_P(CliTest, DlqListFiltersByReasonAndType) {
   EXPECT_EQ(missing.code, kExitFailure);
 }
 
+// --since/--until select by the event's publish time (`time`), both ends inclusive; a duration
+// counts back from the CLI's clock.
+TEST_P(CliTest, DlqListFiltersByPublishTime) {
+  const absl::Time now = clock_.Now();
+  const absl::Time times[] = {now - absl::Hours(5), now - absl::Hours(3), now - absl::Hours(1)};
+  for (int i = 0; i < 3; ++i) {
+    Event event = MakeEvent("order.created", "test", absl::StrCat("{\"n\":", i, "}"));
+    event.set_id(absl::StrCat("at-", i));
+    SetEventTime(event, times[i]);
+    ASSERT_TRUE(stream()->PublishAndWait(orders_, event).ok());
+  }
+  auto sub = Join(orders_, "c1");
+  std::vector<Delivery> got = FetchAll(*sub, 3);
+  ASSERT_EQ(got.size(), 3u);
+  for (const Delivery& d : got) ASSERT_TRUE(sub->DeadLetter(d, "boom").ok());
+
+  auto ids = [&](std::vector<std::string> filter) {
+    std::vector<std::string> args = {"dlq", "list", "--dlq", dlq_, "--json"};
+    args.insert(args.end(), filter.begin(), filter.end());
+    CliRun run = Cli(args);
+    EXPECT_EQ(run.code, kExitOk) << run.err;
+    std::vector<std::string> out;
+    for (const json& letter : run.JsonLines()) out.push_back(letter["id"]);
+    return out;
+  };
+  using Ids = std::vector<std::string>;
+  EXPECT_EQ(ids({}), (Ids{"at-0", "at-1", "at-2"}));
+  EXPECT_EQ(ids({"--since", "4h"}), (Ids{"at-1", "at-2"}));
+  EXPECT_EQ(ids({"--until", "2h"}), (Ids{"at-0", "at-1"}));
+  EXPECT_EQ(ids({"--since", "4h", "--until", "2h"}), (Ids{"at-1"}));
+  const std::string exactly = absl::FormatTime(absl::RFC3339_full, times[1], absl::UTCTimeZone());
+  EXPECT_EQ(ids({"--since", exactly}), (Ids{"at-1", "at-2"}));
+  EXPECT_EQ(ids({"--until", exactly}), (Ids{"at-0", "at-1"}));
+  EXPECT_EQ(ids({"--since", exactly, "--until", exactly}), (Ids{"at-1"}));
+  EXPECT_EQ(ids({"--since", "30m"}), Ids{});
+  // A range that selects nothing is an empty list, not an error.
+  EXPECT_EQ(ids({"--since", "2h", "--until", "4h"}), Ids{});
+
+  CliRun bad = Cli({"dlq", "list", "--dlq", dlq_, "--until", "next tuesday"});
+  EXPECT_EQ(bad.code, kExitUsage);
+  EXPECT_NE(bad.err.find("--until \"next tuesday\""), std::string::npos) << bad.err;
+  EXPECT_EQ(Cli({"dlq", "list", "--dlq", dlq_, "--since=-2h"}).code, kExitUsage);
+}
+
 TEST_P(CliTest, RedrivePutsDeadLettersBackWithTheirIdsAndHistory) {
   Populate(orders_);
   CliRun dry = Cli({"dlq", "redrive", "--dlq", dlq_, "--reason", "HTTP 500", "--dry-run"});
@@ -455,6 +504,330 @@ TEST(CliBinary, BadBackendIsAUsageError) {
   EXPECT_EQ(WEXITSTATUS(status), kExitUsage) << output;
   EXPECT_NE(output.find("no-such-backend"), std::string::npos) << output;
 }
+
+// The binary with a shell command line: its exit code and what it wrote (stdout and stderr).
+struct BinaryRun {
+  int code = -1;
+  std::string output;
+};
+BinaryRun RunBinary(const std::string& env_and_args) {
+  const std::string command = absl::StrCat(env_and_args, " 2>&1");
+  BinaryRun run;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return run;
+  char buffer[256];
+  while (fgets(buffer, sizeof buffer, pipe) != nullptr) run.output += buffer;
+  const int status = pclose(pipe);
+  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+// `eventbus bench` runs the runner with the arguments as given, in order and unsplit; a
+// stand-in runner that prints them shows what arrived (no benchmark runs).
+class CliBench : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto dir = harness::MakeTempDir("eventbus-cli-bench");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
+    runner_ = dir_ + "/runner.py";
+    std::ofstream(runner_) << "import json, sys\n"
+                              "print('ARGS ' + json.dumps(sys.argv[1:]))\n"
+                              "if '--exit' in sys.argv:\n"
+                              "    sys.exit(int(sys.argv[sys.argv.index('--exit') + 1]))\n";
+  }
+  void TearDown() override { harness::RemoveTree(dir_); }
+
+  BinaryRun Bench(const std::string& args) {
+    return RunBinary(absl::StrCat("EVENTBUS_BENCH_RUNNER='", runner_, "' ", EVENTBUS_CLI_BINARY,
+                                  " bench ", args));
+  }
+
+  std::string dir_;
+  std::string runner_;
+};
+
+TEST_F(CliBench, PassesItsArgumentsThroughInOrder) {
+  BinaryRun run = Bench("--quick --backends memory,redis --out-dir '/tmp/with space' --check");
+  EXPECT_EQ(run.code, kExitOk) << run.output;
+  EXPECT_NE(run.output.find(R"(ARGS ["--quick", "--backends", "memory,redis", "--out-dir", )"
+                            R"("/tmp/with space", "--check"])"),
+            std::string::npos)
+      << run.output;
+  // After "--" too, as the help says.
+  BinaryRun separated = Bench("-- --smoke --backends memory");
+  EXPECT_EQ(separated.code, kExitOk) << separated.output;
+  EXPECT_NE(separated.output.find(R"(ARGS ["--smoke", "--backends", "memory"])"),
+            std::string::npos)
+      << separated.output;
+  BinaryRun help = Bench("-- --help");
+  EXPECT_EQ(help.code, kExitOk) << help.output;
+  EXPECT_NE(help.output.find(R"(ARGS ["--help"])"), std::string::npos) << help.output;
+  BinaryRun none = Bench("");
+  EXPECT_EQ(none.code, kExitOk) << none.output;
+  EXPECT_NE(none.output.find("ARGS []"), std::string::npos) << none.output;
+}
+
+TEST_F(CliBench, TheRunnersFailureDecidesTheExitCode) {
+  // Its usage errors (argparse exits 2) stay usage errors; any other failure is 1.
+  BinaryRun usage = Bench("--exit 2");
+  EXPECT_EQ(usage.code, kExitUsage) << usage.output;
+  EXPECT_NE(usage.output.find("refused its arguments"), std::string::npos) << usage.output;
+  BinaryRun failed = Bench("--exit 3");
+  EXPECT_EQ(failed.code, kExitFailure) << failed.output;
+  EXPECT_NE(failed.output.find("the benchmark runner failed (exit 3)"), std::string::npos)
+      << failed.output;
+}
+
+TEST_F(CliBench, AMissingRunnerIsNamed) {
+  BinaryRun run = RunBinary(absl::StrCat("EVENTBUS_BENCH_RUNNER=", dir_, "/no-such-runner.py ",
+                                         EVENTBUS_CLI_BINARY, " bench --quick"));
+  EXPECT_EQ(run.code, kExitUsage) << run.output;
+  EXPECT_NE(run.output.find(dir_ + "/no-such-runner.py does not exist"), std::string::npos)
+      << run.output;
+  EXPECT_NE(run.output.find("EVENTBUS_BENCH_RUNNER"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("ARGS"), std::string::npos) << run.output;
+}
+
+// The real bench/run.py (the one the binary was built with): a build dir that is not one is
+// refused before any server starts.
+TEST_F(CliBench, TheRealRunnerRefusesAMissingBuildDir) {
+  const std::string missing = dir_ + "/no-build";
+  BinaryRun run = RunBinary(absl::StrCat("env -u EVENTBUS_BENCH_RUNNER ", EVENTBUS_CLI_BINARY,
+                                         " bench --smoke --backends memory --build-dir ", missing,
+                                         " --out-dir ", dir_, "/out"));
+  EXPECT_EQ(run.code, kExitUsage) << run.output;
+  EXPECT_NE(run.output.find("--build-dir " + missing + " is not a CMake build directory"),
+            std::string::npos)
+      << run.output;
+  EXPECT_EQ(run.output.find("[bench]"), std::string::npos) << "nothing ran: " << run.output;
+}
+
+#ifdef EVENTBUS_EXECUTOR_BINARY
+// The real eventbus-executor (memory backend and task store) on a free loopback port.
+class Executor {
+ public:
+  static std::unique_ptr<Executor> Start(std::vector<std::string> env = {}) {
+    auto executor = std::unique_ptr<Executor>(new Executor());
+    auto port = harness::FreeLoopbackPort();
+    auto dir = harness::MakeTempDir("eventbus-cli-executor");
+    EXPECT_TRUE(port.ok() && dir.ok());
+    if (!port.ok() || !dir.ok()) return nullptr;
+    executor->port_ = *port;
+    executor->dir_ = *dir;
+    env.push_back("EVENT_STREAM_TYPE=memory");
+    env.push_back("LOG_LEVEL=warn");
+    env.push_back(absl::StrCat("EXECUTOR_HTTP_ADDR=127.0.0.1:", *port));
+    env.push_back("EXECUTOR_SHUTDOWN_DEADLINE=2s");
+    auto server = harness::ServerProcess::Start({.program = EVENTBUS_EXECUTOR_BINARY,
+                                                 .args = {},
+                                                 .log_path = *dir + "/executor.log",
+                                                 .env = std::move(env)});
+    EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) return nullptr;
+    executor->server_ = std::move(*server);
+    absl::Status up = harness::WaitForTcpPort(*port, absl::Seconds(20));
+    EXPECT_TRUE(up.ok()) << up << "\n" << executor->server_->LogTail();
+    if (!up.ok()) return nullptr;
+    return executor;
+  }
+  ~Executor() {
+    if (server_ != nullptr) server_->Stop(absl::Seconds(5));
+    harness::RemoveTree(dir_);
+  }
+
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+
+  // POST /v1/tasks; the HTTP status (and the answer, as a test failure, unless 202).
+  int Submit(const json& task, const std::string& token = "") const {
+    httplib::Client client("127.0.0.1", port_);
+    httplib::Headers headers;
+    if (!token.empty()) headers.emplace("Authorization", "Bearer " + token);
+    auto res = client.Post("/v1/tasks", headers, task.dump(), "application/json");
+    EXPECT_TRUE(res && res->status == 202) << task.dump() << " -> " << (res ? res->body : "");
+    return res ? res->status : 0;
+  }
+
+  std::string LogTail() const { return server_->LogTail(); }
+
+ private:
+  Executor() = default;
+  int port_ = 0;
+  std::string dir_;
+  std::unique_ptr<harness::ServerProcess> server_;
+};
+
+CliRun RunCliWith(std::vector<std::string> args, Environment env = {}) {
+  std::ostringstream out, err;
+  std::istringstream in;
+  CliContext context{.out = &out, .err = &err, .in = &in, .env = std::move(env)};
+  args.insert(args.begin(), "eventbus");
+  std::vector<const char*> argv;
+  for (const std::string& arg : args) argv.push_back(arg.c_str());
+  CliRun run;
+  run.code = RunCli(static_cast<int>(argv.size()), argv.data(), context);
+  run.out = out.str();
+  run.err = err.str();
+  return run;
+}
+
+// `eventbus task get|cancel|retry` against one running service (a start is a second or so).
+class CliTask : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { executor_ = Executor::Start().release(); }
+  static void TearDownTestSuite() {
+    delete executor_;
+    executor_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(executor_, nullptr); }
+
+  CliRun Task(const std::string& action, const std::string& id) {
+    return RunCliWith({"task", action, id, "--api", executor_->url()});
+  }
+
+  // Polls `task get` until the task is in `state` (the service runs it on its own time).
+  json AwaitState(const std::string& id, const std::string& state) {
+    json task;
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < deadline) {
+      CliRun run = Task("get", id);
+      if (run.code == kExitOk) {
+        task = json::parse(run.out);
+        if (task["state"] == state) return task;
+      }
+      absl::SleepFor(absl::Milliseconds(20));  // a remote process: nothing to wait on
+    }
+    ADD_FAILURE() << id << " never reached " << state << ": " << task.dump() << "\n"
+                  << executor_->LogTail();
+    return task;
+  }
+
+  static Executor* executor_;
+};
+Executor* CliTask::executor_ = nullptr;
+
+TEST_F(CliTask, GetShowsAFinishedTask) {
+  ASSERT_EQ(executor_->Submit({{"id", "cli-get-1"},
+                               {"type", "inject"},
+                               {"input", {{"data", {{"answer", 42}}}}}}),
+            202);
+  json task = AwaitState("cli-get-1", "succeeded");
+  EXPECT_EQ(task["id"], "cli-get-1");
+  EXPECT_EQ(task["type"], "inject");
+  EXPECT_EQ(task["attempts"], 1);
+  EXPECT_FALSE(task["finished_at"].is_null()) << task.dump();
+  EXPECT_NE(task["result"].dump().find("42"), std::string::npos) << task.dump();
+}
+
+TEST_F(CliTask, AnUnknownTaskExitsOneWithTheServicesReason) {
+  for (const char* action : {"get", "cancel", "retry"}) {
+    CliRun run = Task(action, "no-such-task");
+    EXPECT_EQ(run.code, kExitFailure) << action;
+    EXPECT_NE(run.err.find("HTTP 404"), std::string::npos) << run.err;
+    EXPECT_NE(run.err.find("no task \"no-such-task\""), std::string::npos) << run.err;
+    EXPECT_EQ(run.out, "");
+  }
+  // The binary exits with the same code.
+  BinaryRun binary = RunBinary(absl::StrCat(EVENTBUS_CLI_BINARY, " task get no-such-task --api ",
+                                            executor_->url()));
+  EXPECT_EQ(binary.code, kExitFailure) << binary.output;
+  EXPECT_NE(binary.output.find("HTTP 404"), std::string::npos) << binary.output;
+}
+
+TEST_F(CliTask, CancelsAScheduledTaskOnce) {
+  ASSERT_EQ(executor_->Submit({{"id", "cli-cancel-1"},
+                               {"type", "inject"},
+                               {"input", {{"data", json::object()}}},
+                               {"run_after", "PT1H"}}),
+            202);
+  EXPECT_EQ(json::parse(Task("get", "cli-cancel-1").out)["state"], "scheduled");
+  CliRun cancel = Task("cancel", "cli-cancel-1");
+  ASSERT_EQ(cancel.code, kExitOk) << cancel.err;
+  EXPECT_EQ(json::parse(cancel.out)["state"], "cancelled");
+  EXPECT_EQ(json::parse(Task("get", "cli-cancel-1").out)["state"], "cancelled");
+  CliRun again = Task("cancel", "cli-cancel-1");
+  EXPECT_EQ(again.code, kExitFailure);
+  EXPECT_NE(again.err.find("HTTP 409"), std::string::npos) << again.err;
+  EXPECT_NE(again.err.find("already cancelled"), std::string::npos) << again.err;
+}
+
+TEST_F(CliTask, RetriesADeadLetteredTaskButNotASucceededOne) {
+  auto refused = harness::FreeLoopbackPort();  // nothing listens: every call is refused
+  ASSERT_TRUE(refused.ok());
+  ASSERT_EQ(executor_->Submit({{"id", "cli-retry-1"},
+                               {"type", "call"},
+                               {"retry", {{"max_attempts", 1}}},
+                               {"input", {{"url", absl::StrCat("http://127.0.0.1:", *refused, "/")},
+                                          {"method", "GET"}}}}),
+            202);
+  json dead = AwaitState("cli-retry-1", "dead_lettered");
+  EXPECT_EQ(dead["attempts"], 1);
+  EXPECT_FALSE(dead["last_error"].is_null()) << dead.dump();
+
+  CliRun retry = Task("retry", "cli-retry-1");
+  ASSERT_EQ(retry.code, kExitOk) << retry.err;
+  json retried = json::parse(retry.out);
+  EXPECT_EQ(retried["state"], "queued");
+  EXPECT_EQ(retried["attempts"], 0);
+  // It runs again (and fails again: the port is still closed), with the retry in its history.
+  json again = AwaitState("cli-retry-1", "dead_lettered");
+  EXPECT_NE(again["history"].dump().find("\"by\":\"api\""), std::string::npos) << again.dump();
+
+  ASSERT_EQ(executor_->Submit(
+                {{"id", "cli-retry-ok"}, {"type", "inject"}, {"input", {{"data", json::object()}}}}),
+            202);
+  AwaitState("cli-retry-ok", "succeeded");
+  CliRun refused_retry = Task("retry", "cli-retry-ok");
+  EXPECT_EQ(refused_retry.code, kExitFailure);
+  EXPECT_NE(refused_retry.err.find("HTTP 409"), std::string::npos) << refused_retry.err;
+  EXPECT_NE(refused_retry.err.find("only failed and dead_lettered"), std::string::npos)
+      << refused_retry.err;
+}
+
+TEST_F(CliTask, UsageErrorsExitTwo) {
+  EXPECT_EQ(RunCliWith({"task"}).code, kExitUsage);
+  EXPECT_EQ(RunCliWith({"task", "get", "--api", executor_->url()}).code, kExitUsage);  // no id
+  EXPECT_EQ(RunCliWith({"task", "frobnicate", "t-1", "--api", executor_->url()}).code, kExitUsage);
+  CliRun no_api = RunCliWith({"task", "get", "t-1"});
+  EXPECT_EQ(no_api.code, kExitUsage);
+  EXPECT_NE(no_api.err.find("--api (or EXECUTOR_API_URL)"), std::string::npos) << no_api.err;
+}
+
+TEST(CliTaskApi, AnUnreachableServiceExitsOne) {
+  auto port = harness::FreeLoopbackPort();
+  ASSERT_TRUE(port.ok());
+  CliRun run =
+      RunCliWith({"task", "get", "t-1", "--api", absl::StrCat("http://127.0.0.1:", *port)});
+  EXPECT_EQ(run.code, kExitFailure);
+  EXPECT_NE(run.err.find("cannot reach the executor API"), std::string::npos) << run.err;
+}
+
+// The token from --token or EXECUTOR_API_TOKEN (and the URL from EXECUTOR_API_URL).
+TEST(CliTaskApi, SendsTheApiToken) {
+  auto executor = Executor::Start({"EXECUTOR_API_TOKEN=cli-test-token"});
+  ASSERT_NE(executor, nullptr);
+  ASSERT_EQ(executor->Submit(
+                {{"id", "cli-token-1"}, {"type", "inject"}, {"input", {{"data", json::object()}}}},
+                "cli-test-token"),
+            202);
+  CliRun anonymous = RunCliWith({"task", "get", "cli-token-1", "--api", executor->url()});
+  EXPECT_EQ(anonymous.code, kExitFailure);
+  EXPECT_NE(anonymous.err.find("HTTP 401"), std::string::npos) << anonymous.err;
+  CliRun wrong = RunCliWith({"task", "get", "cli-token-1", "--api", executor->url(), "--token",
+                             "not-it"});
+  EXPECT_EQ(wrong.code, kExitFailure);
+  EXPECT_NE(wrong.err.find("wrong bearer token"), std::string::npos) << wrong.err;
+  CliRun flag = RunCliWith({"task", "get", "cli-token-1", "--api", executor->url(), "--token",
+                            "cli-test-token"});
+  EXPECT_EQ(flag.code, kExitOk) << flag.err;
+  EXPECT_EQ(json::parse(flag.out)["id"], "cli-token-1");
+  CliRun from_env = RunCliWith({"task", "get", "cli-token-1"},
+                               {{"EXECUTOR_API_URL", executor->url()},
+                                {"EXECUTOR_API_TOKEN", "cli-test-token"}});
+  EXPECT_EQ(from_env.code, kExitOk) << from_env.err;
+  EXPECT_EQ(json::parse(from_env.out)["id"], "cli-token-1");
+}
+#endif  // EVENTBUS_EXECUTOR_BINARY
 
 }  // namespace
 }  // namespace eventbus::cli

@@ -1,8 +1,10 @@
 // The dashboard's server side in-process: the embedded page, the live snapshot stream (Server-
 // Sent Events over the HTTP server's streamed responses), the DLQ endpoints and the token.
 
+#include <algorithm>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -152,6 +154,44 @@ TEST_F(DashboardTest, LiveSnapshotsFollowTheExecutor) {
     if (stream["stream"] == "io.flunq.task.requested.dlq") saw_dlq = stream["length"] == 1;
   }
   EXPECT_TRUE(saw_dlq) << later.dump();
+}
+
+// The instances view tells this instance among the request group's members (as the broker
+// lists them) by the consumer name the executor subscribed with.
+TEST_F(DashboardTest, SnapshotNamesThisInstanceAndItsConsumerGroup) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({{"EXECUTOR_CONSUMER_NAME", "exec-a"}, {"EXECUTOR_CONSUMER_GROUP", "workers-a"}}));
+  // Another instance on the same stream and group: the broker knows it by name.
+  auto other = service_->stream()->Subscribe(SubscribeOptions{
+      .stream = "io.flunq.task.requested", .group = "workers-a", .consumer = "exec-b"});
+  ASSERT_TRUE(other.ok()) << other.status();
+  RawHttpClient client(service_->http_port());
+  ASSERT_TRUE(client.Send(RawHttpClient::Request("GET", "/v1/dashboard/events")));
+  json snapshot = ReadSnapshotsUntil(client, [](const json& s) {
+    for (const json& stream : s["streams"]) {
+      if (stream["stream"] != "io.flunq.task.requested") continue;
+      for (const json& group : stream["groups"]) {
+        if (group["consumers"].size() == 2) return true;
+      }
+    }
+    return false;
+  });
+  ASSERT_TRUE(snapshot.is_object());
+  EXPECT_EQ(snapshot["instance"]["name"], "exec-a");
+  EXPECT_EQ(snapshot["instance"]["group"], "workers-a");
+  EXPECT_EQ(snapshot["instance"]["request_stream"], "io.flunq.task.requested");
+  EXPECT_EQ(snapshot["instance"]["in_flight"], 0);
+  json members;
+  for (const json& stream : snapshot["streams"]) {
+    if (stream["stream"] != "io.flunq.task.requested") continue;
+    for (const json& group : stream["groups"]) {
+      if (group["group"] == "workers-a") members = group["consumers"];
+    }
+  }
+  ASSERT_TRUE(members.is_array()) << snapshot.dump();
+  std::vector<std::string> names = members.get<std::vector<std::string>>();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"exec-a", "exec-b"})) << snapshot.dump();
 }
 
 TEST_F(DashboardTest, DeadLettersAreListedWithTheirReasonAndRedrivenByHand) {

@@ -1,6 +1,7 @@
 // The dashboard: one snapshot a second over Server-Sent Events (/v1/dashboard/events), plus
-// the DLQ, task and schedule panels read on demand from the JSON API. No framework, no build
-// step: this file is embedded in eventbus-executor as is.
+// the DLQ, task and schedule panels read on demand from the JSON API (the open task is read
+// again on each snapshot until it is final). No framework, no build step: this file is
+// embedded in eventbus-executor as is.
 "use strict";
 
 const state = {
@@ -10,7 +11,16 @@ const state = {
   lastTotals: null,
   lastTime: null,
   dlqStream: "",
+  task: "",            // the id the task panel shows
+  taskFinal: true,     // whether it reached a final state (no more live reads)
+  taskLoading: false,
+  armedSchedule: null,  // {id, until}: the schedule whose Delete was clicked once
+  schedulesFailed: false,  // the schedule message says why the last read failed
 };
+
+// The task store's final states (docs/tasks.md): nothing changes a task after these but a
+// manual retry.
+const FINAL_STATES = new Set(["succeeded", "failed", "dead_lettered", "cancelled"]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -49,6 +59,26 @@ function age(seconds) {
   if (seconds < 90) return Math.round(seconds) + "s";
   if (seconds < 5400) return Math.round(seconds / 60) + "m";
   return Math.round(seconds / 3600) + "h";
+}
+
+// A link that opens a task in the task panel.
+function taskLink(id) {
+  const a = document.createElement("a");
+  a.className = "task-link";
+  a.href = "#task=" + encodeURIComponent(id);
+  a.textContent = id;
+  a.dataset.task = id;
+  a.addEventListener("click", (e) => {
+    e.preventDefault();
+    openTask(id);
+  });
+  return a;
+}
+
+function linkCell(row, id) {
+  const td = row.insertCell();
+  if (id) td.appendChild(taskLink(id)); else td.textContent = "-";
+  return td;
 }
 
 // ---- the live snapshot ----
@@ -91,6 +121,37 @@ function renderTaskStats(stats) {
   }
 }
 
+// This instance in full; the other members of its consumer group on the request stream by
+// name only: their health and in-flight counts live in their own processes, and the broker
+// tells membership, not health (Redis even lists consumers that are gone).
+function renderInstances(instance, streams) {
+  const body = $("instance-table").tBodies[0];
+  body.replaceChildren();
+  const row = body.insertRow();
+  row.dataset.instance = instance.name || "";
+  row.className = "local";
+  cell(row, (instance.name || "?") + " (this instance)");
+  cell(row, instance.ready ? "ready" : "NOT READY", instance.ready ? "" : "bad");
+  cell(row, `${instance.in_flight || 0} / ${instance.concurrency || "?"}`);
+  cell(row, instance.running || 0);
+  cell(row, instance.stuck_workers || 0, instance.stuck_workers ? "bad" : "");
+  cell(row, `${instance.backend || "?"}, group ${instance.group || "?"}`);
+  const request = (streams || []).find((s) => s.stream === instance.request_stream);
+  const group = request && request.groups.find((g) => g.group === instance.group);
+  for (const member of (group ? group.consumers : [])) {
+    if (member === instance.name) continue;
+    const other = body.insertRow();
+    other.dataset.instance = member;
+    other.className = "remote";
+    cell(other, member);
+    cell(other, "not visible from here", "muted");
+    cell(other, "-");
+    cell(other, "-");
+    cell(other, "-");
+    cell(other, `member of ${instance.group} on ${instance.request_stream} (broker)`, "muted");
+  }
+}
+
 function renderSnapshot(snapshot) {
   const instance = snapshot.instance || {};
   text($("instance"), `${instance.name || "?"} · ${instance.backend || "?"} · ` +
@@ -105,6 +166,8 @@ function renderSnapshot(snapshot) {
   text($("running"), instance.running || 0);
   renderStreams(snapshot.streams);
   renderTaskStats(snapshot.tasks);
+  renderInstances(instance, snapshot.streams);
+  if (state.task && !state.taskFinal && !state.taskLoading) showTask(state.task, true);
 
   const now = Date.parse(snapshot.time);
   if (state.lastTotals && now > state.lastTime) {
@@ -210,7 +273,8 @@ async function loadDlq() {
       const row = body.insertRow();
       row.dataset.id = letter.event.id;
       row.dataset.task = letter.event.subject || "";
-      cell(row, letter.event.subject || letter.event.id);
+      if (letter.event.subject) linkCell(row, letter.event.subject);
+      else cell(row, letter.event.id);
       cell(row, letter.event.time);
       cell(row, letter.event.type);
       cell(row, letter.event.headers.dlqreason, "reason");
@@ -239,34 +303,123 @@ async function redrive(selection) {
   await loadDlq();
 }
 
-// ---- task detail and schedules ----
+// ---- task detail ----
 
-async function showTask(id) {
+function openTask(id) {
+  $("task-id").value = id;
+  history.replaceState(null, "", "#task=" + encodeURIComponent(id));
+  showTask(id, false);
+}
+
+function renderTask(task) {
+  text($("task-field-id"), task.id);
+  text($("task-field-type"), task.type);
+  text($("task-state"), task.state + (task.cancel_requested && !FINAL_STATES.has(task.state)
+                                      ? " (cancel requested)" : ""));
+  $("task-state").className = "state-" + task.state;
+  text($("task-attempts"), task.attempts);
+  for (const [id, field] of [["task-created", "created_at"], ["task-started", "started_at"],
+                             ["task-finished", "finished_at"], ["task-updated", "updated_at"],
+                             ["task-run-at", "run_at"], ["task-schedule", "schedule_id"]]) {
+    text($(id), task[field] === null || task[field] === undefined ? "-" : task[field]);
+  }
+  text($("task-last-error"), task.last_error || "-");
+  text($("task-result"), task.result === null || task.result === undefined
+                           ? "-" : JSON.stringify(task.result, null, 2));
+  text($("task-detail"), JSON.stringify({ history: task.history, request: task.request,
+                                          progress: task.progress }, null, 2));
+}
+
+// `quiet`: a live re-read; keeps what is shown when it fails (the next snapshot tries again).
+async function showTask(id, quiet) {
+  if (!quiet) {
+    state.task = id;
+    state.taskFinal = true;
+  }
+  state.taskLoading = true;
   try {
     const task = await api("GET", "/v1/tasks/" + encodeURIComponent(id));
-    text($("task-detail"), JSON.stringify(task, null, 2));
-    $("task-detail").className = "";
+    if (id !== state.task) return;  // another task was opened meanwhile
+    renderTask(task);
+    state.taskFinal = FINAL_STATES.has(task.state);
+    $("task-view").hidden = false;
+    text($("task-message"), state.taskFinal ? "" : "updating live until the task is final");
   } catch (e) {
-    text($("task-detail"), String(e.message || e));
-    $("task-detail").className = "muted";
+    if (!quiet && id === state.task) {
+      $("task-view").hidden = true;
+      text($("task-message"), String(e.message || e));
+    }
+  } finally {
+    state.taskLoading = false;
   }
 }
 
+// ---- recurring schedules ----
+
+// Two clicks: a schedule cannot be restored from the page (DELETE is final; its tasks stay).
+// The armed one is kept by id, as the list is drawn again every few seconds.
+function deleteButton(schedule) {
+  const button = document.createElement("button");
+  button.className = "delete danger";
+  const armed = () => state.armedSchedule && state.armedSchedule.id === schedule.id &&
+                      Date.now() < state.armedSchedule.until;
+  button.textContent = armed() ? "Really delete?" : "Delete";
+  button.addEventListener("click", async () => {
+    if (!armed()) {
+      state.armedSchedule = { id: schedule.id, until: Date.now() + 4000 };
+      button.textContent = "Really delete?";
+      setTimeout(() => {
+        if (armed()) return;
+        for (const b of $("schedule-table").querySelectorAll("button.delete")) {
+          if (b.closest("tr").dataset.schedule === schedule.id) b.textContent = "Delete";
+        }
+      }, 4100);
+      return;
+    }
+    state.armedSchedule = null;
+    button.disabled = true;
+    try {
+      await api("DELETE", "/v1/schedules/" + encodeURIComponent(schedule.id));
+      text($("schedule-message"), `deleted schedule ${schedule.id} (the tasks it made stay)`);
+    } catch (e) {
+      text($("schedule-message"), String(e.message || e));
+    }
+    await loadSchedules();
+  });
+  return button;
+}
+
 async function loadSchedules() {
+  const body = $("schedule-table").tBodies[0];
   try {
     const result = await api("GET", "/v1/schedules");
-    const body = $("schedule-table").tBodies[0];
+    const schedules = result.schedules || [];
     body.replaceChildren();
-    for (const s of result.schedules || []) {
+    for (const s of schedules) {
       const row = body.insertRow();
+      row.dataset.schedule = s.id;
       cell(row, s.id);
       cell(row, s.type);
-      cell(row, s.cron || s.interval);
-      cell(row, s.next_run_at);
-      cell(row, s.last_run_at);
+      cell(row, s.cron ? s.cron : "every " + s.every, "when");
+      cell(row, s.cron ? s.timezone : "-", "timezone");
+      cell(row, s.next_run_at, "next-run");
+      const last = cell(row, s.last_run_at, "last-run");
+      if (s.last_task_id) {
+        last.append(" ");
+        last.appendChild(taskLink(s.last_task_id));
+      }
+      row.insertCell().appendChild(deleteButton(s));
     }
+    if (!schedules.length) cell(body.insertRow(), "none", "muted").colSpan = 7;
+    text($("schedule-count"), `(${schedules.length})`);
+    if (state.schedulesFailed) text($("schedule-message"), "");  // the reason is gone
+    state.schedulesFailed = false;
   } catch (e) {
-    // No task store, or the store offers no schedules: the panel says "none".
+    state.schedulesFailed = true;
+    // Without a task store the API says so (400 naming EXECUTOR_STORE): show that.
+    body.replaceChildren();
+    cell(body.insertRow(), "-", "muted").colSpan = 7;
+    text($("schedule-message"), String(e.message || e));
   }
 }
 
@@ -278,6 +431,7 @@ $("token-form").addEventListener("submit", (e) => {
   follow();
   loadDlq();
   loadSchedules();
+  if (state.task) showTask(state.task, false);
 });
 $("dlq-filter").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -291,11 +445,15 @@ $("redrive-filtered").addEventListener("click", () => {
 $("task-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const id = $("task-id").value.trim();
-  if (id) showTask(id);
+  if (id) openTask(id);
 });
 
+// #task=<id> opens that task: a task detail can be linked to.
+if (location.hash.startsWith("#task=")) {
+  openTask(decodeURIComponent(location.hash.slice("#task=".length)));
+}
 follow();
 loadDlq();
 loadSchedules();
 setInterval(loadDlq, 3000);
-setInterval(loadSchedules, 10000);
+setInterval(loadSchedules, 3000);
