@@ -490,12 +490,15 @@ class Executor::Impl {
         }
       }
       std::vector<TaskPtr> tasks;
-      if (!Hold(deliveries, tasks)) {
+      // Without a store check between them, holding and queueing are one step: whoever sees
+      // the in-flight count then also sees the tasks queued in their final order.
+      const bool held = deps_.store == nullptr ? HoldAndQueue(deliveries, reclaimed_some)
+                                               : Hold(deliveries, tasks);
+      if (!held) {
         for (const Delivery& delivery : deliveries) GiveBackNow(delivery, "fetched during shutdown");
         return;
       }
-      if (deps_.store != nullptr) tasks = GateThroughStore(std::move(tasks));
-      Queue(std::move(tasks), /*ahead=*/reclaimed_some);
+      if (deps_.store != nullptr) Queue(GateThroughStore(std::move(tasks)), reclaimed_some);
     }
   }
 
@@ -510,32 +513,55 @@ class Executor::Impl {
   bool Hold(std::vector<Delivery>& deliveries, std::vector<TaskPtr>& tasks) {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return false;
-    for (Delivery& delivery : deliveries) {
-      auto task = std::make_shared<InFlight>();
-      task->id = next_task_id_++;
-      task->delivery = std::move(delivery);
-      tasks.push_back(std::move(task));
-    }
-    // Reported by Queue, once the workers can see them: a reader of the in-flight gauge
-    // (a test, an operator) then knows they are queued in their final order.
-    held_ += static_cast<int>(tasks.size());
+    HoldLocked(deliveries, tasks);
     return true;
   }
 
   // Queues held tasks for the workers (`ahead`: before the queued ones, in order: reclaimed
   // orphans run first even on a saturated executor).
   void Queue(std::vector<TaskPtr> tasks, bool ahead = false) {
-    if (tasks.empty()) return;
     int wake = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto at = ahead ? queue_.begin() : queue_.end();
-      for (TaskPtr& task : tasks) at = std::next(queue_.insert(at, std::move(task)));
-      deps_.metrics->InFlightChanged(held_);
-      wake = std::min<int>(idle_workers_, static_cast<int>(tasks.size()));
+      wake = QueueLocked(tasks, ahead);
     }
-    // Only as many wake-ups as there are idle workers and new tasks.
-    for (int i = 0; i < wake; ++i) work_cv_.notify_one();
+    Wake(wake);
+  }
+
+  // Hold, then Queue, under one lock; false when shutting down (nothing taken).
+  bool HoldAndQueue(std::vector<Delivery>& deliveries, bool ahead) {
+    std::vector<TaskPtr> tasks;
+    int wake = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return false;
+      HoldLocked(deliveries, tasks);
+      wake = QueueLocked(tasks, ahead);
+    }
+    Wake(wake);
+    return true;
+  }
+
+  void HoldLocked(std::vector<Delivery>& deliveries, std::vector<TaskPtr>& tasks) {
+    for (Delivery& delivery : deliveries) {
+      auto task = std::make_shared<InFlight>();
+      task->id = next_task_id_++;
+      task->delivery = std::move(delivery);
+      tasks.push_back(std::move(task));
+    }
+    held_ += static_cast<int>(tasks.size());
+    deps_.metrics->InFlightChanged(held_);
+  }
+
+  // Returns how many idle workers to wake: only as many as there are idle workers and tasks.
+  int QueueLocked(std::vector<TaskPtr>& tasks, bool ahead) {
+    auto at = ahead ? queue_.begin() : queue_.end();
+    for (TaskPtr& task : tasks) at = std::next(queue_.insert(at, std::move(task)));
+    return std::min<int>(idle_workers_, static_cast<int>(tasks.size()));
+  }
+
+  void Wake(int workers) {
+    for (int i = 0; i < workers; ++i) work_cv_.notify_one();
   }
 
   // ---- dispatch ------------------------------------------------------------------------

@@ -51,6 +51,25 @@ struct CliRun {
   }
 };
 
+// Runs `eventbus ARGS` in-process with `context` (its output, error and input streams are set
+// here) and keeps what it printed.
+CliRun RunCliIn(CliContext context, std::vector<std::string> args,
+                const std::string& stdin_text = "") {
+  std::ostringstream out, err;
+  std::istringstream in(stdin_text);
+  context.out = &out;
+  context.err = &err;
+  context.in = &in;
+  args.insert(args.begin(), "eventbus");
+  std::vector<const char*> argv;
+  for (const std::string& arg : args) argv.push_back(arg.c_str());
+  CliRun run;
+  run.code = RunCli(static_cast<int>(argv.size()), argv.data(), context);
+  run.out = out.str();
+  run.err = err.str();
+  return run;
+}
+
 // One backend under test: a stream the test uses directly and the CLI uses too.
 class Backend {
  public:
@@ -140,26 +159,14 @@ class CliTest : public ::testing::TestWithParam<std::string> {
   EventStream* stream() { return backend_->stream(); }
 
   CliRun Cli(std::vector<std::string> args, const std::string& stdin_text = "") {
-    std::ostringstream out, err;
-    std::istringstream in(stdin_text);
     CliContext context;
-    context.out = &out;
-    context.err = &err;
-    context.in = &in;
     context.stream = stream();
     context.clock = &clock_;
     context.sleep = [this](absl::Duration d) {
       slept_ += d;
       clock_.Advance(d);
     };
-    args.insert(args.begin(), "eventbus");
-    std::vector<const char*> argv;
-    for (const std::string& arg : args) argv.push_back(arg.c_str());
-    CliRun run;
-    run.code = RunCli(static_cast<int>(argv.size()), argv.data(), context);
-    run.out = out.str();
-    run.err = err.str();
-    return run;
+    return RunCliIn(std::move(context), std::move(args), stdin_text);
   }
 
   std::unique_ptr<Subscription> Join(const std::string& name, const std::string& consumer,
@@ -658,17 +665,7 @@ class Executor {
 };
 
 CliRun RunCliWith(std::vector<std::string> args, Environment env = {}) {
-  std::ostringstream out, err;
-  std::istringstream in;
-  CliContext context{.out = &out, .err = &err, .in = &in, .env = std::move(env)};
-  args.insert(args.begin(), "eventbus");
-  std::vector<const char*> argv;
-  for (const std::string& arg : args) argv.push_back(arg.c_str());
-  CliRun run;
-  run.code = RunCli(static_cast<int>(argv.size()), argv.data(), context);
-  run.out = out.str();
-  run.err = err.str();
-  return run;
+  return RunCliIn(CliContext{.env = std::move(env)}, std::move(args));
 }
 
 // `eventbus task get|cancel|retry` against one running service (a start is a second or so).
