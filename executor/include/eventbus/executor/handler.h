@@ -107,8 +107,8 @@ class TaskContext {
   // {"done": 40, "total": 90, "step": "upload"}) of at most kMaxProgressBytes serialized.
   // Never waits for the broker or the store: the executor publishes it on the progress stream
   // and records it in the task store later, coalesced to at most one report per task per
-  // ExecutorOptions::progress_interval (the latest value wins; the last one before the run
-  // ends is always delivered). Thread-safe.
+  // ExecutorOptions::progress_interval (the latest value wins; a value held back when the
+  // run ends is sent then, before the final state is recorded). Thread-safe.
   // Errors: InvalidArgument for another JSON type, a number outside [0, 100] or an over-large
   // value (nothing is reported); FailedPrecondition once the run is over for the executor
   // (timeout, cancel, shutdown: the report is dropped). Without an executor (a handler under
