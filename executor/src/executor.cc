@@ -180,10 +180,9 @@ class Executor::Impl {
         ProgressPublisher::Options{.stream = options_.progress_stream,
                                    .source = options_.result_source,
                                    .interval = options_.progress_interval},
-        store_writer_ == nullptr ? ProgressPublisher::StoreWrite()
-                                 : [this](taskstore::TaskUpdateRequest write) {
-                                     store_writer_->Write(std::move(write), [](auto) {});
-                                   },
+        store_writer_ == nullptr
+            ? ProgressPublisher::StoreWrite()
+            : [this](taskstore::TaskUpdateRequest write) { RecordProgress(std::move(write)); },
         [this](const std::string& task_id, const absl::Status& status) {
           deps_.metrics->BackendError("progress_publish");
           if (!deps_.log) return;
@@ -1297,6 +1296,16 @@ class Executor::Impl {
           }
           settle_queue_.Post(next);
         });
+  }
+
+  // A progress report's store write, queued behind (and batched with) the settle writes.
+  void RecordProgress(taskstore::TaskUpdateRequest write) {
+    store_writer_->Write(std::move(write), [this](absl::StatusOr<taskstore::TaskRecord> written) {
+      // FailedPrecondition: the run ended meanwhile (the write applies only while running).
+      if (!written.ok() && !absl::IsFailedPrecondition(written.status())) {
+        deps_.metrics->BackendError("store_write");
+      }
+    });
   }
 
   taskstore::TaskUpdate StoreUpdate() const {
