@@ -188,7 +188,8 @@ std::vector<std::string> KnownSettings() {
       "EXECUTOR_STREAM_BATCH", "EXECUTOR_STREAM_BLOCK", "EXECUTOR_TASK_TIMEOUT", "LOG_LEVEL",
       "EXECUTOR_STORE", "EXECUTOR_STORE_URL", "EXECUTOR_RETENTION_SUCCEEDED",
       "EXECUTOR_RETENTION_FAILED", "EXECUTOR_RETENTION_CANCELLED",
-      "EXECUTOR_CANCEL_POLL_INTERVAL", "EXECUTOR_SCHEDULER_INTERVAL"};
+      "EXECUTOR_CANCEL_POLL_INTERVAL", "EXECUTOR_SCHEDULER_INTERVAL",
+      "EXECUTOR_PROGRESS_STREAM", "EXECUTOR_PROGRESS_INTERVAL"};
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -258,6 +259,9 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
   EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_REQUEST_STREAM", &ex.request_stream));
   EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_RESULT_STREAM", &ex.result_stream));
   EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_DLQ_STREAM", &ex.dead_letter_stream));
+  EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_PROGRESS_STREAM", &ex.progress_stream));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_PROGRESS_INTERVAL", absl::Milliseconds(10),
+                                        absl::Hours(1), &ex.progress_interval));
   EVENTBUS_RETURN_IF_ERROR(ReadBool(env, "EXECUTOR_RECLAIM_ENABLED", &ex.reclaim_enabled));
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_RECLAIM_MIN_IDLE", absl::Seconds(1),
                                         absl::Hours(24), &ex.reclaim_min_idle));
@@ -342,6 +346,11 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
   if (ex.result_stream == ex.request_stream) {
     return absl::InvalidArgumentError(
         "EXECUTOR_RESULT_STREAM must differ from EXECUTOR_REQUEST_STREAM");
+  }
+  if (ex.progress_stream == ex.request_stream || ex.progress_stream == ex.result_stream) {
+    return absl::InvalidArgumentError(
+        "EXECUTOR_PROGRESS_STREAM must differ from EXECUTOR_REQUEST_STREAM and "
+        "EXECUTOR_RESULT_STREAM");
   }
   if (absl::Status s = ValidateExecutorOptions(ex); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("executor settings: ", s.message()));

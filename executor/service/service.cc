@@ -142,6 +142,7 @@ constexpr absl::string_view kSchedulesPrefix = "/v1/schedules/";
 constexpr absl::string_view kNotPublished = "request not published: ";
 constexpr absl::string_view kCancelSuffix = ":cancel";
 constexpr absl::string_view kRetrySuffix = ":retry";
+constexpr absl::string_view kEventsSuffix = "/events";
 
 json ScheduleJson(const taskstore::Schedule& schedule) {
   return json{{"id", schedule.id},
@@ -240,6 +241,13 @@ Service::Service(ServiceConfig config, Environment env, JsonLog* log)
 
 Service::~Service() { Stop(); }
 
+absl::Status Service::RegisterHandler(std::unique_ptr<TaskHandler> handler) {
+  if (executor_ != nullptr) {
+    return absl::FailedPreconditionError("RegisterHandler must be called before Start");
+  }
+  return handlers_.Register(std::move(handler));
+}
+
 absl::Status Service::Start() {
   auto stream = BackendRegistry::Global().CreateFromEnvironment(env_);
   if (!stream.ok()) {
@@ -318,6 +326,9 @@ absl::Status Service::Start() {
         return stats.ok() ? stats->dump() : "";
       });
   if (store_ != nullptr) {
+    task_events_ = std::make_unique<TaskEvents>(
+        TaskEventsOptions{}, store_.get(),
+        [](const taskstore::TaskRecord& record) { return Dump(TaskJson(record)); });
     SchedulerOptions scheduling;
     scheduling.request_stream = options.request_stream;
     scheduling.interval = config_.scheduler_interval;
@@ -394,6 +405,7 @@ void Service::Stop() {
   log_->Write(LogLevel::kInfo, "shutting down");
   // Live dashboard streams end first, then new tasks are refused; then the executor drains.
   if (dashboard_ != nullptr) dashboard_->Stop();
+  if (task_events_ != nullptr) task_events_->Stop();
   if (http_ != nullptr) http_->Stop();
   readiness_.reset();
   // Nothing more is published from the store once the executor drains.
@@ -770,12 +782,17 @@ void Service::InstallRoutes() {
                });
   http_->RoutePrefix("GET", std::string(kTasksPrefix), {},
                      [this](HttpRequest&& request, HttpResponder respond) {
-                       if (auto refusal = RequireStore("GET /v1/tasks/{id}")) {
+                       absl::string_view rest =
+                           absl::string_view(request.path).substr(kTasksPrefix.size());
+                       // An id ending in "/events" is asked for as ...%2Fevents.
+                       const bool events = absl::ConsumeSuffix(&rest, kEventsSuffix);
+                       if (auto refusal = RequireStore(events ? "GET /v1/tasks/{id}/events"
+                                                              : "GET /v1/tasks/{id}")) {
                          return respond(std::move(*refusal));
                        }
-                       auto id = DecodePathSegment(
-                           absl::string_view(request.path).substr(kTasksPrefix.size()));
+                       auto id = DecodePathSegment(rest);
                        if (!id.ok()) return respond(JsonError(400, id.status().message()));
+                       if (events) return task_events_->Handle(*id, respond);
                        HandleTaskGet(*id, std::move(respond));
                      });
   http_->RoutePrefix("POST", std::string(kTasksPrefix), {.max_body_bytes = 4096},

@@ -1,7 +1,8 @@
 #pragma once
 // The eventbus-executor service: one event stream, a task store (EXECUTOR_STORE), the executor,
 // and the HTTP endpoints (/healthz, /readyz, /metrics, POST /v1/tasks, POST /v1/tasks:batch,
-// GET /v1/tasks/{id}, POST /v1/tasks/{id}:cancel, POST /v1/tasks/{id}:retry, GET /v1/stats,
+// GET /v1/tasks/{id}, GET /v1/tasks/{id}/events (progress as Server-Sent Events),
+// POST /v1/tasks/{id}:cancel, POST /v1/tasks/{id}:retry, GET /v1/stats,
 // POST/GET /v1/schedules, GET/DELETE /v1/schedules/{id}; docs/tasks.md). With a task store it
 // runs a scheduler (run-later tasks, recurring schedules) beside the executor.
 
@@ -25,6 +26,7 @@
 #include "json_log.h"
 #include "dashboard.h"
 #include "prometheus_metrics.h"
+#include "task_events.h"
 
 namespace eventbus::executor::service {
 
@@ -40,6 +42,11 @@ class Service {
   // `log` must outlive the service.
   Service(ServiceConfig config, Environment env, JsonLog* log);
   ~Service();  // Stop()
+
+  // Before Start: runs `handler`'s task type beside the built-in ones (an embedding program's
+  // own types; tests). AlreadyExists when the type is taken (Start then fails for a built-in
+  // type).
+  absl::Status RegisterHandler(std::unique_ptr<TaskHandler> handler);
 
   // Connects to the backend, starts the executor and the HTTP server. Errors name what failed
   // (the backend's configuration error, an address already in use, ...).
@@ -117,6 +124,7 @@ class Service {
   std::array<unsigned char, 32> token_digest_{};  // SHA-256 of EXECUTOR_API_TOKEN
   std::unique_ptr<ReadinessProbe> readiness_;
   std::unique_ptr<Dashboard> dashboard_;
+  std::unique_ptr<TaskEvents> task_events_;  // with a store only
   std::unique_ptr<HttpServer> http_;
   int http_port_ = 0;
   bool stopped_ = false;

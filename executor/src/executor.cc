@@ -28,6 +28,7 @@
 #include "eventbus/executor/iso_duration.h"
 #include "eventbus/status_macros.h"
 #include "eventbus/taskstore/task_store.h"
+#include "progress_publisher.h"
 #include "settle_queue.h"
 #include "store_writer.h"
 
@@ -62,6 +63,12 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
   if (options.result_stream == options.request_stream) {
     return absl::InvalidArgumentError("result stream must differ from the request stream");
   }
+  EVENTBUS_RETURN_IF_ERROR(ValidateName("progress stream", options.progress_stream));
+  if (options.progress_stream == options.request_stream ||
+      options.progress_stream == options.result_stream) {
+    return absl::InvalidArgumentError(
+        "progress stream must differ from the request and the result stream");
+  }
   if (options.concurrency < 1 || options.concurrency > 10000) {
     return absl::InvalidArgumentError(
         absl::StrCat("concurrency must be in [1, 10000], got ", options.concurrency));
@@ -85,6 +92,7 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
   EVENTBUS_RETURN_IF_ERROR(positive("publish timeout", options.publish_timeout));
   EVENTBUS_RETURN_IF_ERROR(positive("fetch error backoff", options.fetch_error_backoff));
   EVENTBUS_RETURN_IF_ERROR(positive("max task timeout", options.max_task_timeout));
+  EVENTBUS_RETURN_IF_ERROR(positive("progress interval", options.progress_interval));
   if (options.fetch_stall_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("fetch stall timeout must not be negative (0 = no check)");
   }
@@ -167,6 +175,24 @@ class Executor::Impl {
     }
     if (deps_.metrics == nullptr) deps_.metrics = &noop_metrics_;
     if (deps_.store != nullptr) store_writer_ = std::make_unique<StoreWriter>(deps_.store);
+    progress_ = std::make_unique<ProgressPublisher>(
+        stream_, clock_,
+        ProgressPublisher::Options{.stream = options_.progress_stream,
+                                   .source = options_.result_source,
+                                   .interval = options_.progress_interval},
+        store_writer_ == nullptr
+            ? ProgressPublisher::StoreWrite()
+            : [this](taskstore::TaskUpdateRequest write) { RecordProgress(std::move(write)); },
+        [this](const std::string& task_id, const absl::Status& status) {
+          deps_.metrics->BackendError("progress_publish");
+          if (!deps_.log) return;
+          TaskLogRecord record;
+          record.level = TaskLogRecord::Level::kWarning;
+          record.message = "publishing a progress report failed";
+          record.task_id = task_id;
+          record.error = status.ToString();
+          deps_.log(record);
+        });
   }
 
   ~Impl() { Shutdown(); }
@@ -196,6 +222,7 @@ class Executor::Impl {
       started_ = true;
     }
     settle_queue_.Start();
+    progress_->Start();
     if (store_writer_ != nullptr) {
       store_writer_->Start();
       watch_thread_ = std::thread([this] { StoreWatchLoop(); });
@@ -280,6 +307,8 @@ class Executor::Impl {
       watch_cv_.notify_all();
       watch_thread_.join();
     }
+    // Every run is over (closed, its last progress sent): nothing more is reported.
+    progress_->Stop();
     // Its completions post the next settle steps: stopped while the settle thread still runs.
     if (store_writer_ != nullptr) store_writer_->Stop();
     {
@@ -361,6 +390,8 @@ class Executor::Impl {
     absl::Time deadline;
     absl::Time next_heartbeat;
     std::unique_ptr<TaskContext> context;
+    // The run's progress reports (TaskContext::ReportProgress), closed when the run ends.
+    std::shared_ptr<ProgressPublisher::Run> progress;
     // Guarded by Impl::mu_: whoever sets it first (the handler's completion, the supervisor at
     // the deadline, shutdown) decides the delivery's fate; the others leave it alone.
     bool outcome_taken = false;
@@ -683,6 +714,10 @@ class Executor::Impl {
     task->context = std::make_unique<TaskContext>(request, delivery.failed_attempts + 1,
                                                   RequestedAt(delivery), task->deadline, clock_,
                                                   delivery.delivery_count);
+    task->progress = progress_->Open(request.id, request.type, delivery.failed_attempts + 1,
+                                     task->tracked);
+    task->context->set_progress_sink(
+        [run = task->progress](std::string progress) { return run->Report(std::move(progress)); });
     {
       std::lock_guard<std::mutex> lock(mu_);
       running_tasks_.emplace(task->id, task);
@@ -732,6 +767,7 @@ class Executor::Impl {
     task.outcome_taken = true;
     --running_;
     if (task.context != nullptr) task.context->Cancel();
+    if (task.progress != nullptr) progress_->Close(*task.progress);
     if (task.synchronous) ++stuck_workers_;
     WakeWorkerLocked();
     WakeFetcherLocked();
@@ -761,6 +797,9 @@ class Executor::Impl {
           RefOf(*task));
       return;
     }
+    // Its last progress is recorded before the settle's store write (the StoreWriter keeps
+    // their order), so a watcher sees the final state last.
+    if (task->progress != nullptr) progress_->Close(*task->progress);
     Settle(task, outcome, clock_->Now() - task->started, "transient");
   }
 
@@ -1285,6 +1324,16 @@ class Executor::Impl {
         });
   }
 
+  // A progress report's store write, queued behind (and batched with) the settle writes.
+  void RecordProgress(taskstore::TaskUpdateRequest write) {
+    store_writer_->Write(std::move(write), [this](absl::StatusOr<taskstore::TaskRecord> written) {
+      // FailedPrecondition: the run ended meanwhile (the write applies only while running).
+      if (!written.ok() && !absl::IsFailedPrecondition(written.status())) {
+        deps_.metrics->BackendError("store_write");
+      }
+    });
+  }
+
   taskstore::TaskUpdate StoreUpdate() const {
     taskstore::TaskUpdate update;
     update.now = clock_->Now();
@@ -1546,6 +1595,8 @@ class Executor::Impl {
   std::vector<std::thread> workers_;
   std::thread supervisor_thread_;
   std::thread fetch_thread_;
+
+  std::unique_ptr<ProgressPublisher> progress_;
 
   // With a task store only.
   std::unique_ptr<StoreWriter> store_writer_;

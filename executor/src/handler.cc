@@ -8,6 +8,28 @@
 
 namespace eventbus::executor {
 
+absl::Status TaskContext::ReportProgress(const nlohmann::json& progress) {
+  if (progress.is_number()) {
+    const double value = progress.get<double>();
+    // NaN fails both comparisons.
+    if (!(value >= 0 && value <= 100)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "progress: a number must be a percentage from 0 to 100, got ", progress.dump()));
+    }
+  } else if (!progress.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "progress must be a number from 0 to 100 or a JSON object, got ", progress.type_name()));
+  }
+  std::string text = progress.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (text.size() > kMaxProgressBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("progress is ", text.size(),
+                                                   " bytes serialized; at most ",
+                                                   kMaxProgressBytes, " are allowed"));
+  }
+  if (!progress_sink_) return absl::OkStatus();
+  return progress_sink_(std::move(text));
+}
+
 TaskOutcome TaskOutcome::Succeeded(nlohmann::json output) {
   TaskOutcome outcome(Kind::kSucceeded, "");
   outcome.output_ = std::make_shared<const nlohmann::json>(std::move(output));

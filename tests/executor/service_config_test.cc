@@ -25,6 +25,8 @@ TEST(ServiceConfigTest, DefaultsWhenNothingIsSet) {
   EXPECT_EQ(config->executor.consumer_group, "eventbus-executor");
   EXPECT_EQ(config->executor.request_stream, "io.flunq.task.requested");
   EXPECT_EQ(config->executor.result_stream, "io.flunq.task.completed");
+  EXPECT_EQ(config->executor.progress_stream, "io.flunq.task.progress");
+  EXPECT_EQ(config->executor.progress_interval, absl::Seconds(1));
   EXPECT_TRUE(config->executor.reclaim_enabled);
   EXPECT_EQ(config->http_host, "0.0.0.0");
   EXPECT_EQ(config->http_port, 8080);
@@ -47,6 +49,8 @@ TEST(ServiceConfigTest, ReadsEverySetting) {
                      {"EXECUTOR_HTTP_ADDR", "127.0.0.1:9000"},
                      {"EXECUTOR_REQUEST_STREAM", "tasks.in"},
                      {"EXECUTOR_RESULT_STREAM", "tasks.out"},
+                     {"EXECUTOR_PROGRESS_STREAM", "tasks.progress"},
+                     {"EXECUTOR_PROGRESS_INTERVAL", "250ms"},
                      {"EXECUTOR_TASK_TIMEOUT", "PT45S"},
                      {"EXECUTOR_MAX_ATTEMPTS", "7"},
                      {"LOG_LEVEL", "DEBUG"},
@@ -68,6 +72,8 @@ TEST(ServiceConfigTest, ReadsEverySetting) {
   EXPECT_EQ(config->http_port, 9000);
   EXPECT_EQ(config->executor.request_stream, "tasks.in");
   EXPECT_EQ(config->executor.result_stream, "tasks.out");
+  EXPECT_EQ(config->executor.progress_stream, "tasks.progress");
+  EXPECT_EQ(config->executor.progress_interval, absl::Milliseconds(250));
   EXPECT_EQ(*config->task_timeout, absl::Seconds(45));
   EXPECT_EQ(*config->max_attempts, 7);
   EXPECT_EQ(config->log_level, LogLevel::kDebug);
@@ -180,6 +186,10 @@ TEST(ServiceConfigTest, BadValuesNameTheSettingAndTheValidValues) {
               HasSubstr("unknown setting EXECUTOR_CONCURENCY; valid EXECUTOR_* settings: "));
   EXPECT_THAT(error({{"EXECUTOR_RESULT_STREAM", "io.flunq.task.requested"}}),
               HasSubstr("must differ"));
+  EXPECT_THAT(error({{"EXECUTOR_PROGRESS_STREAM", "io.flunq.task.completed"}}),
+              HasSubstr("EXECUTOR_PROGRESS_STREAM must differ"));
+  EXPECT_THAT(error({{"EXECUTOR_PROGRESS_INTERVAL", "1ms"}}),
+              HasSubstr("EXECUTOR_PROGRESS_INTERVAL"));
   EXPECT_THAT(error({{"EXECUTOR_HEARTBEAT_INTERVAL", "10m"}, {"EXECUTOR_RECLAIM_MIN_IDLE", "1m"}}),
               HasSubstr("EXECUTOR_HEARTBEAT_INTERVAL"));
   EXPECT_THAT(error({{"EXECUTOR_CA_FILE", "/nonexistent/ca.pem"}}), HasSubstr("EXECUTOR_CA_FILE"));

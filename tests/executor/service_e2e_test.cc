@@ -1003,6 +1003,35 @@ TEST(ServiceEndToEnd, TaskApiOnTheMemoryStore) {
   TaskApiLifecycle(*service);
 }
 
+// GET /v1/tasks/{id}/events from the binary: a finished task's stream is its final state alone,
+// and then the server closes it (the built-in types report no progress; the progress events
+// themselves are covered in-process by task_events_test.cc).
+TEST(ServiceEndToEnd, TaskEventsOfAFinishedTaskAreItsFinalStateOnTheMemoryStore) {
+  auto service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory"});
+  ASSERT_NE(service, nullptr);
+  auto [status, body] = service->Submit(InjectTask(7));
+  ASSERT_EQ(status, 202) << body;
+  const absl::Time deadline = absl::Now() + kSafety;
+  while (absl::Now() < deadline &&
+         GetJson(*service, "/v1/tasks/e2e-7").second.value("state", "") != "succeeded") {
+    absl::SleepFor(absl::Milliseconds(20));  // polling a remote process: no event to wait on
+  }
+  auto events = service->Client().Get("/v1/tasks/e2e-7/events");
+  ASSERT_TRUE(events);
+  EXPECT_EQ(events->status, 200);
+  EXPECT_EQ(events->get_header_value("Content-Type"), "text/event-stream");
+  ASSERT_TRUE(absl::StartsWith(events->body, "event: final\ndata: ")) << events->body;
+  ASSERT_TRUE(absl::EndsWith(events->body, "\n\n")) << events->body;
+  const std::string data =
+      events->body.substr(std::string("event: final\ndata: ").size(),
+                          events->body.size() - std::string("event: final\ndata: ").size() - 2);
+  EXPECT_EQ(data.find('\n'), std::string::npos) << "one message only: " << events->body;
+  json final_state = json::parse(data, nullptr, false);
+  EXPECT_EQ(final_state.value("state", ""), "succeeded") << data;
+  EXPECT_EQ(final_state.value("id", ""), "e2e-7") << data;
+  EXPECT_EQ(GetJson(*service, "/v1/tasks/nobody/events").first, 404);
+}
+
 TEST(ServiceEndToEnd, RunLaterAndSchedulesOnTheMemoryStore) {
   auto service =
       ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory", "EXECUTOR_SCHEDULER_INTERVAL=100ms"});
@@ -1014,7 +1043,8 @@ TEST(ServiceEndToEnd, WithoutAStoreTheTaskApiIsRefusedNamingTheSettingAndTasksSt
   auto service = ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory", "EXECUTOR_STORE=none"});
   ASSERT_NE(service, nullptr);
   for (const auto& [status, body] :
-       {GetJson(*service, "/v1/tasks/x"), PostJson(*service, "/v1/tasks/x:cancel"),
+       {GetJson(*service, "/v1/tasks/x"), GetJson(*service, "/v1/tasks/x/events"),
+       PostJson(*service, "/v1/tasks/x:cancel"),
         GetJson(*service, "/v1/stats"), GetJson(*service, "/v1/schedules"),
         SendJson(*service, "POST", "/v1/schedules",
                  {{"id", "s"}, {"every", "PT1M"}, {"task", {{"type", "inject"}}}}),

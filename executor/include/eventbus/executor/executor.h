@@ -28,6 +28,11 @@ namespace eventbus::executor {
 struct ExecutorOptions {
   std::string request_stream{kDefaultRequestStream};
   std::string result_stream{kDefaultResultStream};
+  // Where handlers' progress reports go (EXECUTOR_PROGRESS_STREAM), as io.flunq.task.progress
+  // events, at most one per running task per progress_interval (EXECUTOR_PROGRESS_INTERVAL;
+  // reports in between are coalesced, the latest wins: TaskContext::ReportProgress).
+  std::string progress_stream{kDefaultProgressStream};
+  absl::Duration progress_interval = absl::Seconds(1);
   // Empty = request_stream + ".dlq".
   std::string dead_letter_stream;
   std::string consumer_group = "eventbus-executor";

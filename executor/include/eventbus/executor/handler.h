@@ -103,6 +103,22 @@ class TaskContext {
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
   void Cancel() { cancelled_.store(true, std::memory_order_release); }
 
+  // Reports how far the run is: a number from 0 to 100 (percent) or a JSON object (e.g.
+  // {"done": 40, "total": 90, "step": "upload"}) of at most kMaxProgressBytes serialized.
+  // Never waits for the broker or the store: the executor publishes it on the progress stream
+  // and records it in the task store later, coalesced to at most one report per task per
+  // ExecutorOptions::progress_interval (the latest value wins; a value held back when the
+  // run ends is sent then, before the final state is recorded). Thread-safe.
+  // Errors: InvalidArgument for another JSON type, a number outside [0, 100] or an over-large
+  // value (nothing is reported); FailedPrecondition once the run is over for the executor
+  // (timeout, cancel, shutdown: the report is dropped). Without an executor (a handler under
+  // test) a valid report is accepted and goes nowhere.
+  absl::Status ReportProgress(const nlohmann::json& progress);
+
+  // The executor's side: where valid reports go (serialized JSON). Set before the handler runs.
+  using ProgressSink = std::function<absl::Status(std::string progress_json)>;
+  void set_progress_sink(ProgressSink sink) { progress_sink_ = std::move(sink); }
+
  private:
   const TaskRequest& request_;
   int attempt_;
@@ -111,6 +127,7 @@ class TaskContext {
   absl::Time deadline_;
   Clock* clock_;
   std::atomic<bool> cancelled_{false};
+  ProgressSink progress_sink_;
 };
 
 // Receives the outcome of an asynchronous run (TaskHandler::HandleAsync). Called exactly once,

@@ -21,9 +21,13 @@ namespace eventbus::executor {
 
 inline constexpr absl::string_view kDefaultRequestStream = "io.flunq.task.requested";
 inline constexpr absl::string_view kDefaultResultStream = "io.flunq.task.completed";
+inline constexpr absl::string_view kDefaultProgressStream = "io.flunq.task.progress";
 // CloudEvents `type` of request and result events.
 inline constexpr absl::string_view kTaskRequestedType = "io.flunq.task.requested";
 inline constexpr absl::string_view kTaskCompletedType = "io.flunq.task.completed";
+inline constexpr absl::string_view kTaskProgressType = "io.flunq.task.progress";
+// A progress report (TaskContext::ReportProgress) serialized to more bytes than this is refused.
+inline constexpr size_t kMaxProgressBytes = 4096;
 
 // Per-task overrides of the type's retry policy; unset fields keep the type's value.
 struct RetryOverride {
