@@ -23,7 +23,7 @@ struct ServiceConfig {
   // EXECUTOR_STREAM_BLOCK, EXECUTOR_RECLAIM_ENABLED, EXECUTOR_RECLAIM_MIN_IDLE,
   // EXECUTOR_RECLAIM_INTERVAL, EXECUTOR_HEARTBEAT_INTERVAL, EXECUTOR_SHUTDOWN_DEADLINE,
   // EXECUTOR_REQUEST_STREAM, EXECUTOR_RESULT_STREAM, EXECUTOR_DLQ_STREAM,
-  // EXECUTOR_MAX_DELIVERIES.
+  // EXECUTOR_MAX_DELIVERIES, EXECUTOR_ESCALATE_TO, EXECUTOR_STUCK_GRACE (the store lease grace).
   ExecutorOptions executor;
   // EXECUTOR_TASK_TIMEOUT / EXECUTOR_MAX_ATTEMPTS: when set, the processing timeout and the
   // attempts of every task type (otherwise each type's default; requests may still override).
