@@ -370,6 +370,9 @@ class Executor::Impl {
     // The task has a store record this executor marked running: its settle steps record
     // the new state.
     bool tracked = false;
+    // An escalation recorded the task queued, and then its publish was refused for good: the
+    // dead-lettering that follows moves the record on from queued.
+    bool recorded_queued = false;
     std::string type;  // the metrics label
     RetryPolicy retry;
     absl::Duration timeout;
@@ -926,16 +929,27 @@ class Executor::Impl {
     entry["escalated_to"] = options_.escalate_to;
     entry["tier"] = static_cast<int>(next.escalations.size()) + 1;
     queued.append_history = entry.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    Record(task, std::move(queued), [this, task, event = std::move(event)]() mutable {
-      PublishForTask(task, options_.escalate_to, std::move(event), [this, task](absl::Status s) {
-        if (!s.ok()) {
-          Log(TaskLogRecord::Level::kError, "publishing the escalated task failed", RefOf(*task),
-              s.ToString());
-          // Its last attempt runs again on this tier (a give-back is no failed attempt).
-          Nack(task, options_.fetch_error_backoff, "escalation not published");
+    Record(task, std::move(queued), [this, task, event = std::move(event), outcome, duration,
+                                     kind = std::string(kind), gave_up]() mutable {
+      PublishForTask(task, options_.escalate_to, std::move(event),
+                     [this, task, outcome, duration, kind, gave_up](absl::Status s) {
+        if (s.ok()) {
+          Ack(task);
           return;
         }
-        Ack(task);
+        Log(TaskLogRecord::Level::kError, "publishing the escalated task failed", RefOf(*task),
+            s.ToString());
+        if (absl::IsInvalidArgument(s)) {
+          // Refused for good (too large with its history, say): rerunning the last attempt
+          // would be refused again, for ever.
+          task->recorded_queued = true;
+          Fail(task, outcome, duration, kind,
+               absl::StrCat(gave_up, "; not escalated to ", options_.escalate_to, ": ",
+                            s.message()));
+          return;
+        }
+        // Its last attempt runs again on this tier (a give-back is no failed attempt).
+        Nack(task, options_.fetch_error_backoff, "escalation not published");
       });
     });
   }
@@ -1355,6 +1369,7 @@ class Executor::Impl {
       return;
     }
     update.from = {taskstore::TaskState::kRunning};
+    if (task->recorded_queued) update.from.push_back(taskstore::TaskState::kQueued);
     store_writer_->Write(
         {task->request->id, std::move(update)},
         [this, task, next = std::move(next)](absl::StatusOr<taskstore::TaskRecord> written) {

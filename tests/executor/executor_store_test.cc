@@ -19,6 +19,7 @@
 #include "eventbus/clock.h"
 #include "eventbus/executor/executor.h"
 #include "eventbus/executor/task.h"
+#include "eventbus/memory/fault_injection.h"
 #include "eventbus/memory/memory_event_stream.h"
 #include "eventbus/taskstore/memory_task_store.h"
 #include "eventbus/taskstore/task_store.h"
@@ -543,6 +544,49 @@ TEST_F(ExecutorStoreTest, TwoTiersWithTheirOwnRetryPoliciesThenDeadLetterWithThe
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0].status, TaskStatus::kFailed);
   EXPECT_EQ(results[0].attempts, 3);
+}
+
+TEST_F(ExecutorStoreTest, AnEscalationNotPublishedLeavesTheOriginalUnackedAndTriesAgain) {
+  CountingHandler* flaky = AddHandler(
+      "flaky", [](TaskContext&, int) { return TaskOutcome::Transient("down"); }, NoJitter(1));
+  options_.escalate_to = std::string(kSlowStream);
+  memory::FaultInjector faults;
+  std::unique_ptr<EventStream> faulty = memory::NewFaultInjectingEventStream(memory_.get(), &faults);
+  testing::CallLog faulty_log;
+  std::unique_ptr<EventStream> recorded = testing::NewRecordingStream(faulty.get(), &faulty_log);
+  testing::StreamReader slow(memory_.get(), std::string(kSlowStream));
+  TaskRecord record;
+  record.id = "t-unpublished";
+  record.type = "flaky";
+  record.request = RequestJson("t-unpublished", "flaky");
+  ASSERT_TRUE(store_.Create(record, clock_.Now()).ok());
+  faults.FailNext(memory::FaultInjector::Op::kPublish, 1, absl::UnavailableError("broker down"));
+  Executor executor(recorded.get(), &handlers_, options_,
+                    ExecutorDependencies{.metrics = &metrics_, .random = &random_, .store = &store_});
+  ASSERT_TRUE(executor.Start().ok());
+  Publish("t-unpublished", "flaky");
+
+  // The last attempt failed, the escalation's publish failed: the original is given back (no
+  // failed attempt), never acked.
+  ASSERT_TRUE(faulty_log.AwaitCount(Op::kNack, 1));
+  EXPECT_EQ(faulty_log.Count(Op::kAck), 0);
+  EXPECT_FALSE(faulty_log.Calls(Op::kNack)[0].failed);
+  EXPECT_EQ(faults.injected(memory::FaultInjector::Op::kPublish), 1);
+
+  // Redelivered after the back-off, its last attempt runs again and escalates.
+  clock_.Advance(options_.fetch_error_backoff);
+  ASSERT_TRUE(faulty_log.AwaitCount(Op::kAck, 1));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  executor.Shutdown();
+  EXPECT_EQ(flaky->calls(), 2);
+  std::vector<Event> escalated = slow.AwaitEvents(1);
+  ASSERT_EQ(escalated.size(), 1u);
+  auto request = ParseTaskRequest(escalated[0].data());
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->id, "t-unpublished");
+  ASSERT_EQ(request->escalations.size(), 1u);
+  EXPECT_EQ(request->escalations[0].attempts, 1);
+  EXPECT_EQ(Stored("t-unpublished").state, TaskState::kQueued);
 }
 
 TEST_F(ExecutorStoreTest, PermanentFailureIsDeadLetteredAtOnceEvenWithAnEscalationTier) {
