@@ -21,6 +21,7 @@
 #include "eventbus/executor/task.h"
 #include "eventbus/memory/fault_injection.h"
 #include "eventbus/memory/memory_event_stream.h"
+#include "eventbus/stream_inspector.h"
 #include "eventbus/taskstore/memory_task_store.h"
 #include "eventbus/taskstore/task_store.h"
 #include "gmock/gmock.h"
@@ -587,6 +588,34 @@ TEST_F(ExecutorStoreTest, AnEscalationNotPublishedLeavesTheOriginalUnackedAndTri
   ASSERT_EQ(request->escalations.size(), 1u);
   EXPECT_EQ(request->escalations[0].attempts, 1);
   EXPECT_EQ(Stored("t-unpublished").state, TaskState::kQueued);
+}
+
+TEST_F(ExecutorStoreTest, AnEscalationTheBackendRefusesIsDeadLetteredHereNotRerunForEver) {
+  // The last error is so long that the escalated request (which carries it) exceeds the
+  // backend's event size limit, while the request itself does not.
+  const std::string long_error(3000, 'e');
+  CountingHandler* flaky = AddHandler(
+      "flaky", [&](TaskContext&, int) { return TaskOutcome::Transient(long_error); },
+      NoJitter(1));
+  options_.escalate_to = std::string(kSlowStream);
+  testing::CallLog small_log;
+  std::unique_ptr<EventStream> small =
+      testing::NewRecordingStream(memory_.get(), &small_log, /*max_event_bytes=*/2500);
+  testing::StreamReader slow(memory_.get(), std::string(kSlowStream));
+  Executor executor(small.get(), &handlers_, options_,
+                    ExecutorDependencies{.metrics = &metrics_, .random = &random_, .store = &store_});
+  ASSERT_TRUE(executor.Start().ok());
+  Submit("t-huge", "flaky");
+  ASSERT_TRUE(small_log.AwaitCount(Op::kDeadLetter, 1));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  executor.Shutdown();
+  EXPECT_EQ(flaky->calls(), 1);
+  EXPECT_EQ(small_log.Count(Op::kNack), 0);
+  EXPECT_EQ(small_log.Count(Op::kAck), 0);
+  // The store followed: from the queued the escalation recorded to dead_lettered.
+  EXPECT_EQ(Stored("t-huge").state, TaskState::kDeadLettered);
+  auto page = memory_->inspector()->Read(kSlowStream, "", 10);
+  EXPECT_TRUE(absl::IsNotFound(page.status()) || (page.ok() && page->events.empty()));
 }
 
 TEST_F(ExecutorStoreTest, PermanentFailureIsDeadLetteredAtOnceEvenWithAnEscalationTier) {
