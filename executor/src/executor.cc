@@ -224,7 +224,10 @@ class Executor::Impl {
         absl::StrCat("executor started: stream ", options_.request_stream, ", group ",
                      options_.consumer_group, ", consumer ", options_.consumer_name,
                      ", concurrency ", options_.concurrency, ", max in flight ", max_in_flight_,
-                     ", workers ", workers),
+                     ", workers ", workers,
+                     options_.escalate_to.empty()
+                         ? std::string()
+                         : absl::StrCat(", out of attempts escalates to ", options_.escalate_to)),
         {});
     return absl::OkStatus();
   }
