@@ -169,6 +169,31 @@ absl::Status ReadStore(const Environment& env, ServiceConfig& config) {
                                         &ex.cancel_poll_interval));
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_SCHEDULER_INTERVAL", absl::Milliseconds(10),
                                         absl::Hours(1), &config.scheduler_interval));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_STUCK_GRACE", absl::Seconds(1),
+                                        absl::Hours(24), &ex.store_lease_grace));
+  return absl::OkStatus();
+}
+
+// EXECUTOR_ESCALATE_TO: the next tier's request stream, never one this executor already uses
+// (escalating onto its own request stream would only restart the attempt count).
+absl::Status ReadEscalateTo(const Environment& env, ExecutorOptions& ex) {
+  EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_ESCALATE_TO", &ex.escalate_to));
+  if (ex.escalate_to.empty()) return absl::OkStatus();
+  const std::string dead_letters = ex.dead_letter_stream.empty()
+                                       ? absl::StrCat(ex.request_stream, kDlqStreamSuffix)
+                                       : ex.dead_letter_stream;
+  for (const auto& [name, stream] :
+       {std::pair<absl::string_view, absl::string_view>{"EXECUTOR_REQUEST_STREAM", ex.request_stream},
+        {"EXECUTOR_RESULT_STREAM", ex.result_stream},
+        {"EXECUTOR_PROGRESS_STREAM", ex.progress_stream},
+        {"EXECUTOR_DLQ_STREAM", dead_letters}}) {
+    if (ex.escalate_to == stream) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "EXECUTOR_ESCALATE_TO=\"", ex.escalate_to, "\" is the stream this executor uses as ",
+          name, ": set it to the request stream of the next tier's executors (or unset it to "
+          "dead-letter after the last attempt)"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -189,7 +214,8 @@ std::vector<std::string> KnownSettings() {
       "EXECUTOR_STORE", "EXECUTOR_STORE_URL", "EXECUTOR_RETENTION_SUCCEEDED",
       "EXECUTOR_RETENTION_FAILED", "EXECUTOR_RETENTION_CANCELLED",
       "EXECUTOR_CANCEL_POLL_INTERVAL", "EXECUTOR_SCHEDULER_INTERVAL",
-      "EXECUTOR_PROGRESS_STREAM", "EXECUTOR_PROGRESS_INTERVAL"};
+      "EXECUTOR_PROGRESS_STREAM", "EXECUTOR_PROGRESS_INTERVAL", "EXECUTOR_ESCALATE_TO",
+      "EXECUTOR_STUCK_GRACE"};
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -262,6 +288,7 @@ absl::StatusOr<ServiceConfig> ParseServiceConfig(const Environment& env,
   EVENTBUS_RETURN_IF_ERROR(ReadName(env, "EXECUTOR_PROGRESS_STREAM", &ex.progress_stream));
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_PROGRESS_INTERVAL", absl::Milliseconds(10),
                                         absl::Hours(1), &ex.progress_interval));
+  EVENTBUS_RETURN_IF_ERROR(ReadEscalateTo(env, ex));
   EVENTBUS_RETURN_IF_ERROR(ReadBool(env, "EXECUTOR_RECLAIM_ENABLED", &ex.reclaim_enabled));
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_RECLAIM_MIN_IDLE", absl::Seconds(1),
                                         absl::Hours(24), &ex.reclaim_min_idle));

@@ -24,7 +24,8 @@ struct PrometheusMetrics::Families {
       : tasks(prometheus::BuildCounter()
                   .Name("eventbus_executor_tasks_total")
                   .Help("Handler runs (and rejected requests) by task type and outcome: "
-                        "succeeded, failed, retried, delayed, invalid, abandoned")
+                        "succeeded, failed, retried, delayed, invalid, abandoned, cancelled, "
+                        "duplicate, escalated")
                   .Register(r)),
         duration(prometheus::BuildHistogram()
                      .Name("eventbus_executor_task_duration_seconds")
@@ -75,6 +76,12 @@ struct PrometheusMetrics::Families {
                           .Help("Age of the oldest queued task in the task store, by type (0 "
                                 "when none is queued)")
                           .Register(r)),
+        stuck_requeued(prometheus::BuildCounter()
+                           .Name("eventbus_executor_stuck_tasks_requeued_total")
+                           .Help("Tasks found running in the task store past their timeout plus "
+                                 "EXECUTOR_STUCK_GRACE, with no consumer holding their delivery, "
+                                 "and re-queued by this executor's scheduler, by task type")
+                           .Register(r)),
         stuck_workers(prometheus::BuildGauge()
                           .Name("eventbus_executor_stuck_workers")
                           .Help("Worker threads held by handlers that overran their timeout")
@@ -117,6 +124,7 @@ struct PrometheusMetrics::Families {
   Family<Counter>& circuit;
   Family<Gauge>& stored;
   Family<Gauge>& oldest_queued;
+  Family<Counter>& stuck_requeued;
   Gauge& stuck_workers;
   Gauge& fetch_stalled;
   Gauge& stalled;
@@ -171,6 +179,7 @@ void PrometheusMetrics::Preregister(const std::vector<std::string>& task_types) 
     if (unknown) continue;
     families_->retries.Add({{"type", type}});
     families_->submitted.Add({{"type", type}});
+    families_->stuck_requeued.Add({{"type", type}});
   }
 }
 
@@ -204,6 +213,10 @@ void PrometheusMetrics::BackendError(absl::string_view operation) {
 
 void PrometheusMetrics::TaskSubmitted(absl::string_view type, int count) {
   families_->submitted.Add({{"type", std::string(type)}}).Increment(count);
+}
+
+void PrometheusMetrics::StuckTaskRequeued(absl::string_view type) {
+  families_->stuck_requeued.Add({{"type", std::string(type)}}).Increment();
 }
 
 void PrometheusMetrics::CircuitChanged(absl::string_view to_state) {

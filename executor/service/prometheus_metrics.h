@@ -45,6 +45,8 @@ class PrometheusMetrics final : public ExecutorMetrics {
   // Accepted by POST /v1/tasks or /v1/tasks:batch.
   void TaskSubmitted(absl::string_view type, int count = 1);
   void CircuitChanged(absl::string_view to_state);
+  // The scheduler re-queued a stuck task (eventbus_executor_stuck_tasks_requeued_total).
+  void StuckTaskRequeued(absl::string_view type);
   // The task store's figures (GET /v1/stats), set on every scrape of /metrics.
   void StoredTasks(absl::string_view type, absl::string_view state, int64_t count);
   void OldestQueuedAge(absl::string_view type, absl::Duration age);

@@ -345,7 +345,8 @@ absl::Status Service::Start() {
                   log_->Write(LogLevel::kWarn, message,
                               {{"id", std::string(id)}, {"error", std::string(error)}});
                 },
-            .on_published = [this](absl::string_view type) { metrics_.TaskSubmitted(type); }});
+            .on_published = [this](absl::string_view type) { metrics_.TaskSubmitted(type); },
+            .on_requeued = [this](absl::string_view type) { metrics_.StuckTaskRequeued(type); }});
   }
   http_ = std::make_unique<HttpServer>(http_options);
   InstallRoutes();

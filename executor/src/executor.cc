@@ -69,6 +69,23 @@ absl::Status ValidateExecutorOptions(const ExecutorOptions& options) {
     return absl::InvalidArgumentError(
         "progress stream must differ from the request and the result stream");
   }
+  if (!options.escalate_to.empty()) {
+    EVENTBUS_RETURN_IF_ERROR(ValidateName("escalate-to stream", options.escalate_to));
+    const std::string dead_letters = options.dead_letter_stream.empty()
+                                         ? absl::StrCat(options.request_stream, kDlqStreamSuffix)
+                                         : options.dead_letter_stream;
+    for (const auto& [what, stream] :
+         {std::pair<absl::string_view, absl::string_view>{"request stream", options.request_stream},
+          {"result stream", options.result_stream},
+          {"progress stream", options.progress_stream},
+          {"dead-letter stream", dead_letters}}) {
+      if (options.escalate_to == stream) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "escalate-to stream \"", options.escalate_to, "\" is this executor's ", what,
+            ": escalating must hand the task to another tier's request stream"));
+      }
+    }
+  }
   if (options.concurrency < 1 || options.concurrency > 10000) {
     return absl::InvalidArgumentError(
         absl::StrCat("concurrency must be in [1, 10000], got ", options.concurrency));
@@ -235,7 +252,10 @@ class Executor::Impl {
         absl::StrCat("executor started: stream ", options_.request_stream, ", group ",
                      options_.consumer_group, ", consumer ", options_.consumer_name,
                      ", concurrency ", options_.concurrency, ", max in flight ", max_in_flight_,
-                     ", workers ", workers),
+                     ", workers ", workers,
+                     options_.escalate_to.empty()
+                         ? std::string()
+                         : absl::StrCat(", out of attempts escalates to ", options_.escalate_to)),
         {});
     return absl::OkStatus();
   }
@@ -383,6 +403,9 @@ class Executor::Impl {
     // The task has a store record this executor marked running: its settle steps record
     // the new state.
     bool tracked = false;
+    // An escalation recorded the task queued, and then its publish was refused for good: the
+    // dead-lettering that follows moves the record on from queued.
+    bool recorded_queued = false;
     std::string type;  // the metrics label
     RetryPolicy retry;
     absl::Duration timeout;
@@ -881,9 +904,14 @@ class Executor::Impl {
           Record(task, std::move(retrying), [this, task, backoff] { Nack(task, backoff, "retry", NackKind::kFailed); });
           return;
         }
-        Fail(task, outcome, duration, transient_kind,
-             absl::StrCat(transient_kind, " failure, gave up after ", attempt, " attempt",
-                          attempt == 1 ? "" : "s", ": ", outcome.error()));
+        const std::string gave_up =
+            absl::StrCat(transient_kind, " failure, gave up after ", attempt, " attempt",
+                         attempt == 1 ? "" : "s", ": ", outcome.error());
+        if (!options_.escalate_to.empty()) {
+          Escalate(task, outcome, duration, transient_kind, gave_up);
+          return;
+        }
+        Fail(task, outcome, duration, transient_kind, gave_up);
         return;
       }
       case TaskOutcome::Kind::kPermanentFailure:
@@ -894,7 +922,13 @@ class Executor::Impl {
   }
 
   void Fail(const TaskPtr& task, const TaskOutcome& outcome, absl::Duration duration,
-            absl::string_view kind, const std::string& reason) {
+            absl::string_view kind, std::string reason) {
+    // The dead letter's data carries every earlier tier in full ("escalations"); its reason
+    // sums them up for whoever reads only the reason (the CLI's and dashboard's DLQ lists).
+    for (const TierHistory& tier : task->request->escalations) {
+      absl::StrAppend(&reason, "; earlier tier ", tier.stream, ": ", tier.attempts, " attempt",
+                      tier.attempts == 1 ? "" : "s", ", ", tier.error_kind, ": ", tier.error);
+    }
     TaskResult result = BaseResult(*task);
     result.status = TaskStatus::kFailed;
     result.output = outcome.output();
@@ -904,6 +938,89 @@ class Executor::Impl {
     deps_.metrics->TaskFinished(task->type, kOutcomeFailed, duration);
     Log(TaskLogRecord::Level::kError, "task failed; dead-lettered", RefOf(*task), reason);
     PublishThenDeadLetter(task, std::move(result), reason);
+  }
+
+  // Out of attempts on this tier: the task goes on to the next (options_.escalate_to) with the
+  // tiers it left, instead of to the dead-letter stream, and no result is published (it is not
+  // done). The store says queued before the request is published, so the next tier's executor
+  // finds it queued rather than having its `running` overwritten; the publish is durable
+  // before the original is acked, so a crash in between gives a duplicate on the next tier
+  // (settled by the store once the task succeeded), never a loss.
+  void Escalate(const TaskPtr& task, const TaskOutcome& outcome, absl::Duration duration,
+                absl::string_view kind, const std::string& gave_up) {
+    const TaskRequest& request = *task->request;
+    const int attempts = task->delivery.failed_attempts + 1;
+    const bool cycle = std::any_of(
+        request.escalations.begin(), request.escalations.end(),
+        [this](const TierHistory& tier) { return tier.stream == options_.escalate_to; });
+    if (cycle || static_cast<int>(request.escalations.size()) >= kMaxEscalations) {
+      // A loop of EXECUTOR_ESCALATE_TO settings would pass the task round for ever.
+      Fail(task, outcome, duration, kind,
+           absl::StrCat(gave_up, "; not escalated to ", options_.escalate_to, ": ",
+                        cycle ? "the task already went through that tier (EXECUTOR_ESCALATE_TO "
+                                "settings form a cycle)"
+                              : absl::StrCat("it already went through ", kMaxEscalations,
+                                             " tiers")));
+      return;
+    }
+    TaskRequest next = request;
+    TierHistory tier;
+    tier.stream = options_.request_stream;
+    tier.attempts = attempts;
+    tier.error_kind = std::string(kind);
+    tier.error = outcome.error();
+    tier.consumer = options_.consumer_name;
+    tier.escalated_at = clock_->Now();
+    next.escalations.push_back(tier);
+    Event event = MakeTaskRequestEvent(next, options_.result_source);
+    // The same id for every escalation of this delivery: a backend that de-duplicates
+    // publishes by id (Capabilities::publish_dedupe_window) drops the copy a crash between
+    // publish and ack makes.
+    event.set_id(absl::StrCat(task->delivery.event.id(), ">", options_.escalate_to));
+    for (absl::string_view trace : {"traceparent", "tracestate"}) {
+      if (auto it = task->delivery.event.headers().find(std::string(trace));
+          it != task->delivery.event.headers().end()) {
+        (*event.mutable_headers())[it->first] = it->second;
+      }
+    }
+    deps_.metrics->TaskFinished(task->type, kOutcomeEscalated, duration);
+    Log(TaskLogRecord::Level::kWarning, absl::StrCat("task escalated to ", options_.escalate_to),
+        RefOf(*task), gave_up);
+
+    taskstore::TaskUpdate queued = StoreUpdate();
+    queued.state = taskstore::TaskState::kQueued;
+    queued.attempts = 0;  // the next tier counts afresh; the history keeps these
+    queued.last_error = outcome.error();
+    queued.owner = "";
+    queued.lease_until = absl::InfinitePast();
+    nlohmann::json entry =
+        nlohmann::json::parse(AttemptHistory(*task, std::string(kind), outcome.error()));
+    entry["escalated_to"] = options_.escalate_to;
+    entry["tier"] = static_cast<int>(next.escalations.size()) + 1;
+    queued.append_history = entry.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    Record(task, std::move(queued), [this, task, event = std::move(event), outcome, duration,
+                                     kind = std::string(kind), gave_up]() mutable {
+      PublishForTask(task, options_.escalate_to, std::move(event),
+                     [this, task, outcome, duration, kind, gave_up](absl::Status s) {
+        if (s.ok()) {
+          Ack(task);
+          return;
+        }
+        Log(TaskLogRecord::Level::kError, "publishing the escalated task failed", RefOf(*task),
+            s.ToString());
+        if (absl::IsInvalidArgument(s)) {
+          // Refused for good (too large with its history, say): rerunning the last attempt
+          // would be refused again, for ever.
+          task->recorded_queued = true;
+          Fail(task, outcome, duration, kind,
+               absl::StrCat(gave_up, "; not escalated to ", options_.escalate_to, ": ",
+                            s.message()));
+          return;
+        }
+        // Its last attempt runs again on this tier (a give-back is no failed attempt).
+        Nack(task, options_.fetch_error_backoff, "escalation not published");
+      });
+    });
   }
 
   // The delivery is invalid: dead-letter it at once, and tell whoever waits for the result.
@@ -962,38 +1079,45 @@ class Executor::Impl {
   void PublishResult(const TaskPtr& task, TaskResult result,
                      std::function<void(absl::Status)> next,
                      std::function<void(absl::string_view)> count_refused = nullptr) {
+    Event event = MakeTaskResultEvent(result, options_.result_source);
+    const size_t event_bytes = EventSizeBytes(event);
+    const std::string status_name(TaskStatusName(result.status));
+    PublishForTask(
+        task, options_.result_stream, std::move(event),
+        [this, task, next = std::move(next), status_name, event_bytes,
+         count_refused = std::move(count_refused),
+         result = std::make_shared<TaskResult>(std::move(result))](absl::Status status) {
+          if (status.ok()) {
+            deps_.metrics->ResultPublished(status_name);
+            next(absl::OkStatus());
+            return;
+          }
+          // Not only an output is too large: a failure's error (or an invalid request's) can
+          // be too, and giving such a request back would refuse its result on every run.
+          if (absl::IsInvalidArgument(status) && result->error_kind != kResultTooLarge) {
+            PublishWithoutOutput(task, *result, event_bytes, status, count_refused);
+            return;
+          }
+          Log(TaskLogRecord::Level::kError, "publishing the task result failed", RefOf(*task),
+              status.ToString());
+          next(status);
+        });
+  }
+
+  // Publishes `event` for `task` without waiting; `done` runs on the settle thread with the
+  // outcome, once, unless publish_timeout passes first (the supervisor gives the delivery
+  // back then, and a late completion is dropped).
+  void PublishForTask(const TaskPtr& task, absl::string_view stream, Event event,
+                      std::function<void(absl::Status)> done) {
     {
       std::lock_guard<std::mutex> lock(publish_mu_);
       task->publish_deadline = clock_->Now() + options_.publish_timeout;
       publishing_.emplace(task->id, task);
     }
-    Event event = MakeTaskResultEvent(result, options_.result_source);
-    const size_t event_bytes = EventSizeBytes(event);
-    const std::string status_name(TaskStatusName(result.status));
-    auto completion = std::make_shared<std::function<void(absl::Status)>>(std::move(next));
-    auto on_published = [this, task, completion, status_name, event_bytes,
-                         count_refused = std::move(count_refused),
-                         result = std::make_shared<TaskResult>(std::move(result))](
+    auto on_published = [this, task, done = std::move(done)](
                             absl::StatusOr<PublishReceipt> receipt) mutable {
       if (!ClaimPublish(*task)) return;  // the supervisor gave it up at publish_timeout
-      absl::Status status = receipt.status();
-      settle_queue_.Post([this, task, completion, count_refused, status, status_name,
-                          event_bytes, result] {
-        if (status.ok()) {
-          deps_.metrics->ResultPublished(status_name);
-          (*completion)(absl::OkStatus());
-          return;
-        }
-        // Not only an output is too large: a failure's error (or an invalid request's) can be
-        // too, and giving such a request back would refuse its result on every run.
-        if (absl::IsInvalidArgument(status) && result->error_kind != kResultTooLarge) {
-          PublishWithoutOutput(task, *result, event_bytes, status, count_refused);
-          return;
-        }
-        Log(TaskLogRecord::Level::kError, "publishing the task result failed", RefOf(*task),
-            status.ToString());
-        (*completion)(status);
-      });
+      settle_queue_.Post([done = std::move(done), status = receipt.status()] { done(status); });
     };
     // The stream outlives the executor, and a publish may complete after Shutdown gave up
     // waiting for it: the callback reaches the executor only through the lifeline.
@@ -1002,7 +1126,7 @@ class Executor::Impl {
       std::shared_lock<std::shared_mutex> alive(lifeline->mu);
       if (lifeline->open) on_published(std::move(receipt));
     };
-    absl::Status queued = stream_->Publish(options_.result_stream, std::move(event), guarded);
+    absl::Status queued = stream_->Publish(stream, std::move(event), guarded);
     if (!queued.ok()) guarded(queued);
   }
 
@@ -1254,7 +1378,9 @@ class Executor::Impl {
     update.state = taskstore::TaskState::kRunning;
     update.increment_attempts = true;
     update.started_at = now;
-    update.owner = options_.consumer_name;
+    // "<consumer> on <request stream>": the stuck-task pass re-queues a task onto the stream
+    // (the tier) it ran on (RunningOwnerStream in scheduler.cc reads it back).
+    update.owner = absl::StrCat(options_.consumer_name, " on ", options_.request_stream);
     update.lease_until = now + timeout + options_.store_lease_grace;
     return update;
   }
@@ -1312,6 +1438,7 @@ class Executor::Impl {
       return;
     }
     update.from = {taskstore::TaskState::kRunning};
+    if (task->recorded_queued) update.from.push_back(taskstore::TaskState::kQueued);
     store_writer_->Write(
         {task->request->id, std::move(update)},
         [this, task, next = std::move(next)](absl::StatusOr<taskstore::TaskRecord> written) {
@@ -1365,7 +1492,8 @@ class Executor::Impl {
                             {"finished_at", FormatTimeAttribute(clock_->Now())},
                             {"error_kind", kind},
                             {"error", error},
-                            {"consumer", options_.consumer_name}};
+                            {"consumer", options_.consumer_name},
+                            {"stream", options_.request_stream}};
     return entry.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 

@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "eventbus/executor/cron.h"
+#include "eventbus/stream_inspector.h"
 #include "eventbus/executor/iso_duration.h"
 #include "eventbus/status_macros.h"
 
@@ -28,6 +30,36 @@ constexpr absl::Duration kMaxRealWait = absl::Milliseconds(100);
 
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("\"", field, "\": ", why));
+}
+
+// The request stream a running task's owner names: "<consumer> on <stream>", as the executor
+// that marked it running (and a scheduler that claimed it as stuck) writes it. Empty for a
+// record written otherwise.
+absl::string_view RunningOwnerStream(absl::string_view owner) {
+  const size_t at = owner.rfind(" on ");
+  return at == absl::string_view::npos ? absl::string_view() : owner.substr(at + 4);
+}
+
+// Publish times of the broker and started_at of the executor come from different clocks: a
+// pending delivery published up to this much after the attempt started may still be its own.
+constexpr absl::Duration kClockSkewMargin = absl::Seconds(5);
+
+enum class Held { kNo, kMaybe, kUnknown };
+
+// Whether a consumer of `stream` may still hold the delivery of an attempt that started at
+// `started_at`. That delivery was published before the attempt started, so a stream whose
+// groups have nothing pending that was published by then holds it no more. kUnknown when the
+// backend cannot tell (no inspection; Kafka keeps in-flight deliveries in its consumers).
+Held DeliveryHeld(const absl::StatusOr<StreamInfo>& info, absl::Time started_at) {
+  if (absl::IsNotFound(info.status())) return Held::kNo;  // no stream, nothing held
+  if (!info.ok()) return Held::kUnknown;
+  for (const ConsumerGroupInfo& group : info->groups) {
+    if (group.pending < 0) return Held::kUnknown;
+    if (group.pending == 0) continue;
+    if (group.oldest_pending_published_at == absl::InfiniteFuture()) return Held::kUnknown;
+    if (group.oldest_pending_published_at <= started_at + kClockSkewMargin) return Held::kMaybe;
+  }
+  return Held::kNo;
 }
 
 }  // namespace
@@ -88,6 +120,7 @@ SchedulerPass Scheduler::Tick() {
   const absl::Time now = clock_->Now();
   PublishDueTasks(now, pass);
   FireDueSchedules(now, pass);
+  if (options_.requeue_stuck) RequeueStuckTasks(now, pass);
   return pass;
 }
 
@@ -96,13 +129,16 @@ void Scheduler::Log(absl::string_view message, absl::string_view id,
   if (deps_.log) deps_.log(message, id, error);
 }
 
+absl::Status Scheduler::PublishTo(absl::string_view stream, const TaskRequest& request) {
+  return deps_.stream
+      ->PublishAndWait(stream, MakeTaskRequestEvent(request, kSource), options_.publish_timeout)
+      .status();
+}
+
 bool Scheduler::Publish(const TaskRequest& request, absl::string_view id) {
-  auto receipt = deps_.stream->PublishAndWait(options_.request_stream,
-                                              MakeTaskRequestEvent(request, kSource),
-                                              options_.publish_timeout);
-  if (!receipt.ok()) {
+  if (absl::Status published = PublishTo(options_.request_stream, request); !published.ok()) {
     Log("publishing a due task failed; tried again when its claim runs out", id,
-        receipt.status().ToString());
+        published.ToString());
     return false;
   }
   if (deps_.on_published) deps_.on_published(request.type);
@@ -151,6 +187,108 @@ void Scheduler::PublishDueTasks(absl::Time now, SchedulerPass& pass) {
     if (!marked.ok() && !absl::IsFailedPrecondition(marked.status())) {
       Log("recording a published task as queued failed", record.id, marked.status().ToString());
     }
+  }
+}
+
+// For each stuck task: is its delivery still held (then reclaim, not this pass, brings it
+// back)? If not, claim the record (a compare-and-set on its version, so one scheduler wins),
+// publish its request onto the stream it ran on, and record it queued. A crash after the claim
+// leaves it running until the claim's lease runs out: then it is stuck again and re-queued
+// (perhaps a second time, a duplicate the store settles once the task succeeded).
+void Scheduler::RequeueStuckTasks(absl::Time now, SchedulerPass& pass) {
+  auto stuck = deps_.store->FindStuck(now, options_.batch);
+  if (!stuck.ok()) {
+    ++pass.failed;
+    Log("finding stuck tasks failed", "", stuck.status().ToString());
+    return;
+  }
+  if (stuck->empty()) return;
+  StreamInspector* inspector =
+      deps_.stream->capabilities().inspection ? deps_.stream->inspector() : nullptr;
+  std::map<std::string, absl::StatusOr<StreamInfo>, std::less<>> described;  // per pass
+  for (const TaskRecord& record : *stuck) {
+    std::string stream(RunningOwnerStream(record.owner));
+    if (stream.empty()) stream = options_.request_stream;
+    Held held = Held::kUnknown;
+    if (inspector != nullptr) {
+      auto it = described.find(stream);
+      if (it == described.end()) it = described.emplace(stream, inspector->Describe(stream)).first;
+      if (!it->second.ok() && !absl::IsNotFound(it->second.status())) {
+        ++pass.failed;
+        Log("inspecting a stuck task's stream failed; looked at again next pass", record.id,
+            it->second.status().ToString());
+        continue;
+      }
+      held = DeliveryHeld(it->second, record.started_at);
+    }
+    if (held == Held::kMaybe) {
+      ++pass.stuck_held;
+      continue;
+    }
+    // kUnknown: the lease alone decides (docs/tasks.md, "Stuck tasks").
+    taskstore::TaskUpdate claim;
+    claim.from = {TaskState::kRunning};
+    claim.expected_version = record.version;
+    claim.now = clock_->Now();
+    claim.owner = absl::StrCat(options_.owner, " on ", stream);
+    claim.lease_until = claim.now + options_.lease;
+    auto claimed = deps_.store->Update(record.id, claim);
+    if (!claimed.ok()) {
+      // FailedPrecondition: another scheduler claimed it, or its executor wrote it meanwhile.
+      if (!absl::IsFailedPrecondition(claimed.status()) && !absl::IsNotFound(claimed.status())) {
+        ++pass.failed;
+        Log("claiming a stuck task failed", record.id, claimed.status().ToString());
+      }
+      continue;
+    }
+    auto request = ParseTaskRequest(record.request);
+    if (!request.ok()) {
+      ++pass.failed;
+      taskstore::TaskUpdate broken;
+      broken.from = {TaskState::kRunning};
+      broken.expected_version = claimed->version;
+      broken.now = clock_->Now();
+      broken.state = TaskState::kFailed;
+      broken.finished_at = broken.now;
+      broken.lease_until = absl::InfinitePast();
+      broken.last_error = absl::StrCat("stored request is unusable: ", request.status().message());
+      (void)deps_.store->Update(record.id, broken);
+      Log("stuck task has an unusable request; marked failed", record.id,
+          request.status().ToString());
+      continue;
+    }
+    if (absl::Status published = PublishTo(stream, *request); !published.ok()) {
+      ++pass.failed;
+      Log("re-queueing a stuck task failed; tried again when its claim runs out", record.id,
+          published.ToString());
+      continue;
+    }
+    const std::string why = absl::StrCat(
+        "running past its lease (", FormatTimeAttribute(record.lease_until), ", owner ",
+        record.owner.empty() ? std::string("unknown") : record.owner, ") and ",
+        held == Held::kNo ? "no consumer of " : "the backend cannot tell whether a consumer of ",
+        stream, " holds its delivery");
+    taskstore::TaskUpdate queued;
+    queued.from = {TaskState::kRunning};
+    queued.expected_version = claimed->version;
+    queued.now = clock_->Now();
+    queued.state = TaskState::kQueued;
+    queued.owner = "";
+    queued.lease_until = absl::InfinitePast();
+    queued.append_history = json{{"requeued_at", FormatTimeAttribute(queued.now)},
+                                 {"reason", absl::StrCat("stuck: ", why)},
+                                 {"stream", stream},
+                                 {"by", options_.owner}}
+                                .dump(-1, ' ', false, json::error_handler_t::replace);
+    auto marked = deps_.store->Update(record.id, queued);
+    // FailedPrecondition: the re-queued request already runs (an executor marked it running).
+    if (!marked.ok() && !absl::IsFailedPrecondition(marked.status())) {
+      Log("recording a re-queued stuck task as queued failed", record.id,
+          marked.status().ToString());
+    }
+    ++pass.requeued;
+    Log("stuck task re-queued", record.id, why);
+    if (deps_.on_requeued) deps_.on_requeued(record.type);
   }
 }
 

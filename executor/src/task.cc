@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "eventbus/event_stream.h"
 #include "eventbus/executor/iso_duration.h"
 #include "eventbus/status_macros.h"
 
@@ -50,6 +51,53 @@ absl::Status ParseRetry(const json& value, RetryOverride& retry) {
                      "unknown field; valid: max_attempts, initial_backoff, max_backoff, "
                      "multiplier, jitter");
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckId(absl::string_view field, absl::string_view value);
+
+absl::Status ParseEscalations(const json& value, std::vector<TierHistory>& out) {
+  if (!value.is_array()) return Invalid("escalations", "must be an array of tier objects");
+  if (value.size() > static_cast<size_t>(kMaxEscalations)) {
+    return Invalid("escalations", absl::StrCat("has more than ", kMaxEscalations, " tiers"));
+  }
+  for (size_t i = 0; i < value.size(); ++i) {
+    const std::string at = absl::StrCat("escalations[", i, "]");
+    const json& item = value[i];
+    if (!item.is_object()) return Invalid(at, "must be an object");
+    TierHistory tier;
+    for (const auto& [key, field] : item.items()) {
+      const std::string name = absl::StrCat(at, ".", key);
+      if (key == "stream") {
+        if (!field.is_string()) return Invalid(name, "must be a string");
+        tier.stream = field.get<std::string>();
+        if (!ValidateName("stream", tier.stream).ok()) {
+          return Invalid(name, "must be a stream name (1 to 200 bytes, no whitespace)");
+        }
+      } else if (key == "attempts") {
+        if (!field.is_number_integer() || field.get<int64_t>() < 0 ||
+            field.get<int64_t>() > 1'000'000) {
+          return Invalid(name, "must be an integer in [0, 1000000]");
+        }
+        tier.attempts = field.get<int>();
+      } else if (key == "error_kind" || key == "error" || key == "consumer") {
+        if (!field.is_string()) return Invalid(name, "must be a string");
+        (key == "error_kind" ? tier.error_kind : key == "error" ? tier.error : tier.consumer) =
+            field.get<std::string>();
+      } else if (key == "escalated_at") {
+        if (!field.is_string()) return Invalid(name, "must be an RFC 3339 time string");
+        auto time = ParseTimeAttribute(field.get<std::string>());
+        if (!time.ok()) return Invalid(name, time.status().message());
+        tier.escalated_at = *time;
+      } else {
+        return Invalid(name,
+                       "unknown field; valid: stream, attempts, error_kind, error, consumer, "
+                       "escalated_at");
+      }
+    }
+    if (tier.stream.empty()) return Invalid(absl::StrCat(at, ".stream"), "is required");
+    out.push_back(std::move(tier));
   }
   return absl::OkStatus();
 }
@@ -198,10 +246,12 @@ absl::StatusOr<TaskRequest> TaskRequestFromJson(const nlohmann::json& document) 
       EVENTBUS_ASSIGN_OR_RETURN(absl::Duration delay, DurationField(value, "run_after"));
       if (delay < absl::ZeroDuration()) return Invalid("run_after", "must not be negative");
       request.run_after = delay;
+    } else if (key == "escalations") {
+      EVENTBUS_RETURN_IF_ERROR(ParseEscalations(value, request.escalations));
     } else {
       return Invalid(key,
                      "unknown field; valid: id, type, input, timeout, retry, metadata, "
-                     "unique_key, unique_for, run_at, run_after");
+                     "unique_key, unique_for, run_at, run_after, escalations");
     }
   }
   if (!has_id) return absl::InvalidArgumentError("missing required field \"id\"");
@@ -255,6 +305,21 @@ std::string TaskRequestToJson(const TaskRequest& request) {
   if (!request.metadata.empty()) document["metadata"] = request.metadata;
   if (!request.unique_key.empty()) document["unique_key"] = request.unique_key;
   if (request.unique_for) document["unique_for"] = FormatIsoDuration(*request.unique_for);
+  if (!request.escalations.empty()) {
+    json tiers = json::array();
+    for (const TierHistory& tier : request.escalations) {
+      json entry = {{"stream", tier.stream},
+                    {"attempts", tier.attempts},
+                    {"error_kind", tier.error_kind},
+                    {"error", tier.error},
+                    {"consumer", tier.consumer}};
+      if (tier.escalated_at != absl::InfinitePast()) {
+        entry["escalated_at"] = FormatTimeAttribute(tier.escalated_at);
+      }
+      tiers.push_back(std::move(entry));
+    }
+    document["escalations"] = std::move(tiers);
+  }
   // Outputs carry text from the outside (HTTP bodies) that may not be UTF-8: never throw on it.
   return document.dump(-1, ' ', false, json::error_handler_t::replace);
 }

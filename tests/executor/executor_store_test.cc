@@ -15,10 +15,13 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/executor.h"
 #include "eventbus/executor/task.h"
+#include "eventbus/memory/fault_injection.h"
 #include "eventbus/memory/memory_event_stream.h"
+#include "eventbus/stream_inspector.h"
 #include "eventbus/taskstore/memory_task_store.h"
 #include "eventbus/taskstore/task_store.h"
 #include "gmock/gmock.h"
@@ -281,7 +284,7 @@ TEST_F(ExecutorStoreTest, SucceededTaskIsRecordedWithItsResultAttemptsAndRetenti
   EXPECT_EQ(record.started_at, t0);
   EXPECT_EQ(record.finished_at, t0);
   EXPECT_EQ(record.expires_at, t0 + options_.retention_succeeded);
-  EXPECT_EQ(record.owner, "executor-1");
+  EXPECT_EQ(record.owner, absl::StrCat("executor-1 on ", kDefaultRequestStream));
   EXPECT_TRUE(record.last_error.empty());
   auto result = ParseTaskResult(record.result);
   ASSERT_TRUE(result.ok()) << record.result;
@@ -437,6 +440,227 @@ TEST_F(ExecutorStoreTest, OneStoreReadAndBatchedWritesPerFetchedBatchNoPerTaskRo
   for (int i = 0; i < kTasks; ++i) {
     EXPECT_EQ(Stored(absl::StrCat("t-", i)).state, TaskState::kSucceeded) << i;
   }
+}
+
+// ---- escalation tiers -------------------------------------------------------------------
+
+constexpr absl::string_view kSlowStream = "io.flunq.task.slow";
+
+TEST_F(ExecutorStoreTest, TwoTiersWithTheirOwnRetryPoliciesThenDeadLetterWithTheFullHistory) {
+  // Tier 1: two attempts, then the task goes on to the slow tier.
+  CountingHandler* tier1 = AddHandler(
+      "flaky", [](TaskContext&, int) { return TaskOutcome::Transient("still down"); },
+      NoJitter(2));
+  options_.escalate_to = std::string(kSlowStream);
+  Start();
+  Submit("t-tiers", "flaky");
+  ASSERT_TRUE(log_.AwaitCount(Op::kNack, 1));
+  clock_.Advance(absl::Seconds(1));  // tier 1's backoff
+  ASSERT_TRUE(log_.AwaitCount(Op::kAck, 1));  // acked once the escalation was durable
+  AwaitSettled();
+  EXPECT_EQ(tier1->calls(), 2);
+  EXPECT_EQ(log_.Count(Op::kDeadLetter), 0);
+  EXPECT_EQ(metrics_.finished("flaky", kOutcomeEscalated), 1);
+  EXPECT_EQ(metrics_.results("failed"), 0);  // not done: no result yet
+
+  // The store: queued again, a fresh attempt count, the tier it left in the history.
+  const TaskRecord escalated = Stored("t-tiers");
+  EXPECT_EQ(escalated.state, TaskState::kQueued);
+  EXPECT_EQ(escalated.attempts, 0);
+  EXPECT_EQ(escalated.last_error, "still down");
+  EXPECT_EQ(escalated.lease_until, absl::InfinitePast());
+  json history = json::parse(escalated.history);
+  ASSERT_EQ(history.size(), 2u);
+  EXPECT_EQ(history[0]["stream"], std::string(kDefaultRequestStream));
+  EXPECT_EQ(history[1]["stream"], std::string(kDefaultRequestStream));
+  EXPECT_EQ(history[1]["escalated_to"], std::string(kSlowStream));
+  EXPECT_EQ(history[1]["tier"], 2);
+
+  // Tier 2: its own executor on the slow stream, three attempts, counted afresh, then the
+  // dead-letter stream.
+  HandlerRegistry slow_handlers;
+  std::vector<int> tier2_attempts;
+  std::mutex attempts_mu;
+  auto slow = std::make_unique<CountingHandler>(
+      "flaky",
+      [&](TaskContext& context, int) {
+        std::lock_guard<std::mutex> lock(attempts_mu);
+        tier2_attempts.push_back(context.attempt());
+        return TaskOutcome::Transient("slow tier down too");
+      },
+      NoJitter(3));
+  CountingHandler* tier2 = slow.get();
+  ASSERT_TRUE(slow_handlers.Register(std::move(slow)).ok());
+  testing::CallLog slow_log;
+  std::unique_ptr<EventStream> slow_stream = testing::NewRecordingStream(memory_.get(), &slow_log);
+  testing::RecordingMetrics slow_metrics;
+  ExecutorOptions slow_options = options_;
+  slow_options.request_stream = std::string(kSlowStream);
+  slow_options.consumer_name = "executor-2";
+  slow_options.escalate_to.clear();  // the last tier
+  testing::StreamReader dead_letters(memory_.get(), absl::StrCat(kSlowStream, ".dlq"));
+  Executor slow_executor(slow_stream.get(), &slow_handlers, slow_options,
+                         ExecutorDependencies{.metrics = &slow_metrics, .random = &random_,
+                                              .store = &store_});
+  ASSERT_TRUE(slow_executor.Start().ok());
+  ASSERT_TRUE(slow_log.AwaitCount(Op::kNack, 1));
+  EXPECT_EQ(Stored("t-tiers").state, TaskState::kRetrying);
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(slow_log.AwaitCount(Op::kNack, 2));
+  clock_.Advance(absl::Seconds(2));  // tier 2's second backoff (multiplier 2)
+  ASSERT_TRUE(slow_log.AwaitCount(Op::kDeadLetter, 1));
+  ASSERT_TRUE(slow_metrics.AwaitInFlight(0));
+  slow_executor.Shutdown();
+  EXPECT_EQ(tier1->calls(), 2);
+  EXPECT_EQ(tier2->calls(), 3);
+  EXPECT_THAT(tier2_attempts, ::testing::ElementsAre(1, 2, 3));
+
+  // The dead letter carries every tier: the earlier ones in its request, this one's in its
+  // reason (and the reason sums the earlier ones up).
+  std::vector<Event> dead = dead_letters.AwaitEvents(1);
+  ASSERT_EQ(dead.size(), 1u);
+  auto request = ParseTaskRequest(dead[0].data());
+  ASSERT_TRUE(request.ok()) << request.status();
+  ASSERT_EQ(request->escalations.size(), 1u);
+  EXPECT_EQ(request->escalations[0].stream, kDefaultRequestStream);
+  EXPECT_EQ(request->escalations[0].attempts, 2);
+  EXPECT_EQ(request->escalations[0].error_kind, "transient");
+  EXPECT_EQ(request->escalations[0].error, "still down");
+  EXPECT_EQ(request->escalations[0].consumer, "executor-1");
+  EXPECT_EQ(request->escalations[0].escalated_at, clock_.Now() - absl::Seconds(3));
+  const std::string reason = HeaderValue(dead[0], kDlqReasonHeader);
+  EXPECT_THAT(reason, HasSubstr("gave up after 3 attempts: slow tier down too"));
+  EXPECT_THAT(reason, HasSubstr(absl::StrCat("earlier tier ", kDefaultRequestStream,
+                                             ": 2 attempts, transient: still down")));
+
+  const TaskRecord final_record = Stored("t-tiers");
+  EXPECT_EQ(final_record.state, TaskState::kDeadLettered);
+  EXPECT_EQ(final_record.attempts, 3);
+  history = json::parse(final_record.history);
+  ASSERT_EQ(history.size(), 5u);  // 2 attempts on tier 1, 3 on tier 2
+  EXPECT_EQ(history[2]["stream"], std::string(kSlowStream));
+  EXPECT_EQ(history[4]["stream"], std::string(kSlowStream));
+  EXPECT_EQ(history[4]["consumer"], "executor-2");
+  std::vector<TaskResult> results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].attempts, 3);
+}
+
+TEST_F(ExecutorStoreTest, AnEscalationNotPublishedLeavesTheOriginalUnackedAndTriesAgain) {
+  CountingHandler* flaky = AddHandler(
+      "flaky", [](TaskContext&, int) { return TaskOutcome::Transient("down"); }, NoJitter(1));
+  options_.escalate_to = std::string(kSlowStream);
+  memory::FaultInjector faults;
+  std::unique_ptr<EventStream> faulty = memory::NewFaultInjectingEventStream(memory_.get(), &faults);
+  testing::CallLog faulty_log;
+  std::unique_ptr<EventStream> recorded = testing::NewRecordingStream(faulty.get(), &faulty_log);
+  testing::StreamReader slow(memory_.get(), std::string(kSlowStream));
+  TaskRecord record;
+  record.id = "t-unpublished";
+  record.type = "flaky";
+  record.request = RequestJson("t-unpublished", "flaky");
+  ASSERT_TRUE(store_.Create(record, clock_.Now()).ok());
+  faults.FailNext(memory::FaultInjector::Op::kPublish, 1, absl::UnavailableError("broker down"));
+  Executor executor(recorded.get(), &handlers_, options_,
+                    ExecutorDependencies{.metrics = &metrics_, .random = &random_, .store = &store_});
+  ASSERT_TRUE(executor.Start().ok());
+  Publish("t-unpublished", "flaky");
+
+  // The last attempt failed, the escalation's publish failed: the original is given back (no
+  // failed attempt), never acked.
+  ASSERT_TRUE(faulty_log.AwaitCount(Op::kNack, 1));
+  EXPECT_EQ(faulty_log.Count(Op::kAck), 0);
+  EXPECT_FALSE(faulty_log.Calls(Op::kNack)[0].failed);
+  EXPECT_EQ(faults.injected(memory::FaultInjector::Op::kPublish), 1);
+
+  // Redelivered after the back-off, its last attempt runs again and escalates.
+  clock_.Advance(options_.fetch_error_backoff);
+  ASSERT_TRUE(faulty_log.AwaitCount(Op::kAck, 1));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  executor.Shutdown();
+  EXPECT_EQ(flaky->calls(), 2);
+  std::vector<Event> escalated = slow.AwaitEvents(1);
+  ASSERT_EQ(escalated.size(), 1u);
+  auto request = ParseTaskRequest(escalated[0].data());
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->id, "t-unpublished");
+  ASSERT_EQ(request->escalations.size(), 1u);
+  EXPECT_EQ(request->escalations[0].attempts, 1);
+  EXPECT_EQ(Stored("t-unpublished").state, TaskState::kQueued);
+}
+
+TEST_F(ExecutorStoreTest, AnEscalationTheBackendRefusesIsDeadLetteredHereNotRerunForEver) {
+  // The last error is so long that the escalated request (which carries it) exceeds the
+  // backend's event size limit, while the request itself does not.
+  const std::string long_error(3000, 'e');
+  CountingHandler* flaky = AddHandler(
+      "flaky", [&](TaskContext&, int) { return TaskOutcome::Transient(long_error); },
+      NoJitter(1));
+  options_.escalate_to = std::string(kSlowStream);
+  testing::CallLog small_log;
+  std::unique_ptr<EventStream> small =
+      testing::NewRecordingStream(memory_.get(), &small_log, /*max_event_bytes=*/2500);
+  testing::StreamReader slow(memory_.get(), std::string(kSlowStream));
+  Executor executor(small.get(), &handlers_, options_,
+                    ExecutorDependencies{.metrics = &metrics_, .random = &random_, .store = &store_});
+  ASSERT_TRUE(executor.Start().ok());
+  Submit("t-huge", "flaky");
+  ASSERT_TRUE(small_log.AwaitCount(Op::kDeadLetter, 1));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  executor.Shutdown();
+  EXPECT_EQ(flaky->calls(), 1);
+  EXPECT_EQ(small_log.Count(Op::kNack), 0);
+  EXPECT_EQ(small_log.Count(Op::kAck), 0);
+  // The store followed: from the queued the escalation recorded to dead_lettered.
+  EXPECT_EQ(Stored("t-huge").state, TaskState::kDeadLettered);
+  auto page = memory_->inspector()->Read(kSlowStream, "", 10);
+  EXPECT_TRUE(absl::IsNotFound(page.status()) || (page.ok() && page->events.empty()));
+}
+
+TEST_F(ExecutorStoreTest, PermanentFailureIsDeadLetteredAtOnceEvenWithAnEscalationTier) {
+  AddHandler("bad", [](TaskContext&, int) { return TaskOutcome::Permanent("boom"); },
+             NoJitter(3));
+  options_.escalate_to = std::string(kSlowStream);
+  Start();
+  Submit("t-perm", "bad");
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  AwaitSettled();
+  EXPECT_EQ(Stored("t-perm").state, TaskState::kDeadLettered);
+  EXPECT_EQ(metrics_.finished("bad", kOutcomeEscalated), 0);
+}
+
+TEST_F(ExecutorStoreTest, ATierCycleIsDeadLetteredInsteadOfEscalatedForEver) {
+  AddHandler("flaky", [](TaskContext&, int) { return TaskOutcome::Transient("down"); },
+             NoJitter(1));
+  options_.escalate_to = std::string(kSlowStream);
+  Start();
+  // The request already came through the slow tier (whose executors escalate back here).
+  TaskRecord record;
+  record.id = "t-cycle";
+  record.type = "flaky";
+  record.request = RequestJson("t-cycle", "flaky");
+  ASSERT_TRUE(store_.Create(record, clock_.Now()).ok());
+  json request = json::parse(RequestJson("t-cycle", "flaky"));
+  request["escalations"] = json::array({{{"stream", std::string(kSlowStream)}, {"attempts", 1}}});
+  auto parsed = TaskRequestFromJson(request);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_TRUE(
+      memory_->PublishAndWait(kDefaultRequestStream, MakeTaskRequestEvent(*parsed, "test")).ok());
+  ASSERT_TRUE(log_.AwaitCount(Op::kDeadLetter, 1));
+  AwaitSettled();
+  const std::vector<testing::SubscriptionCall> dead = log_.Calls(Op::kDeadLetter);
+  EXPECT_THAT(dead[0].reason, HasSubstr("EXECUTOR_ESCALATE_TO settings form a cycle"));
+  EXPECT_EQ(Stored("t-cycle").state, TaskState::kDeadLettered);
+}
+
+TEST_F(ExecutorStoreTest, EscalatingToItsOwnRequestStreamIsRefusedAtStart) {
+  options_.escalate_to = std::string(kDefaultRequestStream);
+  Executor executor(stream_.get(), &handlers_, options_, ExecutorDependencies{.store = &store_});
+  absl::Status started = executor.Start();
+  EXPECT_TRUE(absl::IsInvalidArgument(started)) << started;
+  EXPECT_THAT(started.message(), HasSubstr("escalate-to stream"));
+  EXPECT_THAT(started.message(), HasSubstr("request stream"));
 }
 
 TEST_F(ExecutorStoreTest, RequestWithoutAStoreRecordRunsUntracked) {

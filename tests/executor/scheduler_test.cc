@@ -6,13 +6,17 @@
 #include "eventbus/executor/scheduler.h"
 
 #include <atomic>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "eventbus/clock.h"
 #include "eventbus/executor/executor.h"
 #include "eventbus/executor/handler.h"
@@ -286,6 +290,218 @@ TEST_F(SchedulerTest, ADuplicatePublishAfterACrashRunsTheTaskOnce) {
   EXPECT_EQ(metrics.finished("echo", kOutcomeDuplicate), 1);
   EXPECT_EQ(Stored("once").state, TaskState::kSucceeded);
   EXPECT_EQ(Stored("once").attempts, 1);
+}
+
+// ---- stuck tasks ----------------------------------------------------------------------
+
+// Forwards to a real store; runs `after_find_stuck` once, between FindStuck returning and the
+// caller acting on it: another scheduler's whole pass fits there, a race made deterministic.
+class RacingStore final : public taskstore::TaskStore {
+ public:
+  explicit RacingStore(taskstore::TaskStore* inner) : inner_(inner) {}
+  std::function<void()> after_find_stuck;
+
+  absl::string_view kind() const override { return inner_->kind(); }
+  absl::Status Migrate() override { return inner_->Migrate(); }
+  absl::StatusOr<taskstore::CreateResult> Create(const TaskRecord& r, absl::Time now) override {
+    return inner_->Create(r, now);
+  }
+  absl::StatusOr<TaskRecord> Get(absl::string_view id) override { return inner_->Get(id); }
+  absl::StatusOr<std::vector<TaskRecord>> GetMany(absl::Span<const std::string> ids) override {
+    return inner_->GetMany(ids);
+  }
+  absl::StatusOr<TaskRecord> Update(absl::string_view id,
+                                    const taskstore::TaskUpdate& update) override {
+    return inner_->Update(id, update);
+  }
+  std::vector<absl::StatusOr<TaskRecord>> UpdateMany(
+      absl::Span<const taskstore::TaskUpdateRequest> updates) override {
+    return inner_->UpdateMany(updates);
+  }
+  absl::StatusOr<std::vector<TaskRecord>> ClaimDue(absl::Time now, absl::Duration lease,
+                                                   int limit, absl::string_view owner) override {
+    return inner_->ClaimDue(now, lease, limit, owner);
+  }
+  absl::StatusOr<std::vector<TaskRecord>> FindStuck(absl::Time now, int limit) override {
+    auto found = inner_->FindStuck(now, limit);
+    if (auto hook = std::exchange(after_find_stuck, nullptr)) hook();
+    return found;
+  }
+  absl::StatusOr<taskstore::ListPage> List(const taskstore::ListQuery& q) override {
+    return inner_->List(q);
+  }
+  absl::StatusOr<std::vector<taskstore::TypeStats>> Stats() override { return inner_->Stats(); }
+  absl::StatusOr<int> PurgeExpired(absl::Time now, int limit) override {
+    return inner_->PurgeExpired(now, limit);
+  }
+  absl::StatusOr<Schedule> CreateSchedule(const Schedule& s, absl::Time now) override {
+    return inner_->CreateSchedule(s, now);
+  }
+  absl::StatusOr<Schedule> GetSchedule(absl::string_view id) override {
+    return inner_->GetSchedule(id);
+  }
+  absl::StatusOr<std::vector<Schedule>> ListSchedules() override { return inner_->ListSchedules(); }
+  absl::Status DeleteSchedule(absl::string_view id) override { return inner_->DeleteSchedule(id); }
+  absl::StatusOr<std::vector<Schedule>> ClaimDueSchedules(absl::Time now, absl::Duration lease,
+                                                          int limit,
+                                                          absl::string_view owner) override {
+    return inner_->ClaimDueSchedules(now, lease, limit, owner);
+  }
+  absl::StatusOr<Schedule> AdvanceSchedule(absl::string_view id, int64_t expected_version,
+                                           absl::Time next_run_at, absl::Time last_run_at,
+                                           absl::string_view last_task_id,
+                                           absl::Time now) override {
+    return inner_->AdvanceSchedule(id, expected_version, next_run_at, last_run_at, last_task_id,
+                                   now);
+  }
+
+ private:
+  taskstore::TaskStore* const inner_;
+};
+
+class StuckTaskTest : public SchedulerTest {
+ protected:
+  static constexpr absl::Duration kTimeout = absl::Minutes(1);
+  static constexpr absl::Duration kGrace = absl::Minutes(1);
+
+  StuckTaskTest() {
+    SubscribeOptions options;
+    options.stream = std::string(kDefaultRequestStream);
+    options.group = "eventbus-executor";
+    options.consumer = "executor-1";
+    auto subscription = stream_->Subscribe(options);
+    EXPECT_TRUE(subscription.ok()) << subscription.status();
+    if (subscription.ok()) consumer_ = std::move(*subscription);
+  }
+
+  std::unique_ptr<Scheduler> NewStuckScheduler(std::string owner, taskstore::TaskStore* store,
+                                               std::function<void(absl::string_view)> on_requeued) {
+    SchedulerOptions options;
+    options.owner = std::move(owner);
+    options.lease = absl::Seconds(30);
+    return std::make_unique<Scheduler>(
+        options, SchedulerDependencies{.stream = stream_.get(),
+                                       .store = store,
+                                       .on_requeued = std::move(on_requeued)});
+  }
+
+  // What the API and an executor do up to a running attempt: the record, the request on the
+  // stream, fetched by executor-1 and marked running with its store lease (timeout + grace).
+  Delivery SubmitAndRun(const std::string& id) {
+    TaskRecord record;
+    record.id = id;
+    record.type = "echo";
+    record.request = json{{"id", id}, {"type", "echo"}, {"input", json::object()}}.dump();
+    EXPECT_TRUE(store_->Create(record, clock_.Now()).ok());
+    auto request = ParseTaskRequest(record.request);
+    EXPECT_TRUE(request.ok());
+    EXPECT_TRUE(
+        stream_->PublishAndWait(kDefaultRequestStream, MakeTaskRequestEvent(*request, "api")).ok());
+    auto fetched = consumer_->Fetch(1, absl::ZeroDuration());
+    EXPECT_TRUE(fetched.ok() && fetched->size() == 1u);
+    taskstore::TaskUpdate running;
+    running.from = {TaskState::kQueued};
+    running.now = clock_.Now();
+    running.state = TaskState::kRunning;
+    running.increment_attempts = true;
+    running.started_at = clock_.Now();
+    running.owner = absl::StrCat("executor-1 on ", kDefaultRequestStream);
+    running.lease_until = clock_.Now() + kTimeout + kGrace;
+    EXPECT_TRUE(store_->Update(id, running).ok());
+    return fetched.ok() && !fetched->empty() ? (*fetched)[0] : Delivery{};
+  }
+
+  std::unique_ptr<Subscription> consumer_;
+};
+
+TEST_F(StuckTaskTest, RunningTaskWithNoDeliveryHeldIsRequeuedOnceEvenWithTwoSchedulers) {
+  // The executor acked the delivery, but its store write was lost (the store was down): the
+  // task stays running in the store with nothing on the stream that would ever finish it.
+  const Delivery delivery = SubmitAndRun("lost");
+  ASSERT_TRUE(consumer_->Ack(delivery).ok());
+
+  std::map<std::string, int> requeued;  // by scheduler
+  RacingStore racing(store_.get());
+  auto first = NewStuckScheduler("s1", &racing, [&](absl::string_view) { ++requeued["s1"]; });
+  auto second = NewStuckScheduler("s2", store_.get(), [&](absl::string_view) { ++requeued["s2"]; });
+
+  clock_.Advance(kTimeout + kGrace - absl::Seconds(1));
+  EXPECT_EQ(first->Tick().requeued, 0);  // within its timeout plus grace: not stuck yet
+  clock_.Advance(absl::Seconds(2));
+  // Both find it stuck; the second's whole pass runs between the first's FindStuck and its
+  // claim. The first's claim then fails on the record's version.
+  SchedulerPass second_pass;
+  racing.after_find_stuck = [&] { second_pass = second->Tick(); };
+  const SchedulerPass first_pass = first->Tick();
+  EXPECT_EQ(second_pass.requeued, 1);
+  EXPECT_EQ(first_pass.requeued, 0);
+  EXPECT_EQ(first_pass.failed, 0);
+  EXPECT_EQ(requeued["s2"], 1);
+  EXPECT_EQ(requeued["s1"], 0);
+  EXPECT_EQ(first->Tick().requeued + second->Tick().requeued, 0);
+  EXPECT_THAT(Published(), ElementsAre("lost", "lost"));  // the original and one re-queue
+
+  const TaskRecord record = Stored("lost");
+  EXPECT_EQ(record.state, TaskState::kQueued);
+  EXPECT_EQ(record.owner, "");
+  EXPECT_EQ(record.lease_until, absl::InfinitePast());
+  const json history = json::parse(record.history);
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_EQ(history[0]["by"], "s2");
+  EXPECT_EQ(history[0]["stream"], std::string(kDefaultRequestStream));
+  EXPECT_THAT(history[0]["reason"].get<std::string>(), HasSubstr("no consumer of"));
+
+  // The re-queued request is delivered and runs.
+  auto again = consumer_->Fetch(1, absl::ZeroDuration());
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_EQ(ParseTaskRequest((*again)[0].event.data())->id, "lost");
+}
+
+TEST_F(StuckTaskTest, RunningTaskWhoseDeliveryIsStillHeldIsNotRequeued) {
+  // executor-1 hangs (or died): it still holds the delivery, which reclaim hands to another
+  // consumer; re-queueing too would run the task twice.
+  const Delivery delivery = SubmitAndRun("held");
+  int requeued = 0;
+  auto scheduler = NewStuckScheduler("s1", store_.get(), [&](absl::string_view) { ++requeued; });
+  clock_.Advance(kTimeout + kGrace + absl::Minutes(10));
+  SchedulerPass pass = scheduler->Tick();
+  EXPECT_EQ(pass.requeued, 0);
+  EXPECT_EQ(pass.stuck_held, 1);
+  EXPECT_EQ(requeued, 0);
+  EXPECT_EQ(Stored("held").state, TaskState::kRunning);
+  EXPECT_THAT(Published(), ElementsAre("held"));
+
+  // Once the delivery is settled (here: dead-lettered by the backend's own limit, as NATS's
+  // MaxDeliver would) and the store still says running, it is re-queued.
+  ASSERT_TRUE(consumer_->DeadLetter(delivery, "gone").ok());
+  pass = scheduler->Tick();
+  EXPECT_EQ(pass.requeued, 1);
+  EXPECT_EQ(requeued, 1);
+  EXPECT_EQ(Stored("held").state, TaskState::kQueued);
+}
+
+TEST_F(StuckTaskTest, RequeuedOntoTheStreamOfTheTierItRanOn) {
+  TaskRecord record;
+  record.id = "tier2";
+  record.type = "echo";
+  record.request = json{{"id", "tier2"}, {"type", "echo"}}.dump();
+  ASSERT_TRUE(store_->Create(record, clock_.Now()).ok());
+  taskstore::TaskUpdate running;
+  running.now = clock_.Now();
+  running.state = TaskState::kRunning;
+  running.started_at = clock_.Now();
+  running.owner = "executor-2 on io.flunq.task.slow";
+  running.lease_until = clock_.Now() + kTimeout + kGrace;
+  ASSERT_TRUE(store_->Update("tier2", running).ok());
+  auto scheduler = NewStuckScheduler("s1", store_.get(), nullptr);
+  clock_.Advance(kTimeout + kGrace + absl::Seconds(1));
+  EXPECT_EQ(scheduler->Tick().requeued, 1);
+  EXPECT_THAT(Published(), IsEmpty());  // not onto this scheduler's own request stream
+  auto page = stream_->inspector()->Read("io.flunq.task.slow", "", 10);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->events.size(), 1u);
+  EXPECT_EQ(ParseTaskRequest(page->events[0].event.data())->id, "tier2");
 }
 
 // ---- recurring ----------------------------------------------------------------------

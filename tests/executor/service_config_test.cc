@@ -223,6 +223,48 @@ TEST(ServiceConfigTest, ListsAndDurationsUseTheCoreParser) {
   EXPECT_THAT(trailing.status().message(), HasSubstr("EXECUTOR_CALL_DENY=\"10.0.0.0/8,\""));
 }
 
+TEST(ServiceConfigTest, EscalationTierAndStuckGrace) {
+  auto config = ParseServiceConfig(
+      {{"EXECUTOR_ESCALATE_TO", "tasks.slow"}, {"EXECUTOR_STUCK_GRACE", "PT5M"}}, kTypes);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->executor.escalate_to, "tasks.slow");
+  EXPECT_EQ(config->executor.store_lease_grace, absl::Minutes(5));
+
+  auto defaults = ParseServiceConfig({}, kTypes);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->executor.escalate_to, "");  // the last tier: dead-letter
+  EXPECT_EQ(defaults->executor.store_lease_grace, absl::Minutes(1));
+}
+
+TEST(ServiceConfigTest, EscalatingToAStreamOfThisExecutorOrABadNameStopsStartUp) {
+  struct Case {
+    Environment env;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      // The default request stream: the task would only restart its attempts here.
+      {{{"EXECUTOR_ESCALATE_TO", "io.flunq.task.requested"}}, "EXECUTOR_REQUEST_STREAM"},
+      {{{"EXECUTOR_REQUEST_STREAM", "tier1"}, {"EXECUTOR_ESCALATE_TO", "tier1"}},
+       "EXECUTOR_REQUEST_STREAM"},
+      {{{"EXECUTOR_ESCALATE_TO", "io.flunq.task.completed"}}, "EXECUTOR_RESULT_STREAM"},
+      {{{"EXECUTOR_ESCALATE_TO", "io.flunq.task.requested.dlq"}}, "EXECUTOR_DLQ_STREAM"},
+      {{{"EXECUTOR_DLQ_STREAM", "dead"}, {"EXECUTOR_ESCALATE_TO", "dead"}}, "EXECUTOR_DLQ_STREAM"},
+      {{{"EXECUTOR_ESCALATE_TO", "two words"}}, "without whitespace"},
+      {{{"EXECUTOR_ESCALATE_TO", std::string(201, 'x')}}, "1 to 200 bytes"},
+      {{{"EXECUTOR_ESCALATE_TO", ""}}, "EXECUTOR_ESCALATE_TO"},
+      {{{"EXECUTOR_STUCK_GRACE", "0s"}}, "EXECUTOR_STUCK_GRACE"},
+  };
+  for (const Case& c : cases) {
+    auto config = ParseServiceConfig(c.env, kTypes);
+    ASSERT_FALSE(config.ok()) << c.message;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(config.status().message(), HasSubstr(c.message));
+    if (c.env.contains("EXECUTOR_ESCALATE_TO")) {
+      EXPECT_THAT(config.status().message(), HasSubstr("EXECUTOR_ESCALATE_TO"));
+    }
+  }
+}
+
 TEST(CheckBackendConfigTest, NamesTheBackendAndItsSetting) {
   BackendRegistry registry;
   BackendRegistration fake;

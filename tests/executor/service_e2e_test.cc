@@ -242,7 +242,8 @@ TEST(ServiceEndToEnd, FreshServiceExportsEveryDocumentedSeriesAtZero) {
   types.insert(types.end(), {"call", "set"});
 #endif
   for (const std::string& type : types) {
-    for (const char* outcome : {"succeeded", "failed", "retried", "delayed", "invalid", "abandoned"}) {
+    for (const char* outcome :
+         {"succeeded", "failed", "retried", "delayed", "invalid", "abandoned", "escalated"}) {
       expect_zero(absl::StrCat("eventbus_executor_tasks_total{outcome=\"", outcome, "\",type=\"",
                                type, "\"}"));
     }
@@ -250,6 +251,8 @@ TEST(ServiceEndToEnd, FreshServiceExportsEveryDocumentedSeriesAtZero) {
     expect_zero(absl::StrCat("eventbus_executor_retries_total{type=\"", type, "\"}"));
     expect_zero(absl::StrCat("eventbus_executor_dead_letters_total{type=\"", type, "\"}"));
     expect_zero(absl::StrCat("eventbus_executor_tasks_submitted_total{type=\"", type, "\"}"));
+    expect_zero(
+        absl::StrCat("eventbus_executor_stuck_tasks_requeued_total{type=\"", type, "\"}"));
   }
   expect_zero("eventbus_executor_tasks_total{outcome=\"invalid\",type=\"_unknown\"}");
   expect_zero("eventbus_executor_dead_letters_total{type=\"_unknown\"}");
@@ -616,6 +619,11 @@ TEST(ServiceEndToEnd, BadConfigurationStopsStartUpNamingTheSetting) {
   auto [level_code, level_err] = run("LOG_LEVEL=chatty");
   EXPECT_EQ(level_code, 2);
   EXPECT_THAT(level_err, HasSubstr("LOG_LEVEL"));
+  // Escalating onto the stream this executor consumes would only restart the attempt count.
+  auto [tier_code, tier_err] = run("EXECUTOR_ESCALATE_TO=io.flunq.task.requested");
+  EXPECT_EQ(tier_code, 2);
+  EXPECT_THAT(tier_err, HasSubstr("EXECUTOR_ESCALATE_TO=\"io.flunq.task.requested\" is the stream "
+                                  "this executor uses as EXECUTOR_REQUEST_STREAM"));
   harness::RemoveTree(*dir);
 }
 

@@ -35,6 +35,13 @@ struct ExecutorOptions {
   absl::Duration progress_interval = absl::Seconds(1);
   // Empty = request_stream + ".dlq".
   std::string dead_letter_stream;
+  // EXECUTOR_ESCALATE_TO: where a task goes after its last failed attempt (transient or
+  // timeout; permanent and invalid ones are dead-lettered at once) instead of the dead-letter
+  // stream: the request stream of the next tier, whose executors run it with their own
+  // concurrency and retry policy and a fresh attempt count. The request carries the tiers it
+  // left ("escalations", docs/tasks.md). Empty = dead-letter (the last tier). Must differ from
+  // the request, result and dead-letter streams.
+  std::string escalate_to;
   std::string consumer_group = "eventbus-executor";
   // Unique within the group; empty = "<hostname>-<pid>-<random>".
   std::string consumer_name;
@@ -93,7 +100,9 @@ struct ExecutorOptions {
   // How often the store is asked whether a task this executor holds was cancelled
   // (EXECUTOR_CANCEL_POLL_INTERVAL): one GetMany for all of them.
   absl::Duration cancel_poll_interval = absl::Seconds(1);
-  // A running task's store lease is its timeout plus this: past it, the task counts as stuck.
+  // A running task's store lease is its timeout plus this (EXECUTOR_STUCK_GRACE): past it,
+  // the task counts as stuck, and the scheduler's stuck-task pass re-queues it when no one
+  // holds its delivery (docs/tasks.md, "Stuck tasks").
   absl::Duration store_lease_grace = absl::Minutes(1);
   // How often expired final tasks are purged from the store.
   absl::Duration purge_interval = absl::Minutes(1);

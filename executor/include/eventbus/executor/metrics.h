@@ -17,13 +17,16 @@ inline constexpr absl::string_view kOutcomeDelayed = "delayed";      // asked fo
 inline constexpr absl::string_view kOutcomeInvalid = "invalid";      // malformed request, dead-lettered
 inline constexpr absl::string_view kOutcomeAbandoned = "abandoned";  // given back at shutdown
 inline constexpr absl::string_view kOutcomeCancelled = "cancelled";  // cancelled through the task store
+// Out of attempts on this tier and handed to the next one (ExecutorOptions::escalate_to).
+inline constexpr absl::string_view kOutcomeEscalated = "escalated";
 // Redelivered after it had succeeded (task store): settled with the stored result, not run.
 inline constexpr absl::string_view kOutcomeDuplicate = "duplicate";
 // Every `outcome` label value, so exporters can create each series at zero up front.
 inline constexpr absl::string_view kOutcomes[] = {kOutcomeSucceeded, kOutcomeFailed,
                                                   kOutcomeRetried,   kOutcomeDelayed,
                                                   kOutcomeInvalid,   kOutcomeAbandoned,
-                                                  kOutcomeCancelled, kOutcomeDuplicate};
+                                                  kOutcomeCancelled, kOutcomeDuplicate,
+                                                  kOutcomeEscalated};
 // The `type` label for requests whose type is not registered (bounded label cardinality).
 inline constexpr absl::string_view kUnknownTypeLabel = "_unknown";
 // The `operation` label of BackendError.

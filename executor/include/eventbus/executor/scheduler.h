@@ -8,6 +8,11 @@
 // the claim runs out and another publishes it again, a duplicate the executor settles by the
 // task's record (a succeeded task is not run again).
 //
+// Each pass also re-queues stuck tasks: `running` in the store past their lease (the run's
+// timeout plus ExecutorOptions::store_lease_grace, EXECUTOR_STUCK_GRACE) whose delivery no one
+// holds any more (docs/tasks.md, "Stuck tasks"). A compare-and-set on the record's version
+// claims each one, so of several schedulers one re-queues it, once.
+//
 // Time is the injectable Clock's: Tick() does one pass at clock->Now(), so tests step a
 // ManualClock and call it; Start() runs passes every `interval` on a thread of its own.
 
@@ -50,6 +55,8 @@ struct SchedulerOptions {
   // A fire this much past its time counts as missed (the schedule's `missed` policy decides
   // whether it still runs). Zero: twice `interval`.
   absl::Duration missed_after = absl::ZeroDuration();
+  // Re-queue stuck tasks (see above).
+  bool requeue_stuck = true;
 };
 
 struct SchedulerDependencies {
@@ -61,6 +68,8 @@ struct SchedulerDependencies {
       log;
   // Called once per task published (its type); may be null.
   std::function<void(absl::string_view type)> on_published;
+  // Called once per stuck task re-queued (its type); may be null.
+  std::function<void(absl::string_view type)> on_requeued;
 };
 
 // What one pass did.
@@ -69,6 +78,8 @@ struct SchedulerPass {
   int fired = 0;      // schedule fires published
   int skipped = 0;    // schedule fires not run (missed with `skip`, overlapping, unique key held)
   int failed = 0;     // publishes or store writes that failed (retried after the lease)
+  int requeued = 0;   // stuck tasks re-queued
+  int stuck_held = 0;  // stuck tasks left alone: a consumer may still hold their delivery
 };
 
 class Scheduler {
@@ -81,7 +92,8 @@ class Scheduler {
   // Stops the thread after its current pass. Idempotent.
   void Stop();
 
-  // One pass at the clock's now: publishes due run-later tasks, then fires due schedules.
+  // One pass at the clock's now: publishes due run-later tasks, fires due schedules, then
+  // re-queues stuck tasks.
   // Thread-safe, but passes of one scheduler do not overlap (a second call waits).
   SchedulerPass Tick();
 
@@ -92,7 +104,9 @@ class Scheduler {
   void PublishDueTasks(absl::Time now, SchedulerPass& pass);
   void FireDueSchedules(absl::Time now, SchedulerPass& pass);
   void FireSchedule(const taskstore::Schedule& schedule, absl::Time now, SchedulerPass& pass);
+  void RequeueStuckTasks(absl::Time now, SchedulerPass& pass);
   bool Publish(const TaskRequest& request, absl::string_view id);
+  absl::Status PublishTo(absl::string_view stream, const TaskRequest& request);
   void Log(absl::string_view message, absl::string_view id, absl::string_view error) const;
 
   SchedulerOptions options_;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -40,6 +41,20 @@ struct RetryOverride {
   RetryPolicy ApplyTo(RetryPolicy policy) const;
 };
 
+// One tier a task left before the one running it (escalation, docs/tasks.md "Escalation
+// tiers"): the request stream it ran on, its attempts there and how the last one failed.
+struct TierHistory {
+  std::string stream;
+  int attempts = 0;
+  std::string error_kind;  // "transient" or "timeout"
+  std::string error;
+  std::string consumer;  // the executor that escalated it
+  absl::Time escalated_at = absl::InfinitePast();
+};
+// A request carries at most this many tiers: more means EXECUTOR_ESCALATE_TO settings that
+// form a cycle through more streams than the executor can see from one hop.
+inline constexpr int kMaxEscalations = 16;
+
 struct TaskRequest {
   std::string id;    // required, non-empty, at most 200 bytes
   std::string type;  // required: selects the handler
@@ -61,6 +76,9 @@ struct TaskRequest {
   // (an executor that receives the request runs it).
   std::optional<absl::Time> run_at;
   std::optional<absl::Duration> run_after;
+  // "escalations": the tiers this task was escalated from, oldest first. Written by the
+  // executor that escalates it (EXECUTOR_ESCALATE_TO); a producer leaves it out.
+  std::vector<TierHistory> escalations;
 
   const nlohmann::json& Input() const;
 };
