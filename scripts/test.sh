@@ -23,6 +23,10 @@ jobs=$(nproc)
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 # Paths under the checkout are hashed relative to it, so another clone hits the same cache.
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"
+# And not the build directory: ccache hashes it into every -g compile by default, so the
+# package test's shared build (its own directory, same flags) missed on every object and
+# compiled the libraries again while every other test waited (it runs alone).
+export CCACHE_NOHASHDIR=1
 
 passed=0
 failed=0
