@@ -1,5 +1,7 @@
 #include "eventbus/executor/builtin_handlers.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -49,6 +51,12 @@ class WaitHandler final : public TaskHandler {
     // crash) keep the original due time instead of starting the wait over.
     const absl::Time due = context.requested_at() + *duration;
     const absl::Time now = context.clock()->Now();
+    // The share of the wait that has passed, at each run (the first and the one when due).
+    // Dropped once the run is over for the executor: progress is informative only.
+    const double elapsed = *duration > absl::ZeroDuration()
+                               ? absl::FDivDuration(now - context.requested_at(), *duration)
+                               : 1.0;
+    context.ReportProgress(std::lround(std::clamp(elapsed, 0.0, 1.0) * 100)).IgnoreError();
     if (now < due) return TaskOutcome::RedeliverAfter(due - now);
     return TaskOutcome::Succeeded({{"duration", FormatIsoDuration(*duration)},
                                    {"requested_at", FormatTimeAttribute(context.requested_at())},

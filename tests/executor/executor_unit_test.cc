@@ -349,6 +349,27 @@ TEST(WaitHandlerTest, RedeliversForTheRemainingTimeThenSucceeds) {
   EXPECT_EQ((*second.output())["duration"], "PT10S");
 }
 
+TEST(WaitHandlerTest, ReportsTheShareOfTheWaitThatHasPassedAtEachRun) {
+  ManualClock clock;
+  auto handler = NewWaitHandler();
+  const TaskRequest request = Request("wait", {{"duration", "PT10S"}});
+  const absl::Time requested = clock.Now();
+  std::vector<std::string> reported;
+  auto run = [&](int attempt) {
+    TaskContext context(request, attempt, requested, clock.Now() + absl::Seconds(30), &clock);
+    context.set_progress_sink([&](std::string progress) {
+      reported.push_back(std::move(progress));
+      return absl::OkStatus();
+    });
+    return handler->Handle(context);
+  };
+  clock.Advance(absl::Seconds(3));
+  EXPECT_EQ(run(1).kind(), TaskOutcome::Kind::kRedeliverAfter);
+  clock.Advance(absl::Seconds(8));  // past due: still 100, not 110
+  EXPECT_TRUE(run(2).ok());
+  EXPECT_THAT(reported, ::testing::ElementsAre("30", "100"));
+}
+
 TEST(WaitHandlerTest, RejectsMissingOrMalformedDurations) {
   auto handler = NewWaitHandler();
   EXPECT_THAT(handler->Supports(Request("wait", json::object())).message(),

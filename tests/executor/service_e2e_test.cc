@@ -933,6 +933,35 @@ std::pair<int, json> SendJson(const ExecutorProcess& service, const std::string&
 
 // Run later (run_after) and a recurring schedule (every), with the API's refusals: on whatever
 // store the service runs with (EXECUTOR_SCHEDULER_INTERVAL=100ms).
+// A `wait` reports the share of it that has passed at each run; GET /v1/tasks/{id}/events
+// streams what the store records (progress events), then the final state, then ends.
+void WaitProgressOverSse(const ExecutorProcess& service) {
+  auto [status, body] = service.Submit(
+      {{"id", "progress-wait"}, {"type", "wait"}, {"input", {{"duration", "PT1S"}}}});
+  ASSERT_EQ(status, 202) << body;
+  auto events = service.Client().Get("/v1/tasks/progress-wait/events");  // ends with the task
+  ASSERT_TRUE(events);
+  ASSERT_EQ(events->status, 200) << events->body;
+  std::vector<std::pair<std::string, json>> messages;
+  for (absl::string_view message : absl::StrSplit(events->body, "\n\n", absl::SkipEmpty())) {
+    std::string event;
+    json data;
+    for (absl::string_view line : absl::StrSplit(message, '\n')) {
+      if (absl::ConsumePrefix(&line, "event: ")) event = std::string(line);
+      if (absl::ConsumePrefix(&line, "data: ")) data = json::parse(line, nullptr, false);
+    }
+    if (!event.empty()) messages.emplace_back(event, data);  // not a ": keep-alive" comment
+  }
+  ASSERT_GE(messages.size(), 2u) << "progress, then the final state: " << events->body;
+  for (size_t i = 0; i + 1 < messages.size(); ++i) {
+    EXPECT_EQ(messages[i].first, "progress") << events->body;
+    EXPECT_EQ(messages[i].second.value("id", ""), "progress-wait") << events->body;
+  }
+  EXPECT_EQ(messages.back().first, "final") << events->body;
+  EXPECT_EQ(messages.back().second.value("state", ""), "succeeded") << events->body;
+  EXPECT_EQ(messages.back().second.value("progress", json()), 100) << events->body;
+}
+
 void RunLaterAndSchedules(const ExecutorProcess& service) {
   auto [later, later_body] = service.Submit({{"id", "later-1"},
                                              {"type", "inject"},
@@ -1045,6 +1074,7 @@ TEST(ServiceEndToEnd, RunLaterAndSchedulesOnTheMemoryStore) {
       ExecutorProcess::Start({"EVENT_STREAM_TYPE=memory", "EXECUTOR_SCHEDULER_INTERVAL=100ms"});
   ASSERT_NE(service, nullptr);
   RunLaterAndSchedules(*service);
+  WaitProgressOverSse(*service);
 }
 
 TEST(ServiceEndToEnd, WithoutAStoreTheTaskApiIsRefusedNamingTheSettingAndTasksStillRun) {
@@ -1106,6 +1136,7 @@ TEST(ServiceEndToEnd, RedisStoreTracksTasksAndNeverRunsASucceededTaskTwice) {
   TaskApiLifecycle(*service);
   SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
   RunLaterAndSchedules(*service);
+  WaitProgressOverSse(*service);
   auto [later, later_body] = service->Submit({{"id", "later-restart"},
                                               {"type", "inject"},
                                               {"input", {{"data", json::object()}}},
@@ -1236,6 +1267,7 @@ TEST(ServiceEndToEnd, KafkaWithThePostgresStoreTracksTasksAndNeverRunsASucceeded
   TaskApiLifecycle(*service);
   SucceededTaskRunsOnceDespiteADuplicateDelivery(*service, **reader, remote);
   RunLaterAndSchedules(*service);
+  WaitProgressOverSse(*service);
   auto [later, later_body] = service->Submit({{"id", "later-restart"},
                                               {"type", "inject"},
                                               {"input", {{"data", json::object()}}},
