@@ -185,6 +185,14 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void Close();
 
+  // Ends a streamed response once every queued chunk is written: the last event (a task's
+  // final state) must reach the client, not be dropped with the connection.
+  void EndStream() {
+    if (closed_) return;
+    ending_stream_ = true;
+    if (!writing_chunk_ && chunks_.empty()) Close();
+  }
+
   void Reply(uint64_t seq, HttpResponse response) {
     if (closed_ || !awaiting_ || seq != seq_) return;
     awaiting_ = false;
@@ -349,7 +357,8 @@ class Session : public std::enable_shared_from_this<Session> {
                        if (ec) return self->Close();
                        self->chunks_.pop_front();
                        self->stream_.expires_never();
-                       if (!self->chunks_.empty()) self->WriteNextChunk();
+                       if (!self->chunks_.empty()) return self->WriteNextChunk();
+                       if (self->ending_stream_) self->Close();
                      });
   }
 
@@ -424,6 +433,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Streamed responses.
   bool streaming_ = false;
   bool writing_chunk_ = false;
+  bool ending_stream_ = false;  // EndStream: close once chunks_ is written
   std::string stream_header_;
   std::deque<std::string> chunks_;
   std::shared_ptr<SessionStream> stream_handle_;
@@ -451,7 +461,9 @@ class SessionStream final : public HttpStream {
     open_ = false;
     std::lock_guard lock(gate_->mu);
     std::shared_ptr<Session> session = session_.lock();
-    if (gate_->open && session != nullptr) net::post(session->executor(), [session] { session->Close(); });
+    if (gate_->open && session != nullptr) {
+      net::post(session->executor(), [session] { session->EndStream(); });
+    }
   }
 
   bool open() const override { return open_; }

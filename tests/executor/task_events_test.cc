@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -334,6 +335,27 @@ TEST_F(TaskEventsLimitsTest, BoundsOpenStreamsAndFreesTheSlotOfAClientThatLeft) 
   ASSERT_TRUE(AwaitOpenStreams(0));
   SseReader third(server_->port(), "/events/t");
   EXPECT_TRUE(absl::StartsWith(third.Header(), "HTTP/1.1 200"));
+}
+
+// The last progress and the final state stored between two polls go out together: the stream
+// must end only after both reached the client (it once closed with the final event queued).
+TEST_F(TaskEventsLimitsTest, ProgressAndFinalStateStoredWithinOnePollBothReachTheClient) {
+  ASSERT_NO_FATAL_FAILURE(Start({.max_streams = 4,
+                                 .poll_interval = absl::Milliseconds(20),
+                                 .heartbeat_interval = absl::Seconds(30)}));
+  SseReader reader(server_->port(), "/events/t");
+  ASSERT_TRUE(absl::StartsWith(reader.Header(), "HTTP/1.1 200"));
+  ASSERT_TRUE(AwaitOpenStreams(1));
+  taskstore::TaskUpdate done;
+  done.now = absl::Now();
+  done.progress = "100";
+  done.state = taskstore::TaskState::kSucceeded;
+  ASSERT_TRUE(store_->Update("t", done).ok());
+  std::vector<std::string> events;
+  while (auto message = reader.Next()) {
+    if (!message->event.empty()) events.push_back(message->event);
+  }
+  EXPECT_THAT(events, ::testing::ElementsAre("progress", "final"));
 }
 
 TEST_F(TaskEventsLimitsTest, AnIdleStreamGetsAHeartbeatComment) {
