@@ -56,11 +56,13 @@ Event Numbered(int n, std::string key = "") {
   return event;
 }
 
+// `keyed`: each event gets a key of its own, so they spread over the partitions (keyless
+// records go to one partition at a time: librdkafka's sticky partitioner).
 std::set<std::string> PublishNumbered(EventStream& stream, const std::string& topic, int from,
-                                      int count) {
+                                      int count, bool keyed = false) {
   std::set<std::string> ids;
   for (int i = from; i < from + count; ++i) {
-    Event event = Numbered(i);
+    Event event = Numbered(i, keyed ? absl::StrCat("key-", i) : "");
     ids.insert(event.id());
     EXPECT_TRUE(stream.Publish(topic, event).ok());
   }
@@ -190,7 +192,10 @@ TEST(KafkaIntegrationTest, EventsInFlightAtADeadConsumerGoToTheSurvivorAndLateAc
   auto stream = MustStream(options);
   ASSERT_NE(stream, nullptr);
   const std::string topic = UniqueTopic("dead");
-  const std::set<std::string> published = PublishNumbered(*stream, topic, 0, 20);
+  // Keyed: both partitions hold deliveries, so whichever one the survivor takes over has
+  // some in flight at the doomed consumer (keyless, all 20 often went to one partition, and
+  // when the doomed consumer kept that one there was nothing to hand over).
+  const std::set<std::string> published = PublishNumbered(*stream, topic, 0, 20, /*keyed=*/true);
 
   auto doomed = MustSubscribe(*stream, topic, "g", "doomed");
   ASSERT_NE(doomed, nullptr);
