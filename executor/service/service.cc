@@ -860,14 +860,7 @@ std::optional<HttpResponse> Service::RequireStore(absl::string_view feature) con
 
 void Service::HandleTaskGet(const std::string& id, HttpResponder respond) {
   auto record = store_->Get(id);
-  if (absl::IsNotFound(record.status())) {
-    return respond(JsonError(
-        404, absl::StrCat("no task \"", id, "\" (never submitted through this API, or purged "
-                          "after its retention)")));
-  }
-  if (!record.ok()) {
-    return respond(JsonError(503, absl::StrCat("task store: ", record.status().message())));
-  }
+  if (!record.ok()) return respond(TaskLookupFailure(id, record.status()));
   respond(Json(200, TaskJson(*record)));
 }
 

@@ -80,16 +80,17 @@ int TaskEvents::open_streams() {
   return slots_->used;
 }
 
+HttpResponse TaskLookupFailure(absl::string_view id, const absl::Status& status) {
+  if (absl::IsNotFound(status)) {
+    return JsonError(404, absl::StrCat("no task \"", id, "\" (never submitted through this API, "
+                                       "or purged after its retention)"));
+  }
+  return JsonError(503, absl::StrCat("task store: ", status.message()));
+}
+
 void TaskEvents::Handle(const std::string& id, const HttpResponder& respond) {
   absl::StatusOr<taskstore::TaskRecord> record = store_->Get(id);
-  if (absl::IsNotFound(record.status())) {
-    return respond(JsonError(
-        404, absl::StrCat("no task \"", id, "\" (never submitted through this API, or purged "
-                          "after its retention)")));
-  }
-  if (!record.ok()) {
-    return respond(JsonError(503, absl::StrCat("task store: ", record.status().message())));
-  }
+  if (!record.ok()) return respond(TaskLookupFailure(id, record.status()));
   {
     std::lock_guard lock(mu_);
     if (stopping_) return respond(JsonError(503, "shutting down"));

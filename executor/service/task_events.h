@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "eventbus/taskstore/task_store.h"
 
@@ -29,6 +31,10 @@ namespace eventbus::executor::service {
 class HttpStream;
 struct HttpResponse;
 using HttpResponder = std::function<void(HttpResponse)>;
+
+// The answer when reading task `id` from the store failed: 404 for an id the store does not
+// know, 503 for a store error. GET /v1/tasks/{id} and its /events answer alike.
+HttpResponse TaskLookupFailure(absl::string_view id, const absl::Status& status);
 
 struct TaskEventsOptions {
   int max_streams = 64;
