@@ -203,6 +203,18 @@ try {
   assert.match(await page.textContent("#task-result"), /42/);
   assert.notEqual(await page.textContent("#task-finished"), "-");
   log("task detail followed", laterId, "to succeeded");
+  // A wait reports its progress at each run; the open detail shows the last one live.
+  const waitId = `browser-wait-${Date.now()}`;
+  const wait = await call("POST", "/v1/tasks", { id: waitId, type: "wait",
+                                                input: { duration: "PT2S" } });
+  assert.equal(wait.status, 202, JSON.stringify(wait.body));
+  await page.fill("#task-id", waitId);
+  await page.click("#task-form button[type=submit]");
+  await until("the wait's detail to show it succeeded",
+              async () => (await page.textContent("#task-field-id")) === waitId &&
+                          (await page.textContent("#task-state")) === "succeeded");
+  assert.equal(await page.textContent("#task-progress"), "100 %");
+  log("task detail showed", waitId, "progress 100 %");
 
   // Schedules: created through the API, listed with cron, zone and next run; deleted from the
   // page (two clicks), gone from the page and from the API.

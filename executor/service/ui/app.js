@@ -323,6 +323,10 @@ function renderTask(task) {
                              ["task-run-at", "run_at"], ["task-schedule", "schedule_id"]]) {
     text($(id), task[field] === null || task[field] === undefined ? "-" : task[field]);
   }
+  // What the handler last reported (ReportProgress): a percentage or a JSON object.
+  text($("task-progress"), task.progress === null || task.progress === undefined ? "-"
+                           : typeof task.progress === "number" ? task.progress + " %"
+                           : JSON.stringify(task.progress));
   text($("task-last-error"), task.last_error || "-");
   text($("task-result"), task.result === null || task.result === undefined
                            ? "-" : JSON.stringify(task.result, null, 2));
