@@ -87,7 +87,7 @@ if ! $quick; then
     -DEVENTBUS_WITH_REDIS=OFF -DEVENTBUS_WITH_KAFKA=OFF "${sanitizer_flags[@]}" >/dev/null
   cmake --build build-tsan -j "$jobs" --target memory_test memory_conformance_test executor_test \
     executor_http_server_test memory_task_store_test
-  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions="$root/tests/tsan.supp" \
     run_ctest --test-dir build-tsan \
       -R '^(memory_unit|memory_conformance|executor_run_loop|executor_service_http_server|taskstore_memory_conformance)$' || status=1
 
