@@ -102,10 +102,14 @@ void Scheduler::Stop() {
 void Scheduler::Loop() {
   std::unique_lock lock(mu_);
   while (!stop_) {
+    // The next pass is due an interval after this one began: read after the pass, the clock
+    // may already include an advance the pass did not see (and the pass would then wait a
+    // whole interval past it; on a virtual clock, for ever).
+    const absl::Time began = clock_->Now();
     lock.unlock();
     Tick();
     lock.lock();
-    const absl::Time until = clock_->Now() + options_.interval;
+    const absl::Time until = began + options_.interval;
     while (!stop_) {
       const absl::Time now = clock_->Now();
       if (now >= until) break;
