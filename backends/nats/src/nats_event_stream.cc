@@ -31,6 +31,7 @@
 #include "eventbus/status_macros.h"
 #include "nats_handles.h"
 #include "nats_inspector.h"
+#include "pull_consumer.h"
 #include "wire.h"
 
 namespace eventbus::nats {
@@ -106,11 +107,12 @@ class NatsEventStream;
 
 class NatsSubscription final : public Subscription {
  public:
-  NatsSubscription(NatsEventStream* stream, SubscribeOptions options, SubscriptionPtr sub)
+  NatsSubscription(NatsEventStream* stream, SubscribeOptions options,
+                   std::unique_ptr<PullConsumer> pull)
       : stream_(stream),
         options_(std::move(options)),
         dead_letter_stream_(DeadLetterStreamName(options_)),
-        sub_(std::move(sub)),
+        pull_(std::move(pull)),
         settler_([this] { SettleLoop(); }) {}
   ~NatsSubscription() override { Close().IgnoreError(); }
 
@@ -154,8 +156,7 @@ class NatsSubscription final : public Subscription {
   absl::StatusOr<std::vector<Delivery>> FetchUpTo(int max_events, absl::Duration wait);
   // Takes the message held for `delivery` out of held_ (FailedPrecondition when none, or
   // when closed). Every successful Take must be matched by one EndUse once the caller has
-  // finished with the message: Close waits for that before it destroys the subscription
-  // the message belongs to (nats.c acks through it).
+  // finished with the message: Close waits for that before it gives back what is held.
   absl::StatusOr<MsgPtr> Take(const Delivery& delivery, absl::string_view op);
   void EndUse();
   // Ends the use a successful Take began, when the caller's scope ends.
@@ -172,7 +173,7 @@ class NatsSubscription final : public Subscription {
   std::atomic<bool> closed_{false};
 
   std::mutex fetch_mu_;  // Fetch/Reclaim; Close waits for a running fetch
-  SubscriptionPtr sub_;  // guarded by fetch_mu_
+  std::unique_ptr<PullConsumer> pull_;  // guarded by fetch_mu_
 
   std::mutex close_mu_;  // one Close at a time; a second waits for the first to finish
 
@@ -374,18 +375,10 @@ class NatsEventStream final : public EventStream {
     } else if (!found.ok()) {
       return found;
     }
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = stream_name.c_str();
-    so.Consumer = durable.c_str();
-    so.ManualAck = true;
-    natsSubscription* sub = nullptr;
-    code = jsErrCode(0);
-    EVENTBUS_RETURN_IF_ERROR(ToStatus(js_PullSubscribe(&sub, js_.get(), options.stream.c_str(),
-                                                       durable.c_str(), nullptr, &so, &code),
-                                      absl::StrCat(where, ": pull subscribe"), code));
+    EVENTBUS_ASSIGN_OR_RETURN(std::unique_ptr<PullConsumer> pull,
+                              PullConsumer::Create(conn_.get(), stream_name, durable));
     return std::unique_ptr<Subscription>(
-        std::make_unique<NatsSubscription>(this, options, SubscriptionPtr(sub)));
+        std::make_unique<NatsSubscription>(this, options, std::move(pull)));
   }
 
   absl::Status Ping(absl::Duration timeout) override {
@@ -431,6 +424,7 @@ class NatsEventStream final : public EventStream {
     return kv_.get();
   }
   int64_t request_timeout_ms() const { return Millis(options_.request_timeout); }
+  absl::Duration request_timeout() const { return options_.request_timeout; }
 
  protected:
   absl::Status DoPublish(absl::string_view stream, Event event, PublishCallback done) override {
@@ -606,25 +600,13 @@ absl::StatusOr<std::vector<Delivery>> NatsSubscription::FetchUpTo(int max_events
   if (closed_) return Closed();
   if (max_events < 1) return absl::InvalidArgumentError("Fetch: max_events must be >= 1");
   std::lock_guard fetch_lock(fetch_mu_);
-  if (closed_ || sub_ == nullptr) return Closed();
-  natsMsgList list{};
-  jsErrCode code = jsErrCode(0);
-  natsStatus ns = natsSubscription_Fetch(&list, sub_.get(), max_events, Millis(wait), &code);
+  if (closed_ || pull_ == nullptr) return Closed();
+  // Disconnected or mid-reconnect: Unavailable, the caller retries (as Fetch documents).
+  EVENTBUS_ASSIGN_OR_RETURN(std::vector<MsgPtr> msgs, pull_->Fetch(max_events, wait));
   std::vector<Delivery> out;
-  if (ns == NATS_TIMEOUT || ns == NATS_NOT_FOUND) return out;
-  if (ns != NATS_OK) {
-    absl::Status status = ToStatus(ns, absl::StrCat("nats fetch from ", options_.stream), code);
-    // Disconnected or mid-reconnect: the caller retries (Fetch documents Unavailable).
-    if (!absl::IsInvalidArgument(status) && !absl::IsFailedPrecondition(status)) {
-      status = absl::UnavailableError(status.message());
-    }
-    natsMsgList_Destroy(&list);
-    return status;
-  }
+  out.reserve(msgs.size());
   const absl::Time now = stream_->clock()->Now();
-  for (int i = 0; i < list.Count; ++i) {
-    MsgPtr msg(list.Msgs[i]);
-    list.Msgs[i] = nullptr;
+  for (MsgPtr& msg : msgs) {
     Delivery delivery;
     delivery.stream = options_.stream;
     jsMsgMetaData* raw_meta = nullptr;
@@ -660,7 +642,6 @@ absl::StatusOr<std::vector<Delivery>> NatsSubscription::FetchUpTo(int max_events
     PutBack(delivery.token, std::move(msg));
     out.push_back(std::move(delivery));
   }
-  natsMsgList_Destroy(&list);
   return out;
 }
 
@@ -692,9 +673,9 @@ void NatsSubscription::EndUse() {
 absl::Status NatsSubscription::Ack(const Delivery& delivery) {
   EVENTBUS_ASSIGN_OR_RETURN(MsgPtr msg, Take(delivery, "Ack"));
   UseEnd use_end{this};
-  jsErrCode code = jsErrCode(0);
-  absl::Status s = ToStatus(natsMsg_AckSync(msg.get(), nullptr, &code),
-                            absl::StrCat("nats ack of ", delivery.stream, "/", delivery.id), code);
+  absl::Status s = AckMsg(stream_->connection(), msg.get(),
+                          absl::StrCat("nats ack of ", delivery.stream, "/", delivery.id),
+                          /*sync=*/true, stream_->request_timeout());
   if (!s.ok()) {
     if (absl::IsDeadlineExceeded(s)) s = absl::UnavailableError(s.message());
     PutBack(delivery.token, std::move(msg));  // still ours: the caller may retry
@@ -716,11 +697,12 @@ absl::Status NatsSubscription::Nack(const Delivery& delivery, absl::Duration del
     }
   }
   // A plain Nak redelivers at once and ignores a consumer BackOff; a delay must be explicit.
-  natsStatus ns = delay > absl::ZeroDuration()
-                      ? natsMsg_NakWithDelay(msg.get(), Millis(delay), nullptr)
-                      : natsMsg_Nak(msg.get(), nullptr);
-  if (ns == NATS_OK) ns = natsConnection_FlushTimeout(stream_->connection(), stream_->request_timeout_ms());
-  absl::Status s = ToStatus(ns, absl::StrCat("nats nak of ", delivery.stream, "/", delivery.id));
+  const std::string where = absl::StrCat("nats nak of ", delivery.stream, "/", delivery.id);
+  absl::Status s = NakMsg(stream_->connection(), msg.get(), delay, where);
+  if (s.ok()) {
+    s = ToStatus(natsConnection_FlushTimeout(stream_->connection(), stream_->request_timeout_ms()),
+                 where);
+  }
   if (!s.ok()) {
     if (absl::IsDeadlineExceeded(s)) s = absl::UnavailableError(s.message());
     PutBack(delivery.token, std::move(msg));
@@ -736,8 +718,8 @@ absl::Status NatsSubscription::Extend(const Delivery& delivery) {
     return absl::FailedPreconditionError(
         absl::StrCat("Extend: delivery ", delivery.id, " is not held by this consumer"));
   }
-  return ToStatus(natsMsg_InProgress(it->second.get(), nullptr),
-                  absl::StrCat("nats in-progress of ", delivery.stream, "/", delivery.id));
+  return InProgressMsg(stream_->connection(), it->second.get(),
+                       absl::StrCat("nats in-progress of ", delivery.stream, "/", delivery.id));
 }
 
 absl::Status NatsSubscription::DeadLetterMsg(const Delivery& delivery, natsMsg* msg,
@@ -747,9 +729,10 @@ absl::Status NatsSubscription::DeadLetterMsg(const Delivery& delivery, natsMsg* 
       absl::StrCat("dlq:", options_.stream, ":", delivery.id, ":", options_.group);
   EVENTBUS_RETURN_IF_ERROR(stream_->PublishSync(dead_letter_stream_, dead, msg_id));
   // Only after the dead letter is durable: Term stops all redelivery of the original.
-  natsStatus ns = natsMsg_Term(msg, nullptr);
-  if (ns == NATS_OK) ns = natsConnection_FlushTimeout(stream_->connection(), stream_->request_timeout_ms());
-  return ToStatus(ns, absl::StrCat("nats term of ", delivery.stream, "/", delivery.id));
+  const std::string where = absl::StrCat("nats term of ", delivery.stream, "/", delivery.id);
+  EVENTBUS_RETURN_IF_ERROR(TermMsg(stream_->connection(), msg, where));
+  return ToStatus(
+      natsConnection_FlushTimeout(stream_->connection(), stream_->request_timeout_ms()), where);
 }
 
 absl::Status NatsSubscription::DeadLetter(const Delivery& delivery, absl::string_view reason) {
@@ -782,13 +765,11 @@ void NatsSubscription::SettleAsync(const Delivery& delivery, bool ack, absl::Dur
     }
   }
   if (ack) ForgetFailedAttempts(delivery);
-  natsStatus ns = ack ? natsMsg_Ack(msg->get(), nullptr)
-                  : delay > absl::ZeroDuration()
-                      ? natsMsg_NakWithDelay(msg->get(), Millis(delay), nullptr)
-                      : natsMsg_Nak(msg->get(), nullptr);
-  if (ns != NATS_OK) {
-    absl::Status status = ToStatus(ns, absl::StrCat("nats ", ack ? "ack" : "nak", " of ",
-                                                    delivery.stream, "/", delivery.id));
+  const std::string where =
+      absl::StrCat("nats ", ack ? "ack" : "nak", " of ", delivery.stream, "/", delivery.id);
+  absl::Status status = ack ? AckMsg(stream_->connection(), msg->get(), where)
+                            : NakMsg(stream_->connection(), msg->get(), delay, where);
+  if (!status.ok()) {
     PutBack(delivery.token, std::move(msg).value());
     done(std::move(status));
     return;
@@ -902,9 +883,15 @@ absl::Status NatsSubscription::Close() {
     held.swap(held_);
   }
   // What this consumer still holds goes back to the group at once, not after AckWait.
-  for (auto& [token, msg] : held) natsMsg_Nak(msg.get(), nullptr);
+  // So does what was delivered to it and not fetched yet.
+  std::vector<MsgPtr> give_back = pull_->Close();
+  for (auto& [token, msg] : held) give_back.push_back(std::move(msg));
+  for (MsgPtr& msg : give_back) {
+    NakMsg(stream_->connection(), msg.get(), absl::ZeroDuration(), "nats nak on close")
+        .IgnoreError();
+  }
   natsConnection_FlushTimeout(stream_->connection(), stream_->request_timeout_ms());
-  sub_.reset();
+  pull_.reset();
   return absl::OkStatus();
 }
 

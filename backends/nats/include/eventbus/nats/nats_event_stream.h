@@ -6,9 +6,10 @@
 // Mechanisms, in short:
 // - Publish: js_PublishMsgAsync with Nats-Msg-Id = event id (the server drops a duplicate id
 //   within the stream's duplicate window); Flush waits for every PubAck.
-// - Fetch: natsSubscription_Fetch on a pull subscription bound to the group's durable consumer
-//   (explicit ack, AckWait = SubscribeOptions::ack_wait or the configured default).
-// - Ack: AckSync; Nack: Nak / NakWithDelay (kept by the server); Extend: InProgress.
+// - Fetch: pull requests for the group's durable consumer (explicit ack, AckWait =
+//   SubscribeOptions::ack_wait or the configured default) answered into an inbox of the
+//   subscription's own (our pull loop, not nats.c's Fetch, which corrupts its heap in 3.4).
+// - Ack: +ACK awaiting the server; Nack: -NAK [delay] (kept by the server); Extend: +WPI.
 //   AckAsync/NackAsync send at once and complete per batch after one connection flush.
 // - Reclaim: the server redelivers what stays unacknowledged past AckWait by itself; Reclaim
 //   is a non-blocking fetch that returns whatever the server hands out now.
