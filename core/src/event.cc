@@ -6,18 +6,60 @@
 #include "absl/random/random.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 
 namespace eventbus {
 
+namespace {
+
+// Writes the `digits` low hex digits of `value` (most significant first) at `out`.
+char* PutHex(char* out, uint64_t value, int digits) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (int i = digits - 1; i >= 0; --i) {
+    out[i] = kHex[value & 0xF];
+    value >>= 4;
+  }
+  return out + digits;
+}
+
+// Writes `value` as exactly `digits` decimal digits at `out`.
+char* PutDecimal(char* out, int64_t value, int digits) {
+  for (int i = digits - 1; i >= 0; --i) {
+    out[i] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  }
+  return out + digits;
+}
+
+// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's civil_from_days).
+void CivilFromDays(int64_t days, int64_t* year, int* month, int* day) {
+  days += 719468;
+  const int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+  const int64_t doe = days - era * 146097;                                   // [0, 146096]
+  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;  // [0, 399]
+  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);               // [0, 365]
+  const int64_t mp = (5 * doy + 2) / 153;                                    // [0, 11]
+  *day = static_cast<int>(doy - (153 * mp + 2) / 5 + 1);
+  *month = static_cast<int>(mp < 10 ? mp + 3 : mp - 9);
+  *year = yoe + era * 400 + (*month <= 2 ? 1 : 0);
+}
+
+}  // namespace
+
+// Every published event gets one: formatted by hand (absl::StrFormat was 6 % of a publish).
 std::string NewEventId() {
   thread_local absl::BitGen gen;
   uint64_t hi = absl::Uniform<uint64_t>(gen);
   uint64_t lo = absl::Uniform<uint64_t>(gen);
   hi = (hi & ~uint64_t{0xF000}) | uint64_t{0x4000};                      // version 4
   lo = (lo & ~(uint64_t{0xC} << 60)) | (uint64_t{0x8} << 60);            // RFC 4122 variant
-  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32, (hi >> 16) & 0xFFFF, hi & 0xFFFF,
-                         lo >> 48, lo & 0xFFFFFFFFFFFFULL);
+  std::string id(36, '-');
+  char* p = id.data();
+  p = PutHex(p, hi >> 32, 8) + 1;
+  p = PutHex(p, (hi >> 16) & 0xFFFF, 4) + 1;
+  p = PutHex(p, hi & 0xFFFF, 4) + 1;
+  p = PutHex(p, lo >> 48, 4) + 1;
+  PutHex(p, lo & 0xFFFFFFFFFFFFULL, 12);
+  return id;
 }
 
 Event MakeEvent(absl::string_view type, absl::string_view source, absl::string_view data) {
@@ -166,8 +208,61 @@ bool IsValidUtf8(absl::string_view text) {
   return true;
 }
 
+// Every encoded event's time goes through here: years 1000-9999 at whole nanoseconds (all
+// that a protobuf Timestamp or the clock gives) are formatted by hand, as absl::FormatTime
+// would (it was 7 % of a Redis publish); anything else by absl::FormatTime itself.
 std::string FormatTimeAttribute(absl::Time time) {
-  return absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", time, absl::UTCTimeZone());
+  static constexpr char kFormat[] = "%Y-%m-%d%ET%H:%M:%E*SZ";
+  absl::Duration below_second;
+  const int64_t seconds_since_epoch =
+      absl::IDivDuration(time - absl::UnixEpoch(), absl::Seconds(1), &below_second);
+  absl::Duration below_nanosecond;
+  int64_t nanos = absl::IDivDuration(below_second, absl::Nanoseconds(1), &below_nanosecond);
+  // -30610224000 is 1000-01-01T00:00:00Z (absl does not pad shorter years to four digits),
+  // 253402300800 is 10000-01-01T00:00:00Z.
+  if (below_nanosecond != absl::ZeroDuration() || seconds_since_epoch <= -30610224000 ||
+      seconds_since_epoch >= 253402300800) {
+    return absl::FormatTime(kFormat, time, absl::UTCTimeZone());
+  }
+  int64_t seconds = seconds_since_epoch;
+  if (nanos < 0) {  // IDivDuration truncates toward zero; the calendar needs the floor
+    nanos += 1'000'000'000;
+    seconds -= 1;
+  }
+  int64_t days = seconds / 86400;
+  int64_t second_of_day = seconds % 86400;
+  if (second_of_day < 0) {
+    second_of_day += 86400;
+    days -= 1;
+  }
+  int64_t year = 0;
+  int month = 0;
+  int day = 0;
+  CivilFromDays(days, &year, &month, &day);
+  char buffer[32];
+  char* p = buffer;
+  p = PutDecimal(p, year, 4);
+  *p++ = '-';
+  p = PutDecimal(p, month, 2);
+  *p++ = '-';
+  p = PutDecimal(p, day, 2);
+  *p++ = 'T';
+  p = PutDecimal(p, second_of_day / 3600, 2);
+  *p++ = ':';
+  p = PutDecimal(p, second_of_day / 60 % 60, 2);
+  *p++ = ':';
+  p = PutDecimal(p, second_of_day % 60, 2);
+  if (nanos != 0) {  // as %E*S: the fraction without trailing zeros
+    int digits = 9;
+    while (nanos % 10 == 0) {
+      nanos /= 10;
+      --digits;
+    }
+    *p++ = '.';
+    p = PutDecimal(p, nanos, digits);
+  }
+  *p++ = 'Z';
+  return std::string(buffer, p);
 }
 
 std::string FormatTimeMillis(absl::Time time) {

@@ -1,7 +1,14 @@
+#include <cstdint>
+#include <limits>
 #include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "eventbus/clock.h"
 #include "eventbus/event.h"
 #include "eventbus/event_stream.h"
@@ -174,6 +181,59 @@ TEST(TimeAttribute, RoundTripsAndRefusesWhatIsNotRfc3339) {
     EXPECT_FALSE(parsed.ok()) << bad;
     EXPECT_NE(parsed.status().message().find("attribute 'time'"), absl::string_view::npos)
         << parsed.status();
+  }
+}
+
+// FormatTimeAttribute formats common times by hand: it must agree with absl::FormatTime
+// everywhere, including before the epoch, at leap days, at the fast path's edges and beyond.
+TEST(TimeAttribute, FormatsExactlyAsAbslFormatTime) {
+  auto expected = [](absl::Time t) {
+    return absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", t, absl::UTCTimeZone());
+  };
+  std::vector<absl::Time> times = {
+      absl::UnixEpoch(),
+      absl::UnixEpoch() - absl::Nanoseconds(1),
+      absl::UnixEpoch() + absl::Nanoseconds(1),
+      absl::FromUnixSeconds(951782400),       // 2000-02-29
+      absl::FromUnixSeconds(4107542400),      // 2100-03-01 (2100 is not a leap year)
+      absl::FromUnixSeconds(-62167219200),    // 0000-01-01T00:00:00Z
+      absl::FromUnixSeconds(-30610224000),    // 1000-01-01T00:00:00Z
+      absl::FromUnixSeconds(-30610224000) - absl::Nanoseconds(1),
+      absl::FromUnixSeconds(-30610224000) + absl::Nanoseconds(1),
+      absl::FromUnixSeconds(253402300799),    // 9999-12-31T23:59:59Z
+      absl::FromUnixSeconds(253402300799) + absl::Nanoseconds(999999999),
+      absl::FromUnixSeconds(253402300800),    // 10000-01-01
+      absl::FromUnixSeconds(1714564800) + absl::Nanoseconds(120),
+      absl::FromUnixSeconds(1714564800) + absl::Milliseconds(500),
+      absl::FromUnixSeconds(1714564800) + absl::Nanoseconds(1) / 4,  // below a nanosecond
+      absl::InfinitePast(),
+      absl::InfiniteFuture(),
+  };
+  absl::BitGen gen;
+  for (int i = 0; i < 20000; ++i) {
+    times.push_back(absl::FromUnixNanos(absl::Uniform<int64_t>(
+        gen, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())));
+    times.push_back(absl::FromUnixSeconds(absl::Uniform<int64_t>(gen, -70000000000, 260000000000)) +
+                    absl::Nanoseconds(absl::Uniform<int64_t>(gen, 0, 1000000000)));
+  }
+  for (absl::Time t : times) {
+    ASSERT_EQ(FormatTimeAttribute(t), expected(t)) << absl::ToUnixNanos(t);
+  }
+}
+
+TEST(NewEventId, IsAVersion4Uuid) {
+  for (int i = 0; i < 1000; ++i) {
+    const std::string id = NewEventId();
+    ASSERT_EQ(id.size(), 36u) << id;
+    for (int k = 0; k < 36; ++k) {
+      if (k == 8 || k == 13 || k == 18 || k == 23) {
+        ASSERT_EQ(id[k], '-') << id;
+      } else {
+        ASSERT_TRUE(absl::ascii_isxdigit(id[k]) && !absl::ascii_isupper(id[k])) << id;
+      }
+    }
+    ASSERT_EQ(id[14], '4') << id;                                   // version
+    ASSERT_NE(std::string("89ab").find(id[19]), std::string::npos) << id;  // variant
   }
 }
 
