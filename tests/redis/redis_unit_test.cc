@@ -2,6 +2,8 @@
 #include <string>
 #include <vector>
 
+#include <hiredis/hiredis.h>
+
 #include "absl/strings/match.h"
 #include "eventbus/redis/redis_event_stream.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -213,6 +215,37 @@ wire::Fields FieldsOf(const Event& event) {
 
 wire::Fields Minimal() {
   return {{"specversion", "1.0"}, {"id", "e-1"}, {"source", "/cli"}, {"type", "demo.created"}};
+}
+
+// The publish path's RESP encoding is byte for byte what hiredis makes of the same arguments.
+TEST(Wire, RespCommandIsWhatHiredisFormatsFromTheArguments) {
+  Event event = MakeEvent("io.example.type", "//source", std::string("bin\0ary\r\n\xff", 10));
+  event.set_subject("sübject");
+  event.set_key("k");
+  SetEventTime(event, absl::FromUnixNanos(1'700'000'000'123'456'789));
+  (*event.mutable_headers())["traceparent"] = "00-abc-def-01";
+  (*event.mutable_headers())["empty"] = "";
+  std::vector<std::string> args = {"XADD", "s", "MAXLEN", "~", "100", "*"};
+  wire::AppendFields(event, args);
+  wire::RespCommand command;
+  for (absl::string_view arg : {"XADD", "s", "MAXLEN", "~", "100", "*"}) command.Add(arg);
+  wire::AppendFields(event, command);
+  EXPECT_EQ(command.arguments(), args.size());
+
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (const std::string& arg : args) {
+    argv.push_back(arg.data());
+    lens.push_back(arg.size());
+  }
+  char* formatted = nullptr;
+  const int length = redisFormatCommandArgv(&formatted, static_cast<int>(args.size()),
+                                            argv.data(), lens.data());
+  ASSERT_GT(length, 0);
+  const std::string expected(formatted, static_cast<size_t>(length));
+  redisFreeCommand(formatted);
+  EXPECT_EQ(command.Take(), expected);
+  EXPECT_EQ(command.arguments(), 0u);
 }
 
 TEST(Wire, EncodeDecodeRoundTripsEveryAttribute) {

@@ -205,6 +205,36 @@ RedisConnection::PipelineResult RedisConnection::Pipeline(
   return result;
 }
 
+RedisConnection::PipelineResult RedisConnection::PipelineFormatted(
+    const std::vector<absl::string_view>& commands, absl::string_view name) {
+  PipelineResult result;
+  if (absl::Status s = EnsureConnected(); !s.ok()) {
+    result.status = s;
+    return result;
+  }
+  SetTimeout(settings_.command_timeout);
+  for (absl::string_view command : commands) {
+    if (redisAppendFormattedCommand(context_.get(), command.data(), command.size()) != REDIS_OK) {
+      result.status = absl::ResourceExhaustedError(
+          absl::StrCat("redis at ", Describe(), ": cannot buffer a pipelined command"));
+      Disconnect();
+      return result;
+    }
+  }
+  result.replies.reserve(commands.size());
+  for (size_t i = 0; i < commands.size(); ++i) {
+    void* raw = nullptr;
+    if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
+      result.status =
+          ContextToStatus(*context_, absl::StrCat("redis at ", Describe(), ": pipelined ", name));
+      Disconnect();
+      return result;
+    }
+    result.replies.emplace_back(static_cast<redisReply*>(raw));
+  }
+  return result;
+}
+
 absl::StatusOr<ReplyPtr> RedisConnection::Eval(const LuaScript& script,
                                                const std::vector<std::string>& keys,
                                                const std::vector<std::string>& args) {

@@ -64,6 +64,9 @@ class RedisConnection {
   };
   // The commands are not copied; they must stay alive for the call.
   PipelineResult Pipeline(const std::vector<const std::vector<std::string>*>& commands);
+  // The same for commands already in RESP (wire::RespCommand); `name` names them in errors.
+  PipelineResult PipelineFormatted(const std::vector<absl::string_view>& commands,
+                                   absl::string_view name);
 
   // EVALSHA with the script's keys and arguments.
   absl::StatusOr<ReplyPtr> Eval(const LuaScript& script, const std::vector<std::string>& keys,

@@ -102,12 +102,17 @@ class RedisEventStream final : public EventStream {
   absl::Status DoPublish(absl::string_view stream, Event event, PublishCallback done) override {
     PendingPublish item;
     item.stream = std::string(stream);
-    item.command = {"XADD", item.stream};
+    wire::RespCommand command;
+    command.Add("XADD");
+    command.Add(item.stream);
     if (options_.max_stream_length > 0) {
-      item.command.insert(item.command.end(), {"MAXLEN", "~", absl::StrCat(options_.max_stream_length)});
+      command.Add("MAXLEN");
+      command.Add("~");
+      command.Add(absl::StrCat(options_.max_stream_length));
     }
-    item.command.push_back("*");
-    wire::AppendFields(event, item.command);
+    command.Add("*");
+    wire::AppendFields(event, command);
+    item.command = command.Take();
     item.done = std::move(done);
     item.enqueued_at = absl::Now();
     absl::MutexLock lock(&queue_mu_);
@@ -125,7 +130,7 @@ class RedisEventStream final : public EventStream {
  private:
   struct PendingPublish {
     std::string stream;
-    std::vector<std::string> command;
+    std::string command;  // the XADD in RESP
     PublishCallback done;
     absl::Time enqueued_at;
   };
@@ -156,10 +161,10 @@ class RedisEventStream final : public EventStream {
 
   void WriteBatch(std::deque<PendingPublish>& batch) {
     while (!batch.empty()) {
-      std::vector<const std::vector<std::string>*> commands;
+      std::vector<absl::string_view> commands;
       commands.reserve(batch.size());
-      for (const PendingPublish& item : batch) commands.push_back(&item.command);
-      RedisConnection::PipelineResult result = writer_conn_.Pipeline(commands);
+      for (const PendingPublish& item : batch) commands.push_back(item.command);
+      RedisConnection::PipelineResult result = writer_conn_.PipelineFormatted(commands, "XADD");
       std::deque<PendingPublish> retry;
       absl::Status last_error = result.status;
       for (size_t i = 0; i < batch.size(); ++i) {

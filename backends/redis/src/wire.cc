@@ -20,10 +20,23 @@ constexpr absl::string_view kSchemaField = "dataschema";
 constexpr absl::string_view kKeyField = "partitionkey";
 constexpr absl::string_view kDataField = "data";
 
-void AppendIfSet(absl::string_view name, const std::string& value, std::vector<std::string>& args) {
-  if (value.empty()) return;
-  args.emplace_back(name);
-  args.push_back(value);
+// The entry's fields in order, once for both encodings: (name prefix, name, value).
+template <typename Visit>
+void VisitFields(const Event& event, Visit&& visit) {
+  auto if_set = [&](absl::string_view name, const std::string& value) {
+    if (!value.empty()) visit(absl::string_view(), name, value);
+  };
+  if_set(kSpecVersionField, event.spec_version());
+  if_set(kIdField, event.id());
+  if_set(kSourceField, event.source());
+  if_set(kTypeField, event.type());
+  if_set(kSubjectField, event.subject());
+  if (event.has_time()) visit(absl::string_view(), kTimeField, FormatTimeAttribute(EventTime(event)));
+  if_set(kContentTypeField, event.data_content_type());
+  if_set(kSchemaField, event.data_schema());
+  if_set(kKeyField, event.key());
+  for (const auto& [name, value] : event.headers()) visit(kHeaderPrefix, name, value);
+  visit(absl::string_view(), kDataField, event.data());
 }
 
 // Where a text attribute goes; null for fields handled separately.
@@ -45,25 +58,30 @@ std::string Printable(absl::string_view name) {
 
 }  // namespace
 
+void RespCommand::AddJoined(absl::string_view first, absl::string_view second) {
+  absl::StrAppend(&body_, "$", first.size() + second.size(), "\r\n", first, second, "\r\n");
+  ++arguments_;
+}
+
+std::string RespCommand::Take() {
+  std::string command = absl::StrCat("*", arguments_, "\r\n", body_);
+  body_.clear();
+  arguments_ = 0;
+  return command;
+}
+
 void AppendFields(const Event& event, std::vector<std::string>& args) {
-  AppendIfSet(kSpecVersionField, event.spec_version(), args);
-  AppendIfSet(kIdField, event.id(), args);
-  AppendIfSet(kSourceField, event.source(), args);
-  AppendIfSet(kTypeField, event.type(), args);
-  AppendIfSet(kSubjectField, event.subject(), args);
-  if (event.has_time()) {
-    args.emplace_back(kTimeField);
-    args.push_back(FormatTimeAttribute(EventTime(event)));
-  }
-  AppendIfSet(kContentTypeField, event.data_content_type(), args);
-  AppendIfSet(kSchemaField, event.data_schema(), args);
-  AppendIfSet(kKeyField, event.key(), args);
-  for (const auto& [name, value] : event.headers()) {
-    args.push_back(absl::StrCat(kHeaderPrefix, name));
-    args.push_back(value);
-  }
-  args.emplace_back(kDataField);
-  args.push_back(event.data());
+  VisitFields(event, [&](absl::string_view prefix, absl::string_view name, absl::string_view value) {
+    args.push_back(absl::StrCat(prefix, name));
+    args.emplace_back(value);
+  });
+}
+
+void AppendFields(const Event& event, RespCommand& command) {
+  VisitFields(event, [&](absl::string_view prefix, absl::string_view name, absl::string_view value) {
+    command.AddJoined(prefix, name);
+    command.Add(value);
+  });
 }
 
 absl::StatusOr<Event> Decode(const Fields& fields) {
