@@ -49,6 +49,7 @@ absl::StatusOr<KafkaRecord> EncodeEvent(const Event& event) {
   KafkaRecord record;
   if (!event.key().empty()) record.key = event.key();
   record.value = event.data();
+  record.headers.reserve(8 + event.headers().size());  // the attributes and the extensions
   auto add = [&record](absl::string_view name, absl::string_view value) {
     record.headers.emplace_back(std::string(name), std::string(value));
   };
