@@ -169,6 +169,9 @@ absl::Status ReadStore(const Environment& env, ServiceConfig& config) {
                                         &ex.cancel_poll_interval));
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_SCHEDULER_INTERVAL", absl::Milliseconds(10),
                                         absl::Hours(1), &config.scheduler_interval));
+  EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_INSTANCE_HEARTBEAT",
+                                        absl::Milliseconds(100), absl::Minutes(10),
+                                        &config.instance_heartbeat));
   EVENTBUS_RETURN_IF_ERROR(ReadDuration(env, "EXECUTOR_STUCK_GRACE", absl::Seconds(1),
                                         absl::Hours(24), &ex.store_lease_grace));
   return absl::OkStatus();
@@ -213,7 +216,7 @@ std::vector<std::string> KnownSettings() {
       "EXECUTOR_STREAM_BATCH", "EXECUTOR_STREAM_BLOCK", "EXECUTOR_TASK_TIMEOUT", "LOG_LEVEL",
       "EXECUTOR_STORE", "EXECUTOR_STORE_URL", "EXECUTOR_RETENTION_SUCCEEDED",
       "EXECUTOR_RETENTION_FAILED", "EXECUTOR_RETENTION_CANCELLED",
-      "EXECUTOR_CANCEL_POLL_INTERVAL", "EXECUTOR_SCHEDULER_INTERVAL",
+      "EXECUTOR_CANCEL_POLL_INTERVAL", "EXECUTOR_SCHEDULER_INTERVAL", "EXECUTOR_INSTANCE_HEARTBEAT",
       "EXECUTOR_PROGRESS_STREAM", "EXECUTOR_PROGRESS_INTERVAL", "EXECUTOR_ESCALATE_TO",
       "EXECUTOR_STUCK_GRACE"};
   std::sort(names.begin(), names.end());

@@ -75,6 +75,10 @@ struct ServiceConfig {
   // tasks and fires due schedules (default PT1S; PT0.01S..PT1H). A task is published at most
   // this late; a fire later than twice this counts as missed.
   absl::Duration scheduler_interval = absl::Seconds(1);
+  // EXECUTOR_INSTANCE_HEARTBEAT (with a store): how often this instance writes its record for
+  // the dashboard's fleet view (default PT5S; PT0.1S..PT10M). The record expires after 6
+  // intervals; one older than 2 intervals is shown as not reporting.
+  absl::Duration instance_heartbeat = absl::Seconds(5);
 };
 
 // Every variable ParseServiceConfig reads (besides the backends'), sorted.

@@ -13,6 +13,7 @@
 #include "eventbus/executor/operator_json.h"
 #include "eventbus/stream_inspector.h"
 #include "http_server.h"
+#include "instance_heartbeat.h"
 
 namespace eventbus::executor::service {
 
@@ -49,6 +50,58 @@ HttpResponse Asset(absl::string_view content_type, absl::string_view body) {
                                 "default-src 'self'; style-src 'self'; script-src 'self'");
   response.headers.emplace_back("X-Content-Type-Options", "nosniff");
   return response;
+}
+
+json TimeOrNull(absl::Time t) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return nullptr;
+  return FormatTimeMillis(t);
+}
+
+// One entry per record in the store, by name. This instance's entry carries its live figures
+// (those of `instance`), the others' are as of their last heartbeat; this one is listed even
+// when its own record is missing (its heartbeat failing), with last_seen null.
+json FleetJson(const std::vector<taskstore::InstanceRecord>& records, const json& instance,
+               absl::Time now) {
+  const std::string self = instance["name"].get<std::string>();
+  json fleet = json::array();
+  bool listed_self = false;
+  for (const taskstore::InstanceRecord& r : records) {
+    const bool is_self = r.name == self;
+    listed_self = listed_self || is_self;
+    json entry = {{"name", r.name},
+                  {"group", r.group},
+                  {"request_stream", r.request_stream},
+                  {"backend", r.backend},
+                  {"host", r.host},
+                  {"version", r.version},
+                  {"ready", r.ready},
+                  {"in_flight", r.in_flight},
+                  {"running", r.running},
+                  {"stuck_workers", r.stuck_workers},
+                  {"concurrency", r.concurrency},
+                  {"started_at", TimeOrNull(r.started_at)},
+                  {"heartbeat_interval_seconds", absl::ToDoubleSeconds(r.heartbeat_interval)},
+                  {"last_seen", TimeOrNull(r.last_seen)},
+                  {"last_seen_age_seconds",
+                   absl::ToDoubleSeconds(std::max(absl::ZeroDuration(), now - r.last_seen))},
+                  {"stale", IsStale(r, now)},
+                  {"this", is_self}};
+    if (is_self) {
+      for (const char* live : {"ready", "in_flight", "running", "stuck_workers"}) {
+        entry[live] = instance[live];
+      }
+    }
+    fleet.push_back(std::move(entry));
+  }
+  if (!listed_self) {
+    json entry = instance;
+    entry["last_seen"] = nullptr;
+    entry["last_seen_age_seconds"] = nullptr;
+    entry["stale"] = false;
+    entry["this"] = true;
+    fleet.insert(fleet.begin(), std::move(entry));
+  }
+  return fleet;
 }
 
 }  // namespace
@@ -93,13 +146,14 @@ std::pair<double, double> DashboardMetrics::TakeLatencyPercentiles() {
 
 Dashboard::Dashboard(DashboardOptions options, EventStream* stream, const Executor* executor,
                      DashboardMetrics* metrics, std::function<bool()> ready,
-                     std::function<std::string()> task_stats)
+                     std::function<std::string()> task_stats, InstanceLister instances)
     : options_(std::move(options)),
       stream_(stream),
       executor_(executor),
       metrics_(metrics),
       ready_(std::move(ready)),
       task_stats_(std::move(task_stats)),
+      instances_(std::move(instances)),
       snapshots_([this] { SnapshotLoop(); }) {}
 
 Dashboard::~Dashboard() { Stop(); }
@@ -152,6 +206,15 @@ std::string Dashboard::SnapshotJson() {
                           {"running", executor_->running()},
                           {"stuck_workers", executor_->stuck_workers()},
                           {"concurrency", options_.concurrency}};
+  if (instances_) {
+    absl::StatusOr<std::vector<taskstore::InstanceRecord>> records = instances_();
+    if (!records.ok()) {
+      snapshot["instances_error"] = absl::StrCat("task store: ", records.status().message());
+    }
+    snapshot["instances"] =
+        FleetJson(records.ok() ? *records : std::vector<taskstore::InstanceRecord>{},
+                  snapshot["instance"], now);
+  }
   const DashboardMetrics::Totals totals = metrics_->totals();
   snapshot["totals"] = {{"succeeded", totals.succeeded},
                         {"failed", totals.failed},

@@ -13,9 +13,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "eventbus/event_stream.h"
 #include "eventbus/executor/executor.h"
 #include "eventbus/executor/metrics.h"
+#include "eventbus/taskstore/task_store.h"
 
 namespace eventbus::executor::service {
 
@@ -76,12 +78,16 @@ struct DashboardOptions {
 
 class Dashboard {
  public:
+  // The instance records in the task store (TaskStore::ListInstances at the clock's now).
+  using InstanceLister = std::function<absl::StatusOr<std::vector<taskstore::InstanceRecord>>()>;
+
   // `stream`, `executor` and `metrics` are not owned and must outlive the dashboard; `ready`
   // tells whether the service can make progress (the /readyz verdict) and `task_stats`, when
   // set, gives the task store's figures as JSON text (GET /v1/stats), or "" without a store.
+  // `instances`, set when there is a store, lists the fleet (the snapshot's `instances`).
   Dashboard(DashboardOptions options, EventStream* stream, const Executor* executor,
             DashboardMetrics* metrics, std::function<bool()> ready,
-            std::function<std::string()> task_stats = nullptr);
+            std::function<std::string()> task_stats = nullptr, InstanceLister instances = nullptr);
   ~Dashboard();  // Stop()
 
   // Adds /ui, /ui/app.js, /ui/style.css, GET /v1/streams, GET /v1/dlq, POST /v1/dlq:redrive
@@ -96,6 +102,7 @@ class Dashboard {
 
  private:
   void SnapshotLoop();
+
   // Runs `work` (which reads or writes the broker) on a thread of its own, never on a server
   // thread. False when kMaxOperatorRequests already run or the dashboard stops.
   bool Offload(std::function<void()> work);
@@ -110,6 +117,7 @@ class Dashboard {
   DashboardMetrics* const metrics_;
   const std::function<bool()> ready_;
   const std::function<std::string()> task_stats_;
+  const InstanceLister instances_;
 
   std::mutex mu_;
   std::condition_variable wake_;

@@ -82,6 +82,13 @@ struct PrometheusMetrics::Families {
                                  "EXECUTOR_STUCK_GRACE, with no consumer holding their delivery, "
                                  "and re-queued by this executor's scheduler, by task type")
                            .Register(r)),
+        heartbeat_failures(prometheus::BuildCounter()
+                               .Name("eventbus_executor_instance_heartbeat_failures_total")
+                               .Help("Writes (and the removal at shutdown) of this instance's "
+                                     "record in the task store that failed (the dashboard's "
+                                     "fleet view shows it stale, then not at all)")
+                               .Register(r)
+                               .Add({})),
         stuck_workers(prometheus::BuildGauge()
                           .Name("eventbus_executor_stuck_workers")
                           .Help("Worker threads held by handlers that overran their timeout")
@@ -125,6 +132,7 @@ struct PrometheusMetrics::Families {
   Family<Gauge>& stored;
   Family<Gauge>& oldest_queued;
   Family<Counter>& stuck_requeued;
+  Counter& heartbeat_failures;
   Gauge& stuck_workers;
   Gauge& fetch_stalled;
   Gauge& stalled;
@@ -214,6 +222,8 @@ void PrometheusMetrics::BackendError(absl::string_view operation) {
 void PrometheusMetrics::TaskSubmitted(absl::string_view type, int count) {
   families_->submitted.Add({{"type", std::string(type)}}).Increment(count);
 }
+
+void PrometheusMetrics::InstanceHeartbeatFailed() { families_->heartbeat_failures.Increment(); }
 
 void PrometheusMetrics::StuckTaskRequeued(absl::string_view type) {
   families_->stuck_requeued.Add({{"type", std::string(type)}}).Increment();

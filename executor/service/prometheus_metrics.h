@@ -47,6 +47,9 @@ class PrometheusMetrics final : public ExecutorMetrics {
   void CircuitChanged(absl::string_view to_state);
   // The scheduler re-queued a stuck task (eventbus_executor_stuck_tasks_requeued_total).
   void StuckTaskRequeued(absl::string_view type);
+  // A write or delete of this instance's heartbeat record failed
+  // (eventbus_executor_instance_heartbeat_failures_total).
+  void InstanceHeartbeatFailed();
   // The task store's figures (GET /v1/stats), set on every scrape of /metrics.
   void StoredTasks(absl::string_view type, absl::string_view state, int64_t count);
   void OldestQueuedAge(absl::string_view type, absl::Duration age);

@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -27,6 +28,7 @@
 #include "eventbus/executor/task.h"
 #include "eventbus/redact.h"
 #include "eventbus/status_macros.h"
+#include "eventbus/version.h"
 #include "http_server.h"
 
 namespace eventbus::executor::service {
@@ -256,6 +258,7 @@ absl::Status Service::Start() {
                                      " event stream: ", stream.status().message()));
   }
   stream_ = std::move(*stream);
+  started_at_ = stream_->clock()->Now();
   auto backend_config = BackendRegistry::Global().ConfigFromEnvironment(config_.stream_type, env_);
   log_->Write(LogLevel::kInfo, "event stream ready",
               {{"backend", std::string(stream_->backend_name())},
@@ -317,14 +320,15 @@ absl::Status Service::Start() {
                                                                 kDlqStreamSuffix)
                                                  : options.dead_letter_stream,
                        .concurrency = options.concurrency},
-      stream_.get(), executor_.get(), &dashboard_metrics_,
-      [this] { return stream_->Ping(absl::Seconds(1)).ok(); },
+      stream_.get(), executor_.get(), &dashboard_metrics_, [this] { return ReadyNow(); },
       // The task store's figures (GET /v1/stats) when there is a store.
       [this]() -> std::string {
         if (store_ == nullptr) return "";
         absl::StatusOr<json> stats = TaskStatsJson();
         return stats.ok() ? stats->dump() : "";
-      });
+      },
+      store_ == nullptr ? Dashboard::InstanceLister()
+                        : [this] { return store_->ListInstances(stream_->clock()->Now()); });
   if (store_ != nullptr) {
     task_events_ = std::make_unique<TaskEvents>(
         TaskEventsOptions{}, store_.get(),
@@ -354,6 +358,16 @@ absl::Status Service::Start() {
   http_port_ = http_->port();
   EVENTBUS_RETURN_IF_ERROR(executor_->Start());
   if (scheduler_ != nullptr) EVENTBUS_RETURN_IF_ERROR(scheduler_->Start());
+  if (store_ != nullptr) {
+    heartbeat_ = std::make_unique<InstanceHeartbeat>(
+        config_.instance_heartbeat, store_.get(), stream_->clock(), [this] { return InstanceNow(); },
+        [this](const absl::Status& error) {
+          metrics_.InstanceHeartbeatFailed();
+          log_->Write(LogLevel::kWarn, "writing this instance's record to the task store failed",
+                      {{"error", error.ToString()}});
+        });
+    heartbeat_->Start();
+  }
   if (config_.api_token.empty() && config_.http_host != "127.0.0.1" &&
       config_.http_host != "localhost" && config_.http_host != "::1") {
     log_->Write(LogLevel::kWarn,
@@ -412,12 +426,38 @@ void Service::Stop() {
   // Nothing more is published from the store once the executor drains.
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (executor_ != nullptr) executor_->Shutdown();
+  // After the drain: the fleet sees this instance until its last task is settled.
+  if (heartbeat_ != nullptr) heartbeat_->Stop();
   if (stream_ != nullptr) {
     if (absl::Status s = stream_->Flush(absl::Seconds(10)); !s.ok()) {
       log_->Write(LogLevel::kWarn, "flushing the event stream failed", {{"error", s.ToString()}});
     }
   }
   log_->Write(LogLevel::kInfo, "eventbus-executor stopped");
+}
+
+bool Service::ReadyNow() const {
+  return executor_->CheckProgress().ok() && stream_->Ping(absl::Seconds(1)).ok();
+}
+
+taskstore::InstanceRecord Service::InstanceNow() const {
+  const ExecutorOptions& options = executor_->options();
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  taskstore::InstanceRecord r;
+  r.name = options.consumer_name;  // the executor's, generated when EXECUTOR_CONSUMER_NAME is unset
+  r.group = options.consumer_group;
+  r.request_stream = options.request_stream;
+  r.backend = config_.stream_type;
+  r.host = host;
+  r.version = EVENTBUS_VERSION_STRING;
+  r.ready = ReadyNow();
+  r.in_flight = executor_->in_flight();
+  r.running = executor_->running();
+  r.stuck_workers = executor_->stuck_workers();
+  r.concurrency = options.concurrency;
+  r.started_at = started_at_;
+  return r;
 }
 
 absl::StatusOr<Service::Prepared> Service::Prepare(json& document) const {

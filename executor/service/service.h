@@ -25,6 +25,7 @@
 #include "eventbus/taskstore/task_store.h"
 #include "json_log.h"
 #include "dashboard.h"
+#include "instance_heartbeat.h"
 #include "prometheus_metrics.h"
 #include "task_events.h"
 
@@ -110,6 +111,11 @@ class Service {
   // 400 naming EXECUTOR_STORE, for `feature`, when there is no store.
   std::optional<HttpResponse> RequireStore(absl::string_view feature) const;
   bool Authorized(absl::string_view authorization) const;
+  // The /readyz verdict, asked synchronously (the executor's progress, then a backend Ping of
+  // up to 1 s): for the dashboard and the instance heartbeat, never on an HTTP thread.
+  bool ReadyNow() const;
+  // This instance's heartbeat record as of now.
+  taskstore::InstanceRecord InstanceNow() const;
 
   ServiceConfig config_;
   Environment env_;
@@ -125,6 +131,8 @@ class Service {
   std::unique_ptr<ReadinessProbe> readiness_;
   std::unique_ptr<Dashboard> dashboard_;
   std::unique_ptr<TaskEvents> task_events_;  // with a store only
+  std::unique_ptr<InstanceHeartbeat> heartbeat_;  // with a store only
+  absl::Time started_at_ = absl::InfinitePast();
   std::unique_ptr<HttpServer> http_;
   int http_port_ = 0;
   bool stopped_ = false;

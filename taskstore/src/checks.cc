@@ -27,6 +27,20 @@ absl::Status ValidateNewSchedule(const Schedule& schedule) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateInstance(const InstanceRecord& record, absl::Duration ttl) {
+  if (record.name.empty()) return absl::InvalidArgumentError("instance name: must not be empty");
+  if (record.name.size() > kMaxTaskIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("instance name: ", record.name.size(),
+                                                   " bytes, at most ", kMaxTaskIdBytes));
+  }
+  if (ttl <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("instance ", record.name, ": ttl ", absl::FormatDuration(ttl),
+                     ", must be positive"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateListLimit(int limit) {
   if (limit < 1 || limit > kMaxListLimit) {
     return absl::InvalidArgumentError(

@@ -1,7 +1,7 @@
 // The dashboard in a real browser (ctest label `browser`): Debian's chromium, headless, driven
 // by playwright-core. Starts eventbus-executor (memory backend) and a local HTTP endpoint the
 // `call` tasks hit; checks that the page goes live, that its numbers move when tasks run, that
-// the instances view shows this executor, that a dead letter appears with its reason, that the
+// the instances view shows this executor (ready, its calls in flight), that a dead letter appears with its reason, that the
 // task detail shows a finished task's state (and follows a scheduled one until it runs), that
 // a schedule created through the API is listed and deleting it from the page removes it, and
 // that redriving the dead letter from the page makes it complete, and that with an API token
@@ -34,13 +34,23 @@ const { chromium } = require("playwright-core");
 
 const log = (...m) => console.log("[browser-test]", ...m);
 
-// The endpoint `call` tasks hit: /ok answers 200; /flaky answers 503 until `healed`.
+// The endpoint `call` tasks hit: /ok answers 200; /flaky answers 503 until `healed`; /hold
+// answers once releaseHeld() is called (tasks in flight meanwhile).
 let healed = false;
 const hits = { ok: 0, flaky: 0 };
+const held = [];
+const releaseHeld = () => {
+  for (const res of held.splice(0)) res.end("{}");
+};
 const endpoint = createServer((req, res) => {
+  req.resume();
+  if (req.url.startsWith("/hold")) {
+    res.writeHead(200, { "Content-Type": "application/json" });
+    held.push(res);
+    return;
+  }
   const route = req.url.startsWith("/flaky") ? "flaky" : "ok";
   hits[route]++;
-  req.resume();
   if (route === "flaky" && !healed) {
     res.writeHead(503, { "Content-Type": "text/plain" });
     res.end("upstream down");
@@ -86,6 +96,7 @@ let browser;
 const cleanup = async () => {
   if (browser) await browser.close().catch(() => {});
   for (const child of executors) child.kill("SIGTERM");
+  releaseHeld();
   endpoint.close();
 };
 process.on("uncaughtException", async (e) => {
@@ -170,15 +181,22 @@ try {
   await until("dead-lettered count on the page",
               async () => Number(await page.textContent("#total-dead-lettered")) >= 1);
 
-  // The instances view: this executor with its health and in-flight count out of its slots;
-  // on memory no other instance can share the stream, so no other member is listed.
+  // The instances view (from the memory task store): this executor, ready, with its record's
+  // age and its in-flight count out of its slots while two calls are held; on memory no other
+  // instance can share the store, so no other row is listed.
   const local = page.locator("#instance-table tr.local");
-  await local.waitFor({ timeout: 10000 });
+  for (let i = 0; i < 2; i++) {
+    await submit({ type: "call", input: { url: `${endpointUrl}/hold?i=${i}`, method: "GET" } });
+  }
+  await until("two calls in flight in the instances view",
+              async () => (await local.locator("td.in-flight").textContent()) === "2 / 8");
   const localText = await local.textContent();
   assert.match(localText, /\(this instance\)/, localText);
-  assert.match(localText, /ready/, localText);
-  assert.match(localText, /\/ 8/, localText);
+  assert.equal(await local.locator("td.health").textContent(), "ready");
+  assert.match(await local.locator("td.last-seen").textContent(), /^\d+s ago$/);
   assert.equal(await page.locator("#instance-table tr.remote").count(), 0);
+  assert.match(await page.textContent("#instance-note"), /EXECUTOR_INSTANCE_HEARTBEAT/);
+  releaseHeld();
   log("instances view:", localText.replace(/\s+/g, " "));
 
   // Task detail: the dead letter's task id opens its record, dead-lettered with the 503.

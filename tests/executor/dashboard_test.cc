@@ -194,6 +194,61 @@ TEST_F(DashboardTest, SnapshotNamesThisInstanceAndItsConsumerGroup) {
   EXPECT_EQ(names, (std::vector<std::string>{"exec-a", "exec-b"})) << snapshot.dump();
 }
 
+// With a task store (memory here), the instances view is the store's: every instance that
+// reports into it, this one marked and live, the others as of their heartbeat, a silent one
+// stale. Other processes are stood in for by records written straight into the store.
+TEST_F(DashboardTest, SnapshotListsTheInstancesOfTheTaskStoreWithThisOneMarked) {
+  ASSERT_NO_FATAL_FAILURE(Start({{"EXECUTOR_CONSUMER_NAME", "exec-a"}}));
+  ASSERT_NE(service_->store(), nullptr);
+  const absl::Time now = service_->stream()->clock()->Now();
+  taskstore::InstanceRecord other;
+  other.name = "exec-b";
+  other.group = "io.flunq.executor";
+  other.backend = "memory";
+  other.ready = true;
+  other.in_flight = 3;
+  other.concurrency = 16;
+  other.heartbeat_interval = absl::Seconds(5);
+  ASSERT_TRUE(service_->store()->PutInstance(other, now, absl::Seconds(30)).ok());
+  taskstore::InstanceRecord silent = other;
+  silent.name = "exec-c";
+  ASSERT_TRUE(service_->store()->PutInstance(silent, now - absl::Seconds(11), absl::Seconds(30)).ok());
+
+  RawHttpClient client(service_->http_port());
+  ASSERT_TRUE(client.Send(RawHttpClient::Request("GET", "/v1/dashboard/events")));
+  json snapshot = ReadSnapshotsUntil(client, [](const json& s) {
+    return s.contains("instances") && s["instances"].size() == 3 && s["instances"][0]["last_seen"].is_string();
+  });
+  ASSERT_TRUE(snapshot.contains("instances")) << snapshot.dump();
+  const json& fleet = snapshot["instances"];
+  ASSERT_EQ(fleet.size(), 3u) << snapshot.dump();
+  EXPECT_EQ(fleet[0]["name"], "exec-a");
+  EXPECT_EQ(fleet[0]["this"], true);
+  EXPECT_EQ(fleet[0]["ready"], true);
+  EXPECT_EQ(fleet[0]["stale"], false);
+  EXPECT_EQ(fleet[0]["concurrency"], snapshot["instance"]["concurrency"]);
+  EXPECT_EQ(fleet[0]["heartbeat_interval_seconds"], 5);
+  EXPECT_EQ(fleet[1]["name"], "exec-b");
+  EXPECT_EQ(fleet[1]["this"], false);
+  EXPECT_EQ(fleet[1]["in_flight"], 3);
+  EXPECT_EQ(fleet[1]["concurrency"], 16);
+  EXPECT_EQ(fleet[1]["stale"], false);
+  EXPECT_EQ(fleet[2]["name"], "exec-c");
+  EXPECT_EQ(fleet[2]["stale"], true) << "silent for more than 2 of its 5 s intervals";
+  EXPECT_GE(fleet[2]["last_seen_age_seconds"].get<double>(), 11);
+  EXPECT_FALSE(snapshot.contains("instances_error"));
+}
+
+TEST_F(DashboardTest, WithoutATaskStoreTheSnapshotHasNoFleet) {
+  ASSERT_NO_FATAL_FAILURE(Start({{"EXECUTOR_STORE", "none"}}));
+  RawHttpClient client(service_->http_port());
+  ASSERT_TRUE(client.Send(RawHttpClient::Request("GET", "/v1/dashboard/events")));
+  json snapshot = ReadSnapshotsUntil(client, [](const json&) { return true; });
+  ASSERT_TRUE(snapshot.is_object());
+  EXPECT_FALSE(snapshot.contains("instances")) << snapshot.dump();
+  EXPECT_EQ(snapshot["instance"]["ready"], true);
+}
+
 TEST_F(DashboardTest, DeadLettersAreListedWithTheirReasonAndRedrivenByHand) {
   ASSERT_NO_FATAL_FAILURE(Start());
   PublishMalformedRequest("broken-2");

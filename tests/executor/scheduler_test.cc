@@ -354,6 +354,16 @@ class RacingStore final : public taskstore::TaskStore {
     return inner_->AdvanceSchedule(id, expected_version, next_run_at, last_run_at, last_task_id,
                                    now);
   }
+  absl::Status PutInstance(const taskstore::InstanceRecord& record, absl::Time now,
+                           absl::Duration ttl) override {
+    return inner_->PutInstance(record, now, ttl);
+  }
+  absl::StatusOr<std::vector<taskstore::InstanceRecord>> ListInstances(absl::Time now) override {
+    return inner_->ListInstances(now);
+  }
+  absl::Status DeleteInstance(absl::string_view name) override {
+    return inner_->DeleteInstance(name);
+  }
 
  private:
   taskstore::TaskStore* const inner_;

@@ -99,7 +99,8 @@ TEST(ServiceConfigTest, TaskStoreDefaultsFollowTheBackendAndAreValidated) {
        {"EXECUTOR_RETENTION_FAILED", "P2D"},
        {"EXECUTOR_RETENTION_CANCELLED", "30m"},
        {"EXECUTOR_CANCEL_POLL_INTERVAL", "250ms"},
-       {"EXECUTOR_SCHEDULER_INTERVAL", "PT0.5S"}},
+       {"EXECUTOR_SCHEDULER_INTERVAL", "PT0.5S"},
+       {"EXECUTOR_INSTANCE_HEARTBEAT", "PT2S"}},
       kTypes);
   ASSERT_TRUE(postgres.ok()) << postgres.status();
   EXPECT_EQ(postgres->store, "postgres");
@@ -110,6 +111,8 @@ TEST(ServiceConfigTest, TaskStoreDefaultsFollowTheBackendAndAreValidated) {
   EXPECT_EQ(postgres->executor.cancel_poll_interval, absl::Milliseconds(250));
   EXPECT_EQ(postgres->scheduler_interval, absl::Milliseconds(500));
   EXPECT_EQ(kafka->scheduler_interval, absl::Seconds(1));
+  EXPECT_EQ(postgres->instance_heartbeat, absl::Seconds(2));
+  EXPECT_EQ(kafka->instance_heartbeat, absl::Seconds(5));
 
   auto none = ParseServiceConfig({{"EXECUTOR_STORE", "none"}}, kTypes);
   ASSERT_TRUE(none.ok()) << none.status();
@@ -124,7 +127,10 @@ TEST(ServiceConfigTest, TaskStoreDefaultsFollowTheBackendAndAreValidated) {
            {{{"EXECUTOR_RETENTION_FAILED", "forever"}}, "EXECUTOR_RETENTION_FAILED"},
            {{{"EXECUTOR_CANCEL_POLL_INTERVAL", "1ms"}}, "EXECUTOR_CANCEL_POLL_INTERVAL"},
            {{{"EXECUTOR_SCHEDULER_INTERVAL", "PT2H"}}, "EXECUTOR_SCHEDULER_INTERVAL"},
-           {{{"EXECUTOR_SCHEDULER_INTERVAL", "often"}}, "EXECUTOR_SCHEDULER_INTERVAL"}}) {
+           {{{"EXECUTOR_SCHEDULER_INTERVAL", "often"}}, "EXECUTOR_SCHEDULER_INTERVAL"},
+           {{{"EXECUTOR_INSTANCE_HEARTBEAT", "10ms"}}, "EXECUTOR_INSTANCE_HEARTBEAT"},
+           {{{"EXECUTOR_INSTANCE_HEARTBEAT", "PT1H"}}, "EXECUTOR_INSTANCE_HEARTBEAT"},
+           {{{"EXECUTOR_INSTANCE_HEARTBEAT", ""}}, "EXECUTOR_INSTANCE_HEARTBEAT"}}) {
     auto config = ParseServiceConfig(env, kTypes);
     ASSERT_FALSE(config.ok()) << message;
     EXPECT_TRUE(absl::IsInvalidArgument(config.status()));

@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -271,6 +272,7 @@ TEST(ServiceEndToEnd, FreshServiceExportsEveryDocumentedSeriesAtZero) {
   expect_zero("eventbus_executor_fetch_lag_seconds_count");
   expect_zero("eventbus_executor_stuck_workers");
   expect_zero("eventbus_executor_stalled");
+  expect_zero("eventbus_executor_instance_heartbeat_failures_total");
   ASSERT_TRUE(samples.contains("eventbus_executor_fetch_stalled_seconds")) << res->body;
   double stalled_seconds = -1;
   ASSERT_TRUE(absl::SimpleAtod(samples["eventbus_executor_fetch_stalled_seconds"], &stalled_seconds));
@@ -1229,6 +1231,108 @@ TEST(ServiceEndToEnd, SigtermGivesRunningTasksBackToTheNextWorkerAndLosesNothing
       EXPECT_EQ(result.attempts, 1) << id;
     }
   }
+}
+
+// The first dashboard snapshot of `service` whose `instances` satisfy `done` (a fresh
+// connection gets a snapshot at once, then one a second); the last one seen after 30 s.
+json AwaitFleet(const ExecutorProcess& service, const std::function<bool(const json&)>& done) {
+  json last;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  RawHttpClient client(service.port());
+  if (!client.Send(RawHttpClient::Request("GET", "/v1/dashboard/events"))) return last;
+  std::string buffer;
+  while (absl::Now() < deadline) {
+    char chunk[8192];
+    const ssize_t n = ::recv(client.fd(), chunk, sizeof(chunk), 0);
+    if (n <= 0) break;
+    buffer.append(chunk, static_cast<size_t>(n));
+    size_t end;
+    while ((end = buffer.find("\n\n")) != std::string::npos) {
+      const std::string message = buffer.substr(0, end);
+      buffer.erase(0, end + 2);
+      const size_t data = message.find("data: ");
+      if (data == std::string::npos) continue;
+      last = json::parse(message.substr(data + 6), nullptr, false);
+      if (last.contains("instances") && done(last["instances"])) return last["instances"];
+    }
+  }
+  ADD_FAILURE() << "the fleet never matched; last snapshot: " << last.dump();
+  return last.value("instances", json());
+}
+
+// The entry of `name` in a snapshot's `instances`; null when it is not listed.
+json FleetEntry(const json& fleet, absl::string_view name) {
+  for (const json& entry : fleet) {
+    if (entry.value("name", "") == name) return entry;
+  }
+  return nullptr;
+}
+
+// Two executor processes on one Redis store (and server), each on its own request stream so
+// which one runs a task is certain: each one's dashboard lists the other with its in-flight
+// count from the other's heartbeat, and a graceful stop removes the stopped one's record at
+// once (long before its record would expire).
+TEST(ServiceEndToEnd, TwoExecutorsOnOneRedisStoreSeeEachOthersInFlightCounts) {
+  if (!HasCallAndSetHandlers()) GTEST_SKIP() << "built without the call/set components";
+  auto redis = harness::RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  testing::LocalHttpServer remote;
+  const std::vector<std::string> common = {"EVENT_STREAM_TYPE=redis",
+                                           "REDIS_URL=" + (*redis)->url(),
+                                           "EXECUTOR_CONCURRENCY=4", "EXECUTOR_TASK_TIMEOUT=PT60S"};
+  std::vector<std::string> env_a = common;
+  env_a.insert(env_a.end(), {"EXECUTOR_CONSUMER_NAME=exec-a", "EXECUTOR_INSTANCE_HEARTBEAT=200ms"});
+  std::vector<std::string> env_b = common;
+  // B's record would live 6 s after its last beat: gone at once after its stop only if removed.
+  env_b.insert(env_b.end(), {"EXECUTOR_CONSUMER_NAME=exec-b", "EXECUTOR_INSTANCE_HEARTBEAT=1s",
+                             "EXECUTOR_REQUEST_STREAM=tasks.tier-b"});
+  auto a = ExecutorProcess::Start(env_a);
+  ASSERT_NE(a, nullptr);
+  auto b = ExecutorProcess::Start(env_b);
+  ASSERT_NE(b, nullptr);
+  auto gate_call = [&](const ExecutorProcess& on, int i) {
+    auto [status, body] = on.Submit({{"id", absl::StrCat("fleet-gate-", i)},
+                                     {"type", "call"},
+                                     {"input", {{"url", remote.Url("/gate")}}}});
+    ASSERT_EQ(status, 202) << body;
+  };
+  for (int i = 0; i < 2; ++i) ASSERT_NO_FATAL_FAILURE(gate_call(*a, i));
+  ASSERT_NO_FATAL_FAILURE(gate_call(*b, 2));
+  ASSERT_TRUE(remote.AwaitGateArrivals(3)) << a->LogTail() << b->LogTail();
+
+  auto in_flight_is = [](absl::string_view name, int n) {
+    return [name = std::string(name), n](const json& fleet) {
+      const json entry = FleetEntry(fleet, name);
+      return entry.is_object() && entry.value("in_flight", -1) == n;
+    };
+  };
+  json seen_by_a = AwaitFleet(*a, in_flight_is("exec-b", 1));
+  json b_from_a = FleetEntry(seen_by_a, "exec-b");
+  ASSERT_TRUE(b_from_a.is_object()) << seen_by_a.dump();
+  EXPECT_EQ(b_from_a["this"], false);
+  EXPECT_EQ(b_from_a["ready"], true);
+  EXPECT_EQ(b_from_a["stale"], false);
+  EXPECT_EQ(b_from_a["concurrency"], 4);
+  EXPECT_EQ(b_from_a["backend"], "redis");
+  EXPECT_EQ(b_from_a["request_stream"], "tasks.tier-b");
+  EXPECT_EQ(FleetEntry(seen_by_a, "exec-a")["this"], true) << seen_by_a.dump();
+  EXPECT_EQ(FleetEntry(seen_by_a, "exec-a")["in_flight"], 2) << seen_by_a.dump();
+
+  json seen_by_b = AwaitFleet(*b, in_flight_is("exec-a", 2));
+  EXPECT_EQ(FleetEntry(seen_by_b, "exec-a")["this"], false) << seen_by_b.dump();
+  EXPECT_EQ(FleetEntry(seen_by_b, "exec-b")["this"], true) << seen_by_b.dump();
+  EXPECT_EQ(FleetEntry(seen_by_b, "exec-b")["in_flight"], 1) << seen_by_b.dump();
+
+  remote.OpenGate();
+  ASSERT_TRUE(a->AwaitMetric(
+      "eventbus_executor_tasks_total{outcome=\"succeeded\",type=\"call\"}", 2));
+  ASSERT_TRUE(b->AwaitMetric(
+      "eventbus_executor_tasks_total{outcome=\"succeeded\",type=\"call\"}", 1));
+  b->Stop();  // SIGTERM: drains, then removes its record
+  json after = AwaitFleet(*a, [](const json&) { return true; });  // the first snapshot
+  EXPECT_TRUE(FleetEntry(after, "exec-b").is_null()) << after.dump();
+  EXPECT_EQ(FleetEntry(after, "exec-a")["in_flight"], 0) << after.dump();
+  EXPECT_EQ(a->Metric("eventbus_executor_instance_heartbeat_failures_total"), 0);
 }
 
 #endif

@@ -121,35 +121,70 @@ function renderTaskStats(stats) {
   }
 }
 
-// This instance in full; the other members of its consumer group on the request stream by
-// name only: their health and in-flight counts live in their own processes, and the broker
-// tells membership, not health (Redis even lists consumers that are gone).
-function renderInstances(instance, streams) {
+function instanceRow(body, name, local) {
+  const row = body.insertRow();
+  row.dataset.instance = name || "";
+  row.className = local ? "local" : "remote";
+  cell(row, (name || "?") + (local ? " (this instance)" : ""), "name");
+  return row;
+}
+
+// With a task store: every instance that reports into it (snapshot.instances, by name), this
+// one live, the others as of their last heartbeat. Without one: this instance in full, and the
+// other members of its consumer group by name only, as the broker lists them (the broker tells
+// membership, not health; Redis even lists consumers that are gone).
+function renderInstances(instance, streams, fleet, fleetError) {
   const body = $("instance-table").tBodies[0];
   body.replaceChildren();
-  const row = body.insertRow();
-  row.dataset.instance = instance.name || "";
-  row.className = "local";
-  cell(row, (instance.name || "?") + " (this instance)");
-  cell(row, instance.ready ? "ready" : "NOT READY", instance.ready ? "" : "bad");
-  cell(row, `${instance.in_flight || 0} / ${instance.concurrency || "?"}`);
+  if (Array.isArray(fleet)) {
+    for (const i of fleet) {
+      const row = instanceRow(body, i.name, i.this);
+      if (i.stale) {
+        cell(row, "not reporting", "health bad").title = "no heartbeat for " + age(i.last_seen_age_seconds);
+      } else {
+        cell(row, i.ready ? "ready" : "NOT READY", i.ready ? "health" : "health bad");
+      }
+      cell(row, `${i.in_flight || 0} / ${i.concurrency || "?"}`, "in-flight");
+      cell(row, i.running || 0);
+      cell(row, i.stuck_workers || 0, i.stuck_workers ? "bad" : "");
+      cell(row, i.backend);
+      cell(row, i.group);
+      const seen = i.last_seen_age_seconds === null || i.last_seen_age_seconds === undefined
+                       ? "not in the store" : age(i.last_seen_age_seconds) + " ago";
+      cell(row, seen, "last-seen" + (i.last_seen ? "" : " bad"));
+    }
+    const interval = fleet.length && fleet.find((i) => i.heartbeat_interval_seconds);
+    text($("instance-note"), fleetError ? `Instances: ${fleetError}` :
+         "Every instance on this task store reports itself" +
+         (interval ? ` every ${interval.heartbeat_interval_seconds}s` : "") +
+         " (EXECUTOR_INSTANCE_HEARTBEAT); this instance's figures are live. An instance " +
+         "silent for 2 intervals is shown as not reporting, and after 6 it is dropped.");
+    return;
+  }
+  const row = instanceRow(body, instance.name, true);
+  cell(row, instance.ready ? "ready" : "NOT READY", instance.ready ? "health" : "health bad");
+  cell(row, `${instance.in_flight || 0} / ${instance.concurrency || "?"}`, "in-flight");
   cell(row, instance.running || 0);
   cell(row, instance.stuck_workers || 0, instance.stuck_workers ? "bad" : "");
-  cell(row, `${instance.backend || "?"}, group ${instance.group || "?"}`);
+  cell(row, instance.backend);
+  cell(row, instance.group);
+  cell(row, "live", "last-seen");
   const request = (streams || []).find((s) => s.stream === instance.request_stream);
   const group = request && request.groups.find((g) => g.group === instance.group);
   for (const member of (group ? group.consumers : [])) {
     if (member === instance.name) continue;
-    const other = body.insertRow();
-    other.dataset.instance = member;
-    other.className = "remote";
-    cell(other, member);
-    cell(other, "not visible from here", "muted");
+    const other = instanceRow(body, member, false);
+    cell(other, "not visible from here", "health muted");
     cell(other, "-");
     cell(other, "-");
     cell(other, "-");
-    cell(other, `member of ${instance.group} on ${instance.request_stream} (broker)`, "muted");
+    cell(other, instance.backend);
+    cell(other, `${instance.group} (broker)`, "muted");
+    cell(other, "-");
   }
+  text($("instance-note"), "No task store (EXECUTOR_STORE=none): health and in-flight counts " +
+       "are this instance's own. Other members of its consumer group are listed as the broker " +
+       "reports them; their health is on their own /ui and /readyz.");
 }
 
 function renderSnapshot(snapshot) {
@@ -166,7 +201,7 @@ function renderSnapshot(snapshot) {
   text($("running"), instance.running || 0);
   renderStreams(snapshot.streams);
   renderTaskStats(snapshot.tasks);
-  renderInstances(instance, snapshot.streams);
+  renderInstances(instance, snapshot.streams, snapshot.instances, snapshot.instances_error);
   if (state.task && !state.taskFinal && !state.taskLoading) showTask(state.task, true);
 
   const now = Date.parse(snapshot.time);

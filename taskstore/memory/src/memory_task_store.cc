@@ -306,6 +306,33 @@ class MemoryTaskStore final : public TaskStore {
     return schedule;
   }
 
+  absl::Status PutInstance(const InstanceRecord& record, absl::Time now,
+                           absl::Duration ttl) override {
+    if (absl::Status s = internal::ValidateInstance(record, ttl); !s.ok()) return s;
+    std::lock_guard lock(mu_);
+    std::erase_if(instances_, [now](const auto& entry) { return entry.second.expires_at <= now; });
+    InstanceRecord& stored = instances_[record.name];
+    stored = record;
+    stored.last_seen = now;
+    stored.expires_at = now + ttl;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<InstanceRecord>> ListInstances(absl::Time now) override {
+    std::lock_guard lock(mu_);
+    std::vector<InstanceRecord> out;
+    for (const auto& [name, record] : instances_) {
+      if (record.expires_at > now) out.push_back(record);
+    }
+    return out;
+  }
+
+  absl::Status DeleteInstance(absl::string_view name) override {
+    std::lock_guard lock(mu_);
+    instances_.erase(std::string(name));
+    return absl::OkStatus();
+  }
+
  private:
   absl::StatusOr<TaskRecord> UpdateLocked(const std::string& id, const TaskUpdate& update) {
     auto it = tasks_.find(id);
@@ -345,6 +372,7 @@ class MemoryTaskStore final : public TaskStore {
   std::set<TimeKey> running_;    // by lease_until
   std::set<TimeKey> expiring_;   // final, by expires_at
   std::map<std::string, Schedule, std::less<>> schedules_;
+  std::map<std::string, InstanceRecord, std::less<>> instances_;  // by name
 };
 
 }  // namespace

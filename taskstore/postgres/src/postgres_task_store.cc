@@ -161,6 +161,32 @@ const Statement kAdvanceSchedule{
                  " FROM eventbus_schedules WHERE id = $1"
                  " AND NOT EXISTS (SELECT 1 FROM updated)")};
 
+constexpr const char* kInstanceColumnNames[] = {
+    "name",        "group_name", "request_stream", "backend",    "host",
+    "version",     "ready",      "in_flight",      "running",    "stuck_workers",
+    "concurrency", "started_at", "heartbeat_interval", "last_seen", "expires_at"};
+const std::string kInstances = Columns(kInstanceColumnNames);
+// The expired rows go in the same statement; the CTE never touches the row it upserts.
+const Statement kPutInstance{
+    "eventbus_put_instance",
+    absl::StrCat("WITH purged AS (DELETE FROM eventbus_instances WHERE expires_at <= $14"
+                 " AND name <> $1) INSERT INTO eventbus_instances (", kInstances,
+                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                 " ON CONFLICT (name) DO UPDATE SET group_name = EXCLUDED.group_name,"
+                 " request_stream = EXCLUDED.request_stream, backend = EXCLUDED.backend,"
+                 " host = EXCLUDED.host, version = EXCLUDED.version, ready = EXCLUDED.ready,"
+                 " in_flight = EXCLUDED.in_flight, running = EXCLUDED.running,"
+                 " stuck_workers = EXCLUDED.stuck_workers, concurrency = EXCLUDED.concurrency,"
+                 " started_at = EXCLUDED.started_at,"
+                 " heartbeat_interval = EXCLUDED.heartbeat_interval,"
+                 " last_seen = EXCLUDED.last_seen, expires_at = EXCLUDED.expires_at")};
+const Statement kListInstances{
+    "eventbus_list_instances",
+    absl::StrCat("SELECT ", kInstances,
+                 " FROM eventbus_instances WHERE expires_at > $1 ORDER BY name")};
+const Statement kDeleteInstance{"eventbus_delete_instance",
+                                "DELETE FROM eventbus_instances WHERE name = $1"};
+
 // A Create that raced with a concurrent delete or key change starts over, this many times.
 constexpr int kCreateAttempts = 8;
 
@@ -225,6 +251,27 @@ std::vector<Schedule> ReadSchedules(const PGresult* r) {
   schedules.reserve(PQntuples(r));
   for (int row = 0; row < PQntuples(r); ++row) schedules.push_back(ReadSchedule(r, row));
   return schedules;
+}
+
+InstanceRecord ReadInstance(const PGresult* r, int row) {
+  InstanceRecord out;
+  int c = 0;
+  out.name = pq::GetText(r, row, c++);
+  out.group = pq::GetText(r, row, c++);
+  out.request_stream = pq::GetText(r, row, c++);
+  out.backend = pq::GetText(r, row, c++);
+  out.host = pq::GetText(r, row, c++);
+  out.version = pq::GetText(r, row, c++);
+  out.ready = pq::GetBool(r, row, c++);
+  out.in_flight = pq::GetInt32(r, row, c++);
+  out.running = pq::GetInt32(r, row, c++);
+  out.stuck_workers = pq::GetInt32(r, row, c++);
+  out.concurrency = pq::GetInt32(r, row, c++);
+  out.started_at = pq::GetTime(r, row, c++);
+  out.heartbeat_interval = pq::GetInterval(r, row, c++);
+  out.last_seen = pq::GetTime(r, row, c++);
+  out.expires_at = pq::GetTime(r, row, c++);
+  return out;
 }
 
 Params UpdateParams(absl::string_view id, const TaskUpdate& u) {
@@ -576,6 +623,36 @@ class PostgresTaskStore final : public TaskStore {
           "schedule ", id, ": version ", stored.version, ", wanted ", expected_version));
     }
     return stored;
+  }
+
+  absl::Status PutInstance(const InstanceRecord& record, absl::Time now,
+                           absl::Duration ttl) override {
+    if (absl::Status s = internal::ValidateInstance(record, ttl); !s.ok()) return s;
+    Params p;
+    p.Text(record.name).Text(record.group).Text(record.request_stream).Text(record.backend);
+    p.Text(record.host).Text(record.version).Bool(record.ready).Int32(record.in_flight);
+    p.Int32(record.running).Int32(record.stuck_workers).Int32(record.concurrency);
+    p.Time(record.started_at).Interval(record.heartbeat_interval).Time(now).Time(now + ttl);
+    absl::StatusOr<pq::Pool::Lease> conn = pool_.Acquire();
+    if (!conn.ok()) return conn.status();
+    return (*conn)->Run(kPutInstance, p, absl::StrCat("put instance ", record.name)).status();
+  }
+
+  absl::StatusOr<std::vector<InstanceRecord>> ListInstances(absl::Time now) override {
+    absl::StatusOr<pq::Pool::Lease> conn = pool_.Acquire();
+    if (!conn.ok()) return conn.status();
+    absl::StatusOr<ResultHandle> r = (*conn)->Run(kListInstances, Params().Time(now), "list instances");
+    if (!r.ok()) return r.status();
+    std::vector<InstanceRecord> out;
+    for (int row = 0; row < PQntuples(r->get()); ++row) out.push_back(ReadInstance(r->get(), row));
+    return out;
+  }
+
+  absl::Status DeleteInstance(absl::string_view name) override {
+    absl::StatusOr<pq::Pool::Lease> conn = pool_.Acquire();
+    if (!conn.ok()) return conn.status();
+    return (*conn)->Run(kDeleteInstance, Params().Text(name), absl::StrCat("delete instance ", name))
+        .status();
   }
 
  private:

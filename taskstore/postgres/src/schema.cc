@@ -97,6 +97,27 @@ CREATE INDEX eventbus_tasks_schedule ON eventbus_tasks (schedule_id, created_at,
   WHERE schedule_id <> '';
 CREATE INDEX eventbus_schedules_due ON eventbus_schedules (next_run_at, id) WHERE NOT paused;
 )sql"},
+    {3, "executor instances (the dashboard's fleet view)",
+     R"sql(
+CREATE TABLE eventbus_instances (
+  name               text COLLATE "C" PRIMARY KEY,
+  group_name         text NOT NULL,
+  request_stream     text NOT NULL,
+  backend            text NOT NULL,
+  host               text NOT NULL,
+  version            text NOT NULL,
+  ready              boolean NOT NULL,
+  in_flight          integer NOT NULL,
+  running            integer NOT NULL,
+  stuck_workers      integer NOT NULL,
+  concurrency        integer NOT NULL,
+  started_at         timestamptz NOT NULL,
+  heartbeat_interval interval NOT NULL,
+  last_seen          timestamptz NOT NULL,
+  expires_at         timestamptz NOT NULL
+);
+CREATE INDEX eventbus_instances_expiry ON eventbus_instances (expires_at);
+)sql"},
 };
 
 // "eventbus" in ASCII: the advisory lock every migrating executor takes.

@@ -237,6 +237,49 @@ absl::StatusOr<std::vector<Schedule>> DecodeSchedules(const redisReply* r) {
   return out;
 }
 
+void AppendInstanceFields(const InstanceRecord& r, std::vector<std::string>& args) {
+  AddPair(args, "group", r.group);
+  AddPair(args, "request_stream", r.request_stream);
+  AddPair(args, "backend", r.backend);
+  AddPair(args, "host", r.host);
+  AddPair(args, "version", r.version);
+  AddPair(args, "ready", r.ready ? "1" : "0");
+  AddPair(args, "in_flight", absl::StrCat(r.in_flight));
+  AddPair(args, "running", absl::StrCat(r.running));
+  AddPair(args, "stuck_workers", absl::StrCat(r.stuck_workers));
+  AddPair(args, "concurrency", absl::StrCat(r.concurrency));
+  AddPair(args, "started", EncodeTime(r.started_at));
+  AddPair(args, "interval", absl::StrCat(absl::ToInt64Microseconds(r.heartbeat_interval)));
+}
+
+absl::StatusOr<InstanceRecord> DecodeInstance(const redisReply* r) {
+  if (!IsArray(r) || r->elements % 2 != 0) {
+    return absl::InternalError("redis task store: an instance hash reply is not field/value pairs");
+  }
+  InstanceRecord out;
+  for (size_t i = 0; i + 1 < r->elements; i += 2) {
+    const absl::string_view f = StringOf(r->element[i]);
+    const absl::string_view v = StringOf(r->element[i + 1]);
+    if (f == "name") out.name = std::string(v);
+    else if (f == "group") out.group = std::string(v);
+    else if (f == "request_stream") out.request_stream = std::string(v);
+    else if (f == "backend") out.backend = std::string(v);
+    else if (f == "host") out.host = std::string(v);
+    else if (f == "version") out.version = std::string(v);
+    else if (f == "ready") out.ready = v == "1";
+    else if (f == "in_flight") out.in_flight = static_cast<int>(IntOf(v));
+    else if (f == "running") out.running = static_cast<int>(IntOf(v));
+    else if (f == "stuck_workers") out.stuck_workers = static_cast<int>(IntOf(v));
+    else if (f == "concurrency") out.concurrency = static_cast<int>(IntOf(v));
+    else if (f == "started") out.started_at = DecodeTime(v);
+    else if (f == "interval") out.heartbeat_interval = absl::Microseconds(IntOf(v));
+    else if (f == "last_seen") out.last_seen = DecodeTime(v);
+    else if (f == "expires") out.expires_at = DecodeTime(v);
+  }
+  if (out.name.empty()) return absl::InternalError("redis task store: an instance hash without a name");
+  return out;
+}
+
 // {code, ...} replies of the scripts.
 int64_t CodeOf(const redisReply* r) {
   if (!IsArray(r) || r->elements == 0 || r->element[0]->type != REDIS_REPLY_INTEGER) return -99;
@@ -541,6 +584,36 @@ class RedisTaskStore final : public TaskStore {
       return absl::InternalError("redis task store: unexpected reply of the advance script");
     }
     return DecodeSchedule(reply->element[1]);
+  }
+
+  absl::Status PutInstance(const InstanceRecord& record, absl::Time now,
+                           absl::Duration ttl) override {
+    EVENTBUS_RETURN_IF_ERROR(internal::ValidateInstance(record, ttl));
+    std::vector<std::string> args = {options_.key_prefix, record.name, EncodeTime(now),
+                                     EncodeTime(now + ttl)};
+    AppendInstanceFields(record, args);
+    return Eval(scripts::kPutInstance, args).status();
+  }
+
+  absl::StatusOr<std::vector<InstanceRecord>> ListInstances(absl::Time now) override {
+    EVENTBUS_ASSIGN_OR_RETURN(ReplyPtr reply,
+                              Eval(scripts::kListInstances, {options_.key_prefix, EncodeTime(now)}));
+    if (!IsArray(reply.get())) {
+      return absl::InternalError("redis task store: unexpected reply of the instances script");
+    }
+    std::vector<InstanceRecord> out;
+    for (size_t i = 0; i < reply->elements; ++i) {
+      if (IsArray(reply->element[i]) && reply->element[i]->elements == 0) continue;
+      EVENTBUS_ASSIGN_OR_RETURN(InstanceRecord record, DecodeInstance(reply->element[i]));
+      out.push_back(std::move(record));
+    }
+    std::sort(out.begin(), out.end(),
+              [](const InstanceRecord& a, const InstanceRecord& b) { return a.name < b.name; });
+    return out;
+  }
+
+  absl::Status DeleteInstance(absl::string_view name) override {
+    return Eval(scripts::kDeleteInstance, {options_.key_prefix, std::string(name)}).status();
   }
 
  private:

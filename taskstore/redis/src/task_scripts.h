@@ -302,4 +302,38 @@ if s[2] ~= '1' then redis.call('ZADD', P .. 'schedules:due', ARGV[4], ARGV[2]) e
 return {0, redis.call('HGETALL', k)}
 )lua"};
 
+// ARGV: prefix, name, now, expires_at, then field/value pairs of the record. Deletes the
+// records expired by now, then replaces this one.
+inline constexpr redis::LuaScript kPutInstance = {"taskstore put instance", R"lua(
+local P = ARGV[1]
+local index = P .. 'instances'
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', ARGV[3])) do
+  redis.call('DEL', P .. 'instance:' .. name)
+  redis.call('ZREM', index, name)
+end
+local k = P .. 'instance:' .. ARGV[2]
+local f = {}
+for j = 5, #ARGV do f[#f + 1] = ARGV[j] end
+redis.call('DEL', k)
+redis.call('HSET', k, 'name', ARGV[2], 'last_seen', ARGV[3], 'expires', ARGV[4], unpack(f))
+redis.call('ZADD', index, ARGV[4], ARGV[2])
+return 0
+)lua"};
+
+// ARGV: prefix, now. The hashes of the records with expires_at > now.
+inline constexpr redis::LuaScript kListInstances = {"taskstore list instances", R"lua(
+local P = ARGV[1]
+local out = {}
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', P .. 'instances', '(' .. ARGV[2], '+inf')) do
+  out[#out + 1] = redis.call('HGETALL', P .. 'instance:' .. name)
+end
+return out
+)lua"};
+
+// ARGV: prefix, name.
+inline constexpr redis::LuaScript kDeleteInstance = {"taskstore delete instance", R"lua(
+redis.call('ZREM', ARGV[1] .. 'instances', ARGV[2])
+return redis.call('DEL', ARGV[1] .. 'instance:' .. ARGV[2])
+)lua"};
+
 }  // namespace eventbus::taskstore::redis_scripts

@@ -239,7 +239,7 @@ TEST(PostgresTaskStore, ConcurrentCreatesOfOneUniqueKeyFromTwoExecutorsCreateOne
 }
 
 TEST(PostgresTaskStore, MigratesADatabaseAtAnOlderSchemaVersion) {
-  ASSERT_EQ(PostgresTaskStoreSchemaVersion(), 2);
+  ASSERT_EQ(PostgresTaskStoreSchemaVersion(), 3);
   const std::string url = FreshSchemaUrl();
   const std::string schema = SchemaOf(url);
   std::unique_ptr<TaskStore> old_build = OpenOrDie(url);
@@ -265,7 +265,7 @@ TEST(PostgresTaskStore, MigratesADatabaseAtAnOlderSchemaVersion) {
 
   std::unique_ptr<TaskStore> new_build = OpenOrDie(url);
   ASSERT_TRUE(new_build->Migrate().ok());
-  EXPECT_EQ(AppliedVersions(schema), "1,2");
+  EXPECT_EQ(AppliedVersions(schema), "1,2,3");
   EXPECT_EQ(IndexExists(schema, "eventbus_tasks_state_lease"), "1");
   EXPECT_EQ(IndexExists(schema, "eventbus_tasks_final_expiry"), "1");
   // The old rows, as they were, and the operations the new indexes serve.
@@ -283,9 +283,13 @@ TEST(PostgresTaskStore, MigratesADatabaseAtAnOlderSchemaVersion) {
   TaskRecord again = Task("running-2");
   again.unique_key = "only-one";
   EXPECT_EQ(new_build->Create(again, kT0)->kind, CreateResult::Kind::kUniqueKeyTaken);
+  InstanceRecord instance;
+  instance.name = "executor-1";
+  ASSERT_TRUE(new_build->PutInstance(instance, kT0, absl::Seconds(30)).ok());
+  EXPECT_EQ(new_build->ListInstances(kT0).value_or(std::vector<InstanceRecord>{}).size(), 1u);
   // Migrating again changes nothing.
   ASSERT_TRUE(new_build->Migrate().ok());
-  EXPECT_EQ(AppliedVersions(schema), "1,2");
+  EXPECT_EQ(AppliedVersions(schema), "1,2,3");
 }
 
 TEST(PostgresTaskStore, ExecutorsStartingTogetherMigrateOnce) {
@@ -300,8 +304,8 @@ TEST(PostgresTaskStore, ExecutorsStartingTogetherMigrateOnce) {
   }
   for (std::thread& thread : threads) thread.join();
   for (const absl::Status& result : results) EXPECT_TRUE(result.ok()) << result;
-  EXPECT_EQ(AppliedVersions(schema), "1,2");
-  EXPECT_EQ(Sql(absl::StrCat("SELECT count(*) FROM ", schema, ".eventbus_schema_version")), "2");
+  EXPECT_EQ(AppliedVersions(schema), "1,2,3");
+  EXPECT_EQ(Sql(absl::StrCat("SELECT count(*) FROM ", schema, ".eventbus_schema_version")), "3");
   EXPECT_TRUE(stores[0]->Create(Task("works"), kT0).ok());
 }
 

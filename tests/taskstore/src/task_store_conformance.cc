@@ -1308,5 +1308,156 @@ TEST_P(TaskStoreConformance, ClaimDueSchedulesNeverGivesOneRunToTwoClaimers) {
   }
 }
 
+// --- Executor instances ------------------------------------------------------------------------
+
+InstanceRecord NewInstance(absl::string_view name, int in_flight = 0) {
+  InstanceRecord r;
+  r.name = std::string(name);
+  r.group = "workers";
+  r.request_stream = "io.flunq.task.requested";
+  r.backend = "redis";
+  r.host = "host-1";
+  r.version = "0.1.0";
+  r.ready = true;
+  r.in_flight = in_flight;
+  r.running = in_flight / 2;
+  r.stuck_workers = 1;
+  r.concurrency = 64;
+  r.started_at = At(-100);
+  r.heartbeat_interval = absl::Seconds(5);
+  return r;
+}
+
+std::vector<std::string> NamesOf(const absl::StatusOr<std::vector<InstanceRecord>>& listed) {
+  std::vector<std::string> names;
+  EXPECT_TRUE(listed.ok()) << listed.status();
+  if (!listed.ok()) return names;
+  for (const InstanceRecord& r : *listed) names.push_back(r.name);
+  return names;
+}
+
+TEST_P(TaskStoreConformance, PutInstanceThenListRoundTripsEveryField) {
+  Fixture f(GetParam());
+  ASSERT_TRUE(f.ok());
+  InstanceRecord want = NewInstance("exec a/1", 7);
+  want.ready = false;
+  ASSERT_TRUE(f.store().PutInstance(want, At(0), absl::Seconds(30)).ok());
+  auto listed = f.store().ListInstances(At(1));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  const InstanceRecord& got = (*listed)[0];
+  EXPECT_EQ(got.name, want.name);
+  EXPECT_EQ(got.group, want.group);
+  EXPECT_EQ(got.request_stream, want.request_stream);
+  EXPECT_EQ(got.backend, want.backend);
+  EXPECT_EQ(got.host, want.host);
+  EXPECT_EQ(got.version, want.version);
+  EXPECT_EQ(got.ready, false);
+  EXPECT_EQ(got.in_flight, 7);
+  EXPECT_EQ(got.running, 3);
+  EXPECT_EQ(got.stuck_workers, 1);
+  EXPECT_EQ(got.concurrency, 64);
+  EXPECT_EQ(got.started_at, want.started_at);
+  EXPECT_EQ(got.heartbeat_interval, absl::Seconds(5));
+  EXPECT_EQ(got.last_seen, At(0));
+  EXPECT_EQ(got.expires_at, At(30));
+}
+
+TEST_P(TaskStoreConformance, PutInstanceReplacesTheRecordOfItsName) {
+  Fixture f(GetParam());
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(f.store().PutInstance(NewInstance("exec-a", 1), At(0), absl::Seconds(30)).ok());
+  ASSERT_TRUE(f.store().PutInstance(NewInstance("exec-a", 3), At(5), absl::Seconds(30)).ok());
+  auto listed = f.store().ListInstances(At(6));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].in_flight, 3);
+  EXPECT_EQ((*listed)[0].last_seen, At(5));
+  EXPECT_EQ((*listed)[0].expires_at, At(35));
+}
+
+TEST_P(TaskStoreConformance, InstancesExpireAfterTheirTtlAndTheNextPutDeletesThem) {
+  Fixture f(GetParam());
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(f.store().PutInstance(NewInstance("short"), At(0), absl::Seconds(10)).ok());
+  ASSERT_TRUE(f.store().PutInstance(NewInstance("long"), At(0), absl::Seconds(30)).ok());
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(9))), (std::vector<std::string>{"long", "short"}));
+  // Gone at expires_at itself.
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(10))), (std::vector<std::string>{"long"}));
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(30))), std::vector<std::string>{});
+  // Listing deletes nothing: asked about an earlier time, both are there ...
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(5))), (std::vector<std::string>{"long", "short"}));
+  // ... but a put at 20 s deletes the one that expired by then (a dead process's name).
+  ASSERT_TRUE(f.store().PutInstance(NewInstance("fresh"), At(20), absl::Seconds(30)).ok());
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(5))), (std::vector<std::string>{"fresh", "long"}));
+}
+
+TEST_P(TaskStoreConformance, SeveralInstancesAreListedByNameAndDeletedOneByOne) {
+  Fixture f(GetParam());
+  ASSERT_TRUE(f.ok());
+  for (const char* name : {"exec-c", "exec-a", "exec-b"}) {
+    ASSERT_TRUE(f.store().PutInstance(NewInstance(name), At(0), absl::Seconds(30)).ok());
+  }
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(1))),
+            (std::vector<std::string>{"exec-a", "exec-b", "exec-c"}));
+  EXPECT_TRUE(f.store().DeleteInstance("exec-b").ok());
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(1))),
+            (std::vector<std::string>{"exec-a", "exec-c"}));
+  EXPECT_TRUE(f.store().DeleteInstance("exec-b").ok()) << "deleting again is no error";
+  EXPECT_TRUE(f.store().DeleteInstance("never-there").ok());
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(1))),
+            (std::vector<std::string>{"exec-a", "exec-c"}));
+}
+
+TEST_P(TaskStoreConformance, PutInstanceRejectsABadNameOrTtl) {
+  Fixture f(GetParam());
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f.store().PutInstance(NewInstance(""), At(0), absl::Seconds(30)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.store().PutInstance(NewInstance(std::string(201, 'x')), At(0), absl::Seconds(30))
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.store().PutInstance(NewInstance("exec-a"), At(0), absl::ZeroDuration()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(NamesOf(f.store().ListInstances(At(0))), std::vector<std::string>{});
+}
+
+TEST_P(TaskStoreConformance, ConcurrentHeartbeatsOfSeveralInstancesAreAllKept) {
+  Fixture f(GetParam());
+  ASSERT_TRUE(f.ok());
+  const int threads = GetParam().threads;
+  std::vector<TaskStore*> handles = f.Handles(threads);
+  ASSERT_EQ(handles.size(), static_cast<size_t>(threads));
+  // Every thread beats for its own instance; one short-lived instance expires on the way, so
+  // the deletion of expired records races with the others' upserts.
+  ASSERT_TRUE(f.store().PutInstance(NewInstance("gone"), At(0), absl::Seconds(1)).ok());
+  std::atomic<int> errors{0};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < threads; ++w) {
+    workers.emplace_back([&, w] {
+      for (int beat = 0; beat < 10; ++beat) {
+        if (!handles[w]->PutInstance(NewInstance(absl::StrCat("exec-", w), beat),
+                                     At(1 + beat), absl::Seconds(30))
+                 .ok()) {
+          ++errors;
+        }
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+  EXPECT_EQ(errors.load(), 0);
+  auto listed = f.store().ListInstances(At(11));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), static_cast<size_t>(threads));
+  for (const InstanceRecord& r : *listed) {
+    EXPECT_EQ(r.in_flight, 9) << r.name;
+    EXPECT_EQ(r.last_seen, At(10)) << r.name;
+  }
+  // "gone" expired at 1 s and was deleted by a later put: not there even when asked about 0 s.
+  std::vector<std::string> at_zero = NamesOf(f.store().ListInstances(At(0)));
+  EXPECT_EQ(at_zero.size(), static_cast<size_t>(threads));
+  EXPECT_EQ(std::count(at_zero.begin(), at_zero.end(), "gone"), 0);
+}
+
 }  // namespace
 }  // namespace eventbus::taskstore::conformance

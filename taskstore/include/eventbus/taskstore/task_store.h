@@ -175,6 +175,29 @@ struct Schedule {
   int64_t version = 0;
 };
 
+// One executor instance as it last reported itself (PutInstance, every heartbeat): what the
+// dashboard's fleet view shows of the instances sharing this store. The store keeps it until
+// expires_at, so a process that died without removing its record disappears by itself.
+struct InstanceRecord {
+  std::string name;  // the consumer name (non-empty, at most 200 bytes): the record's key
+  std::string group;
+  std::string request_stream;
+  std::string backend;  // EVENT_STREAM_TYPE
+  std::string host;
+  std::string version;  // of eventbus
+  bool ready = false;   // the instance's /readyz verdict
+  int in_flight = 0;
+  int running = 0;
+  int stuck_workers = 0;
+  int concurrency = 0;
+  absl::Time started_at = absl::InfinitePast();
+  // How often the instance reports: a reader judges a record stale by it.
+  absl::Duration heartbeat_interval = absl::ZeroDuration();
+  // Set by the store on PutInstance: `now`, and `now + ttl`.
+  absl::Time last_seen = absl::InfinitePast();
+  absl::Time expires_at = absl::InfinitePast();
+};
+
 // Thread-safe; every call may block on the store's I/O (a Redis or PostgreSQL round trip) and
 // none holds a lock across calls. Errors: Unavailable when the store cannot be reached, NotFound,
 // FailedPrecondition for a condition that did not hold (with the stored state in the message),
@@ -247,6 +270,16 @@ class TaskStore {
                                                    absl::Time next_run_at, absl::Time last_run_at,
                                                    absl::string_view last_task_id,
                                                    absl::Time now) = 0;
+
+  // Creates or replaces the record of `record.name`, with last_seen = now and expires_at =
+  // now + ttl, and deletes the records that expired by `now` (so names of dead processes do
+  // not pile up). InvalidArgument for an empty or over-long name or a ttl <= 0.
+  virtual absl::Status PutInstance(const InstanceRecord& record, absl::Time now,
+                                   absl::Duration ttl) = 0;
+  // The records with expires_at > now, by name.
+  virtual absl::StatusOr<std::vector<InstanceRecord>> ListInstances(absl::Time now) = 0;
+  // Deletes the record of `name` (graceful shutdown). OK also when there is none.
+  virtual absl::Status DeleteInstance(absl::string_view name) = 0;
 };
 
 // Opens the store named by EXECUTOR_STORE ("memory", "redis", "postgres") at `url`

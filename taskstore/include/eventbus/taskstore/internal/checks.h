@@ -17,6 +17,8 @@ inline constexpr int kMaxListLimit = 1000;
 absl::Status ValidateNewTask(const TaskRecord& record);
 // InvalidArgument: empty id.
 absl::Status ValidateNewSchedule(const Schedule& schedule);
+// InvalidArgument: empty or over-long name, ttl <= 0.
+absl::Status ValidateInstance(const InstanceRecord& record, absl::Duration ttl);
 // InvalidArgument naming `limit` when it is outside 1..kMaxListLimit.
 absl::Status ValidateListLimit(int limit);
 // InvalidArgument naming `what` when `limit` < 1.

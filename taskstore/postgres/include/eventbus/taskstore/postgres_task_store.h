@@ -1,7 +1,8 @@
 #pragma once
 // The PostgreSQL task store, through libpq: one row per task in `eventbus_tasks` (a state
 // column, indexes on (state, run_at) and (state, lease_until)), unique keys in
-// `eventbus_unique_keys`, schedules in `eventbus_schedules`. Every conditional change is one
+// `eventbus_unique_keys`, schedules in `eventbus_schedules`, executor instances in
+// `eventbus_instances`. Every conditional change is one
 // `UPDATE ... WHERE state = ANY(..) AND version = .. RETURNING`; claims take rows with
 // `FOR UPDATE SKIP LOCKED`, so competing executors never claim one row at once. The schema is
 // created and migrated by Migrate() (numbered migrations recorded in `eventbus_schema_version`,

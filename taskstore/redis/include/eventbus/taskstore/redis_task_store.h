@@ -11,6 +11,8 @@
 //                       sorted sets of ids scored by run_at (scheduled), lease_until
 //                       (running) and expires_at (final): ClaimDue, FindStuck, PurgeExpired
 //   P schedule:<id>     hash per schedule; P schedules (set of ids); P schedules:due (zset)
+//   P instance:<name>   hash per executor instance (PutInstance); P instances: their names
+//                       scored by expires_at
 // Every conditional or multi-key change is one Lua script, so it is atomic against other
 // executors and connections; UpdateMany and GetMany are one script call each (one round trip
 // for the whole batch). Needs a single Redis server (not Cluster): the scripts compute keys.
