@@ -109,7 +109,13 @@ json FleetJson(const std::vector<taskstore::InstanceRecord>& records, const json
 void DashboardMetrics::TaskFinished(absl::string_view type, absl::string_view outcome,
                                     absl::Duration duration) {
   next_->TaskFinished(type, outcome, duration);
-  (outcome == kOutcomeSucceeded ? succeeded_ : failed_).fetch_add(1, std::memory_order_relaxed);
+  // Final outcomes only: a retry is counted by TaskRetried, and a wait's "delayed", a
+  // shutdown's "abandoned", a redelivered "duplicate" or a cancellation are no failures.
+  if (outcome == kOutcomeSucceeded) {
+    succeeded_.fetch_add(1, std::memory_order_relaxed);
+  } else if (outcome == kOutcomeFailed || outcome == kOutcomeInvalid) {
+    failed_.fetch_add(1, std::memory_order_relaxed);
+  }
   std::lock_guard lock(window_mu_);
   const uint64_t seen = ++window_seen_;
   const double ms = absl::ToDoubleMilliseconds(duration);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "config.h"
+#include "dashboard.h"
 #include "eventbus/memory/memory_event_stream.h"
 #include "eventbus/registry.h"
 #include "eventbus/stream_inspector.h"
@@ -116,6 +117,23 @@ json ReadSnapshotsUntil(RawHttpClient& client, const std::function<bool(const js
     }
   }
   return last;
+}
+
+// The page's "failed" is final failures: a handler's failure or an invalid request, not a
+// retry (counted apart), a wait's later redelivery, a shutdown give-back or a duplicate.
+TEST(DashboardMetricsTest, FailedCountsOnlyFinalFailures) {
+  ExecutorMetrics sink;
+  DashboardMetrics metrics(&sink);
+  for (absl::string_view outcome :
+       {kOutcomeSucceeded, kOutcomeFailed, kOutcomeInvalid, kOutcomeRetried, kOutcomeDelayed,
+        kOutcomeAbandoned, kOutcomeCancelled, kOutcomeEscalated, kOutcomeDuplicate}) {
+    metrics.TaskFinished("wait", outcome, absl::Milliseconds(1));
+  }
+  metrics.TaskRetried("wait", absl::Seconds(1));
+  const DashboardMetrics::Totals totals = metrics.totals();
+  EXPECT_EQ(totals.succeeded, 1);
+  EXPECT_EQ(totals.failed, 2);
+  EXPECT_EQ(totals.retried, 1);
 }
 
 TEST_F(DashboardTest, LiveSnapshotsFollowTheExecutor) {
