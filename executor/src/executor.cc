@@ -1130,22 +1130,48 @@ class Executor::Impl {
     if (!queued.ok()) guarded(queued);
   }
 
+  // The failure that replaces a result refused as too large. It leaves out the output (or the
+  // error), and when the backend refuses that too, the request's metadata as well: labels of
+  // any size are copied from the request into its result, and a request within a few hundred
+  // bytes of the limit (or on a stream with a higher one) fits where its result never will.
+  // What remains (ids of at most 200 bytes, the reason) is bounded; only when even that is not
+  // published is the request given back.
   void PublishWithoutOutput(const TaskPtr& task, const TaskResult& original, size_t event_bytes,
                             const absl::Status& refusal,
                             const std::function<void(absl::string_view)>& count_refused) {
-    const std::string reason = absl::StrCat(
-        "result not published: its event of ", event_bytes,
-        " bytes was refused by the backend (", refusal.message(), "); ",
-        original.output != nullptr ? "output" : "error", " dropped");
-    Log(TaskLogRecord::Level::kError, "task result too large", RefOf(*task), reason);
     TaskResult failure = original;
     failure.output = nullptr;
     failure.status = TaskStatus::kFailed;
     failure.error_kind = std::string(kResultTooLarge);
+    PublishTooLargeFailure(task, std::move(failure),
+                           absl::StrCat("result not published: its event of ", event_bytes,
+                                        " bytes was refused by the backend (", refusal.message(),
+                                        "); ", original.output != nullptr ? "output" : "error"),
+                           count_refused);
+  }
+
+  // `failure` with its error `refused` + " dropped"; its metadata goes too when it is refused
+  // with them (`refused` then names both).
+  void PublishTooLargeFailure(const TaskPtr& task, TaskResult failure, std::string refused,
+                              const std::function<void(absl::string_view)>& count_refused) {
+    std::string reason = absl::StrCat(refused, " dropped");
+    Log(TaskLogRecord::Level::kError, "task result too large", RefOf(*task), reason);
     failure.error = reason;
+    std::shared_ptr<TaskResult> without_metadata;
+    if (!failure.metadata.empty()) {
+      without_metadata = std::make_shared<TaskResult>(failure);
+      without_metadata->metadata.clear();
+    }
     std::string stored = task->tracked ? TaskResultToJson(failure) : std::string();
     PublishResult(task, std::move(failure),
-                  [this, task, reason, count_refused, stored = std::move(stored)](absl::Status published) {
+                  [this, task, reason = std::move(reason), refused = std::move(refused),
+                   count_refused, stored = std::move(stored),
+                   without_metadata = std::move(without_metadata)](absl::Status published) {
+      if (absl::IsInvalidArgument(published) && without_metadata != nullptr) {
+        PublishTooLargeFailure(task, std::move(*without_metadata),
+                               absl::StrCat(refused, " and metadata"), count_refused);
+        return;
+      }
       if (!published.ok()) {
         if (count_refused) count_refused(kOutcomeRetried);
         Nack(task, options_.fetch_error_backoff, "failure result not published");

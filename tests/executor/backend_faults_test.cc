@@ -270,6 +270,36 @@ TEST_F(UnpublishableResultTest, ItsFailureMeetingATransientErrorGivesTheRequestB
   RunWithFallbackPublishFailing(absl::UnavailableError("broker unreachable"));
 }
 
+// The request's metadata travel with its result, so a result can be too large for them alone:
+// the failure without output is refused as well, and goes out without the metadata too.
+TEST_F(ExecutorOnAFaultyBackendTest, AFailureTooLargeForItsMetadataIsPublishedWithoutThem) {
+  faults_.FailNext(FaultInjector::Op::kPublish, 2, TooLarge());
+  Start();
+  const json task{{"id", "t-1"},
+                  {"type", "count"},
+                  {"input", json::object()},
+                  {"metadata", {{"label", std::string(1000, 'm')}}}};
+  ASSERT_TRUE(memory_
+                  ->PublishAndWait(kDefaultRequestStream,
+                                   MakeEvent(kTaskRequestedType, "test", task.dump()))
+                  .ok());
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].task_id, "t-1");
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].error_kind, "result_too_large");
+  EXPECT_TRUE(absl::StrContains(results[0].error, "output and metadata dropped"))
+      << results[0].error;
+  EXPECT_TRUE(results[0].metadata.empty());
+  ASSERT_TRUE(calls_.AwaitCount(Op::kDeadLetter, 1));
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(faults_.injected(FaultInjector::Op::kPublish), 2);
+  EXPECT_EQ(calls_.Count(Op::kNack), 0) << "given back to run again";
+  EXPECT_EQ(handler_->runs(), 1);
+  EXPECT_EQ(metrics_.finished("count", kOutcomeFailed), 1);
+  EXPECT_EQ(metrics_.results("failed"), 1);
+}
+
 TEST_F(ExecutorOnAFaultyBackendTest, AnInvalidRequestWhoseResultIsNotPublishedIsGivenBackNotDeadLettered) {
   faults_.FailNext(FaultInjector::Op::kPublish, 1, absl::UnavailableError("broker unreachable"));
   Start();

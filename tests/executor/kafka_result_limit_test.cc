@@ -1,7 +1,8 @@
 // A result larger than a real Kafka broker accepts: the results topic is created with a small
 // max.message.bytes (the request and dead-letter topics keep the broker's default), so the
 // broker itself refuses the result of an `inject` task, which must then be settled once with a
-// failure that says so, not given back and run again.
+// failure that says so, not given back and run again: for a large output, and for metadata
+// of the request that make even the failure too large.
 
 #include <memory>
 #include <string>
@@ -92,66 +93,123 @@ class CountedInject final : public TaskHandler {
   int runs_ = 0;
 };
 
-TEST(ExecutorOnKafka, AnInjectResultTheBrokerRefusesAsTooLargeIsSettledOnceAsAFailure) {
-  auto broker = harness::KafkaBroker::Start();
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  const std::string results_topic(kDefaultResultStream);
-  ASSERT_TRUE(CreateLimitedTopic((*broker)->bootstrap(), results_topic, kResultTopicLimit).ok());
+// One broker for the binary (a JVM start costs seconds); each test has its own streams.
+class ExecutorOnKafka : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto broker = harness::KafkaBroker::Start();
+    ASSERT_TRUE(broker.ok()) << broker.status();
+    broker_ = std::move(broker).value().release();
+  }
+  static void TearDownTestSuite() {
+    delete broker_;
+    broker_ = nullptr;
+  }
 
-  kafka::KafkaOptions kafka_options;
-  kafka_options.brokers = (*broker)->bootstrap();
-  kafka_options.partitions = 1;
-  kafka_options.properties["log_level"] = "3";
-  auto kafka_stream = kafka::NewKafkaEventStream(kafka_options);
-  ASSERT_TRUE(kafka_stream.ok()) << kafka_stream.status();
-  testing::CallLog calls;
-  auto stream = testing::NewRecordingStream(kafka_stream->get(), &calls);
-  testing::StreamReader results(kafka_stream->get(), results_topic);
+  // An executor on `prefix`.tasks whose results go to `prefix`.results, a topic created with
+  // max.message.bytes kResultTopicLimit (the others keep the broker's default).
+  void Start(const std::string& prefix) {
+    ASSERT_NE(broker_, nullptr);
+    options_.request_stream = prefix + ".tasks";
+    options_.result_stream = prefix + ".results";
+    ASSERT_TRUE(
+        CreateLimitedTopic(broker_->bootstrap(), options_.result_stream, kResultTopicLimit).ok());
+    kafka::KafkaOptions kafka_options;
+    kafka_options.brokers = broker_->bootstrap();
+    kafka_options.partitions = 1;
+    kafka_options.properties["log_level"] = "3";
+    auto kafka_stream = kafka::NewKafkaEventStream(kafka_options);
+    ASSERT_TRUE(kafka_stream.ok()) << kafka_stream.status();
+    kafka_ = std::move(kafka_stream).value();
+    stream_ = testing::NewRecordingStream(kafka_.get(), &calls_);
+    results_ = std::make_unique<testing::StreamReader>(kafka_.get(), options_.result_stream);
+    auto handler = std::make_unique<CountedInject>();
+    inject_ = handler.get();
+    ASSERT_TRUE(handlers_.Register(std::move(handler)).ok());
+    options_.consumer_name = "executor-1";
+    options_.concurrency = 1;
+    options_.reclaim_enabled = false;
+    executor_ = std::make_unique<Executor>(stream_.get(), &handlers_, options_,
+                                           ExecutorDependencies{.metrics = &metrics_});
+    ASSERT_TRUE(executor_->Start().ok());
+  }
+  void TearDown() override {
+    if (executor_ != nullptr) executor_->Shutdown();
+  }
 
-  HandlerRegistry handlers;
-  auto handler = std::make_unique<CountedInject>();
-  CountedInject* inject = handler.get();
-  ASSERT_TRUE(handlers.Register(std::move(handler)).ok());
-  testing::RecordingMetrics metrics;
-  ExecutorOptions options;
-  options.consumer_name = "executor-1";
-  options.concurrency = 1;
-  options.reclaim_enabled = false;
-  Executor executor(stream.get(), &handlers, options, ExecutorDependencies{.metrics = &metrics});
-  ASSERT_TRUE(executor.Start().ok());
+  void Submit(const json& task) {
+    ASSERT_TRUE(kafka_
+                    ->PublishAndWait(options_.request_stream,
+                                     MakeEvent(kTaskRequestedType, "test", task.dump()))
+                    .ok());
+  }
 
+  // The one result, a failure saying it is too large; the request dead-lettered, run once.
+  TaskResult ExpectSettledOnceAsTooLarge() {
+    auto events = results_->AwaitEvents(1);
+    EXPECT_EQ(events.size(), 1u);
+    if (events.empty()) return {};
+    auto result = ParseTaskResult(events[0].data());
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) return {};
+    EXPECT_EQ(result->status, TaskStatus::kFailed);
+    EXPECT_EQ(result->error_kind, "result_too_large");
+    EXPECT_EQ(result->output, nullptr);
+    // The broker's refusal, not the backend's own size check.
+    EXPECT_TRUE(absl::StrContains(result->error, "MSG_SIZE_TOO_LARGE")) << result->error;
+    EXPECT_TRUE(calls_.AwaitCount(Op::kDeadLetter, 1));
+    EXPECT_TRUE(metrics_.AwaitInFlight(0));
+    EXPECT_TRUE(absl::StrContains(calls_.Calls(Op::kDeadLetter)[0].reason, "result not published"));
+    EXPECT_EQ(calls_.Count(Op::kNack), 0) << "given back to run again";
+    EXPECT_EQ(calls_.Count(Op::kAck), 0);
+    EXPECT_EQ(inject_->runs(), 1);
+    EXPECT_EQ(metrics_.finished("inject", kOutcomeFailed), 1);
+    EXPECT_EQ(metrics_.finished("inject", kOutcomeSucceeded), 0);
+    EXPECT_EQ(metrics_.dead_lettered("inject"), 1);
+    EXPECT_EQ(metrics_.results("failed"), 1);
+    EXPECT_EQ(metrics_.results("succeeded"), 0);
+    return *result;
+  }
+
+  static harness::KafkaBroker* broker_;
+  ExecutorOptions options_;
+  std::unique_ptr<EventStream> kafka_;
+  testing::CallLog calls_;
+  std::unique_ptr<EventStream> stream_;
+  std::unique_ptr<testing::StreamReader> results_;
+  HandlerRegistry handlers_;
+  CountedInject* inject_ = nullptr;
+  testing::RecordingMetrics metrics_;
+  std::unique_ptr<Executor> executor_;
+};
+
+harness::KafkaBroker* ExecutorOnKafka::broker_ = nullptr;
+
+TEST_F(ExecutorOnKafka, AnInjectResultTheBrokerRefusesAsTooLargeIsSettledOnceAsAFailure) {
+  Start("output");
   // Twice the topic's limit: the request (on a topic with the default limit) goes through,
   // and so does its dead letter; only the result is refused.
-  const json task{{"id", "t-big"},
-                  {"type", "inject"},
-                  {"input", {{"data", {{"blob", std::string(2 * kResultTopicLimit, 'x')}}}}}};
-  ASSERT_TRUE((*kafka_stream)
-                  ->PublishAndWait(kDefaultRequestStream,
-                                   MakeEvent(kTaskRequestedType, "test", task.dump()))
-                  .ok());
+  Submit({{"id", "t-big"},
+          {"type", "inject"},
+          {"input", {{"data", {{"blob", std::string(2 * kResultTopicLimit, 'x')}}}}}});
+  const TaskResult result = ExpectSettledOnceAsTooLarge();
+  EXPECT_EQ(result.task_id, "t-big");
+  EXPECT_TRUE(absl::StrContains(result.error, "; output dropped")) << result.error;
+}
 
-  auto events = results.AwaitEvents(1);
-  ASSERT_EQ(events.size(), 1u);
-  auto result = ParseTaskResult(events[0].data());
-  ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(result->task_id, "t-big");
-  EXPECT_EQ(result->status, TaskStatus::kFailed);
-  EXPECT_EQ(result->error_kind, "result_too_large");
-  EXPECT_EQ(result->output, nullptr);
-  // The broker's refusal, not the backend's own size check.
-  EXPECT_TRUE(absl::StrContains(result->error, "MSG_SIZE_TOO_LARGE")) << result->error;
-  ASSERT_TRUE(calls.AwaitCount(Op::kDeadLetter, 1));
-  ASSERT_TRUE(metrics.AwaitInFlight(0));
-  EXPECT_TRUE(absl::StrContains(calls.Calls(Op::kDeadLetter)[0].reason, "result not published"));
-  EXPECT_EQ(calls.Count(Op::kNack), 0) << "given back to run again";
-  EXPECT_EQ(calls.Count(Op::kAck), 0);
-  EXPECT_EQ(inject->runs(), 1);
-  EXPECT_EQ(metrics.finished("inject", kOutcomeFailed), 1);
-  EXPECT_EQ(metrics.finished("inject", kOutcomeSucceeded), 0);
-  EXPECT_EQ(metrics.dead_lettered("inject"), 1);
-  EXPECT_EQ(metrics.results("failed"), 1);
-  EXPECT_EQ(metrics.results("succeeded"), 0);
-  executor.Shutdown();
+// The request's metadata are copied into its result, so without its output the failure is
+// still too large: it goes out without the metadata as well, rather than the request being
+// given back to meet the same refusal on every run.
+TEST_F(ExecutorOnKafka, AResultTooLargeForItsMetadataAloneIsSettledOnceWithoutThem) {
+  Start("labels");
+  Submit({{"id", "t-labels"},
+          {"type", "inject"},
+          {"input", {{"data", {{"small", true}}}}},
+          {"metadata", {{"blob", std::string(2 * kResultTopicLimit, 'm')}}}});
+  const TaskResult result = ExpectSettledOnceAsTooLarge();
+  EXPECT_EQ(result.task_id, "t-labels");
+  EXPECT_TRUE(absl::StrContains(result.error, "output and metadata dropped")) << result.error;
+  EXPECT_TRUE(result.metadata.empty());
 }
 
 }  // namespace
