@@ -300,6 +300,48 @@ TEST_F(ExecutorOnAFaultyBackendTest, AFailureTooLargeForItsMetadataIsPublishedWi
   EXPECT_EQ(metrics_.results("failed"), 1);
 }
 
+// Fails for good on every run; counts its runs.
+class FailingHandler final : public TaskHandler {
+ public:
+  std::string type() const override { return "fail"; }
+  TaskOutcome Handle(TaskContext&) override {
+    monitor_.Update([&] { ++runs_; });
+    return TaskOutcome::Permanent("bad input");
+  }
+  int runs() const { return monitor_.Read([&] { return runs_; }); }
+
+ private:
+  testing::Monitor monitor_;
+  int runs_ = 0;
+};
+
+TEST_F(ExecutorOnAFaultyBackendTest, AFinalFailureWhoseResultIsNotPublishedIsGivenBackNotDeadLettered) {
+  auto failing = std::make_unique<FailingHandler>();
+  FailingHandler* handler = failing.get();
+  ASSERT_TRUE(handlers_.Register(std::move(failing)).ok());
+  faults_.FailNext(FaultInjector::Op::kPublish, 1, absl::UnavailableError("broker unreachable"));
+  Start();
+  Submit("t-fail", "fail");
+  ASSERT_TRUE(calls_.AwaitCount(Op::kNack, 1));
+  EXPECT_FALSE(calls_.Calls(Op::kNack)[0].failed) << "an unpublished result is no failed attempt";
+  EXPECT_EQ(calls_.Count(Op::kDeadLetter), 0) << "dead-lettered without its failed result";
+  EXPECT_EQ(calls_.Count(Op::kAck), 0);
+  // Its next run fails again; this time the result goes out before the dead letter.
+  ASSERT_TRUE(AdvanceUntil([&] { return calls_.Count(Op::kDeadLetter) >= 1; },
+                           options_.fetch_error_backoff));
+  auto results = AwaitResults(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].task_id, "t-fail");
+  EXPECT_EQ(results[0].status, TaskStatus::kFailed);
+  EXPECT_EQ(results[0].error_kind, "permanent");
+  EXPECT_EQ(results[0].deliveries, 2);
+  EXPECT_EQ(results[0].attempts, 1);
+  ASSERT_TRUE(metrics_.AwaitInFlight(0));
+  EXPECT_EQ(calls_.Count(Op::kDeadLetter), 1);
+  EXPECT_EQ(calls_.Count(Op::kNack), 1);
+  EXPECT_EQ(handler->runs(), 2);
+}
+
 TEST_F(ExecutorOnAFaultyBackendTest, AnInvalidRequestWhoseResultIsNotPublishedIsGivenBackNotDeadLettered) {
   faults_.FailNext(FaultInjector::Op::kPublish, 1, absl::UnavailableError("broker unreachable"));
   Start();
