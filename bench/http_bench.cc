@@ -7,9 +7,10 @@
 // and CPU per 1000 tasks of this process, of the service (--server_pid) and of its broker
 // (--broker_pid), from /proc/<pid>/stat.
 //
-// Why not wrk (Debian has it): wrk runs for a duration, not a count; it counts only non-2xx
-// statuses; and checking a batch reply's "accepted" needs a Lua response hook that makes
-// every reply slower. A fixed count also lets the smoke run stay tiny and exact.
+// Why not wrk (Debian 12 has 4.1.0): wrk runs for a duration, not a count; it reports
+// non-2xx/3xx replies as one number, not by status; and checking a batch reply's "accepted"
+// needs a Lua response() hook, which slows every reply. A fixed count also keeps the smoke run
+// tiny and exact.
 //
 // Each thread runs its own io_context with its share of the connections (no locks on the hot
 // path); the only shared state is the counter that hands out requests.
