@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Runs the benchmark matrix: ours (broker_bench), the raw clients (raw_bench, memory_bench's
 mutex+deque baseline, kcat) and the peers (BullMQ, Watermill) on the same real servers, and
-writes <out-dir>/latest.json, latest.md and latest.png.
+writes <out-dir>/latest.json, latest.md and latest.png. The http_* rows drive the real
+eventbus-executor binary over its HTTP API with bench/http_bench (keep-alive connections, a
+fixed number of requests), a fresh service per row.
 
 It builds nothing of ours: pass the CMake build dir (default build/). It starts redis-server,
 the Kafka broker (scripts/kafka-broker.sh) and nats-server -js on free loopback ports and stops
@@ -206,6 +208,65 @@ class NatsServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ExecutorService:
+    """The real eventbus-executor on loopback. EXECUTOR_HTTP_ADDR=127.0.0.1:0 and the port read
+    from its start-up log line: no other process can take the port between picking and binding.
+    The environment is `env` alone (plus PATH/HOME): an EXECUTOR_* variable of the caller's
+    shell must not change the figures, and an unknown one would stop the service."""
+
+    def __init__(self, binary, env):
+        self.dir = tempfile.mkdtemp(prefix="eventbus-bench-executor.")
+        self.log_path = os.path.join(self.dir, "executor.log")
+        full_env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+        full_env.update(env)
+        full_env["EXECUTOR_HTTP_ADDR"] = "127.0.0.1:0"
+        with open(self.log_path, "w") as log_file:
+            self.proc = subprocess.Popen([binary], env=full_env, stdout=log_file,
+                                         stderr=subprocess.STDOUT)
+        self.port = None
+        deadline = time.time() + 30
+        while time.time() < deadline and self.proc.poll() is None:
+            self.port = self._started_port()
+            if self.port:
+                return
+            time.sleep(0.05)
+        tail = self.log().strip()[-600:]
+        self.stop()
+        raise RuntimeError(f"eventbus-executor did not start: {tail}")
+
+    def _started_port(self):
+        """The port of the "eventbus-executor started" line (a JSON log line), or None."""
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("msg") == "eventbus-executor started":
+                return int(str(record.get("http", "")).rpartition(":")[2] or 0) or None
+        return None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -431,6 +492,10 @@ def judge(row, extra):
             checks.append(("CPU/1000 < BullMQ", ours_cpu < peer_cpu if peer_cpu else None))
         if b == "kafka":
             checks.append((">= 0.3x kcat -C", row["ratio_raw"] >= 0.3 if row["ratio_raw"] else None))
+    if s == "http_submit":
+        checks.append((">= 20000 req/s", ours >= 20_000 if ours else None))
+    if s == "http_batch":
+        checks.append((">= 100000 tasks/s", ours >= 100_000 if ours else None))
     if s == "executor_call_1s_1000":
         threads = extra.get("threads_added")
         checks.append((">= 900/s", ours >= 900 if ours else None))
@@ -462,7 +527,9 @@ class Matrix:
         self.args = args
         self.build_dir = os.path.abspath(args.build_dir)
         self.bin = {name: os.path.join(self.build_dir, "bench", name)
-                    for name in ("broker_bench", "raw_bench", "memory_bench")}
+                    for name in ("broker_bench", "raw_bench", "memory_bench", "http_bench")}
+        self.bin["eventbus-executor"] = os.path.join(self.build_dir, "executor", "service",
+                                                     "eventbus-executor")
         self.rows = []
         self.setup = {}
         self.peers = Peers(self.build_dir, args.peers, self.setup, install=not args.no_peer_install)
@@ -541,6 +608,89 @@ class Matrix:
             row["raw_server_cpu_s_per_1000"] = f["server_cpu_s_per_1000"]
             row["raw_p99_ms"] = f["p99_ms"]
 
+    # (scenario, http_bench flags, counts of requests: full, quick, smoke). Batch: 1,000 tasks a
+    # request on 4 connections (the service answers on 2 HTTP threads; more connections only
+    # queue). healthz runs no handler: the HTTP server's own ceiling, next to the task rows.
+    HTTP_ROWS = (
+        ("http_healthz", ["--scenario=healthz", "--connections=32"], (200_000, 30_000, 300)),
+        ("http_submit", ["--scenario=submit", "--connections=32"], (200_000, 30_000, 300)),
+        ("http_batch", ["--scenario=batch", "--connections=4", "--batch_size=1000"], (300, 60, 3)),
+    )
+
+    def http_rows(self, backend, env, broker_pid=None, before_each=None, scenarios=None, scale=1.0):
+        """The http_* rows: bench/http_bench against a fresh eventbus-executor per row (a store
+        grown by the previous row would slow the next), with the backend's default task store.
+        `scale` shrinks the counts of a slow backend (not the smoke run's, already tiny)."""
+        rows = {}
+        missing = [n for n in ("http_bench", "eventbus-executor") if not os.path.exists(self.bin[n])]
+        for scenario, flags, counts in self.HTTP_ROWS:
+            if scenarios is not None and scenario not in scenarios:
+                continue
+            row = new_row(backend, scenario, 0 if scenario == "http_healthz" else 64)
+            self.rows.append(row)
+            rows[(scenario, row["size"])] = row
+            if missing:
+                row["status"] = "failed"
+                row["notes"].append(f"{', '.join(missing)} not built (cmake --build {self.build_dir} "
+                                    "--target http_bench eventbus-executor)")
+                continue
+            if before_each:
+                before_each()
+            log(f"{backend}: {scenario} (eventbus-executor over HTTP)")
+            began = time.time()
+            requests = counts[2] if self.args.smoke else max(1, int(self.counts(*counts) * scale))
+            data, error = self.run_http_bench(env, flags, requests, broker_pid)
+            row["run_s"] = round(time.time() - began, 1)
+            if error:
+                row["status"] = "failed"
+                row["notes"].append(f"ours failed: {error}")
+                continue
+            row["ours"] = data["tasks_per_s"]
+            row["p50_ms"], row["p99_ms"] = data["p50_ms"], data["p99_ms"]
+            # The service is "ours" here: its CPU in the CPU column, the broker's in brackets.
+            row["cpu_s_per_1000"] = data.get("server_cpu_s_per_1000")
+            row["server_cpu_s_per_1000"] = data.get("broker_cpu_s_per_1000")
+            row["rss_mb"] = data.get("server_rss_mb")
+            row["count"] = data["tasks"]
+            row["requests_per_s"] = data["requests_per_s"]
+            row["load_generator_cpu_s_per_1000"] = data["cpu_s_per_1000"]
+            shape = f"{data['connections']} keep-alive connections"
+            if "batch_size" in data:
+                shape += f", {data['batch_size']} tasks/request ({data['requests_per_s']:,.0f} req/s)"
+            row["notes"].append(
+                f"eventbus-executor over HTTP: {shape}; service busy "
+                f"{data.get('server_cpu_utilisation', 0):.2f} cores; load generator CPU/1000 "
+                f"{data['cpu_s_per_1000']:.4f}s")
+        return rows
+
+    def run_http_bench(self, env, flags, requests, broker_pid):
+        try:
+            service = ExecutorService(self.bin["eventbus-executor"], env)
+        except (OSError, RuntimeError) as e:
+            return None, str(e)
+        try:
+            cmd = [self.bin["http_bench"], f"--port={service.port}", f"--server_pid={service.pid}",
+                   f"--requests={requests}", f"--timeout_s={self.timeout}"] + flags
+            if broker_pid:
+                cmd.append(f"--broker_pid={broker_pid}")
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout + 30)
+            except subprocess.TimeoutExpired:
+                return None, f"http_bench timed out after {self.timeout + 30}s"
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+            try:
+                data = json.loads(lines[-1]) if lines else {}
+            except ValueError:
+                data = {}
+            if service.proc.poll() is not None:
+                return None, (f"eventbus-executor exited with {service.proc.returncode}: "
+                              f"{service.log().strip()[-300:]}")
+            if proc.returncode != 0 or not data or data.get("error"):
+                return None, data.get("error") or (proc.stderr or proc.stdout).strip()[-300:]
+            return data, None
+        finally:
+            service.stop()
+
     def memory_bench_rows(self):
         """memory end-to-end against memory_bench's mutex+deque baseline (its two cases)."""
         binary = self.bin["memory_bench"]
@@ -585,6 +735,7 @@ class Matrix:
             if backend == "memory":
                 rows = self.ours("memory", [])
                 self.memory_bench_rows()
+                rows.update(self.http_rows("memory", {"EVENT_STREAM_TYPE": "memory"}))
                 self.finish(rows, {})
             elif backend == "redis":
                 self.run_redis()
@@ -619,6 +770,13 @@ class Matrix:
                         f"BullMQ CPU/1000: node {data['cpu_s_per_1000']:.3f}s + redis "
                         f"{data.get('server_cpu_s_per_1000') or 0:.3f}s")
             self.watermill_rows("redis", redis.address, rows, redis.flush)
+            # The HTTP server's own ceiling (http_healthz) is the memory rows'; here the task
+            # rows, with the Redis task store the redis backend defaults to. A quarter of the
+            # counts: its Lua transitions hold the rows near 3,000 tasks/s here, so the full
+            # counts would cost --quick half a minute.
+            rows.update(self.http_rows("redis", {"EVENT_STREAM_TYPE": "redis", "REDIS_URL": redis.url},
+                                       broker_pid=redis.pid, before_each=redis.flush,
+                                       scenarios=("http_submit", "http_batch"), scale=0.25))
             self.finish(rows, extra)
         finally:
             redis.stop()
@@ -723,7 +881,8 @@ def markdown(result):
         "",
         f"{result['generated']}, {result['machine']}. Items/s are wall-clock; ratios are ours/raw "
         "and ours/peer; CPU is seconds per 1000 items of the benchmark process (and of the "
-        "broker process in brackets).",
+        "broker process in brackets); in the http_* rows, of the eventbus-executor process "
+        "the load generator drives (and of the broker in brackets).",
         "",
         "| backend | scenario | size | ours/s | raw/s | raw | peer/s | peer | ours/raw | ours/peer "
         "| p50 ms | p99 ms | CPU/1000 s | RSS MB | target | met? | notes |",
@@ -812,8 +971,10 @@ def main():
     print(md)
     failed = [r for r in matrix.rows if r["status"] != "ok"]
     if args.check:
-        expected = {"memory": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "e2e_memory_bench"},
-                    "redis": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k"},
+        expected = {"memory": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "e2e_memory_bench",
+                               "http_healthz", "http_submit", "http_batch"},
+                    "redis": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k",
+                              "http_submit", "http_batch"},
                     "kafka": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k"},
                     "nats": {"publish", "e2e_c1", "e2e_c4", "executor_noop", "latency_5k"}}
         for backend in args.backends:
