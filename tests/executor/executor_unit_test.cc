@@ -221,6 +221,51 @@ TEST(TaskResultTest, RoundTripsThroughJson) {
   EXPECT_EQ(parsed->metadata.at("k"), "v");
 }
 
+// TaskResultToJson writes its members one by one; the text must be exactly what dumping the
+// whole result as one json document gives (what readers, the store and older executors saw).
+TEST(TaskResultTest, JsonTextIsWhatDumpingTheDocumentGives) {
+  auto as_document = [](const TaskResult& r) {
+    json document = {
+        {"id", r.task_id},
+        {"type", r.type},
+        {"status", std::string(TaskStatusName(r.status))},
+        {"output", r.output ? *r.output : json(nullptr)},
+        {"attempts", r.attempts},
+        {"deliveries", r.deliveries},
+        {"duration_ms", absl::ToDoubleMilliseconds(r.duration)},
+        {"request_event_id", r.request_event_id},
+        {"completed_at", FormatTimeAttribute(r.completed_at)},
+    };
+    document["error"] = r.status == TaskStatus::kFailed
+                            ? json{{"kind", r.error_kind}, {"message", r.error}}
+                            : json(nullptr);
+    if (!r.metadata.empty()) document["metadata"] = r.metadata;
+    return document.dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  TaskResult plain;
+  plain.task_id = "t-1";
+  plain.type = "inject";
+  plain.status = TaskStatus::kSucceeded;
+  plain.output = std::make_shared<const json>(json{{"n", 1}, {"a", {1, 2.5, "x", nullptr}}});
+  plain.attempts = 1;
+  plain.deliveries = 2;
+  plain.duration = absl::Microseconds(1234567) / 7;
+  plain.request_event_id = "e-\"quoted\"\n";
+  plain.completed_at = absl::FromUnixNanos(1'700'000'000'123'456'789);
+  TaskResult failed = plain;
+  failed.status = TaskStatus::kFailed;
+  failed.output = nullptr;
+  failed.error_kind = "permanent";
+  failed.error = std::string("bad \xff bytes \x01");
+  failed.metadata = {{"tenant", "a"}, {"z\xfe", "\\"}};
+  TaskResult empty;
+  TaskResult odd_output = plain;
+  odd_output.output = std::make_shared<const json>(json(std::string("\xc3\x28 not utf-8")));
+  for (const TaskResult* r : {&plain, &failed, &empty, &odd_output}) {
+    EXPECT_EQ(TaskResultToJson(*r), as_document(*r));
+  }
+}
+
 TEST(TaskResultTest, InvalidUtf8InOutputIsReplacedNotThrown) {
   TaskResult result;
   result.task_id = "t";
