@@ -1,5 +1,6 @@
 #include "eventbus/executor/task.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <utility>
@@ -344,24 +345,31 @@ std::string TaskResultToJson(const TaskResult& result) {
   auto dump = [](const json& value) {
     return value.dump(-1, ' ', false, json::error_handler_t::replace);
   };
+  // Ids, types and times are plain ASCII: quoted as they are (a dump allocates its writer).
+  auto text = [&dump](const std::string& value) {
+    const bool plain = std::all_of(value.begin(), value.end(), [](char c) {
+      return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+    });
+    return plain ? absl::StrCat("\"", value, "\"") : dump(json(value));
+  };
   std::string out = "{";
   auto member = [&out](absl::string_view name, const std::string& value) {
     if (out.size() > 1) out.push_back(',');
     absl::StrAppend(&out, "\"", name, "\":", value);
   };
-  member("attempts", dump(json(result.attempts)));
-  member("completed_at", dump(json(FormatTimeAttribute(result.completed_at))));
-  member("deliveries", dump(json(result.deliveries)));
+  member("attempts", absl::StrCat(result.attempts));
+  member("completed_at", text(FormatTimeAttribute(result.completed_at)));
+  member("deliveries", absl::StrCat(result.deliveries));
   member("duration_ms", dump(json(absl::ToDoubleMilliseconds(result.duration))));
   member("error", result.status == TaskStatus::kFailed
                       ? dump(json{{"kind", result.error_kind}, {"message", result.error}})
                       : std::string("null"));
-  member("id", dump(json(result.task_id)));
+  member("id", text(result.task_id));
   if (!result.metadata.empty()) member("metadata", dump(json(result.metadata)));
   member("output", result.output ? dump(*result.output) : std::string("null"));
-  member("request_event_id", dump(json(result.request_event_id)));
-  member("status", dump(json(std::string(TaskStatusName(result.status)))));
-  member("type", dump(json(result.type)));
+  member("request_event_id", text(result.request_event_id));
+  member("status", text(std::string(TaskStatusName(result.status))));
+  member("type", text(result.type));
   out.push_back('}');
   return out;
 }

@@ -243,7 +243,7 @@ TEST(TaskResultTest, JsonTextIsWhatDumpingTheDocumentGives) {
     return document.dump(-1, ' ', false, json::error_handler_t::replace);
   };
   TaskResult plain;
-  plain.task_id = "t-1";
+  plain.task_id = "t-1 \\ back\x7f";
   plain.type = "inject";
   plain.status = TaskStatus::kSucceeded;
   plain.output = std::make_shared<const json>(json{{"n", 1}, {"a", {1, 2.5, "x", nullptr}}});
