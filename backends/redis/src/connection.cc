@@ -173,30 +173,29 @@ absl::StatusOr<ReplyPtr> RedisConnection::Command(const std::vector<std::string>
   return reply;
 }
 
-RedisConnection::PipelineResult RedisConnection::Pipeline(
-    const std::vector<const std::vector<std::string>*>& commands) {
+RedisConnection::PipelineResult RedisConnection::RunPipeline(
+    size_t count, absl::FunctionRef<int(size_t)> append,
+    absl::FunctionRef<std::string(size_t)> name) {
   PipelineResult result;
   if (absl::Status s = EnsureConnected(); !s.ok()) {
     result.status = s;
     return result;
   }
   SetTimeout(settings_.command_timeout);
-  for (const std::vector<std::string>* args : commands) {
-    ArgvView view(*args);
-    if (redisAppendCommandArgv(context_.get(), static_cast<int>(args->size()), view.argv.data(),
-                               view.lens.data()) != REDIS_OK) {
+  for (size_t i = 0; i < count; ++i) {
+    if (append(i) != REDIS_OK) {
       result.status = absl::ResourceExhaustedError(
           absl::StrCat("redis at ", Describe(), ": cannot buffer a pipelined command"));
       Disconnect();
       return result;
     }
   }
-  result.replies.reserve(commands.size());
-  for (size_t i = 0; i < commands.size(); ++i) {
+  result.replies.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
     void* raw = nullptr;
     if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
-      result.status = ContextToStatus(
-          *context_, absl::StrCat("redis at ", Describe(), ": pipelined ", CommandName(*commands[i])));
+      result.status =
+          ContextToStatus(*context_, absl::StrCat("redis at ", Describe(), ": pipelined ", name(i)));
       Disconnect();
       return result;
     }
@@ -205,34 +204,26 @@ RedisConnection::PipelineResult RedisConnection::Pipeline(
   return result;
 }
 
+RedisConnection::PipelineResult RedisConnection::Pipeline(
+    const std::vector<const std::vector<std::string>*>& commands) {
+  return RunPipeline(
+      commands.size(),
+      [&](size_t i) {
+        ArgvView view(*commands[i]);
+        return redisAppendCommandArgv(context_.get(), static_cast<int>(commands[i]->size()),
+                                      view.argv.data(), view.lens.data());
+      },
+      [&](size_t i) { return CommandName(*commands[i]); });
+}
+
 RedisConnection::PipelineResult RedisConnection::PipelineFormatted(
     const std::vector<absl::string_view>& commands, absl::string_view name) {
-  PipelineResult result;
-  if (absl::Status s = EnsureConnected(); !s.ok()) {
-    result.status = s;
-    return result;
-  }
-  SetTimeout(settings_.command_timeout);
-  for (absl::string_view command : commands) {
-    if (redisAppendFormattedCommand(context_.get(), command.data(), command.size()) != REDIS_OK) {
-      result.status = absl::ResourceExhaustedError(
-          absl::StrCat("redis at ", Describe(), ": cannot buffer a pipelined command"));
-      Disconnect();
-      return result;
-    }
-  }
-  result.replies.reserve(commands.size());
-  for (size_t i = 0; i < commands.size(); ++i) {
-    void* raw = nullptr;
-    if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
-      result.status =
-          ContextToStatus(*context_, absl::StrCat("redis at ", Describe(), ": pipelined ", name));
-      Disconnect();
-      return result;
-    }
-    result.replies.emplace_back(static_cast<redisReply*>(raw));
-  }
-  return result;
+  return RunPipeline(
+      commands.size(),
+      [&](size_t i) {
+        return redisAppendFormattedCommand(context_.get(), commands[i].data(), commands[i].size());
+      },
+      [&](size_t) { return std::string(name); });
 }
 
 absl::StatusOr<ReplyPtr> RedisConnection::Eval(const LuaScript& script,

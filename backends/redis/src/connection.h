@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -82,6 +83,10 @@ class RedisConnection {
   std::string Describe() const { return settings_.endpoint.Describe(); }
 
  private:
+  // Appends `count` commands (`append(i)`, a hiredis status) in one write and reads their
+  // replies; `name(i)` names a command in errors.
+  PipelineResult RunPipeline(size_t count, absl::FunctionRef<int(size_t)> append,
+                             absl::FunctionRef<std::string(size_t)> name);
   absl::Status Connect();
   absl::StatusOr<ReplyPtr> RawCommand(const std::vector<std::string>& args);
   void SetTimeout(absl::Duration timeout);
