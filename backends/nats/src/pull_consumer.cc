@@ -26,15 +26,27 @@ struct InboxDeleter {
   void operator()(natsInbox* p) const { natsInbox_Destroy(p); }
 };
 
-absl::Status Reply(natsConnection* nc, natsMsg* msg, absl::string_view body,
-                   absl::string_view where) {
-  const char* subject = natsMsg_GetReply(msg);
-  if (subject == nullptr || !absl::StartsWith(subject, kAckSubjectPrefix)) {
+// The ack subject of a delivery ($JS.ACK....), or null for anything else (a status).
+const char* AckSubject(natsMsg* msg) {
+  const char* reply = natsMsg_GetReply(msg);
+  return reply != nullptr && absl::StartsWith(reply, kAckSubjectPrefix) ? reply : nullptr;
+}
+
+absl::StatusOr<const char*> RequireAckSubject(natsMsg* msg, absl::string_view where) {
+  const char* subject = AckSubject(msg);
+  if (subject == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": not a JetStream delivery (no ack subject)"));
   }
-  return ToStatus(natsConnection_Publish(nc, subject, body.data(), static_cast<int>(body.size())),
-                  where);
+  return subject;
+}
+
+absl::Status Reply(natsConnection* nc, natsMsg* msg, absl::string_view body,
+                   absl::string_view where) {
+  absl::StatusOr<const char*> subject = RequireAckSubject(msg, where);
+  if (!subject.ok()) return subject.status();
+  return ToStatus(
+      natsConnection_Publish(nc, *subject, body.data(), static_cast<int>(body.size())), where);
 }
 
 }  // namespace
@@ -71,8 +83,7 @@ PullConsumer::PullConsumer(natsConnection* nc, std::string next_subject, std::st
 PullConsumer::~PullConsumer() { Close(); }
 
 void PullConsumer::Sort(MsgPtr msg, std::vector<MsgPtr>* out) {
-  const char* reply = natsMsg_GetReply(msg.get());
-  if (reply != nullptr && absl::StartsWith(reply, kAckSubjectPrefix)) {
+  if (AckSubject(msg.get()) != nullptr) {
     out->push_back(std::move(msg));
     if (--request_remaining_ <= 0) request_open_ = false;
     return;
@@ -172,8 +183,7 @@ std::vector<MsgPtr> PullConsumer::Close() {
     natsMsg* raw = nullptr;
     if (natsSubscription_NextMsg(&raw, sub_.get(), 0) != NATS_OK) break;
     MsgPtr msg(raw);
-    const char* reply = natsMsg_GetReply(msg.get());
-    if (reply != nullptr && absl::StartsWith(reply, kAckSubjectPrefix)) left.push_back(std::move(msg));
+    if (AckSubject(msg.get()) != nullptr) left.push_back(std::move(msg));
   }
   sub_.reset();
   return left;
@@ -182,14 +192,11 @@ std::vector<MsgPtr> PullConsumer::Close() {
 absl::Status AckMsg(natsConnection* nc, natsMsg* msg, absl::string_view where, bool sync,
                     absl::Duration timeout) {
   if (!sync) return Reply(nc, msg, "+ACK", where);
-  const char* subject = natsMsg_GetReply(msg);
-  if (subject == nullptr || !absl::StartsWith(subject, kAckSubjectPrefix)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": not a JetStream delivery (no ack subject)"));
-  }
+  absl::StatusOr<const char*> subject = RequireAckSubject(msg, where);
+  if (!subject.ok()) return subject.status();
   natsMsg* raw = nullptr;
   absl::Status s =
-      ToStatus(natsConnection_RequestString(&raw, nc, subject, "+ACK", WaitMillis(timeout)),
+      ToStatus(natsConnection_RequestString(&raw, nc, *subject, "+ACK", WaitMillis(timeout)),
                where);
   MsgPtr reply(raw);
   return s;
