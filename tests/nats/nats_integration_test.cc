@@ -43,11 +43,11 @@ std::unique_ptr<EventStream> Connect(const NatsServer& server) {
 }
 
 std::unique_ptr<Subscription> Join(EventStream& stream, const std::string& name,
-                                   const std::string& group) {
+                                   const std::string& group, const std::string& consumer = "c1") {
   SubscribeOptions options;
   options.stream = name;
   options.group = group;
-  options.consumer = "c1";
+  options.consumer = consumer;
   auto sub = stream.Subscribe(options);
   EXPECT_TRUE(sub.ok()) << sub.status();
   return sub.ok() ? std::move(sub).value() : nullptr;
@@ -254,13 +254,8 @@ TEST(NatsIntegration, LateDeliveriesOfExpiredFetchesAreConsumedExactlyOnce) {
   constexpr int kConsumers = 4;
   std::vector<std::unique_ptr<Subscription>> subs;
   for (int c = 0; c < kConsumers; ++c) {
-    SubscribeOptions options;
-    options.stream = name;
-    options.group = "workers";
-    options.consumer = absl::StrCat("c", c);
-    auto sub = stream->Subscribe(options);
-    ASSERT_TRUE(sub.ok()) << sub.status();
-    subs.push_back(std::move(sub).value());
+    subs.push_back(Join(*stream, name, "workers", absl::StrCat("c", c)));
+    ASSERT_NE(subs.back(), nullptr);
   }
   constexpr int kEvents = 4000;
   const std::string payload(1024, 'x');
