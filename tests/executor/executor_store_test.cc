@@ -26,6 +26,7 @@
 #include "eventbus/taskstore/task_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "forwarding_task_store.h"
 #include "test_support.h"
 
 namespace eventbus::executor {
@@ -39,9 +40,10 @@ using taskstore::TaskState;
 
 // Forwards to a real store and counts the calls, so tests can see how many round trips the
 // executor made and of which kind.
-class CountingStore final : public taskstore::TaskStore {
+class CountingStore final : public testing::ForwardingTaskStore {
  public:
-  explicit CountingStore(std::unique_ptr<taskstore::TaskStore> inner) : inner_(std::move(inner)) {}
+  explicit CountingStore(std::unique_ptr<taskstore::TaskStore> inner)
+      : ForwardingTaskStore(inner.get()), owned_(std::move(inner)) {}
 
   struct Counts {
     int get = 0, get_many = 0, get_many_ids = 0, update = 0, update_many = 0,
@@ -52,27 +54,21 @@ class CountingStore final : public taskstore::TaskStore {
     return counts_;
   }
 
-  absl::string_view kind() const override { return inner_->kind(); }
-  absl::Status Migrate() override { return inner_->Migrate(); }
-  absl::StatusOr<taskstore::CreateResult> Create(const TaskRecord& record,
-                                                 absl::Time now) override {
-    return inner_->Create(record, now);
-  }
   absl::StatusOr<TaskRecord> Get(absl::string_view id) override {
     Count([](Counts& c) { ++c.get; });
-    return inner_->Get(id);
+    return ForwardingTaskStore::Get(id);
   }
   absl::StatusOr<std::vector<TaskRecord>> GetMany(absl::Span<const std::string> ids) override {
     Count([&](Counts& c) {
       ++c.get_many;
       c.get_many_ids += static_cast<int>(ids.size());
     });
-    return inner_->GetMany(ids);
+    return ForwardingTaskStore::GetMany(ids);
   }
   absl::StatusOr<TaskRecord> Update(absl::string_view id,
                                     const taskstore::TaskUpdate& update) override {
     Count([](Counts& c) { ++c.update; });
-    return inner_->Update(id, update);
+    return ForwardingTaskStore::Update(id, update);
   }
   std::vector<absl::StatusOr<TaskRecord>> UpdateMany(
       absl::Span<const taskstore::TaskUpdateRequest> updates) override {
@@ -80,57 +76,7 @@ class CountingStore final : public taskstore::TaskStore {
       ++c.update_many;
       c.update_many_updates += static_cast<int>(updates.size());
     });
-    return inner_->UpdateMany(updates);
-  }
-  absl::StatusOr<std::vector<TaskRecord>> ClaimDue(absl::Time now, absl::Duration lease,
-                                                   int limit, absl::string_view owner) override {
-    return inner_->ClaimDue(now, lease, limit, owner);
-  }
-  absl::StatusOr<std::vector<TaskRecord>> FindStuck(absl::Time now, int limit) override {
-    return inner_->FindStuck(now, limit);
-  }
-  absl::StatusOr<taskstore::ListPage> List(const taskstore::ListQuery& query) override {
-    return inner_->List(query);
-  }
-  absl::StatusOr<std::vector<taskstore::TypeStats>> Stats() override { return inner_->Stats(); }
-  absl::StatusOr<int> PurgeExpired(absl::Time now, int limit) override {
-    return inner_->PurgeExpired(now, limit);
-  }
-  absl::StatusOr<taskstore::Schedule> CreateSchedule(const taskstore::Schedule& schedule,
-                                                     absl::Time now) override {
-    return inner_->CreateSchedule(schedule, now);
-  }
-  absl::StatusOr<taskstore::Schedule> GetSchedule(absl::string_view id) override {
-    return inner_->GetSchedule(id);
-  }
-  absl::StatusOr<std::vector<taskstore::Schedule>> ListSchedules() override {
-    return inner_->ListSchedules();
-  }
-  absl::Status DeleteSchedule(absl::string_view id) override {
-    return inner_->DeleteSchedule(id);
-  }
-  absl::StatusOr<std::vector<taskstore::Schedule>> ClaimDueSchedules(
-      absl::Time now, absl::Duration lease, int limit, absl::string_view owner) override {
-    return inner_->ClaimDueSchedules(now, lease, limit, owner);
-  }
-  absl::StatusOr<taskstore::Schedule> AdvanceSchedule(absl::string_view id,
-                                                      int64_t expected_version,
-                                                      absl::Time next_run_at,
-                                                      absl::Time last_run_at,
-                                                      absl::string_view last_task_id,
-                                                      absl::Time now) override {
-    return inner_->AdvanceSchedule(id, expected_version, next_run_at, last_run_at, last_task_id,
-                                   now);
-  }
-  absl::Status PutInstance(const taskstore::InstanceRecord& record, absl::Time now,
-                           absl::Duration ttl) override {
-    return inner_->PutInstance(record, now, ttl);
-  }
-  absl::StatusOr<std::vector<taskstore::InstanceRecord>> ListInstances(absl::Time now) override {
-    return inner_->ListInstances(now);
-  }
-  absl::Status DeleteInstance(absl::string_view name) override {
-    return inner_->DeleteInstance(name);
+    return ForwardingTaskStore::UpdateMany(updates);
   }
 
  private:
@@ -139,7 +85,7 @@ class CountingStore final : public taskstore::TaskStore {
     std::lock_guard<std::mutex> lock(mu_);
     f(counts_);
   }
-  std::unique_ptr<taskstore::TaskStore> inner_;
+  std::unique_ptr<taskstore::TaskStore> owned_;
   mutable std::mutex mu_;
   Counts counts_;
 };

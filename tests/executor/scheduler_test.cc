@@ -28,6 +28,7 @@
 #include "eventbus/taskstore/task_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "forwarding_task_store.h"
 #include "test_support.h"
 
 namespace eventbus::executor {
@@ -296,77 +297,16 @@ TEST_F(SchedulerTest, ADuplicatePublishAfterACrashRunsTheTaskOnce) {
 
 // Forwards to a real store; runs `after_find_stuck` once, between FindStuck returning and the
 // caller acting on it: another scheduler's whole pass fits there, a race made deterministic.
-class RacingStore final : public taskstore::TaskStore {
+class RacingStore final : public testing::ForwardingTaskStore {
  public:
-  explicit RacingStore(taskstore::TaskStore* inner) : inner_(inner) {}
+  using ForwardingTaskStore::ForwardingTaskStore;
   std::function<void()> after_find_stuck;
 
-  absl::string_view kind() const override { return inner_->kind(); }
-  absl::Status Migrate() override { return inner_->Migrate(); }
-  absl::StatusOr<taskstore::CreateResult> Create(const TaskRecord& r, absl::Time now) override {
-    return inner_->Create(r, now);
-  }
-  absl::StatusOr<TaskRecord> Get(absl::string_view id) override { return inner_->Get(id); }
-  absl::StatusOr<std::vector<TaskRecord>> GetMany(absl::Span<const std::string> ids) override {
-    return inner_->GetMany(ids);
-  }
-  absl::StatusOr<TaskRecord> Update(absl::string_view id,
-                                    const taskstore::TaskUpdate& update) override {
-    return inner_->Update(id, update);
-  }
-  std::vector<absl::StatusOr<TaskRecord>> UpdateMany(
-      absl::Span<const taskstore::TaskUpdateRequest> updates) override {
-    return inner_->UpdateMany(updates);
-  }
-  absl::StatusOr<std::vector<TaskRecord>> ClaimDue(absl::Time now, absl::Duration lease,
-                                                   int limit, absl::string_view owner) override {
-    return inner_->ClaimDue(now, lease, limit, owner);
-  }
   absl::StatusOr<std::vector<TaskRecord>> FindStuck(absl::Time now, int limit) override {
-    auto found = inner_->FindStuck(now, limit);
+    auto found = ForwardingTaskStore::FindStuck(now, limit);
     if (auto hook = std::exchange(after_find_stuck, nullptr)) hook();
     return found;
   }
-  absl::StatusOr<taskstore::ListPage> List(const taskstore::ListQuery& q) override {
-    return inner_->List(q);
-  }
-  absl::StatusOr<std::vector<taskstore::TypeStats>> Stats() override { return inner_->Stats(); }
-  absl::StatusOr<int> PurgeExpired(absl::Time now, int limit) override {
-    return inner_->PurgeExpired(now, limit);
-  }
-  absl::StatusOr<Schedule> CreateSchedule(const Schedule& s, absl::Time now) override {
-    return inner_->CreateSchedule(s, now);
-  }
-  absl::StatusOr<Schedule> GetSchedule(absl::string_view id) override {
-    return inner_->GetSchedule(id);
-  }
-  absl::StatusOr<std::vector<Schedule>> ListSchedules() override { return inner_->ListSchedules(); }
-  absl::Status DeleteSchedule(absl::string_view id) override { return inner_->DeleteSchedule(id); }
-  absl::StatusOr<std::vector<Schedule>> ClaimDueSchedules(absl::Time now, absl::Duration lease,
-                                                          int limit,
-                                                          absl::string_view owner) override {
-    return inner_->ClaimDueSchedules(now, lease, limit, owner);
-  }
-  absl::StatusOr<Schedule> AdvanceSchedule(absl::string_view id, int64_t expected_version,
-                                           absl::Time next_run_at, absl::Time last_run_at,
-                                           absl::string_view last_task_id,
-                                           absl::Time now) override {
-    return inner_->AdvanceSchedule(id, expected_version, next_run_at, last_run_at, last_task_id,
-                                   now);
-  }
-  absl::Status PutInstance(const taskstore::InstanceRecord& record, absl::Time now,
-                           absl::Duration ttl) override {
-    return inner_->PutInstance(record, now, ttl);
-  }
-  absl::StatusOr<std::vector<taskstore::InstanceRecord>> ListInstances(absl::Time now) override {
-    return inner_->ListInstances(now);
-  }
-  absl::Status DeleteInstance(absl::string_view name) override {
-    return inner_->DeleteInstance(name);
-  }
-
- private:
-  taskstore::TaskStore* const inner_;
 };
 
 class StuckTaskTest : public SchedulerTest {
